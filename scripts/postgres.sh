@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Run a throwaway PostgreSQL on 127.0.0.1 for tests and local development.
+#
+# Usage: scripts/postgres.sh start|stop|status|url
+#
+# Environment:
+#   PG_STATE_DIR   state dir (default: $REPO/.cache/postgres): data, socket,
+#                  log, port, env
+#   PG_PORT        force the port (otherwise a free one, remembered across
+#                  stop/start)
+#   PG_BIN         directory holding initdb/pg_ctl/psql (default: from PATH,
+#                  else the newest /usr/lib/postgresql/*/bin)
+#   PG_RUN_USER    unprivileged user to run the server as when invoked as root
+#                  (default: postgres if it exists, else pgrunner, created)
+#
+# `start` prints DATABASE_URL=postgres://postgres@127.0.0.1:PORT/courier and
+# writes `export DATABASE_URL=...` to $PG_STATE_DIR/env. Auth is `trust`: no
+# password, local connections only.
+set -euo pipefail
+
+LOG_TAG=postgres
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+
+STATE_DIR="${PG_STATE_DIR:-$REPO/.cache/postgres}"
+DB_NAME=courier
+DB_USER=postgres
+
+# ------------------------------------------------------------- helpers ----
+
+find_pg_bin() {
+  if [ -n "${PG_BIN:-}" ]; then
+    [ -x "$PG_BIN/pg_ctl" ] || die "PG_BIN=$PG_BIN has no pg_ctl"
+    return 0
+  fi
+  if command -v pg_ctl >/dev/null 2>&1; then
+    PG_BIN="$(dirname "$(command -v pg_ctl)")"
+    return 0
+  fi
+  # Debian's postgresql packages keep the server binaries off PATH.
+  local d
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  [ -n "$d" ] && [ -x "$d/pg_ctl" ] || die "PostgreSQL server binaries (initdb, pg_ctl) not found; set PG_BIN"
+  PG_BIN="$d"
+}
+
+# PostgreSQL refuses to run as root. As root we run the server tools as an
+# unprivileged user; otherwise as ourselves.
+setup_run_user() {
+  RUN_USER=""
+  [ "$(id -u)" = 0 ] || return 0
+  RUN_USER="${PG_RUN_USER:-}"
+  if [ -z "$RUN_USER" ]; then
+    if id postgres >/dev/null 2>&1; then RUN_USER=postgres; else RUN_USER=pgrunner; fi
+  fi
+  if ! id "$RUN_USER" >/dev/null 2>&1; then
+    log "creating system user $RUN_USER to run PostgreSQL (it refuses to run as root)"
+    useradd --system --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin "$RUN_USER" \
+      || die "could not create user $RUN_USER"
+  fi
+}
+
+# as_pg CMD ARGS...: run a PostgreSQL tool as the server's user, from a cwd
+# that user can read (initdb aborts if it cannot resolve its cwd).
+as_pg() {
+  if [ -n "$RUN_USER" ]; then
+    (cd / && runuser -u "$RUN_USER" -- "$@")
+  else
+    "$@"
+  fi
+}
+
+# Where the cluster lives. Normally $STATE_DIR/cluster, but when root runs us
+# from a checkout the server user cannot reach (e.g. under /root, mode 0700),
+# the cluster goes to /var/tmp instead and $STATE_DIR/cluster_dir points to it.
+resolve_cluster_dir() {
+  local pointer="$STATE_DIR/cluster_dir"
+  if [ -f "$pointer" ]; then
+    CLUSTER="$(cat "$pointer")"
+    return 0
+  fi
+  CLUSTER="$STATE_DIR/cluster"
+  if [ -n "$RUN_USER" ]; then
+    # The server user must be able to traverse every parent directory.
+    if ! runuser -u "$RUN_USER" -- test -x "$STATE_DIR" 2>/dev/null; then
+      CLUSTER="/var/tmp/service-courier-postgres-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)"
+      log "$RUN_USER cannot reach $STATE_DIR; keeping the cluster in $CLUSTER"
+    fi
+  fi
+  echo "$CLUSTER" >"$pointer"
+}
+
+setup_paths() {
+  mkdir -p "$STATE_DIR"
+  find_pg_bin
+  setup_run_user
+  resolve_cluster_dir
+  DATA="$CLUSTER/data"
+  SOCK="$CLUSTER/sock"
+  LOGFILE="$CLUSTER/postgres.log"
+  PORTFILE="$STATE_DIR/port"
+  ENVFILE="$STATE_DIR/env"
+}
+
+is_running() {
+  [ -f "$DATA/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1
+}
+
+stored_port() { [ -f "$PORTFILE" ] && cat "$PORTFILE" || true; }
+
+database_url() { echo "postgres://$DB_USER@127.0.0.1:$1/$DB_NAME"; }
+
+psql_admin() {
+  # psql comes from the client package: PATH first, else next to pg_ctl.
+  local psql
+  psql="$(command -v psql || echo "$PG_BIN/psql")"
+  [ -x "$psql" ] || die "psql not found (install the PostgreSQL client)"
+  "$psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U "$DB_USER" -d postgres "$@"
+}
+
+init_cluster() {
+  [ -f "$DATA/PG_VERSION" ] && return 0
+  log "initialising a new cluster in $DATA"
+  mkdir -p "$CLUSTER"
+  [ -z "$RUN_USER" ] || chown "$RUN_USER" "$CLUSTER"
+  # C locale: no dependency on which locales the machine generated.
+  as_pg "$PG_BIN/initdb" -D "$DATA" -U "$DB_USER" --auth=trust \
+    --encoding=UTF8 --locale=C >"$STATE_DIR/initdb.log" 2>&1 \
+    || { cat "$STATE_DIR/initdb.log" >&2; die "initdb failed"; }
+  # Our settings live in a separate file that every start rewrites.
+  echo "include_if_exists = 'courier.conf'" >>"$DATA/postgresql.conf"
+}
+
+write_config() {
+  # Written via the server user so the file is owned like the rest of $DATA.
+  as_pg tee "$DATA/courier.conf" >/dev/null <<EOF
+# Generated by scripts/postgres.sh; rewritten on every start.
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$SOCK'
+max_connections = 200
+fsync = on
+log_min_messages = warning
+log_connections = off
+EOF
+}
+
+# ------------------------------------------------------------ commands ----
+
+cmd_start() {
+  setup_paths
+  init_cluster
+
+  if is_running; then
+    PORT="$(stored_port)"
+    log "already running from $DATA, reusing it"
+  else
+    PORT="${PG_PORT:-$(stored_port)}"
+    [ -n "$PORT" ] || PORT="$(free_port)"
+    port_in_use "$PORT" && die "port $PORT on 127.0.0.1 is taken by another process (set PG_PORT, or remove $PORTFILE)"
+    echo "$PORT" >"$PORTFILE"
+    as_pg mkdir -p "$SOCK"
+    write_config
+    log "starting on 127.0.0.1:$PORT (log $LOGFILE)"
+    # -w -t: wait (bounded) until the server accepts connections.
+    # 9>&-: the server must not inherit (and keep holding) our lock fd.
+    if ! as_pg "$PG_BIN/pg_ctl" start -D "$DATA" -l "$LOGFILE" -w -t 60 >/dev/null 9>&-; then
+      tail -n 30 "$LOGFILE" >&2 || true
+      die "PostgreSQL did not start (log $LOGFILE)"
+    fi
+  fi
+
+  # Create the application database once.
+  if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
+    psql_admin -c "CREATE DATABASE $DB_NAME" || die "could not create database $DB_NAME"
+    log "created database $DB_NAME"
+  fi
+
+  local url
+  url="$(database_url "$PORT")"
+  echo "export DATABASE_URL=$url" >"$ENVFILE"
+  echo "DATABASE_URL=$url"
+}
+
+cmd_stop() {
+  setup_paths
+  if is_running; then
+    # fast: roll back open transactions and disconnect clients; bounded wait.
+    as_pg "$PG_BIN/pg_ctl" stop -D "$DATA" -m fast -w -t 60 >/dev/null \
+      || die "pg_ctl stop failed (log $LOGFILE)"
+    log "stopped"
+  else
+    log "not running ($DATA)"
+  fi
+}
+
+cmd_status() {
+  setup_paths
+  if is_running; then
+    echo "running: DATABASE_URL=$(database_url "$(stored_port)"), data $DATA"
+  else
+    echo "not running ($DATA)"
+    return 1
+  fi
+}
+
+cmd_url() {
+  PORTFILE="$STATE_DIR/port"
+  PORT="$(stored_port)"
+  [ -n "$PORT" ] || die "no port recorded in $STATE_DIR; run '$0 start' first"
+  database_url "$PORT"
+}
+
+# Serialise start/stop on one state dir (bounded wait).
+lock_state() {
+  mkdir -p "$STATE_DIR"
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 9>"$STATE_DIR/.lock"
+  flock -w 120 9 || die "another postgres.sh holds $STATE_DIR/.lock for over 120s"
+}
+
+case "${1:-}" in
+  start) lock_state; cmd_start ;;
+  stop) lock_state; cmd_stop ;;
+  status) cmd_status ;;
+  url) cmd_url ;;
+  *)
+    echo "usage: $0 start|stop|status|url" >&2
+    exit 2
+    ;;
+esac

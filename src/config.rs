@@ -1,0 +1,394 @@
+//! Settings from `.env` (dotenvy) and the environment, typed and checked once at start-up. A bad
+//! value names the variable and the expected form (exit code 2); secrets never reach a message.
+//! Every variable is listed, with its default, in `.env.sample` and the README.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// A setting that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// What was wrong and what is expected.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the first event of a new consumer group starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackOffset {
+    /// The oldest retained event: a new group processes the backlog (the default).
+    Earliest,
+    /// Only events produced from now on.
+    Latest,
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// Parsed DATABASE_URL (holds the password: never print it; use `describe_target`).
+    pub config: postgres::Config,
+    /// DB_POOL_SIZE: connections in the pool.
+    pub pool_size: u32,
+}
+
+/// How to reach Kafka and what to read.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// KAFKA_BROKERS: bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// KAFKA_ORDER_TOPIC: the order events.
+    pub topic: String,
+    /// KAFKA_GROUP_ID: the consumer group the offsets are committed for.
+    pub group: String,
+    /// KAFKA_FALLBACK_OFFSET: where a group without committed offsets starts.
+    pub fallback_offset: FallbackOffset,
+    /// KAFKA_FETCH_MAX_BYTES_PER_PARTITION: fetch size, and the largest event accepted.
+    pub fetch_max_bytes_per_partition: usize,
+    /// KAFKA_FETCH_MAX_WAIT_MS: how long the broker may hold an empty fetch.
+    pub fetch_max_wait: Duration,
+    /// KAFKA_COMMIT_INTERVAL_MS: how often processed offsets are committed.
+    pub commit_interval: Duration,
+    /// KAFKA_DLQ_TOPIC: where bad events go, with their reason.
+    pub dlq_topic: String,
+    /// KAFKA_PARTITIONS: the partitions this instance reads; `None` = all of them.
+    pub partitions: Option<Vec<i32>>,
+}
+
+/// Everything `service-courier run` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Kafka side.
+    pub kafka: KafkaSettings,
+    /// PostgreSQL side.
+    pub database: DatabaseSettings,
+    /// WORKERS: threads applying events, each with its own queue.
+    pub workers: usize,
+    /// QUEUE_CAPACITY: events queued per worker before the poller waits.
+    pub queue_capacity: usize,
+    /// SHUTDOWN_DRAIN_MS: once stopping, how long queued events are still applied; the rest
+    /// stay uncommitted and are delivered again after the restart.
+    pub shutdown_drain: Duration,
+    /// LOG_LEVEL: error, warn, info, debug or trace.
+    pub log_level: LevelFilter,
+}
+
+/// Reads variables through a lookup function, so tests need not touch the process environment.
+pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str, expected: &str) -> Result<String, ConfigError> {
+        self.raw(name).ok_or_else(|| ConfigError {
+            variable: name,
+            problem: format!("is not set; expected {expected}"),
+        })
+    }
+
+    fn or<T: FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| ConfigError {
+                variable: name,
+                problem: format!("{v:?} is not {expected}"),
+            }),
+        }
+    }
+
+    fn bounded(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let expected = format!("a whole number from {} to {}", range.start(), range.end());
+        let v: u64 = self.or(name, default, &expected)?;
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError {
+                variable: name,
+                problem: format!("{v} is not {expected}"),
+            })
+        }
+    }
+
+    /// Reads DATABASE_URL and DB_POOL_SIZE.
+    pub fn database(&self, default_pool: u32) -> Result<DatabaseSettings, ConfigError> {
+        const FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
+        let raw = self.required("DATABASE_URL", FORM)?;
+        let config = raw.parse::<postgres::Config>().map_err(|_| ConfigError {
+            variable: "DATABASE_URL",
+            problem: format!("is not a PostgreSQL URL; expected {FORM}"),
+        })?;
+        if config.get_hosts().is_empty() {
+            return Err(ConfigError {
+                variable: "DATABASE_URL",
+                problem: format!("names no host; expected {FORM}"),
+            });
+        }
+        let pool_size = self.bounded("DB_POOL_SIZE", u64::from(default_pool), 1..=256)? as u32;
+        Ok(DatabaseSettings { config, pool_size })
+    }
+
+    /// Reads every setting of `run`.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let brokers: Vec<String> = self
+            .required("KAFKA_BROKERS", "a comma-separated list of host:port")?
+            .split(',')
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if brokers.is_empty() {
+            return Err(ConfigError {
+                variable: "KAFKA_BROKERS",
+                problem: "lists no broker; expected a comma-separated list of host:port".into(),
+            });
+        }
+        if let Some(bad) = brokers.iter().find(|b| !is_host_port(b)) {
+            return Err(ConfigError {
+                variable: "KAFKA_BROKERS",
+                problem: format!("{bad:?} is not host:port"),
+            });
+        }
+        let fallback_offset = match self
+            .raw("KAFKA_FALLBACK_OFFSET")
+            .map(|v| v.to_ascii_lowercase())
+        {
+            None => FallbackOffset::Earliest,
+            Some(v) if v == "earliest" => FallbackOffset::Earliest,
+            Some(v) if v == "latest" => FallbackOffset::Latest,
+            Some(v) => {
+                return Err(ConfigError {
+                    variable: "KAFKA_FALLBACK_OFFSET",
+                    problem: format!("{v:?} is not earliest or latest"),
+                })
+            }
+        };
+        let workers = self.bounded("WORKERS", 4, 1..=256)? as usize;
+        let kafka = KafkaSettings {
+            brokers,
+            topic: topic_name(self, "KAFKA_ORDER_TOPIC", "order.status.changed")?,
+            group: self
+                .raw("KAFKA_GROUP_ID")
+                .unwrap_or_else(|| "service-courier".into()),
+            fallback_offset,
+            fetch_max_bytes_per_partition: self.bounded(
+                "KAFKA_FETCH_MAX_BYTES_PER_PARTITION",
+                1 << 20,
+                1024..=(64 << 20),
+            )? as usize,
+            fetch_max_wait: Duration::from_millis(self.bounded(
+                "KAFKA_FETCH_MAX_WAIT_MS",
+                100,
+                1..=10_000,
+            )?),
+            commit_interval: Duration::from_millis(self.bounded(
+                "KAFKA_COMMIT_INTERVAL_MS",
+                1000,
+                10..=600_000,
+            )?),
+            dlq_topic: topic_name(self, "KAFKA_DLQ_TOPIC", "order.status.changed.dlq")?,
+            partitions: partitions(self)?,
+        };
+        let settings = Settings {
+            kafka,
+            database: self.database(workers as u32 + 1)?,
+            workers,
+            queue_capacity: self.bounded("QUEUE_CAPACITY", 256, 1..=1_000_000)? as usize,
+            shutdown_drain: Duration::from_millis(self.bounded(
+                "SHUTDOWN_DRAIN_MS",
+                1000,
+                0..=600_000,
+            )?),
+            log_level: self.or(
+                "LOG_LEVEL",
+                LevelFilter::Info,
+                "error, warn, info, debug or trace",
+            )?,
+        };
+        if settings.kafka.dlq_topic == settings.kafka.topic {
+            return Err(ConfigError {
+                variable: "KAFKA_DLQ_TOPIC",
+                problem: "must differ from KAFKA_ORDER_TOPIC".into(),
+            });
+        }
+        Ok(settings)
+    }
+}
+
+/// The process environment (after `.env` was loaded).
+pub fn from_process_env() -> Env<impl Fn(&str) -> Option<String>> {
+    Env(|name: &str| std::env::var(name).ok())
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn topic_name<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let topic = env.raw(name).unwrap_or_else(|| default.to_owned());
+    let valid = topic.len() <= 249
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && topic != "."
+        && topic != "..";
+    if valid {
+        Ok(topic)
+    } else {
+        Err(ConfigError {
+            variable: name,
+            problem: format!(
+                "{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-')"
+            ),
+        })
+    }
+}
+
+fn partitions<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Option<Vec<i32>>, ConfigError> {
+    let Some(raw) = env.raw("KAFKA_PARTITIONS") else {
+        return Ok(None);
+    };
+    let bad = |problem: String| ConfigError {
+        variable: "KAFKA_PARTITIONS",
+        problem,
+    };
+    let mut list = Vec::new();
+    for part in raw.split(',').map(str::trim) {
+        let p: i32 = part.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+            bad(format!(
+                "{part:?} is not a partition number; expected e.g. 0,2,4"
+            ))
+        })?;
+        if list.contains(&p) {
+            return Err(bad(format!("partition {p} is listed twice")));
+        }
+        list.push(p);
+    }
+    list.sort_unstable();
+    Ok(Some(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env(move |k: &str| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("KAFKA_BROKERS", "127.0.0.1:9092, kafka:29092"),
+        ("DATABASE_URL", "postgres://courier:secret@db:5432/courier"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+        let mut all = BASE.to_vec();
+        all.extend_from_slice(extra);
+        env(&all).settings()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = with(&[]).expect("valid");
+        assert_eq!(s.kafka.brokers, vec!["127.0.0.1:9092", "kafka:29092"]);
+        assert_eq!(s.kafka.topic, "order.status.changed");
+        assert_eq!(s.kafka.dlq_topic, "order.status.changed.dlq");
+        assert_eq!(s.kafka.group, "service-courier");
+        assert_eq!(s.kafka.fallback_offset, FallbackOffset::Earliest);
+        assert_eq!(s.kafka.fetch_max_bytes_per_partition, 1 << 20);
+        assert_eq!(s.kafka.commit_interval, Duration::from_secs(1));
+        assert_eq!(s.kafka.partitions, None);
+        assert_eq!(s.workers, 4);
+        assert_eq!(s.database.pool_size, 5);
+        assert_eq!(s.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("KAFKA_BROKERS", "localhost"),
+            ("KAFKA_BROKERS", " , "),
+            ("KAFKA_FALLBACK_OFFSET", "newest"),
+            ("KAFKA_FETCH_MAX_BYTES_PER_PARTITION", "1MB"),
+            ("KAFKA_FETCH_MAX_WAIT_MS", "0"),
+            ("KAFKA_COMMIT_INTERVAL_MS", "-5"),
+            ("KAFKA_PARTITIONS", "0,x"),
+            ("KAFKA_PARTITIONS", "1,1"),
+            ("KAFKA_ORDER_TOPIC", "bad topic"),
+            ("KAFKA_DLQ_TOPIC", "order.status.changed"),
+            ("WORKERS", "0"),
+            ("QUEUE_CAPACITY", "lots"),
+            ("SHUTDOWN_DRAIN_MS", "soon"),
+            ("DB_POOL_SIZE", "1000"),
+            ("LOG_LEVEL", "loud"),
+            ("DATABASE_URL", "not a url"),
+        ];
+        for (var, value) in cases {
+            let err = with(&[(var, value)]).expect_err(&format!("{var}={value} must fail"));
+            assert_eq!(err.variable, *var, "{var}={value}: {err}");
+        }
+        let err = env(&[("DATABASE_URL", "postgres://a@b/c")])
+            .settings()
+            .expect_err("no brokers");
+        assert_eq!(err.variable, "KAFKA_BROKERS");
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        let err = with(&[("DB_POOL_SIZE", "x")]).expect_err("bad");
+        assert!(!err.to_string().contains("secret"));
+        let err = env(&[
+            ("KAFKA_BROKERS", "a:1"),
+            ("DATABASE_URL", "postgres://u:secret@/x?bad=1"),
+        ])
+        .settings()
+        .map(|_| ())
+        .err();
+        assert!(err.is_none_or(|e| !e.to_string().contains("secret")));
+    }
+
+    #[test]
+    fn partitions_parse_sorted() {
+        let s = with(&[("KAFKA_PARTITIONS", "4, 0,2")]).expect("valid");
+        assert_eq!(s.kafka.partitions, Some(vec![0, 2, 4]));
+        let s = with(&[("KAFKA_PARTITIONS", "")]).expect("valid");
+        assert_eq!(s.kafka.partitions, None);
+    }
+}

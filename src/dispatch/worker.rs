@@ -1,0 +1,95 @@
+//! One worker: takes jobs from its queue in order, applies each through the status factory in a
+//! database transaction, retries transient failures with capped backoff (never skips), and
+//! reports every job back to the poller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Completion, Job, JobResult};
+use crate::repository::CourierRepository;
+use crate::shutdown::{Backoff, Shutdown};
+use crate::usecase::OrderEventProcessor;
+
+/// A worker thread's state.
+pub(super) struct Worker<R> {
+    /// For log lines.
+    pub index: usize,
+    /// Its own queue: every event of the orders routed to it, in order.
+    pub jobs: Receiver<Job>,
+    /// Where it reports.
+    pub completions: Sender<Completion>,
+    /// The status factory and the repository.
+    pub processor: Arc<OrderEventProcessor<R>>,
+    /// Stops retries when the process is stopping.
+    pub shutdown: Shutdown,
+    /// How long queued events are still applied once stopping; later ones are left for
+    /// redelivery, so a stop stays within its bound under any backlog.
+    pub drain_budget: Duration,
+}
+
+impl<R: CourierRepository> Worker<R> {
+    /// Runs until the queue is closed and drained.
+    pub fn run(self) {
+        for job in &self.jobs {
+            let result = if self.shutdown.stopping_longer_than(self.drain_budget) {
+                JobResult::Abandoned
+            } else {
+                self.apply(&job)
+            };
+            let done = Completion {
+                position: job.position,
+                order_id: job.event.order_id.clone(),
+                result,
+                latency: job.received.elapsed(),
+            };
+            if self.completions.send(done).is_err() {
+                return; // the poller is gone: nothing left to report to
+            }
+        }
+    }
+
+    fn apply(&self, job: &Job) -> JobResult {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let mut attempts = 0u32;
+        loop {
+            match self.processor.apply(&job.event) {
+                Ok(outcome) => {
+                    if attempts > 0 {
+                        log::info!(
+                            "worker {}: order {} applied after {attempts} retries",
+                            self.index,
+                            job.event.order_id
+                        );
+                    }
+                    return JobResult::Applied(outcome);
+                }
+                Err(e) if e.is_transient() => {
+                    attempts += 1;
+                    if self.shutdown.is_shutdown() {
+                        log::warn!(
+                            "worker {}: giving up on order {} at partition {} offset {} while \
+                             stopping ({e}); it stays uncommitted and will be delivered again",
+                            self.index,
+                            job.event.order_id,
+                            job.position.partition,
+                            job.position.offset
+                        );
+                        return JobResult::Abandoned;
+                    }
+                    let delay = backoff.next_delay();
+                    log::warn!(
+                        "worker {}: order {} at partition {} offset {}: {e}; retry {attempts} in {delay:?}",
+                        self.index,
+                        job.event.order_id,
+                        job.position.partition,
+                        job.position.offset
+                    );
+                    self.shutdown.sleep(delay);
+                }
+                Err(e) => return JobResult::Failed(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Domain types that parse, not validate: once you hold an [`OrderId`], a [`Phone`] or an
+//! [`OrderEvent`], it is valid. Everything outside the process (Kafka payloads, CLI arguments,
+//! database rows) goes through these parsers before any rule looks at it.
+
+mod courier;
+mod event;
+mod order;
+
+pub use courier::{CourierId, CourierStatus, NewCourier, ParseCourierError, Phone, TransportType};
+pub use event::{BadEvent, OrderEvent};
+pub use order::{OrderId, OrderStatus, ParseOrderError, StatusFamily};

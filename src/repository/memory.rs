@@ -1,0 +1,281 @@
+//! The in-memory fake: the same contract as PostgreSQL, for `cargo test` without services and
+//! as the model the fault harness compares the database with. One mutex serialises
+//! transactions; each runs on a copy of the state that replaces the original only on success.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    CourierRecord, CourierRepository, CourierView, DeliveryView, OrderState, RepoError, Snapshot,
+    StorageTx,
+};
+use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
+
+/// The fake repository. Cheap to create; starts empty.
+#[derive(Debug, Default)]
+pub struct MemoryRepository {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Clone)]
+struct CourierRow {
+    view: CourierView,
+    available_since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct OrderRow {
+    state: OrderState,
+    /// Place in the waiting queue while `state` is `Waiting`.
+    waiting_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct MemoryState {
+    couriers: BTreeMap<CourierId, CourierRow>,
+    orders: HashMap<OrderId, OrderRow>,
+    deliveries: BTreeMap<OrderId, DeliveryView>,
+    /// The last courier id handed out.
+    next_courier_id: i64,
+    /// The last place in the waiting queue handed out.
+    next_waiting_seq: u64,
+}
+
+impl MemoryRepository {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemoryState> {
+        // A panic inside a test transaction poisons the mutex; the state it guards was a copy,
+        // so the original is still consistent and safe to keep using.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl CourierRepository for MemoryRepository {
+    fn transaction<T>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let mut guard = self.lock();
+        let mut copy = guard.clone();
+        let result = work(&mut copy)?;
+        *guard = copy;
+        Ok(result)
+    }
+
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
+        Ok(self
+            .lock()
+            .couriers
+            .values()
+            .map(|c| c.view.clone())
+            .collect())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, RepoError> {
+        let state = self.lock();
+        let mut waiting: Vec<(u64, OrderId)> = state
+            .orders
+            .iter()
+            .filter_map(|(id, row)| row.waiting_seq.map(|seq| (seq, id.clone())))
+            .collect();
+        waiting.sort();
+        Ok(Snapshot {
+            couriers: state.couriers.values().map(|c| c.view.clone()).collect(),
+            orders: state
+                .orders
+                .iter()
+                .filter(|(_, row)| row.state != OrderState::Unseen)
+                .map(|(id, row)| (id.clone(), row.state.clone()))
+                .collect(),
+            deliveries: state.deliveries.clone(),
+            waiting: waiting.into_iter().map(|(_, id)| id).collect(),
+        })
+    }
+}
+
+impl MemoryState {
+    fn record(&self, id: CourierId) -> Option<CourierRecord> {
+        self.couriers.get(&id).map(|c| CourierRecord {
+            id,
+            status: c.view.status,
+            transport: c.view.transport,
+            active_order: c.view.active_order.clone(),
+        })
+    }
+
+    fn courier_mut(&mut self, id: CourierId) -> Result<&mut CourierRow, RepoError> {
+        self.couriers
+            .get_mut(&id)
+            .ok_or_else(|| RepoError::Permanent(format!("courier {id} does not exist")))
+    }
+
+    fn put_order(&mut self, order: &OrderId, state: OrderState) {
+        let waiting_seq = if state == OrderState::Waiting {
+            self.next_waiting_seq += 1;
+            Some(self.next_waiting_seq)
+        } else {
+            None
+        };
+        self.orders
+            .insert(order.clone(), OrderRow { state, waiting_seq });
+    }
+}
+
+impl StorageTx for MemoryState {
+    fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError> {
+        Ok(self
+            .orders
+            .get(order)
+            .map_or(OrderState::Unseen, |row| row.state.clone()))
+    }
+
+    fn set_order_state(
+        &mut self,
+        order: &OrderId,
+        state: &OrderState,
+        _at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        self.put_order(order, state.clone());
+        Ok(())
+    }
+
+    fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError> {
+        let best = self
+            .couriers
+            .values()
+            .filter(|c| c.view.status == CourierStatus::Available)
+            .min_by_key(|c| (c.view.completed_deliveries, c.available_since, c.view.id))
+            .map(|c| c.view.id);
+        Ok(best.and_then(|id| self.record(id)))
+    }
+
+    fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError> {
+        Ok(self.record(id))
+    }
+
+    fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError> {
+        Ok(self
+            .orders
+            .iter()
+            .filter_map(|(id, row)| row.waiting_seq.map(|seq| (seq, id)))
+            .min()
+            .map(|(_, id)| id.clone()))
+    }
+
+    fn start_delivery(
+        &mut self,
+        order: &OrderId,
+        courier: &CourierRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        if self.deliveries.contains_key(order) {
+            return Err(RepoError::Permanent(format!(
+                "order {order} already has a delivery"
+            )));
+        }
+        let row = self.courier_mut(courier.id)?;
+        if row.view.active_order.is_some() {
+            return Err(RepoError::Permanent(format!(
+                "courier {} already carries an order",
+                courier.id
+            )));
+        }
+        row.view.status = CourierStatus::Busy;
+        row.view.active_order = Some(order.clone());
+        self.deliveries.insert(
+            order.clone(),
+            DeliveryView {
+                courier: courier.id,
+                assigned_at: at,
+                deadline: at + courier.transport.delivery_window(),
+                completed_at: None,
+            },
+        );
+        self.put_order(order, OrderState::Assigned(courier.id));
+        Ok(())
+    }
+
+    fn finish_delivery(
+        &mut self,
+        order: &OrderId,
+        courier: CourierId,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let delivery = self
+            .deliveries
+            .get_mut(order)
+            .ok_or_else(|| RepoError::Permanent(format!("order {order} has no delivery")))?;
+        delivery.completed_at = Some(at);
+        let row = self.courier_mut(courier)?;
+        row.view.completed_deliveries += 1;
+        row.view.active_order = None;
+        self.put_order(order, OrderState::Completed(Some(courier)));
+        Ok(())
+    }
+
+    fn drop_delivery(&mut self, order: &OrderId, _at: DateTime<Utc>) -> Result<(), RepoError> {
+        if let Some(d) = self.deliveries.remove(order) {
+            self.courier_mut(d.courier)?.view.active_order = None;
+        }
+        self.put_order(order, OrderState::Cancelled);
+        Ok(())
+    }
+
+    fn set_courier_status(
+        &mut self,
+        id: CourierId,
+        status: CourierStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let row = self.courier_mut(id)?;
+        if status == CourierStatus::Available {
+            row.available_since = at;
+        }
+        row.view.status = status;
+        Ok(())
+    }
+
+    fn insert_courier(
+        &mut self,
+        courier: &NewCourier,
+        at: DateTime<Utc>,
+    ) -> Result<CourierRecord, RepoError> {
+        self.next_courier_id += 1;
+        let id = CourierId(self.next_courier_id);
+        if self
+            .couriers
+            .values()
+            .any(|c| c.view.phone == courier.phone)
+        {
+            return Err(RepoError::Conflict(format!(
+                "phone {} belongs to another courier",
+                courier.phone
+            )));
+        }
+        self.couriers.insert(
+            id,
+            CourierRow {
+                view: CourierView {
+                    id,
+                    name: courier.name.clone(),
+                    phone: courier.phone.clone(),
+                    status: CourierStatus::Paused,
+                    transport: courier.transport,
+                    completed_deliveries: 0,
+                    active_order: None,
+                },
+                available_since: at,
+            },
+        );
+        self.record(id)
+            .ok_or_else(|| RepoError::Permanent("inserted courier vanished".into()))
+    }
+}

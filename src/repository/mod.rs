@@ -1,0 +1,164 @@
+//! The only door to storage. A usecase runs inside [`CourierRepository::transaction`] and talks to
+//! a [`StorageTx`]: small, domain-named steps that PostgreSQL runs as SQL in one transaction and
+//! the in-memory fake runs on a copy of its state. Both pass the same contract tests.
+
+mod error;
+pub mod memory;
+pub mod postgres;
+mod snapshot;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
+
+pub use error::RepoError;
+pub use memory::MemoryRepository;
+pub use postgres::PgRepository;
+pub use snapshot::{DeliveryView, Snapshot};
+
+/// Where an order stands, as far as couriers are concerned. This is what makes every handler
+/// idempotent: each event is a transition from one of these states, and most are no-ops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderState {
+    /// No event of this order has been applied yet.
+    Unseen,
+    /// Created while no courier was free; first come, first served.
+    Waiting,
+    /// Carried by this courier right now.
+    Assigned(CourierId),
+    /// Done; the courier who delivered it, if one had been assigned.
+    Completed(Option<CourierId>),
+    /// Gone: never counts, never comes back.
+    Cancelled,
+}
+
+impl OrderState {
+    /// The spelling used in the database.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Unseen => "unseen",
+            Self::Waiting => "waiting",
+            Self::Assigned(_) => "assigned",
+            Self::Completed(_) => "completed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Completed and cancelled orders never change again.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed(_) | Self::Cancelled)
+    }
+}
+
+/// A courier as a transaction sees it after locking the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CourierRecord {
+    /// Which courier.
+    pub id: CourierId,
+    /// Their status at lock time.
+    pub status: CourierStatus,
+    /// Sets the deadline of the next delivery.
+    pub transport: TransportType,
+    /// The order they carry, if any.
+    pub active_order: Option<OrderId>,
+}
+
+/// A courier as people see them (`couriers list`, `stats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CourierView {
+    /// Which courier.
+    pub id: CourierId,
+    /// Display name.
+    pub name: String,
+    /// Contact phone.
+    pub phone: Phone,
+    /// Available, busy or paused.
+    pub status: CourierStatus,
+    /// How they travel.
+    pub transport: TransportType,
+    /// Deliveries completed (cancelled ones never count).
+    pub completed_deliveries: i64,
+    /// The order they carry now, if any.
+    pub active_order: Option<OrderId>,
+}
+
+/// Storage, seen from the usecases. `Send + Sync` so one repository serves every worker.
+pub trait CourierRepository: Send + Sync {
+    /// Runs `work` in one transaction: all of its steps take effect, or none do. On error nothing
+    /// is kept, so the caller may run `work` again.
+    fn transaction<T>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError>;
+
+    /// Every courier with their statistics, by id.
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError>;
+
+    /// The whole state, for comparing stores and checking invariants.
+    fn snapshot(&self) -> Result<Snapshot, RepoError>;
+}
+
+/// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.
+pub trait StorageTx {
+    /// Locks the order against concurrent events of the same order and returns its state
+    /// ([`OrderState::Unseen`] for an order never seen).
+    fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError>;
+
+    /// Records a state that involves no delivery: `Waiting` (joins the end of the queue),
+    /// `Completed(None)` or `Cancelled` for an order without a courier.
+    fn set_order_state(
+        &mut self,
+        order: &OrderId,
+        state: &OrderState,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+
+    /// Locks and returns the best available courier: fewest completed deliveries, then the one
+    /// available longest, then the lowest id. `None` means none is available, and stays true
+    /// for the rest of the transaction: no concurrent release can slip past a waiting order.
+    fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError>;
+
+    /// Locks a courier row.
+    fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError>;
+
+    /// Locks and returns the longest-waiting order that no one else holds.
+    fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError>;
+
+    /// The courier takes the order: a delivery row with its deadline, the courier busy, the
+    /// order assigned.
+    fn start_delivery(
+        &mut self,
+        order: &OrderId,
+        courier: &CourierRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+
+    /// The delivery is done: stamped, counted for the courier, the order completed. The
+    /// courier's status is left to the caller.
+    fn finish_delivery(
+        &mut self,
+        order: &OrderId,
+        courier: CourierId,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+
+    /// The delivery disappears and the order is cancelled. The courier's status is left to the
+    /// caller.
+    fn drop_delivery(&mut self, order: &OrderId, at: DateTime<Utc>) -> Result<(), RepoError>;
+
+    /// Sets a courier's status; `Available` also restarts their "available since" clock.
+    fn set_courier_status(
+        &mut self,
+        id: CourierId,
+        status: CourierStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+
+    /// Hires a courier, initially paused (the caller makes them available or gives them work).
+    /// A taken phone is a [`RepoError::Conflict`].
+    fn insert_courier(
+        &mut self,
+        courier: &NewCourier,
+        at: DateTime<Utc>,
+    ) -> Result<CourierRecord, RepoError>;
+}

@@ -1,0 +1,572 @@
+//! PostgreSQL, the truth. Every [`StorageTx`] step is one prepared statement (cached per
+//! connection) inside one blocking transaction at READ COMMITTED.
+//!
+//! Concurrency, across workers and across instances:
+//! - an order's events serialise on its `orders` row (`lock_order`);
+//! - couriers and waiting orders are picked with `FOR UPDATE SKIP LOCKED`, so two transactions
+//!   never take the same one, and the partial unique index on `courier_orders` backs that up;
+//! - "the order waits" and "the courier is released" must not cross each other unseen (an order
+//!   would wait beside a free courier). Releases hold a shared advisory lock while they look for a
+//!   waiting order; an order about to wait takes it exclusively and looks for a courier once more.
+//!   The exclusive lock is only taken when no courier is free, so the common path never waits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Row, Statement};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::{
+    CourierRecord, CourierRepository, CourierView, DeliveryView, OrderState, RepoError, Snapshot,
+    StorageTx,
+};
+use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
+
+/// The schema, embedded so `migrate` needs no file next to the binary.
+pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+
+/// Advisory lock key guarding "wait vs release" (see the module doc).
+const DISPATCH_LOCK: i64 = 0x0C0E_1E40_0001;
+/// Advisory lock key serialising concurrent migrations.
+const MIGRATION_LOCK: i64 = 0x0C0E_1E40_0002;
+
+/// A pooled connection with the statements it has prepared, so each SQL text is parsed once per
+/// connection instead of once per call.
+pub struct PgConnection {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+/// Opens [`PgConnection`]s through r2d2_postgres and drops broken ones.
+struct PgConnectionManager(PostgresConnectionManager<NoTls>);
+
+impl r2d2::ManageConnection for PgConnectionManager {
+    type Connection = PgConnection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConnection, postgres::Error> {
+        Ok(PgConnection {
+            client: self.0.connect()?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// The PostgreSQL repository: an r2d2 pool of blocking connections.
+#[derive(Clone)]
+pub struct PgRepository {
+    pool: r2d2::Pool<PgConnectionManager>,
+    target: String,
+}
+
+/// Where a connection string points, for messages: host, port and database, never the password.
+pub fn describe_target(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().or(config.get_user()).unwrap_or("?");
+    format!("{host}:{port}/{db}")
+}
+
+impl PgRepository {
+    /// A pool of `size` connections. Connections open lazily; call [`PgRepository::ping`] to find
+    /// out whether the database answers.
+    pub fn new(mut config: postgres::Config, size: u32) -> Self {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let target = describe_target(&config);
+        let manager = PgConnectionManager(PostgresConnectionManager::new(config, NoTls));
+        let pool = r2d2::Pool::builder()
+            .max_size(size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(5))
+            // r2d2 logs every failed connect at error level; our callers report failures once.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        Self { pool, target }
+    }
+
+    /// `host:port/database`, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Checks that the database answers.
+    pub fn ping(&self) -> Result<(), RepoError> {
+        let mut conn = self.connection()?;
+        conn.client.simple_query("SELECT 1").map_err(classify)?;
+        Ok(())
+    }
+
+    /// Applies the embedded schema. Safe to run twice and from several instances at once.
+    pub fn migrate(&self) -> Result<(), RepoError> {
+        let mut conn = self.connection()?;
+        let client = &mut conn.client;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(classify)?;
+        // "already exists, skipping" notices are expected on every run after the first.
+        let applied = client
+            .batch_execute("SET client_min_messages = warning")
+            .and_then(|()| client.batch_execute(SCHEMA_SQL))
+            .map_err(classify);
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .map_err(classify);
+        applied.and(unlocked.map(|_| ()))
+    }
+
+    fn connection(&self) -> Result<r2d2::PooledConnection<PgConnectionManager>, RepoError> {
+        self.pool.get().map_err(|e| {
+            RepoError::Transient(format!("cannot reach PostgreSQL at {}: {e}", self.target))
+        })
+    }
+}
+
+impl CourierRepository for PgRepository {
+    fn transaction<T>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let mut conn = self.connection()?;
+        let PgConnection { client, statements } = &mut *conn;
+        let tx = client.transaction().map_err(classify)?;
+        let mut pg = PgTx { tx, statements };
+        let out = work(&mut pg)?;
+        pg.tx.commit().map_err(classify)?;
+        Ok(out)
+    }
+
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
+        let mut conn = self.connection()?;
+        let rows = conn.client.query(COURIERS, &[]).map_err(classify)?;
+        rows.iter().map(courier_view).collect()
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, RepoError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(classify)?;
+        let couriers = tx
+            .query(COURIERS, &[])
+            .map_err(classify)?
+            .iter()
+            .map(courier_view)
+            .collect::<Result<_, _>>()?;
+        let mut orders = std::collections::BTreeMap::new();
+        for row in tx
+            .query(
+                "SELECT order_id, state, courier_id FROM orders WHERE state <> 'unseen'",
+                &[],
+            )
+            .map_err(classify)?
+        {
+            orders.insert(order_id(&row, 0)?, order_state(&row, 1, 2)?);
+        }
+        let mut deliveries = std::collections::BTreeMap::new();
+        for row in tx
+            .query(
+                "SELECT order_id, courier_id, assigned_at, deadline, completed_at FROM courier_orders",
+                &[],
+            )
+            .map_err(classify)?
+        {
+            deliveries.insert(
+                order_id(&row, 0)?,
+                DeliveryView {
+                    courier: CourierId(get(&row, 1)?),
+                    assigned_at: get(&row, 2)?,
+                    deadline: get(&row, 3)?,
+                    completed_at: get(&row, 4)?,
+                },
+            );
+        }
+        let waiting = tx
+            .query(
+                "SELECT order_id FROM orders WHERE state = 'waiting' ORDER BY waiting_seq",
+                &[],
+            )
+            .map_err(classify)?
+            .iter()
+            .map(|r| order_id(r, 0))
+            .collect::<Result<_, _>>()?;
+        tx.commit().map_err(classify)?;
+        Ok(Snapshot {
+            couriers,
+            orders,
+            deliveries,
+            waiting,
+        })
+    }
+}
+
+const COURIERS: &str = "
+    SELECT c.id, c.name, c.phone, c.status, c.transport_type, c.completed_deliveries, co.order_id
+    FROM couriers c
+    LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
+    ORDER BY c.id";
+
+/// One open transaction and the connection's statement cache.
+struct PgTx<'a> {
+    tx: postgres::Transaction<'a>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl PgTx<'_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, RepoError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql).map_err(classify)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, RepoError> {
+        let stmt = self.statement(sql)?;
+        self.tx.query(&stmt, params).map_err(classify)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, RepoError> {
+        let stmt = self.statement(sql)?;
+        self.tx.execute(&stmt, params).map_err(classify)
+    }
+
+    fn pick_available(&mut self) -> Result<Option<CourierRecord>, RepoError> {
+        const SQL: &str = "
+            SELECT id, status, transport_type FROM couriers
+            WHERE status = 'available'
+            ORDER BY completed_deliveries, available_since, id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED";
+        let rows = self.query(SQL, &[])?;
+        rows.first()
+            .map(|row| {
+                Ok(CourierRecord {
+                    id: CourierId(get(row, 0)?),
+                    status: parse_col(row, 1)?,
+                    transport: parse_col(row, 2)?,
+                    active_order: None,
+                })
+            })
+            .transpose()
+    }
+}
+
+impl StorageTx for PgTx<'_> {
+    fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError> {
+        const SELECT: &str = "SELECT state, courier_id FROM orders WHERE order_id = $1 FOR UPDATE";
+        const INSERT: &str = "
+            INSERT INTO orders (order_id, state) VALUES ($1, 'unseen')
+            ON CONFLICT (order_id) DO NOTHING
+            RETURNING state, courier_id";
+        let id = order.as_str();
+        // Existing order: lock it. New order: insert a placeholder row, which is ours and locked.
+        // If another transaction inserted it first, ON CONFLICT waited for it; lock its row.
+        for sql in [SELECT, INSERT, SELECT] {
+            if let Some(row) = self.query(sql, &[&id])?.first() {
+                return order_state(row, 0, 1);
+            }
+        }
+        Err(RepoError::Transient(format!(
+            "order {order} vanished while being locked"
+        )))
+    }
+
+    fn set_order_state(
+        &mut self,
+        order: &OrderId,
+        state: &OrderState,
+        _at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        const SQL: &str = "
+            UPDATE orders
+            SET state = $2,
+                courier_id = $3,
+                waiting_seq = CASE WHEN $2 = 'waiting' THEN nextval('orders_waiting_seq') END,
+                updated_at = now()
+            WHERE order_id = $1";
+        let courier = match state {
+            OrderState::Assigned(c) | OrderState::Completed(Some(c)) => Some(c.0),
+            _ => None,
+        };
+        let n = self.execute(SQL, &[&order.as_str(), &state.as_str(), &courier])?;
+        expect_one(n, || {
+            format!("order {order} was not locked before its state was set")
+        })
+    }
+
+    fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError> {
+        if let Some(c) = self.pick_available()? {
+            return Ok(Some(c));
+        }
+        // None free: before the order waits, make sure no release is half-way (module doc).
+        self.execute("SELECT pg_advisory_xact_lock($1)", &[&DISPATCH_LOCK])?;
+        self.pick_available()
+    }
+
+    fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError> {
+        const SQL: &str = "
+            SELECT c.id, c.status, c.transport_type,
+                   (SELECT co.order_id FROM courier_orders co
+                    WHERE co.courier_id = c.id AND co.completed_at IS NULL)
+            FROM couriers c
+            WHERE c.id = $1
+            FOR UPDATE OF c";
+        let rows = self.query(SQL, &[&id.0])?;
+        rows.first()
+            .map(|row| {
+                Ok(CourierRecord {
+                    id: CourierId(get(row, 0)?),
+                    status: parse_col(row, 1)?,
+                    transport: parse_col(row, 2)?,
+                    active_order: get::<Option<String>>(row, 3)?
+                        .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
+                        .transpose()?,
+                })
+            })
+            .transpose()
+    }
+
+    fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError> {
+        const SQL: &str = "
+            SELECT order_id FROM orders
+            WHERE state = 'waiting'
+            ORDER BY waiting_seq
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED";
+        self.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&DISPATCH_LOCK])?;
+        let rows = self.query(SQL, &[])?;
+        rows.first().map(|r| order_id(r, 0)).transpose()
+    }
+
+    fn start_delivery(
+        &mut self,
+        order: &OrderId,
+        courier: &CourierRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        const SQL: &str = "
+            WITH delivery AS (
+                INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline)
+                VALUES ($1, $2, $3, $4)
+            ), courier AS (
+                UPDATE couriers SET status = 'busy', updated_at = now() WHERE id = $2
+            )
+            UPDATE orders
+            SET state = 'assigned', courier_id = $2, waiting_seq = NULL, updated_at = now()
+            WHERE order_id = $1";
+        let deadline = at + courier.transport.delivery_window();
+        let n = self.execute(SQL, &[&order.as_str(), &courier.id.0, &at, &deadline])?;
+        expect_one(n, || {
+            format!("order {order} was not locked before its delivery started")
+        })
+    }
+
+    fn finish_delivery(
+        &mut self,
+        order: &OrderId,
+        courier: CourierId,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        const SQL: &str = "
+            WITH delivery AS (
+                UPDATE courier_orders SET completed_at = $3
+                WHERE order_id = $1 AND courier_id = $2 AND completed_at IS NULL
+                RETURNING courier_id
+            ), courier AS (
+                UPDATE couriers
+                SET completed_deliveries = completed_deliveries + 1, updated_at = now()
+                WHERE id IN (SELECT courier_id FROM delivery)
+            ), done AS (
+                UPDATE orders
+                SET state = 'completed', courier_id = $2, waiting_seq = NULL, updated_at = now()
+                WHERE order_id = $1 AND EXISTS (SELECT 1 FROM delivery)
+                RETURNING 1
+            )
+            SELECT count(*) FROM done";
+        let rows = self.query(SQL, &[&order.as_str(), &courier.0, &at])?;
+        let n: i64 = rows.first().map(|r| get(r, 0)).transpose()?.unwrap_or(0);
+        expect_one(n as u64, || {
+            format!("order {order} has no active delivery by courier {courier}")
+        })
+    }
+
+    fn drop_delivery(&mut self, order: &OrderId, _at: DateTime<Utc>) -> Result<(), RepoError> {
+        const SQL: &str = "
+            WITH delivery AS (DELETE FROM courier_orders WHERE order_id = $1)
+            UPDATE orders
+            SET state = 'cancelled', courier_id = NULL, waiting_seq = NULL, updated_at = now()
+            WHERE order_id = $1";
+        let n = self.execute(SQL, &[&order.as_str()])?;
+        expect_one(n, || {
+            format!("order {order} was not locked before it was cancelled")
+        })
+    }
+
+    fn set_courier_status(
+        &mut self,
+        id: CourierId,
+        status: CourierStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        const SQL: &str = "
+            UPDATE couriers
+            SET status = $2,
+                available_since = CASE WHEN $2 = 'available' THEN $3 ELSE available_since END,
+                updated_at = now()
+            WHERE id = $1";
+        let n = self.execute(SQL, &[&id.0, &status.as_str(), &at])?;
+        expect_one(n, || format!("courier {id} does not exist"))
+    }
+
+    fn insert_courier(
+        &mut self,
+        courier: &NewCourier,
+        at: DateTime<Utc>,
+    ) -> Result<CourierRecord, RepoError> {
+        const SQL: &str = "
+            INSERT INTO couriers (name, phone, status, transport_type, available_since)
+            VALUES ($1, $2, 'paused', $3, $4)
+            RETURNING id";
+        let rows = self
+            .query(
+                SQL,
+                &[
+                    &courier.name,
+                    &courier.phone.as_str(),
+                    &courier.transport.as_str(),
+                    &at,
+                ],
+            )
+            .map_err(|e| match e {
+                RepoError::Conflict(_) => RepoError::Conflict(format!(
+                    "phone {} belongs to another courier",
+                    courier.phone
+                )),
+                other => other,
+            })?;
+        let id = rows
+            .first()
+            .map(|r| get(r, 0))
+            .transpose()?
+            .ok_or_else(|| bad_row("INSERT returned no id"))?;
+        Ok(CourierRecord {
+            id: CourierId(id),
+            status: CourierStatus::Paused,
+            transport: courier.transport,
+            active_order: None,
+        })
+    }
+}
+
+/// Sorts a PostgreSQL error by what the caller should do (see [`RepoError`]).
+fn classify(e: postgres::Error) -> RepoError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        let message = format!("{} (SQLSTATE {})", db.message(), code.code());
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return RepoError::Conflict(message);
+        }
+        // 40: serialization failure, deadlock; 08: connection; 53: resources (too many
+        // connections); 57: operator intervention (shutdown, statement timeout); 55P03: lock
+        // not available.
+        return match &code.code()[..2] {
+            "40" | "08" | "53" | "57" => RepoError::Transient(message),
+            _ if *code == SqlState::LOCK_NOT_AVAILABLE => RepoError::Transient(message),
+            _ => RepoError::Permanent(message),
+        };
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
+        RepoError::Transient(format!("connection lost: {e}"))
+    } else {
+        RepoError::Permanent(e.to_string())
+    }
+}
+
+fn bad_row(msg: impl Into<String>) -> RepoError {
+    RepoError::Permanent(format!("unexpected row in the database: {}", msg.into()))
+}
+
+fn expect_one(n: u64, what: impl FnOnce() -> String) -> Result<(), RepoError> {
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(RepoError::Permanent(what()))
+    }
+}
+
+fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, RepoError> {
+    row.try_get(i).map_err(|e| bad_row(e.to_string()))
+}
+
+fn parse_col<T>(row: &Row, i: usize) -> Result<T, RepoError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw: &str = get(row, i)?;
+    raw.parse().map_err(|e: T::Err| bad_row(e.to_string()))
+}
+
+fn order_id(row: &Row, i: usize) -> Result<OrderId, RepoError> {
+    OrderId::parse(get::<String>(row, i)?).map_err(|e| bad_row(e.to_string()))
+}
+
+fn order_state(row: &Row, state: usize, courier: usize) -> Result<OrderState, RepoError> {
+    let courier: Option<i64> = get(row, courier)?;
+    let courier = courier.map(CourierId);
+    Ok(match get::<&str>(row, state)? {
+        "unseen" => OrderState::Unseen,
+        "waiting" => OrderState::Waiting,
+        "assigned" => OrderState::Assigned(
+            courier.ok_or_else(|| bad_row("assigned order without a courier"))?,
+        ),
+        "completed" => OrderState::Completed(courier),
+        "cancelled" => OrderState::Cancelled,
+        other => return Err(bad_row(format!("order state {other:?}"))),
+    })
+}
+
+fn courier_view(row: &Row) -> Result<CourierView, RepoError> {
+    Ok(CourierView {
+        id: CourierId(get(row, 0)?),
+        name: get(row, 1)?,
+        phone: Phone::parse(get(row, 2)?).map_err(|e| bad_row(e.to_string()))?,
+        status: parse_col(row, 3)?,
+        transport: parse_col::<TransportType>(row, 4)?,
+        completed_deliveries: get(row, 5)?,
+        active_order: get::<Option<String>>(row, 6)?
+            .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
+            .transpose()?,
+    })
+}

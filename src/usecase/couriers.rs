@@ -1,0 +1,126 @@
+//! Managing couriers by hand (the CLI): hire, pause, resume. Hiring and resuming hand the new
+//! courier the longest-waiting order, so no order waits beside a free courier.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use super::handover;
+use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
+use crate::repository::{CourierRepository, RepoError};
+
+/// Why a courier command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CourierCommandError {
+    /// No courier has this id.
+    NotFound(CourierId),
+    /// Storage said no.
+    Repository(RepoError),
+}
+
+impl fmt::Display for CourierCommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound(id) => write!(f, "no courier has id {id}"),
+            Self::Repository(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CourierCommandError {}
+
+impl From<RepoError> for CourierCommandError {
+    fn from(e: RepoError) -> Self {
+        Self::Repository(e)
+    }
+}
+
+/// What a courier command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CourierChange {
+    /// The courier concerned.
+    pub id: CourierId,
+    /// Their status afterwards.
+    pub status: CourierStatus,
+    /// The waiting order they took, if any.
+    pub took: Option<OrderId>,
+}
+
+/// Hires a courier; they take the longest-waiting order at once, if there is one.
+pub fn add(
+    repo: &impl CourierRepository,
+    courier: &NewCourier,
+    at: DateTime<Utc>,
+) -> Result<CourierChange, CourierCommandError> {
+    Ok(repo.transaction(&mut |tx| {
+        let record = tx.insert_courier(courier, at)?;
+        let took = handover::offer(tx, &record, at)?;
+        Ok(changed(record.id, took))
+    })?)
+}
+
+/// Pauses a courier: no new orders; an order they carry stays theirs. Idempotent.
+pub fn pause(
+    repo: &impl CourierRepository,
+    id: CourierId,
+    at: DateTime<Utc>,
+) -> Result<CourierChange, CourierCommandError> {
+    repo.transaction(&mut |tx| {
+        let Some(record) = tx.lock_courier(id)? else {
+            return Ok(None);
+        };
+        if record.status != CourierStatus::Paused {
+            tx.set_courier_status(id, CourierStatus::Paused, at)?;
+        }
+        Ok(Some(CourierChange {
+            id,
+            status: CourierStatus::Paused,
+            took: None,
+        }))
+    })?
+    .ok_or(CourierCommandError::NotFound(id))
+}
+
+/// Resumes a paused courier: busy again if they carry an order, else they take the
+/// longest-waiting order or become available. Idempotent.
+pub fn resume(
+    repo: &impl CourierRepository,
+    id: CourierId,
+    at: DateTime<Utc>,
+) -> Result<CourierChange, CourierCommandError> {
+    repo.transaction(&mut |tx| {
+        let Some(record) = tx.lock_courier(id)? else {
+            return Ok(None);
+        };
+        if record.status != CourierStatus::Paused {
+            return Ok(Some(CourierChange {
+                id,
+                status: record.status,
+                took: None,
+            }));
+        }
+        if record.active_order.is_some() {
+            tx.set_courier_status(id, CourierStatus::Busy, at)?;
+            return Ok(Some(CourierChange {
+                id,
+                status: CourierStatus::Busy,
+                took: None,
+            }));
+        }
+        let took = handover::offer(tx, &record, at)?;
+        Ok(Some(changed(id, took)))
+    })?
+    .ok_or(CourierCommandError::NotFound(id))
+}
+
+fn changed(id: CourierId, took: Option<OrderId>) -> CourierChange {
+    CourierChange {
+        id,
+        status: if took.is_some() {
+            CourierStatus::Busy
+        } else {
+            CourierStatus::Available
+        },
+        took,
+    }
+}

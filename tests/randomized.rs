@@ -1,0 +1,186 @@
+//! Long random streams (fixed seeds, so failures replay): duplicates, reordering within and
+//! across orders, events for unknown orders, fewer couriers than orders, couriers paused, resumed
+//! and hired mid-stream. The in-memory fake and PostgreSQL must return the same outcome for every
+//! step, hold every invariant after every step, and end in the same state.
+
+mod common;
+
+use common::{at, courier, oid, Rng, TestDb};
+use service_courier::domain::{CourierId, OrderEvent, OrderStatus, TransportType};
+use service_courier::repository::{CourierRepository, MemoryRepository};
+use service_courier::usecase::couriers;
+use service_courier::usecase::OrderEventProcessor;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Event(OrderEvent),
+    Hire(u32, TransportType, i64),
+    Pause(i64, i64),
+    Resume(i64, i64),
+}
+
+/// A stream for `orders` orders and `couriers` couriers hired up front.
+fn stream(seed: u64, orders: usize, couriers: u32) -> Vec<Step> {
+    let mut rng = Rng::new(seed);
+    let mut steps: Vec<Step> = (0..couriers)
+        .map(|n| Step::Hire(n + 1, TransportType::ALL[n as usize % 3], n as i64))
+        .collect();
+    // Each order's lifecycle as service-order sends it.
+    let mut lifecycles: Vec<Vec<OrderEvent>> = (0..orders)
+        .map(|i| {
+            let id = format!("ord-{seed}-{i}");
+            let t0 = 100 + rng.below(1000) as i64;
+            let mut statuses = vec![OrderStatus::Created];
+            for s in [
+                OrderStatus::Pending,
+                OrderStatus::Confirmed,
+                OrderStatus::Cooking,
+            ] {
+                if rng.chance(40) {
+                    statuses.push(s);
+                }
+            }
+            let end = rng.below(100);
+            if end < 55 {
+                statuses.push(OrderStatus::Delivering);
+                statuses.push(if rng.chance(50) {
+                    OrderStatus::Completed
+                } else {
+                    OrderStatus::Delivered
+                });
+            } else if end < 85 {
+                statuses.push(
+                    [
+                        OrderStatus::Cancelled,
+                        OrderStatus::Canceled,
+                        OrderStatus::Deleted,
+                    ][rng.below(3)],
+                );
+            } // else: still open at the end of the stream
+            statuses
+                .into_iter()
+                .enumerate()
+                .map(|(k, status)| OrderEvent {
+                    order_id: oid(&id),
+                    status,
+                    created_at: at(t0 + 10 * k as i64),
+                })
+                .collect()
+        })
+        .collect();
+    // Reorder within an order now and then (unkeyed events on several partitions).
+    for life in &mut lifecycles {
+        if life.len() > 1 && rng.chance(25) {
+            let i = rng.below(life.len() - 1);
+            life.swap(i, i + 1);
+        }
+    }
+    // Interleave orders randomly, duplicating some events.
+    let mut cursors = vec![0usize; lifecycles.len()];
+    let mut open: Vec<usize> = (0..lifecycles.len()).collect();
+    let mut clock = 2000;
+    while !open.is_empty() {
+        let k = rng.below(open.len());
+        let o = open[k];
+        let e = lifecycles[o][cursors[o]].clone();
+        steps.push(Step::Event(e.clone()));
+        if rng.chance(10) {
+            steps.push(Step::Event(e));
+        }
+        cursors[o] += 1;
+        if cursors[o] == lifecycles[o].len() {
+            open.swap_remove(k);
+        }
+        clock += 1;
+        // Now and then: an event for an order never created, or a courier change.
+        match rng.below(100) {
+            0..=2 => steps.push(Step::Event(OrderEvent {
+                order_id: oid(&format!("ghost-{seed}-{clock}")),
+                status: [
+                    OrderStatus::Cancelled,
+                    OrderStatus::Completed,
+                    OrderStatus::Updated,
+                ][rng.below(3)],
+                created_at: at(clock),
+            })),
+            3..=4 => steps.push(Step::Pause(1 + rng.below(couriers as usize) as i64, clock)),
+            5..=7 => steps.push(Step::Resume(1 + rng.below(couriers as usize) as i64, clock)),
+            8 => steps.push(Step::Hire(1000 + clock as u32, TransportType::Car, clock)),
+            _ => {}
+        }
+    }
+    // A replayed tail, as after a crash before the commit of offsets.
+    let n = steps.len();
+    let tail: Vec<Step> = steps[n - n / 10..].to_vec();
+    steps.extend(tail.into_iter().filter(|s| matches!(s, Step::Event(_))));
+    steps
+}
+
+fn run<R: CourierRepository>(p: &OrderEventProcessor<R>, step: &Step) -> String {
+    let repo = p.repository();
+    match step {
+        Step::Event(e) => format!("{:?}", p.apply(e).expect("apply")),
+        Step::Hire(n, t, secs) => format!("{:?}", couriers::add(repo, &courier(*n, *t), at(*secs))),
+        Step::Pause(id, secs) => format!("{:?}", couriers::pause(repo, CourierId(*id), at(*secs))),
+        Step::Resume(id, secs) => {
+            format!("{:?}", couriers::resume(repo, CourierId(*id), at(*secs)))
+        }
+    }
+}
+
+fn check_stream<R: CourierRepository>(
+    seed: u64,
+    orders: usize,
+    couriers: u32,
+    other: Option<OrderEventProcessor<R>>,
+) {
+    let model = OrderEventProcessor::new(MemoryRepository::new());
+    let steps = stream(seed, orders, couriers);
+    for (i, step) in steps.iter().enumerate() {
+        let expected = run(&model, step);
+        let snap = model.repository().snapshot().expect("snapshot");
+        if let Err(broken) = snap.check_invariants() {
+            panic!("seed {seed} step {i} {step:?}: memory broke an invariant: {broken}");
+        }
+        if let Some(p) = &other {
+            let got = run(p, step);
+            assert_eq!(
+                got, expected,
+                "seed {seed} step {i} {step:?}: outcomes differ"
+            );
+            let s = p.repository().snapshot().expect("snapshot");
+            if let Err(broken) = s.check_invariants() {
+                panic!("seed {seed} step {i} {step:?}: postgres broke an invariant: {broken}");
+            }
+        }
+    }
+    let m = model.repository().snapshot().expect("snapshot");
+    assert!(m.orders.len() >= orders, "seed {seed}: a degenerate stream");
+    if let Some(p) = &other {
+        assert_eq!(
+            p.repository().snapshot().expect("snapshot"),
+            m,
+            "seed {seed}: final states differ"
+        );
+    }
+}
+
+#[test]
+fn memory_holds_the_invariants_on_many_streams() {
+    for seed in 0..200 {
+        check_stream::<MemoryRepository>(seed, 40, 1 + (seed % 5) as u32, None);
+    }
+}
+
+#[test]
+fn postgres_and_memory_agree_step_by_step() {
+    for seed in 1000..1012 {
+        let Some(db) = TestDb::new(2) else { return };
+        check_stream(
+            seed,
+            40,
+            1 + (seed % 4) as u32,
+            Some(OrderEventProcessor::new(db.repo.clone())),
+        );
+    }
+}
