@@ -38,6 +38,51 @@ pub enum Command {
     Couriers(CourierCommand),
     /// Per courier: completed deliveries, active order, status.
     Stats,
+    /// Publish simulated order lifecycles the way service-order does (for demos and benchmarks).
+    Simulate(SimulateArgs),
+}
+
+/// `simulate` options.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Orders to run through their lifecycle.
+    #[arg(long, default_value_t = 100)]
+    pub orders: usize,
+    /// Events per second.
+    #[arg(long, default_value_t = 20.0, conflicts_with = "burst")]
+    pub rate: f64,
+    /// Send as fast as possible (benchmarks).
+    #[arg(long)]
+    pub burst: bool,
+    /// Share of orders that end cancelled, canceled or deleted (0 to 1).
+    #[arg(long, default_value_t = 0.3, value_parser = ratio)]
+    pub cancel_ratio: f64,
+    /// Seed of order ids and choices: the same seed sends the same orders.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Key events by order id (service-order sends them unkeyed).
+    #[arg(long)]
+    pub keyed: bool,
+    /// Orders in progress at once (how much lifecycles interleave).
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Kafka brokers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Topic to publish to.
+    #[arg(
+        long,
+        env = "KAFKA_ORDER_TOPIC",
+        default_value = "order.status.changed"
+    )]
+    pub topic: String,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
 }
 
 /// `couriers …` subcommands.
@@ -57,6 +102,15 @@ pub enum CourierCommand {
     },
     /// List couriers.
     List,
+    /// Hire demo couriers with valid random phones and transports.
+    Seed {
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Seed of names, phones and transports.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Stop giving a courier new orders (an order they carry stays theirs).
     Pause {
         /// Courier id.
@@ -69,14 +123,56 @@ pub enum CourierCommand {
     },
 }
 
-/// Runs a database subcommand (everything but `run`).
+/// Runs `simulate`.
+pub fn run_simulate(args: SimulateArgs) -> ExitCode {
+    let plan = crate::simulate::SimulationPlan {
+        orders: args.orders,
+        rate: (!args.burst).then_some(args.rate.max(0.001)),
+        cancel_ratio: args.cancel_ratio,
+        seed: args.seed,
+        keyed: args.keyed,
+        concurrency: args.concurrency,
+    };
+    let brokers: Vec<String> = args
+        .brokers
+        .split(',')
+        .map(|b| b.trim().to_owned())
+        .collect();
+    let shutdown = crate::shutdown::Shutdown::new();
+    if let Err(e) = shutdown.install_signal_handler() {
+        eprintln!("error: cannot install the signal handler: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let started = std::time::Instant::now();
+    match crate::simulate::publish(&brokers, &args.topic, plan, &shutdown) {
+        Ok(sent) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "simulate: sent {sent} events of {} orders to {} in {secs:.1} s ({:.0} events/s)",
+                args.orders,
+                args.topic,
+                sent as f64 / secs.max(1e-9)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: publishing to {} via {:?}: {e}", args.topic, brokers);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Runs a database subcommand (everything but `run` and `simulate`).
 pub fn run_admin(command: Command) -> ExitCode {
     let repo = match connect() {
         Ok(repo) => repo,
         Err(code) => return code,
     };
     let outcome = match command {
-        Command::Run => unreachable_run(),
+        Command::Run | Command::Simulate(_) => not_admin(),
+        Command::Couriers(CourierCommand::Seed { count, seed }) => {
+            seed_couriers(&repo, count, seed)
+        }
         Command::Migrate => repo
             .migrate()
             .map(|()| println!("schema applied to {}", repo.target()))
@@ -115,8 +211,22 @@ pub fn run_admin(command: Command) -> ExitCode {
     }
 }
 
-fn unreachable_run() -> Result<(), CliError> {
-    Err(CliError::Failed("`run` is not an admin command".into()))
+fn not_admin() -> Result<(), CliError> {
+    Err(CliError::Failed("not a database command".into()))
+}
+
+fn seed_couriers(repo: &PgRepository, count: usize, seed: u64) -> Result<(), CliError> {
+    let mut hired = 0;
+    for courier in crate::simulate::demo_couriers(count, seed) {
+        match couriers::add(repo, &courier, Utc::now()) {
+            Ok(_) => hired += 1,
+            // A random phone that is taken already: skip it, the demo needs no particular one.
+            Err(CourierCommandError::Repository(RepoError::Conflict(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    println!("hired {hired} demo couriers");
+    Ok(())
 }
 
 /// Opens the pool and checks the database answers; prints why not and picks the exit code.

@@ -19,7 +19,7 @@
 //!   order's events stay in order while the pool runs in parallel.
 //! - [`shutdown`]: SIGINT/SIGTERM stop polling; workers drain; final offsets are committed.
 //! - [`app`]: the wiring, in one place. [`cli`]: the command line (run, migrate, couriers,
-//!   stats).
+//!   stats, simulate). [`simulate`]: a stand-in for service-order, off the event path.
 
 pub mod app;
 pub mod cli;
@@ -28,5 +28,6 @@ pub mod dispatch;
 pub mod domain;
 pub mod repository;
 pub mod shutdown;
+pub mod simulate;
 pub mod transport;
 pub mod usecase;

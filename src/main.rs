@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     match args.command.unwrap_or(Command::Run) {
         Command::Run => service_courier::app::run(),
+        Command::Simulate(args) => cli::run_simulate(args),
         other => cli::run_admin(other),
     }
 }

@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{at, courier, oid, Rng, TestDb};
+use common::{at, courier, oid, TestDb};
 use service_courier::domain::{CourierId, OrderEvent, OrderStatus, TransportType};
 use service_courier::repository::{CourierRepository, MemoryRepository};
+use service_courier::simulate::Rng;
 use service_courier::usecase::couriers;
 use service_courier::usecase::OrderEventProcessor;
 
@@ -36,14 +37,14 @@ fn stream(seed: u64, orders: usize, couriers: u32) -> Vec<Step> {
                 OrderStatus::Confirmed,
                 OrderStatus::Cooking,
             ] {
-                if rng.chance(40) {
+                if rng.chance(0.4) {
                     statuses.push(s);
                 }
             }
             let end = rng.below(100);
             if end < 55 {
                 statuses.push(OrderStatus::Delivering);
-                statuses.push(if rng.chance(50) {
+                statuses.push(if rng.chance(0.5) {
                     OrderStatus::Completed
                 } else {
                     OrderStatus::Delivered
@@ -70,7 +71,7 @@ fn stream(seed: u64, orders: usize, couriers: u32) -> Vec<Step> {
         .collect();
     // Reorder within an order now and then (unkeyed events on several partitions).
     for life in &mut lifecycles {
-        if life.len() > 1 && rng.chance(25) {
+        if life.len() > 1 && rng.chance(0.25) {
             let i = rng.below(life.len() - 1);
             life.swap(i, i + 1);
         }
@@ -84,7 +85,7 @@ fn stream(seed: u64, orders: usize, couriers: u32) -> Vec<Step> {
         let o = open[k];
         let e = lifecycles[o][cursors[o]].clone();
         steps.push(Step::Event(e.clone()));
-        if rng.chance(10) {
+        if rng.chance(0.1) {
             steps.push(Step::Event(e));
         }
         cursors[o] += 1;

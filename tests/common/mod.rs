@@ -122,29 +122,6 @@ pub fn oid(id: &str) -> OrderId {
     OrderId::parse(id).expect("test order id")
 }
 
-/// A tiny deterministic generator (xorshift64*), so randomized tests replay from their seed.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// True with probability `p` percent.
-    pub fn chance(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-}
-
 // ---------------------------------------------------------------- Kafka and the binary ----
 
 use std::io::Write as _;

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# A local stand without Docker: PostgreSQL and Apache Kafka 3.9 (the project's scripts), the
+# service, and the simulator standing in for service-order, all on 127.0.0.1.
+#
+# Usage: scripts/stand.sh up|down|status
+#
+#   up      starts what is not running yet, builds the release binary, seeds demo couriers on
+#           an empty database, starts the service and the simulator, prints where everything is
+#   down    stops exactly what `up` started (a PostgreSQL or Kafka that was already running
+#           stays up)
+#   status  what is running
+#
+# Environment:
+#   STAND_DIR         state: pids, logs, env (default $REPO/.cache/stand)
+#   STAND_BIN         the service-courier binary (default: cargo build --release, target/release)
+#   STAND_COURIERS    demo couriers hired on an empty database (default 20)
+#   STAND_ORDERS      orders the simulator sends (default 2000)
+#   STAND_RATE        simulator events per second, or "burst" (default 20)
+#   PG_STATE_DIR, KAFKA_STATE_DIR  passed on to scripts/postgres.sh and scripts/kafka.sh
+set -euo pipefail
+LOG_TAG=stand
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+
+STAND_DIR="${STAND_DIR:-$REPO/.cache/stand}"
+export PG_STATE_DIR="${PG_STATE_DIR:-$STAND_DIR/postgres}"
+export KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-$STAND_DIR/kafka}"
+STARTED="$STAND_DIR/started"   # one line per thing `up` started: postgres, kafka
+
+# Alive and not a zombie (a finished simulator may wait for its reaper).
+pid_alive() {
+  [ -f "$1" ] || return 1
+  local state
+  state="$(awk "{print \$3}" "/proc/$(cat "$1")/stat" 2>/dev/null)" || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+binary() {
+  if [ -n "${STAND_BIN:-}" ]; then
+    printf '%s\n' "$STAND_BIN"
+  else
+    (cd "$REPO" && cargo build --release --locked -q) >&2
+    printf '%s\n' "$REPO/target/release/service-courier"
+  fi
+}
+
+cmd_up() {
+  mkdir -p "$STAND_DIR"
+  "$REPO/scripts/deps.sh"
+  touch "$STARTED"
+  if ! "$REPO/scripts/postgres.sh" status >/dev/null 2>&1; then
+    "$REPO/scripts/postgres.sh" start
+    grep -qx postgres "$STARTED" || echo postgres >>"$STARTED"
+  fi
+  if ! "$REPO/scripts/kafka.sh" status >/dev/null 2>&1; then
+    "$REPO/scripts/kafka.sh" start
+    grep -qx kafka "$STARTED" || echo kafka >>"$STARTED"
+  else
+    KAFKA_CREATE_TOPICS=1 "$REPO/scripts/kafka.sh" start >/dev/null
+  fi
+  # shellcheck disable=SC1091
+  . "$PG_STATE_DIR/env"
+  # shellcheck disable=SC1091
+  . "$KAFKA_STATE_DIR/env"
+  {
+    echo "export DATABASE_URL=$DATABASE_URL"
+    echo "export KAFKA_BROKERS=$KAFKA_BROKERS"
+  } >"$STAND_DIR/env"
+
+  local bin
+  bin="$(binary)"
+  echo "$bin" >"$STAND_DIR/bin"
+  "$bin" migrate >/dev/null
+  if [ "$("$bin" couriers list | wc -l)" -le 1 ]; then
+    "$bin" couriers seed --count "${STAND_COURIERS:-20}"
+  fi
+
+  if pid_alive "$STAND_DIR/service.pid"; then
+    log "service already running (pid $(cat "$STAND_DIR/service.pid"))"
+  else
+    # setsid: the service must not die with this shell, nor get its terminal's Ctrl-C.
+    setsid env DATABASE_URL="$DATABASE_URL" KAFKA_BROKERS="$KAFKA_BROKERS" \
+      "$bin" run >>"$STAND_DIR/service.log" 2>&1 </dev/null &
+    echo $! >"$STAND_DIR/service.pid"
+  fi
+  if pid_alive "$STAND_DIR/simulator.pid"; then
+    log "simulator already running (pid $(cat "$STAND_DIR/simulator.pid"))"
+  else
+    local rate=(--rate "${STAND_RATE:-20}")
+    [ "${STAND_RATE:-}" = burst ] && rate=(--burst)
+    setsid env KAFKA_BROKERS="$KAFKA_BROKERS" "$bin" simulate --orders "${STAND_ORDERS:-2000}" \
+      "${rate[@]}" --seed "$(date +%s)" >>"$STAND_DIR/simulator.log" 2>&1 </dev/null &
+    echo $! >"$STAND_DIR/simulator.pid"
+  fi
+  sleep 1
+  pid_alive "$STAND_DIR/service.pid" || die "the service exited at once: see $STAND_DIR/service.log"
+
+  cat <<TXT
+
+The stand is up.
+  PostgreSQL   $DATABASE_URL
+  Kafka        $KAFKA_BROKERS   (topics order.status.changed, order.status.changed.dlq)
+  service      pid $(cat "$STAND_DIR/service.pid"), log $STAND_DIR/service.log
+  simulator    pid $(cat "$STAND_DIR/simulator.pid"), log $STAND_DIR/simulator.log
+
+Watch it:
+  . $STAND_DIR/env
+  $bin stats                 # couriers: status, completed deliveries, active order
+  tail -f $STAND_DIR/service.log
+  kcat -C -b \$KAFKA_BROKERS -t order.status.changed.dlq -e   # dead letters, if any
+Stop it:
+  scripts/stand.sh down
+TXT
+}
+
+stop_pid() {
+  local name="$1" file="$STAND_DIR/$1.pid"
+  if pid_alive "$file"; then
+    local pid
+    pid="$(cat "$file")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop within 10 s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "$name stopped"
+  fi
+  rm -f "$file"
+}
+
+cmd_down() {
+  stop_pid simulator
+  stop_pid service
+  if [ -f "$STARTED" ]; then
+    grep -qx kafka "$STARTED" && "$REPO/scripts/kafka.sh" stop
+    grep -qx postgres "$STARTED" && "$REPO/scripts/postgres.sh" stop
+    rm -f "$STARTED"
+  fi
+  log "down"
+}
+
+cmd_status() {
+  local rc=0
+  for name in service simulator; do
+    if pid_alive "$STAND_DIR/$name.pid"; then
+      echo "$name: running (pid $(cat "$STAND_DIR/$name.pid"))"
+    else
+      echo "$name: not running"; rc=1
+    fi
+  done
+  "$REPO/scripts/postgres.sh" status || rc=1
+  "$REPO/scripts/kafka.sh" status || rc=1
+  return $rc
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: scripts/stand.sh up|down|status" >&2; exit 2 ;;
+esac

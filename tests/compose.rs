@@ -1,0 +1,205 @@
+//! docker-compose.yaml and the Dockerfile, checked without a Docker engine (none runs here): the
+//! YAML parses, every service of the stand is there and healthy-checked, the Kafka and
+//! ZooKeeper images are 3.x, every variable the compose file uses is in .env.sample, and the
+//! image runs as non-root.
+
+use std::collections::BTreeSet;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn compose() -> Yaml {
+    let mut docs = YamlLoader::load_from_str(&read("docker-compose.yaml")).expect("valid YAML");
+    assert_eq!(docs.len(), 1);
+    docs.remove(0)
+}
+
+fn service<'a>(doc: &'a Yaml, name: &str) -> &'a Yaml {
+    let s = &doc["services"][name];
+    assert!(!s.is_badvalue(), "service {name} is missing");
+    s
+}
+
+fn text<'a>(y: &'a Yaml, what: &str) -> &'a str {
+    y.as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {y:?}"))
+}
+
+#[test]
+fn every_service_of_the_stand_is_present() {
+    let doc = compose();
+    for name in [
+        "zookeeper",
+        "kafka",
+        "kafka-init",
+        "postgres",
+        "service-order",
+        "service-courier",
+        "simulator",
+    ] {
+        service(&doc, name);
+    }
+}
+
+/// Confluent Platform 7.x ships Apache Kafka 3.x; 8.x ships Kafka 4.x, which the crate can't
+/// speak. Bitnami tags carry the Kafka version itself.
+fn kafka_major(image: &str) -> u32 {
+    let (name, tag) = image.rsplit_once(':').expect("a pinned tag");
+    let major: u32 = tag
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("numeric tag");
+    if name.starts_with("confluentinc/") {
+        match major {
+            7 => 3,
+            8.. => 4,
+            _ => 2,
+        }
+    } else {
+        major
+    }
+}
+
+#[test]
+fn kafka_and_zookeeper_images_are_3x() {
+    let doc = compose();
+    for name in ["zookeeper", "kafka", "kafka-init"] {
+        let image = text(&service(&doc, name)["image"], "image");
+        assert_eq!(kafka_major(image), 3, "{name} uses {image}");
+    }
+    assert_eq!(kafka_major("confluentinc/cp-kafka:8.0.0"), 4);
+    assert_eq!(kafka_major("bitnamilegacy/kafka:3.9.0"), 3);
+}
+
+#[test]
+fn long_running_services_have_health_checks_and_the_order_matters() {
+    let doc = compose();
+    for name in [
+        "zookeeper",
+        "kafka",
+        "postgres",
+        "service-order",
+        "service-courier",
+    ] {
+        let hc = &service(&doc, name)["healthcheck"]["test"];
+        assert!(!hc.is_badvalue(), "{name} has no health check");
+    }
+    let courier = service(&doc, "service-courier");
+    for (dep, condition) in [
+        ("kafka", "service_healthy"),
+        ("postgres", "service_healthy"),
+        ("kafka-init", "service_completed_successfully"),
+    ] {
+        assert_eq!(
+            text(&courier["depends_on"][dep]["condition"], dep),
+            condition,
+            "{dep}"
+        );
+    }
+    assert_eq!(
+        text(&courier["build"]["dockerfile"], "dockerfile"),
+        "Dockerfile"
+    );
+    assert_eq!(text(&courier["env_file"][0]["path"], "env_file"), ".env");
+    assert_eq!(
+        text(&courier["environment"]["KAFKA_BROKERS"], "brokers"),
+        "kafka:29092"
+    );
+}
+
+#[test]
+fn service_order_is_the_course_repository_on_8083() {
+    let doc = compose();
+    let order = service(&doc, "service-order");
+    let context = text(&order["build"]["context"], "context");
+    assert!(
+        context.contains("github.com/Avito-courses/service-order"),
+        "{context}"
+    );
+    assert_eq!(text(&order["ports"][0], "port"), "8083:8080");
+    for var in ["KAFKA_BROKERS", "KAFKA_ORDER_TOPIC"] {
+        assert!(
+            !order["environment"][var].is_badvalue(),
+            "service-order lacks {var}"
+        );
+    }
+}
+
+#[test]
+fn postgres_gets_the_schema_and_a_volume_and_topics_are_created() {
+    let doc = compose();
+    let volumes: Vec<&str> = service(&doc, "postgres")["volumes"]
+        .as_vec()
+        .expect("volumes")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(volumes
+        .iter()
+        .any(|v| v.starts_with("./schema.sql:/docker-entrypoint-initdb.d/")));
+    assert!(volumes.iter().any(|v| v.starts_with("pgdata:")));
+    assert!(!doc["volumes"]["pgdata"].is_badvalue());
+    let init = format!("{:?}", service(&doc, "kafka-init")["command"]);
+    assert!(
+        init.contains("KAFKA_ORDER_TOPIC") && init.contains("--partitions 6"),
+        "{init}"
+    );
+    assert!(init.contains("KAFKA_DLQ_TOPIC"), "{init}");
+    let sim = service(&doc, "simulator");
+    assert_eq!(text(&sim["profiles"][0], "profile"), "simulator");
+}
+
+#[test]
+fn every_variable_the_compose_file_uses_is_in_env_sample() {
+    let compose = read("docker-compose.yaml");
+    let used: BTreeSet<&str> = compose
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+        })
+        .collect();
+    assert!(!used.is_empty());
+    let sample = read(".env.sample");
+    let defined: BTreeSet<&str> = sample
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let missing: Vec<_> = used.difference(&defined).collect();
+    assert!(
+        missing.is_empty(),
+        "used in compose, missing in .env.sample: {missing:?}"
+    );
+}
+
+#[test]
+fn the_image_is_multi_stage_small_and_non_root() {
+    let dockerfile = read("Dockerfile");
+    let stages: Vec<&str> = dockerfile.split("\nFROM ").collect();
+    assert!(stages.len() >= 2, "multi-stage");
+    let runtime = stages.last().expect("runtime stage");
+    assert!(
+        runtime.starts_with("debian:") && runtime.contains("-slim"),
+        "{runtime}"
+    );
+    assert!(
+        runtime.contains("COPY --from=build"),
+        "only the binary is copied"
+    );
+    assert!(!runtime.contains("cargo"), "no toolchain at run time");
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "runs as {user}"
+    );
+}
