@@ -16,6 +16,7 @@
 #   STAND_COURIERS    demo couriers hired on an empty database (default 20)
 #   STAND_ORDERS      orders the simulator sends (default 2000)
 #   STAND_RATE        simulator events per second, or "burst" (default 20)
+#   METRICS_ADDR      the service's /metrics, /healthz, /readyz (default 127.0.0.1:9464)
 #   PG_STATE_DIR, KAFKA_STATE_DIR  passed on to scripts/postgres.sh and scripts/kafka.sh
 set -euo pipefail
 LOG_TAG=stand
@@ -79,6 +80,7 @@ cmd_up() {
   else
     # setsid: the service must not die with this shell, nor get its terminal's Ctrl-C.
     setsid env DATABASE_URL="$DATABASE_URL" KAFKA_BROKERS="$KAFKA_BROKERS" \
+      METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}" \
       "$bin" run >>"$STAND_DIR/service.log" 2>&1 </dev/null &
     echo $! >"$STAND_DIR/service.pid"
   fi
@@ -91,7 +93,12 @@ cmd_up() {
       "${rate[@]}" --seed "$(date +%s)" >>"$STAND_DIR/simulator.log" 2>&1 </dev/null &
     echo $! >"$STAND_DIR/simulator.pid"
   fi
-  sleep 1
+  # Wait until the service is listening (or died trying).
+  for _ in $(seq 1 50); do
+    grep -q 'on http://' "$STAND_DIR/service.log" 2>/dev/null && break
+    pid_alive "$STAND_DIR/service.pid" || break
+    sleep 0.2
+  done
   pid_alive "$STAND_DIR/service.pid" || die "the service exited at once: see $STAND_DIR/service.log"
 
   cat <<TXT
@@ -100,6 +107,7 @@ The stand is up.
   PostgreSQL   $DATABASE_URL
   Kafka        $KAFKA_BROKERS   (topics order.status.changed, order.status.changed.dlq)
   service      pid $(cat "$STAND_DIR/service.pid"), log $STAND_DIR/service.log
+               metrics and health: $(grep -o 'http://[0-9.:]*' "$STAND_DIR/service.log" | tail -n1)/metrics, /healthz, /readyz
   simulator    pid $(cat "$STAND_DIR/simulator.pid"), log $STAND_DIR/simulator.log
 
 Watch it:

@@ -9,11 +9,12 @@ use crossbeam_channel::unbounded;
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{self, Settings};
-use crate::dispatch::WorkerPool;
-use crate::repository::PgRepository;
+use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
+use crate::ops::{http, Health, Metrics};
+use crate::repository::{CourierRepository, PgRepository};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::transport::broker::{self, ProbeError};
-use crate::transport::{Poller, PollerExit};
+use crate::transport::{Poller, PollerExit, Telemetry};
 use crate::usecase::OrderEventProcessor;
 
 /// Exit code when the broker can't speak the `kafka` crate's protocol (Kafka 4.x and others):
@@ -52,10 +53,43 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         settings.database.config.clone(),
         settings.database.pool_size,
     );
-    if !wait_for_database(&repo, shutdown) {
+    let metrics = Arc::new(Metrics::default());
+    // Without a watchdog, /healthz still needs a bound: a minute without progress is a stall.
+    let health = Arc::new(Health::new(
+        settings.watchdog.unwrap_or(Duration::from_secs(60)),
+    ));
+    health.poller_beat();
+    if let Some(addr) = &settings.metrics_addr {
+        // The endpoint has a one-connection pool of its own: a scrape never waits for a worker.
+        let fleet_repo = PgRepository::new(settings.database.config.clone(), 1);
+        let fleet: http::FleetReader = Box::new(move || fleet_repo.fleet().ok());
+        let served = http::serve(
+            addr,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            fleet,
+            shutdown.clone(),
+        );
+        match served {
+            Ok(bound) => log::info!("http: /metrics, /healthz, /readyz on http://{bound}"),
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    if let Some(stall) = settings.watchdog {
+        if let Err(e) = health.start_watchdog(shutdown.clone()) {
+            log::error!("cannot start the watchdog thread: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        log::info!("watchdog: exits if the poller makes no progress for {stall:?}");
+    }
+    if !wait_for_database(&repo, shutdown, &health) {
         return ExitCode::SUCCESS;
     }
-    match wait_for_broker(&settings.kafka.brokers, shutdown) {
+    health.database_ready(true);
+    match wait_for_broker(&settings.kafka.brokers, shutdown, &health) {
         Ok(true) => {}
         Ok(false) => return ExitCode::SUCCESS,
         Err(e) => {
@@ -65,22 +99,34 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     }
 
     let (completions_tx, completions) = unbounded();
-    let processor = Arc::new(OrderEventProcessor::new(repo));
-    let pool = match WorkerPool::start(
-        settings.workers,
-        settings.queue_capacity,
-        settings.shutdown_drain,
-        processor,
-        completions_tx,
-        shutdown.clone(),
-    ) {
+    let pool_settings = PoolSettings {
+        workers: settings.workers,
+        capacity: settings.queue_capacity,
+        drain_budget: settings.shutdown_drain,
+    };
+    let context = WorkerContext {
+        processor: Arc::new(OrderEventProcessor::new(repo)),
+        completions: completions_tx,
+        shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+    };
+    let pool = match WorkerPool::start(pool_settings, context) {
         Ok(pool) => pool,
         Err(e) => {
             log::error!("cannot start worker threads: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let (exit, _summary) = Poller::new(&settings.kafka, pool, completions, shutdown.clone()).run();
+    let telemetry = Telemetry { metrics, health };
+    let poller = Poller::new(
+        &settings.kafka,
+        pool,
+        completions,
+        shutdown.clone(),
+        telemetry,
+    );
+    let (exit, _summary) = poller.run();
     match exit {
         PollerExit::Stopped => ExitCode::SUCCESS,
         PollerExit::Misconfigured(m) => {
@@ -91,7 +137,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
 }
 
 /// Waits until PostgreSQL answers, then applies the schema. `false` if stopped meanwhile.
-fn wait_for_database(repo: &PgRepository, shutdown: &Shutdown) -> bool {
+fn wait_for_database(repo: &PgRepository, shutdown: &Shutdown, health: &Health) -> bool {
     let mut backoff = Backoff::new(Duration::from_secs(10));
     loop {
         match repo.ping().and_then(|()| repo.migrate()) {
@@ -105,6 +151,7 @@ fn wait_for_database(repo: &PgRepository, shutdown: &Shutdown) -> bool {
                 if !shutdown.sleep(delay) {
                     return false;
                 }
+                health.poller_beat();
             }
         }
     }
@@ -112,7 +159,11 @@ fn wait_for_database(repo: &PgRepository, shutdown: &Shutdown) -> bool {
 
 /// Waits until a broker answers and checks it speaks the crate's protocol. `Ok(false)` if
 /// stopped meanwhile; `Err` if the broker is incompatible.
-fn wait_for_broker(brokers: &[String], shutdown: &Shutdown) -> Result<bool, ProbeError> {
+fn wait_for_broker(
+    brokers: &[String],
+    shutdown: &Shutdown,
+    health: &Health,
+) -> Result<bool, ProbeError> {
     let mut backoff = Backoff::new(Duration::from_secs(10));
     loop {
         match broker::probe(brokers) {
@@ -123,6 +174,7 @@ fn wait_for_broker(brokers: &[String], shutdown: &Shutdown) -> Result<bool, Prob
                 if !shutdown.sleep(delay) {
                     return Ok(false);
                 }
+                health.poller_beat();
             }
             Err(incompatible) => return Err(incompatible),
         }
@@ -139,6 +191,7 @@ fn init_logging(level: log::LevelFilter) {
         // The kafka crate logs every fetch at debug; keep our own debug lines readable.
         .add_filter_ignore_str("kafka")
         .add_filter_ignore_str("r2d2")
+        .add_filter_ignore_str("tiny_http")
         .build();
     let colour = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         simplelog::ColorChoice::Auto

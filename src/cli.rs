@@ -40,6 +40,48 @@ pub enum Command {
     Stats,
     /// Publish simulated order lifecycles the way service-order does (for demos and benchmarks).
     Simulate(SimulateArgs),
+    /// Ask a running service's /healthz (for container health checks): exit 0 if healthy.
+    Health {
+        /// host:port of the service's METRICS_ADDR.
+        #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
+        addr: String,
+    },
+}
+
+/// `health`: GET /healthz over plain HTTP/1.0; exit 0 on 200, 1 otherwise.
+pub fn run_health(addr: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    // A wildcard listen address is reached through loopback.
+    let addr = addr.replace("0.0.0.0", "127.0.0.1");
+    let answer = (|| -> std::io::Result<String> {
+        let target = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut text = String::new();
+        stream.take(4096).read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match answer {
+        Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(text) => {
+            let why = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+            eprintln!("unhealthy: {why}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: cannot reach http://{addr}/healthz: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// `simulate` options.
@@ -169,7 +211,7 @@ pub fn run_admin(command: Command) -> ExitCode {
         Err(code) => return code,
     };
     let outcome = match command {
-        Command::Run | Command::Simulate(_) => not_admin(),
+        Command::Run | Command::Simulate(_) | Command::Health { .. } => not_admin(),
         Command::Couriers(CourierCommand::Seed { count, seed }) => {
             seed_couriers(&repo, count, seed)
         }

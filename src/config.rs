@@ -62,8 +62,62 @@ pub struct KafkaSettings {
     pub commit_interval: Duration,
     /// KAFKA_DLQ_TOPIC: where bad events go, with their reason.
     pub dlq_topic: String,
-    /// KAFKA_PARTITIONS: the partitions this instance reads; `None` = all of them.
-    pub partitions: Option<Vec<i32>>,
+    /// KAFKA_PARTITIONS or INSTANCE_INDEX/INSTANCE_COUNT: which partitions this instance reads.
+    pub partitions: PartitionSelection,
+}
+
+/// Which partitions of the topic this instance reads. There is no rebalancing protocol (the
+/// `kafka` crate has none): several instances split the partitions statically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionSelection {
+    /// Every partition (one instance).
+    All,
+    /// KAFKA_PARTITIONS=0,2,4.
+    Listed(Vec<i32>),
+    /// INSTANCE_INDEX=i, INSTANCE_COUNT=n: the partitions p with p % n == i.
+    Share {
+        /// This instance, from 0.
+        index: u32,
+        /// How many instances share the topic.
+        count: u32,
+    },
+}
+
+impl PartitionSelection {
+    /// The partitions to read, given those the topic has. An empty or out-of-range result is
+    /// an error that names the variable.
+    pub fn resolve(&self, existing: &[i32]) -> Result<Vec<i32>, ConfigError> {
+        match self {
+            Self::All => Ok(existing.to_vec()),
+            Self::Listed(wanted) => match wanted.iter().find(|p| !existing.contains(p)) {
+                Some(p) => Err(ConfigError {
+                    variable: "KAFKA_PARTITIONS",
+                    problem: format!(
+                        "partition {p} does not exist; the topic has partitions {existing:?}"
+                    ),
+                }),
+                None => Ok(wanted.clone()),
+            },
+            Self::Share { index, count } => {
+                let mine: Vec<i32> = existing
+                    .iter()
+                    .copied()
+                    .filter(|p| (*p as u32) % count == *index)
+                    .collect();
+                if mine.is_empty() {
+                    Err(ConfigError {
+                        variable: "INSTANCE_INDEX",
+                        problem: format!(
+                            "instance {index} of {count} gets no partition: the topic has only                              {} (use fewer instances or more partitions)",
+                            existing.len()
+                        ),
+                    })
+                } else {
+                    Ok(mine)
+                }
+            }
+        }
+    }
 }
 
 /// Everything `service-courier run` needs.
@@ -82,6 +136,10 @@ pub struct Settings {
     pub shutdown_drain: Duration,
     /// LOG_LEVEL: error, warn, info, debug or trace.
     pub log_level: LevelFilter,
+    /// METRICS_ADDR: where `/metrics`, `/healthz` and `/readyz` listen; `None` = disabled.
+    pub metrics_addr: Option<String>,
+    /// WATCHDOG_SECS: exit when the poller makes no progress this long; `None` = disabled.
+    pub watchdog: Option<Duration>,
 }
 
 /// Reads variables through a lookup function, so tests need not touch the process environment.
@@ -227,6 +285,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 LevelFilter::Info,
                 "error, warn, info, debug or trace",
             )?,
+            metrics_addr: metrics_addr(self)?,
+            watchdog: match self.bounded("WATCHDOG_SECS", 60, 0..=86_400)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         };
         if settings.kafka.dlq_topic == settings.kafka.topic {
             return Err(ConfigError {
@@ -274,12 +337,55 @@ fn topic_name<F: Fn(&str) -> Option<String>>(
     }
 }
 
+fn metrics_addr<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Option<String>, ConfigError> {
+    // Set but empty disables the endpoint; unset means the default.
+    match (env.0)("METRICS_ADDR").map(|v| v.trim().to_owned()) {
+        None => Ok(Some("127.0.0.1:9464".into())),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) if is_host_port(&v) || v.ends_with(":0") => Ok(Some(v)),
+        Some(v) => Err(ConfigError {
+            variable: "METRICS_ADDR",
+            problem: format!("{v:?} is not host:port (or empty to disable)"),
+        }),
+    }
+}
+
 fn partitions<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
-) -> Result<Option<Vec<i32>>, ConfigError> {
-    let Some(raw) = env.raw("KAFKA_PARTITIONS") else {
-        return Ok(None);
-    };
+) -> Result<PartitionSelection, ConfigError> {
+    let listed = env.raw("KAFKA_PARTITIONS");
+    let index = env.raw("INSTANCE_INDEX");
+    let count = env.raw("INSTANCE_COUNT");
+    match (listed, index, count) {
+        (None, None, None) => Ok(PartitionSelection::All),
+        (Some(raw), None, None) => listed_partitions(&raw),
+        (None, Some(_), Some(_)) => {
+            let count = env.bounded("INSTANCE_COUNT", 1, 1..=1024)? as u32;
+            let index = env.bounded("INSTANCE_INDEX", 0, 0..=1023)? as u32;
+            if index >= count {
+                return Err(ConfigError {
+                    variable: "INSTANCE_INDEX",
+                    problem: format!("{index} is not below INSTANCE_COUNT={count}"),
+                });
+            }
+            Ok(PartitionSelection::Share { index, count })
+        }
+        (Some(_), _, _) => Err(ConfigError {
+            variable: "KAFKA_PARTITIONS",
+            problem: "is set together with INSTANCE_INDEX/INSTANCE_COUNT: choose one way to split \
+                      partitions"
+                .into(),
+        }),
+        (None, Some(_), None) | (None, None, Some(_)) => Err(ConfigError {
+            variable: "INSTANCE_COUNT",
+            problem: "INSTANCE_INDEX and INSTANCE_COUNT go together".into(),
+        }),
+    }
+}
+
+fn listed_partitions(raw: &str) -> Result<PartitionSelection, ConfigError> {
     let bad = |problem: String| ConfigError {
         variable: "KAFKA_PARTITIONS",
         problem,
@@ -297,7 +403,7 @@ fn partitions<F: Fn(&str) -> Option<String>>(
         list.push(p);
     }
     list.sort_unstable();
-    Ok(Some(list))
+    Ok(PartitionSelection::Listed(list))
 }
 
 #[cfg(test)]
@@ -334,7 +440,9 @@ mod tests {
         assert_eq!(s.kafka.fallback_offset, FallbackOffset::Earliest);
         assert_eq!(s.kafka.fetch_max_bytes_per_partition, 1 << 20);
         assert_eq!(s.kafka.commit_interval, Duration::from_secs(1));
-        assert_eq!(s.kafka.partitions, None);
+        assert_eq!(s.kafka.partitions, PartitionSelection::All);
+        assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(s.watchdog, Some(Duration::from_secs(60)));
         assert_eq!(s.workers, 4);
         assert_eq!(s.database.pool_size, 5);
         assert_eq!(s.log_level, LevelFilter::Info);
@@ -387,8 +495,55 @@ mod tests {
     #[test]
     fn partitions_parse_sorted() {
         let s = with(&[("KAFKA_PARTITIONS", "4, 0,2")]).expect("valid");
-        assert_eq!(s.kafka.partitions, Some(vec![0, 2, 4]));
+        assert_eq!(
+            s.kafka.partitions,
+            PartitionSelection::Listed(vec![0, 2, 4])
+        );
         let s = with(&[("KAFKA_PARTITIONS", "")]).expect("valid");
-        assert_eq!(s.kafka.partitions, None);
+        assert_eq!(s.kafka.partitions, PartitionSelection::All);
+        assert_eq!(s.metrics_addr.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(s.watchdog, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn instances_share_partitions_statically() {
+        let s = with(&[("INSTANCE_INDEX", "1"), ("INSTANCE_COUNT", "3")]).expect("valid");
+        let share = s.kafka.partitions;
+        assert_eq!(share, PartitionSelection::Share { index: 1, count: 3 });
+        assert_eq!(share.resolve(&[0, 1, 2, 3, 4, 5]), Ok(vec![1, 4]));
+        // More instances than partitions: this one would read nothing.
+        let lonely = PartitionSelection::Share { index: 3, count: 4 };
+        assert_eq!(
+            lonely.resolve(&[0, 1, 2]).map_err(|e| e.variable),
+            Err("INSTANCE_INDEX")
+        );
+        let listed = PartitionSelection::Listed(vec![0, 7]);
+        assert_eq!(
+            listed.resolve(&[0, 1]).map_err(|e| e.variable),
+            Err("KAFKA_PARTITIONS")
+        );
+        for bad in [
+            vec![("INSTANCE_INDEX", "3"), ("INSTANCE_COUNT", "3")],
+            vec![("INSTANCE_INDEX", "0")],
+            vec![("INSTANCE_COUNT", "2")],
+            vec![
+                ("KAFKA_PARTITIONS", "0"),
+                ("INSTANCE_INDEX", "0"),
+                ("INSTANCE_COUNT", "2"),
+            ],
+            vec![("KAFKA_PARTITIONS", ",")],
+        ] {
+            assert!(with(&bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn metrics_address_and_watchdog() {
+        let s = with(&[("METRICS_ADDR", ""), ("WATCHDOG_SECS", "0")]).expect("valid");
+        assert_eq!((s.metrics_addr, s.watchdog), (None, None));
+        let err = with(&[("METRICS_ADDR", "nope")])
+            .map(|_| ())
+            .map_err(|e| e.variable);
+        assert_eq!(err, Err("METRICS_ADDR"));
     }
 }

@@ -18,6 +18,7 @@
 //! - [`dispatch`]: routes each event by `hash(order id)` to one worker's bounded queue, so an
 //!   order's events stay in order while the pool runs in parallel.
 //! - [`shutdown`]: SIGINT/SIGTERM stop polling; workers drain; final offsets are committed.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz` and the watchdog.
 //! - [`app`]: the wiring, in one place. [`cli`]: the command line (run, migrate, couriers,
 //!   stats, simulate). [`simulate`]: a stand-in for service-order, off the event path.
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod ops;
 pub mod repository;
 pub mod shutdown;
 pub mod simulate;

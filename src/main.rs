@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     match args.command.unwrap_or(Command::Run) {
         Command::Run => service_courier::app::run(),
         Command::Simulate(args) => cli::run_simulate(args),
+        Command::Health { addr } => cli::run_health(&addr),
         other => cli::run_admin(other),
     }
 }

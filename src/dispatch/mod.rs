@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 
-use crate::domain::{OrderEvent, OrderId};
+use crate::domain::{OrderEvent, OrderId, StatusFamily};
+use crate::ops::{Health, Metrics};
 use crate::repository::{CourierRepository, RepoError};
 use crate::shutdown::Shutdown;
 use crate::usecase::{OrderEventProcessor, Outcome};
@@ -56,10 +57,38 @@ pub struct Completion {
     pub position: Position,
     /// The job's order.
     pub order_id: OrderId,
+    /// The job's status family (for metrics).
+    pub family: StatusFamily,
     /// What happened.
     pub result: JobResult,
     /// Time from receipt to completion.
     pub latency: Duration,
+}
+
+/// How the pool is sized and how it stops.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Worker threads.
+    pub workers: usize,
+    /// Jobs each worker's queue holds.
+    pub capacity: usize,
+    /// Once stopping, how long queued jobs are still applied; the rest are abandoned
+    /// (uncommitted, delivered again after the restart).
+    pub drain_budget: Duration,
+}
+
+/// What every worker shares.
+pub struct WorkerContext<R> {
+    /// The status factory and the repository.
+    pub processor: Arc<OrderEventProcessor<R>>,
+    /// Where workers report.
+    pub completions: Sender<Completion>,
+    /// The stop flag.
+    pub shutdown: Shutdown,
+    /// Retry and error counters.
+    pub metrics: Arc<Metrics>,
+    /// Progress marks for `/healthz`.
+    pub health: Arc<Health>,
 }
 
 /// The fixed pool of workers, each with its own bounded queue.
@@ -69,28 +98,24 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads applying events through `processor`, each reading a queue of
-    /// `capacity` jobs and reporting on `completions`. Once stopping, queued events are still
-    /// applied for `drain_budget`; the rest are reported abandoned (uncommitted, redelivered).
+    /// Starts the workers, each reading its own bounded queue and reporting every job.
     pub fn start<R: CourierRepository + 'static>(
-        workers: usize,
-        capacity: usize,
-        drain_budget: Duration,
-        processor: Arc<OrderEventProcessor<R>>,
-        completions: Sender<Completion>,
-        shutdown: Shutdown,
+        settings: PoolSettings,
+        context: WorkerContext<R>,
     ) -> std::io::Result<Self> {
-        let mut queues = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
-        for index in 0..workers {
-            let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(capacity.max(1));
+        let mut queues = Vec::with_capacity(settings.workers);
+        let mut handles = Vec::with_capacity(settings.workers);
+        for index in 0..settings.workers {
+            let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(settings.capacity.max(1));
             let worker = worker::Worker {
                 index,
                 jobs: rx,
-                completions: completions.clone(),
-                processor: Arc::clone(&processor),
-                shutdown: shutdown.clone(),
-                drain_budget,
+                completions: context.completions.clone(),
+                processor: Arc::clone(&context.processor),
+                shutdown: context.shutdown.clone(),
+                drain_budget: settings.drain_budget,
+                metrics: Arc::clone(&context.metrics),
+                health: Arc::clone(&context.health),
             };
             handles.push(
                 std::thread::Builder::new()
@@ -117,15 +142,24 @@ impl WorkerPool {
         (h.finish() % self.queues.len() as u64) as usize
     }
 
-    /// Queues a job on its order's worker, waiting while that queue is full. Gives the job back
-    /// if stopping (it stays uncommitted and is delivered again after a restart).
-    pub fn submit(&self, job: Job, shutdown: &Shutdown) -> Result<(), Box<Job>> {
+    /// Queues a job on its order's worker, waiting while that queue is full (calling `waiting`
+    /// now and then, so the caller can show it is alive). Gives the job back if stopping (it
+    /// stays uncommitted and is delivered again after a restart).
+    pub fn submit(
+        &self,
+        job: Job,
+        shutdown: &Shutdown,
+        mut waiting: impl FnMut(),
+    ) -> Result<(), Box<Job>> {
         let queue = &self.queues[self.route(&job.event.order_id)];
         let mut job = job;
         loop {
             match queue.send_timeout(job, Duration::from_millis(50)) {
                 Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(j)) if !shutdown.is_shutdown() => job = j,
+                Err(SendTimeoutError::Timeout(j)) if !shutdown.is_shutdown() => {
+                    waiting();
+                    job = j;
+                }
                 Err(SendTimeoutError::Timeout(j)) | Err(SendTimeoutError::Disconnected(j)) => {
                     return Err(Box::new(j))
                 }
@@ -156,6 +190,32 @@ mod tests {
     use crate::repository::MemoryRepository;
     use crossbeam_channel::unbounded;
 
+    fn pool(
+        workers: usize,
+        capacity: usize,
+        drain: Duration,
+    ) -> (WorkerPool, Receiver<Completion>, Shutdown) {
+        let (tx, rx) = unbounded();
+        let shutdown = Shutdown::new();
+        let context = WorkerContext {
+            processor: Arc::new(OrderEventProcessor::new(MemoryRepository::new())),
+            completions: tx,
+            shutdown: shutdown.clone(),
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(Health::new(Duration::from_secs(60))),
+        };
+        let settings = PoolSettings {
+            workers,
+            capacity,
+            drain_budget: drain,
+        };
+        (
+            WorkerPool::start(settings, context).expect("start"),
+            rx,
+            shutdown,
+        )
+    }
+
     fn job(order: &str, status: OrderStatus, offset: i64) -> Job {
         Job {
             position: Position {
@@ -173,18 +233,7 @@ mod tests {
 
     #[test]
     fn one_order_always_goes_to_one_worker_and_keeps_its_order() {
-        let (tx, rx) = unbounded();
-        let shutdown = Shutdown::new();
-        let processor = Arc::new(OrderEventProcessor::new(MemoryRepository::new()));
-        let pool = WorkerPool::start(
-            4,
-            8,
-            Duration::from_secs(1),
-            processor,
-            tx,
-            shutdown.clone(),
-        )
-        .expect("start");
+        let (pool, rx, shutdown) = pool(4, 8, Duration::from_secs(1));
         let w = pool.route(&OrderId::parse("o-1").expect("id"));
         for _ in 0..10 {
             assert_eq!(pool.route(&OrderId::parse("o-1").expect("id")), w);
@@ -198,7 +247,7 @@ mod tests {
                 OrderStatus::Cooking,
                 OrderStatus::Cancelled,
             ] {
-                pool.submit(job(&id, status, offset), &shutdown)
+                pool.submit(job(&id, status, offset), &shutdown, || {})
                     .expect("queued");
                 offset += 1;
             }
@@ -218,11 +267,7 @@ mod tests {
 
     #[test]
     fn once_the_drain_budget_is_spent_queued_jobs_are_abandoned() {
-        let (tx, rx) = unbounded();
-        let shutdown = Shutdown::new();
-        let processor = Arc::new(OrderEventProcessor::new(MemoryRepository::new()));
-        let pool = WorkerPool::start(1, 100, Duration::ZERO, processor, tx, shutdown.clone())
-            .expect("start");
+        let (pool, rx, shutdown) = pool(1, 100, Duration::ZERO);
         shutdown.trigger();
         std::thread::sleep(Duration::from_millis(5));
         for i in 0..10 {
@@ -236,10 +281,7 @@ mod tests {
 
     #[test]
     fn spreads_orders_over_workers() {
-        let (tx, _rx) = unbounded();
-        let processor = Arc::new(OrderEventProcessor::new(MemoryRepository::new()));
-        let pool = WorkerPool::start(4, 1, Duration::from_secs(1), processor, tx, Shutdown::new())
-            .expect("start");
+        let (pool, _rx, _shutdown) = pool(4, 1, Duration::from_secs(1));
         let mut used = [0usize; 4];
         for i in 0..1000 {
             used[pool.route(&OrderId::parse(format!("{i}")).expect("id"))] += 1;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Completion, Job, JobResult};
+use crate::ops::{Health, Metrics};
 use crate::repository::CourierRepository;
 use crate::shutdown::{Backoff, Shutdown};
 use crate::usecase::OrderEventProcessor;
@@ -27,6 +28,10 @@ pub(super) struct Worker<R> {
     /// How long queued events are still applied once stopping; later ones are left for
     /// redelivery, so a stop stays within its bound under any backlog.
     pub drain_budget: Duration,
+    /// Retry and error counters.
+    pub metrics: Arc<Metrics>,
+    /// Marks each finished event, for `/healthz`.
+    pub health: Arc<Health>,
 }
 
 impl<R: CourierRepository> Worker<R> {
@@ -38,9 +43,11 @@ impl<R: CourierRepository> Worker<R> {
             } else {
                 self.apply(&job)
             };
+            self.health.event_finished();
             let done = Completion {
                 position: job.position,
                 order_id: job.event.order_id.clone(),
+                family: job.event.status.family(),
                 result,
                 latency: job.received.elapsed(),
             };
@@ -67,6 +74,7 @@ impl<R: CourierRepository> Worker<R> {
                 }
                 Err(e) if e.is_transient() => {
                     attempts += 1;
+                    self.metrics.db_error();
                     if self.shutdown.is_shutdown() {
                         log::warn!(
                             "worker {}: giving up on order {} at partition {} offset {} while \
@@ -86,9 +94,13 @@ impl<R: CourierRepository> Worker<R> {
                         job.position.partition,
                         job.position.offset
                     );
+                    self.metrics.db_retry();
                     self.shutdown.sleep(delay);
                 }
-                Err(e) => return JobResult::Failed(e),
+                Err(e) => {
+                    self.metrics.db_error();
+                    return JobResult::Failed(e);
+                }
             }
         }
     }

@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::{
-    CourierRecord, CourierRepository, CourierView, DeliveryView, OrderState, RepoError, Snapshot,
-    StorageTx,
+    CourierRecord, CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState,
+    RepoError, Snapshot, StorageTx,
 };
 use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
 
@@ -99,9 +99,32 @@ impl CourierRepository for MemoryRepository {
             waiting: waiting.into_iter().map(|(_, id)| id).collect(),
         })
     }
+
+    fn fleet(&self) -> Result<FleetGauges, RepoError> {
+        Ok(self.lock().fleet())
+    }
 }
 
 impl MemoryState {
+    fn fleet(&self) -> FleetGauges {
+        let mut f = FleetGauges {
+            waiting_orders: self
+                .orders
+                .values()
+                .filter(|o| o.waiting_seq.is_some())
+                .count() as i64,
+            ..FleetGauges::default()
+        };
+        for c in self.couriers.values() {
+            *match c.view.status {
+                CourierStatus::Available => &mut f.available,
+                CourierStatus::Busy => &mut f.busy,
+                CourierStatus::Paused => &mut f.paused,
+            } += 1;
+        }
+        f
+    }
+
     fn record(&self, id: CourierId) -> Option<CourierRecord> {
         self.couriers.get(&id).map(|c| CourierRecord {
             id,

@@ -82,6 +82,19 @@ pub struct CourierView {
     pub active_order: Option<OrderId>,
 }
 
+/// Courier and queue figures, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetGauges {
+    /// Couriers free to take an order.
+    pub available: i64,
+    /// Couriers carrying an order.
+    pub busy: i64,
+    /// Couriers off shift.
+    pub paused: i64,
+    /// Orders waiting for a courier.
+    pub waiting_orders: i64,
+}
+
 /// Storage, seen from the usecases. `Send + Sync` so one repository serves every worker.
 pub trait CourierRepository: Send + Sync {
     /// Runs `work` in one transaction: all of its steps take effect, or none do. On error nothing
@@ -96,6 +109,9 @@ pub trait CourierRepository: Send + Sync {
 
     /// The whole state, for comparing stores and checking invariants.
     fn snapshot(&self) -> Result<Snapshot, RepoError>;
+
+    /// Couriers by status and the length of the queue.
+    fn fleet(&self) -> Result<FleetGauges, RepoError>;
 }
 
 /// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.

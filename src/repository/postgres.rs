@@ -19,8 +19,8 @@ use postgres::{Client, NoTls, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    CourierRecord, CourierRepository, CourierView, DeliveryView, OrderState, RepoError, Snapshot,
-    StorageTx,
+    CourierRecord, CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState,
+    RepoError, Snapshot, StorageTx,
 };
 use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
 
@@ -216,6 +216,29 @@ impl CourierRepository for PgRepository {
             orders,
             deliveries,
             waiting,
+        })
+    }
+
+    fn fleet(&self) -> Result<FleetGauges, RepoError> {
+        self.read_fleet()
+    }
+}
+
+impl PgRepository {
+    fn read_fleet(&self) -> Result<FleetGauges, RepoError> {
+        const SQL: &str = "
+            SELECT count(*) FILTER (WHERE status = 'available'),
+                   count(*) FILTER (WHERE status = 'busy'),
+                   count(*) FILTER (WHERE status = 'paused'),
+                   (SELECT count(*) FROM orders WHERE state = 'waiting')
+            FROM couriers";
+        let mut conn = self.connection()?;
+        let row = conn.client.query_one(SQL, &[]).map_err(classify)?;
+        Ok(FleetGauges {
+            available: get(&row, 0)?,
+            busy: get(&row, 1)?,
+            paused: get(&row, 2)?,
+            waiting_orders: get(&row, 3)?,
         })
     }
 }

@@ -8,4 +8,4 @@ pub mod decode;
 pub mod offsets;
 mod poller;
 
-pub use poller::{Poller, PollerExit, RunSummary};
+pub use poller::{Poller, PollerExit, RunSummary, Telemetry};

@@ -16,7 +16,9 @@ use super::decode::decode;
 use super::offsets::OffsetTracker;
 use crate::config::{FallbackOffset, KafkaSettings};
 use crate::dispatch::{Completion, Job, JobResult, Position, WorkerPool};
+use crate::ops::{Health, Metrics};
 use crate::shutdown::{Backoff, Shutdown};
+use std::sync::Arc;
 
 /// How the poller ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,17 @@ pub struct Poller<'a> {
     summary: RunSummary,
     last_commit: Instant,
     last_progress: (Instant, u64),
+    last_watermarks: Instant,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// What the poller reports to: metrics and progress marks.
+pub struct Telemetry {
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+    /// Progress marks for `/healthz`, `/readyz` and the watchdog.
+    pub health: Arc<Health>,
 }
 
 impl<'a> Poller<'a> {
@@ -87,6 +100,7 @@ impl<'a> Poller<'a> {
         pool: WorkerPool,
         completions: Receiver<Completion>,
         shutdown: Shutdown,
+        telemetry: Telemetry,
     ) -> Self {
         Self {
             settings,
@@ -105,6 +119,9 @@ impl<'a> Poller<'a> {
             summary: RunSummary::default(),
             last_commit: Instant::now(),
             last_progress: (Instant::now(), 0),
+            last_watermarks: Instant::now(),
+            metrics: telemetry.metrics,
+            health: telemetry.health,
         }
     }
 
@@ -115,21 +132,24 @@ impl<'a> Poller<'a> {
             if self.shutdown.is_shutdown() {
                 break PollerExit::Stopped;
             }
+            self.health.poller_beat();
             self.take_completions();
             self.send_dead_letters();
             self.commit_if_due();
             self.log_progress();
+            self.observe();
             if self.consumer.is_none() {
                 match self.connect() {
                     Ok(consumer) => {
                         self.consumer = Some(consumer);
+                        self.health.kafka_ready(true);
                         backoff.reset();
                     }
                     Err(ConnectError::Misconfigured(m)) => break PollerExit::Misconfigured(m),
                     Err(ConnectError::Retry(m)) => {
                         let delay = backoff.next_delay();
                         log::warn!("kafka: {m}; retrying in {delay:?}");
-                        self.shutdown.sleep(delay);
+                        self.pause(delay);
                         continue;
                     }
                 }
@@ -152,8 +172,8 @@ impl<'a> Poller<'a> {
                         "kafka: poll failed on {}: {e}; rebuilding the consumer in {delay:?}",
                         self.settings.topic
                     );
-                    self.consumer = None;
-                    self.shutdown.sleep(delay);
+                    self.drop_consumer();
+                    self.pause(delay);
                 }
             }
         };
@@ -161,11 +181,50 @@ impl<'a> Poller<'a> {
         (exit, self.summary)
     }
 
+    /// Waits, showing the watchdog that the poller is alive (backing off is not a stall).
+    fn pause(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end && self.shutdown.sleep(Duration::from_millis(200).min(d)) {
+            self.health.poller_beat();
+        }
+    }
+
+    fn drop_consumer(&mut self) {
+        self.consumer = None;
+        self.health.kafka_ready(false);
+    }
+
+    /// Refreshes the gauges: in-flight count, queue depths, and every few seconds the high
+    /// watermarks (for the lag).
+    fn observe(&mut self) {
+        self.health.in_flight(self.tracker.in_flight());
+        self.metrics.queue_depths(self.pool.queue_depths());
+        if self.last_watermarks.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_watermarks = Instant::now();
+        let Some(consumer) = self.consumer.as_mut() else {
+            return;
+        };
+        match consumer
+            .client_mut()
+            .fetch_topic_offsets(&self.settings.topic, FetchOffset::Latest)
+        {
+            Ok(offsets) => {
+                for o in offsets {
+                    self.metrics.high_watermark(o.partition, o.offset);
+                }
+            }
+            Err(e) => log::debug!("kafka: high watermarks unavailable: {e}"),
+        }
+    }
+
     /// One message: skip redeliveries, route events, dead-letter bad input.
     fn receive(&mut self, partition: i32, offset: i64, value: &[u8]) {
         if !self.tracker.receive(partition, offset) {
             return;
         }
+        self.metrics.consumed();
         let position = Position { partition, offset };
         match decode(value, self.settings.fetch_max_bytes_per_partition) {
             Ok(event) => {
@@ -175,7 +234,10 @@ impl<'a> Poller<'a> {
                     received: Instant::now(),
                 };
                 // Refused only when stopping: the offset stays open, so it is never committed.
-                let _ = self.pool.submit(job, &self.shutdown);
+                let health = &self.health;
+                let _ = self
+                    .pool
+                    .submit(job, &self.shutdown, || health.poller_beat());
             }
             Err(bad) => {
                 log::warn!(
@@ -208,6 +270,8 @@ impl<'a> Poller<'a> {
                         done.latency
                     );
                     *self.summary.outcomes.entry(outcome.label()).or_default() += 1;
+                    self.metrics
+                        .applied(done.family.as_str(), outcome.label(), done.latency);
                     self.tracker.finish(partition, offset);
                 }
                 JobResult::Failed(e) => {
@@ -242,6 +306,7 @@ impl<'a> Poller<'a> {
             match self.dead_letters.send(letter) {
                 Ok(()) => {
                     *self.summary.dead_letters.entry(letter.reason).or_default() += 1;
+                    self.metrics.dead_lettered(letter.reason);
                     self.tracker.finish(letter.partition, letter.offset);
                     self.unsent.pop_front();
                     self.dead_letter_backoff.reset();
@@ -287,12 +352,13 @@ impl<'a> Poller<'a> {
             Ok(()) => {
                 for &(partition, next) in &ready {
                     self.tracker.committed(partition, next);
+                    self.metrics.committed(partition, next);
                 }
                 log::debug!("committed {topic} offsets {ready:?}");
             }
             Err(e) => {
                 log::warn!("kafka: commit of {topic} offsets failed: {e}; rebuilding the consumer");
-                self.consumer = None;
+                self.drop_consumer();
             }
         }
     }
@@ -381,18 +447,10 @@ impl<'a> Poller<'a> {
                 )))
             }
         };
-        let partitions = match &s.partitions {
-            None => existing,
-            Some(wanted) => {
-                if let Some(p) = wanted.iter().find(|p| !existing.contains(p)) {
-                    return Err(ConnectError::Misconfigured(format!(
-                        "KAFKA_PARTITIONS: partition {p} does not exist; {} has partitions {existing:?}",
-                        s.topic
-                    )));
-                }
-                wanted.clone()
-            }
-        };
+        let partitions = s
+            .partitions
+            .resolve(&existing)
+            .map_err(|e| ConnectError::Misconfigured(format!("{e} (topic {})", s.topic)))?;
         let fetch = i32::try_from(s.fetch_max_bytes_per_partition).unwrap_or(i32::MAX);
         Consumer::from_client(client)
             .with_group(s.group.clone())

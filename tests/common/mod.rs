@@ -309,6 +309,8 @@ impl Service {
             .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(file);
+        // Several services run at once in tests: each takes a free port for its endpoint.
+        cmd.env("METRICS_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -316,6 +318,24 @@ impl Service {
             child: cmd.spawn().expect("service starts"),
             log,
         }
+    }
+
+    /// Where its /metrics, /healthz and /readyz listen (from its log), once it is up.
+    pub fn http_addr(&self) -> String {
+        let mut found = None;
+        wait_until(Duration::from_secs(30), "the http endpoint", || {
+            found = self
+                .log_text()
+                .lines()
+                .find_map(|l| l.split("on http://").nth(1).map(|a| a.trim().to_owned()));
+            found.is_some()
+        });
+        found.unwrap_or_default()
+    }
+
+    /// GET `path` from its endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http_addr(), path)
     }
 
     /// What it logged so far.
@@ -353,6 +373,25 @@ impl Service {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("endpoint reachable");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (code, body)
 }
 
 impl Drop for Service {

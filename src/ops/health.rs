@@ -1,0 +1,165 @@
+//! Liveness and readiness, and the watchdog. The poller beats on every loop turn (also while it
+//! waits on a full queue or backs off); workers report each finished event. Healthy means the
+//! poller beat recently and, when events are in flight, a worker finished one recently. Ready
+//! means Kafka and PostgreSQL have both answered.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::shutdown::Shutdown;
+
+/// Exit code when the watchdog finds the poller stuck.
+pub const EXIT_WATCHDOG: i32 = 4;
+
+/// Shared progress marks, read by `/healthz`, `/readyz` and the watchdog.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    /// Milliseconds since `started` of the poller's last beat.
+    poller_beat: AtomicU64,
+    /// Milliseconds since `started` of the last finished event.
+    last_completion: AtomicU64,
+    /// Events received and not yet finished.
+    in_flight: AtomicU64,
+    kafka_ready: AtomicBool,
+    database_ready: AtomicBool,
+    /// How long without progress counts as a stall.
+    stall_after: Duration,
+}
+
+impl Health {
+    /// Marks that count as stalled after `stall_after` without progress.
+    pub fn new(stall_after: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            poller_beat: AtomicU64::new(0),
+            last_completion: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            kafka_ready: AtomicBool::new(false),
+            database_ready: AtomicBool::new(false),
+            stall_after,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn age(&self, mark: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(mark.load(Ordering::Relaxed)))
+    }
+
+    /// The poller is alive and turning.
+    pub fn poller_beat(&self) {
+        self.poller_beat.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A worker finished an event.
+    pub fn event_finished(&self) {
+        self.last_completion.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How many events are in flight now.
+    pub fn in_flight(&self, n: usize) {
+        if self.in_flight.swap(n as u64, Ordering::Relaxed) == 0 && n > 0 {
+            // Work just arrived: the workers' clock starts now, not at their last event.
+            self.event_finished();
+        }
+    }
+
+    /// Whether Kafka answers (a consumer exists).
+    pub fn kafka_ready(&self, ready: bool) {
+        self.kafka_ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether PostgreSQL answered.
+    pub fn database_ready(&self, ready: bool) {
+        self.database_ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// `Ok` while the poller and the workers make progress; else why not.
+    pub fn liveness(&self) -> Result<(), String> {
+        let poller = self.age(&self.poller_beat);
+        if poller > self.stall_after {
+            return Err(format!("poller made no progress for {poller:?}"));
+        }
+        let workers = self.age(&self.last_completion);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        if in_flight > 0 && workers > self.stall_after {
+            return Err(format!(
+                "workers finished no event for {workers:?} with {in_flight} in flight"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` once Kafka and PostgreSQL have answered; else what is missing.
+    pub fn readiness(&self) -> Result<(), String> {
+        match (
+            self.kafka_ready.load(Ordering::Relaxed),
+            self.database_ready.load(Ordering::Relaxed),
+        ) {
+            (true, true) => Ok(()),
+            (false, true) => Err("not connected to Kafka".into()),
+            (true, false) => Err("not connected to PostgreSQL".into()),
+            (false, false) => Err("not connected to Kafka nor PostgreSQL".into()),
+        }
+    }
+
+    /// Starts the watchdog thread: once the poller has made no progress for `stall_after`, it
+    /// logs why and exits with [`EXIT_WATCHDOG`] so the supervisor restarts the process.
+    /// Uncommitted events are delivered again, so nothing is lost. Inactive while stopping.
+    pub fn start_watchdog(self: &Arc<Self>, shutdown: Shutdown) -> std::io::Result<()> {
+        let health = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if shutdown.is_shutdown() {
+                    return;
+                }
+                let stalled = health.age(&health.poller_beat);
+                if stalled > health.stall_after {
+                    log::error!(
+                        "watchdog: the poller made no progress for {stalled:?} (stuck inside a \
+                         Kafka call?); exiting with code {EXIT_WATCHDOG} so the supervisor \
+                         restarts the service; uncommitted events will be delivered again"
+                    );
+                    std::process::exit(EXIT_WATCHDOG);
+                }
+            })
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_poller_is_a_stall_and_so_are_stuck_workers() {
+        let h = Health::new(Duration::from_millis(50));
+        h.poller_beat();
+        assert_eq!(h.liveness(), Ok(()));
+        h.in_flight(3);
+        std::thread::sleep(Duration::from_millis(80));
+        h.poller_beat();
+        assert!(h.liveness().is_err_and(|e| e.contains("workers")));
+        h.event_finished();
+        h.in_flight(0);
+        assert_eq!(h.liveness(), Ok(()));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(h.liveness().is_err_and(|e| e.contains("poller")));
+    }
+
+    #[test]
+    fn ready_once_both_answer() {
+        let h = Health::new(Duration::from_secs(1));
+        assert!(h.readiness().is_err());
+        h.kafka_ready(true);
+        assert!(h.readiness().is_err_and(|e| e.contains("PostgreSQL")));
+        h.database_ready(true);
+        assert_eq!(h.readiness(), Ok(()));
+    }
+}

@@ -1,0 +1,260 @@
+//! Counters and gauges, kept with atomics and small maps, rendered in the Prometheus text format.
+//! Hand-written: a dozen series do not justify the `prometheus` crate and its dependencies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the processing-latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+pub use crate::repository::FleetGauges;
+
+/// Offsets of one partition.
+#[derive(Debug, Clone, Copy, Default)]
+struct PartitionGauge {
+    committed: Option<i64>,
+    high_watermark: Option<i64>,
+}
+
+/// Every series the service exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    consumed: AtomicU64,
+    applied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    dead_letters: Mutex<BTreeMap<&'static str, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    partitions: Mutex<BTreeMap<i32, PartitionGauge>>,
+    queue_depths: Mutex<Vec<usize>>,
+    db_errors: AtomicU64,
+    db_retries: AtomicU64,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Metrics are best effort: a panic elsewhere must not take them down.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Metrics {
+    /// A message was received from Kafka (valid or not, redeliveries excluded).
+    pub fn consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event was applied: its status family, its outcome label and how long it took from
+    /// receipt to commit.
+    pub fn applied(&self, family: &'static str, outcome: &'static str, latency: Duration) {
+        *locked(&self.applied).entry((family, outcome)).or_default() += 1;
+        let secs = latency.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A bad event reached the dead-letter topic.
+    pub fn dead_lettered(&self, reason: &'static str) {
+        *locked(&self.dead_letters).entry(reason).or_default() += 1;
+    }
+
+    /// A partition's offsets were committed up to `next`.
+    pub fn committed(&self, partition: i32, next: i64) {
+        locked(&self.partitions)
+            .entry(partition)
+            .or_default()
+            .committed = Some(next);
+    }
+
+    /// A partition's high watermark, for the lag.
+    pub fn high_watermark(&self, partition: i32, offset: i64) {
+        locked(&self.partitions)
+            .entry(partition)
+            .or_default()
+            .high_watermark = Some(offset);
+    }
+
+    /// The current depth of each worker's queue.
+    pub fn queue_depths(&self, depths: Vec<usize>) {
+        *locked(&self.queue_depths) = depths;
+    }
+
+    /// A database call failed.
+    pub fn db_error(&self) {
+        self.db_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A failed event is being retried.
+    pub fn db_retry(&self) {
+        self.db_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (version 0.0.4): each family's HELP and TYPE, then its
+    /// samples.
+    pub fn render(&self, fleet: Option<FleetGauges>) -> String {
+        let mut out = String::with_capacity(4096);
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+
+        let name = "courier_events_consumed_total";
+        header(&mut out, name, "counter", "Messages received from Kafka.");
+        let _ = writeln!(out, "{name} {}", self.consumed.load(Ordering::Relaxed));
+
+        let name = "courier_events_applied_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Events applied, by status family and outcome.",
+        );
+        for ((fam, outcome), n) in locked(&self.applied).iter() {
+            let _ = writeln!(out, "{name}{{family=\"{fam}\",outcome=\"{outcome}\"}} {n}");
+        }
+
+        let name = "courier_dead_letters_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Events sent to the dead-letter topic, by reason.",
+        );
+        for (reason, n) in locked(&self.dead_letters).iter() {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+        }
+
+        let name = "courier_event_processing_seconds";
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Time from receipt of an event to the commit of its transaction.",
+        );
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let n = self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+
+        let partitions = locked(&self.partitions).clone();
+        let name = "courier_committed_offset";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "Next offset to read, as committed, per partition.",
+        );
+        for (p, c) in partitions
+            .iter()
+            .filter_map(|(p, g)| g.committed.map(|c| (p, c)))
+        {
+            let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {c}");
+        }
+        let name = "courier_consumer_lag";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "High watermark minus committed offset, per partition.",
+        );
+        for (p, g) in &partitions {
+            if let Some(hw) = g.high_watermark {
+                let lag = (hw - g.committed.unwrap_or(0)).max(0);
+                let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {lag}");
+            }
+        }
+
+        let name = "courier_worker_queue_depth";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "Events waiting in each worker's queue.",
+        );
+        for (w, d) in locked(&self.queue_depths).iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {d}");
+        }
+
+        if let Some(f) = fleet {
+            let name = "courier_orders_waiting";
+            header(&mut out, name, "gauge", "Orders waiting for a courier.");
+            let _ = writeln!(out, "{name} {}", f.waiting_orders);
+            let name = "courier_couriers";
+            header(&mut out, name, "gauge", "Couriers by status.");
+            for (status, n) in [
+                ("available", f.available),
+                ("busy", f.busy),
+                ("paused", f.paused),
+            ] {
+                let _ = writeln!(out, "{name}{{status=\"{status}\"}} {n}");
+            }
+        }
+
+        let name = "courier_db_errors_total";
+        header(&mut out, name, "counter", "Failed database calls.");
+        let _ = writeln!(out, "{name} {}", self.db_errors.load(Ordering::Relaxed));
+        let name = "courier_db_retries_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Events retried after a transient database failure.",
+        );
+        let _ = writeln!(out, "{name} {}", self.db_retries.load(Ordering::Relaxed));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_gauges() {
+        let m = Metrics::default();
+        m.consumed();
+        m.consumed();
+        m.applied("assign", "assigned", Duration::from_millis(3));
+        m.applied("assign", "assigned", Duration::from_millis(30));
+        m.dead_lettered("invalid_json");
+        m.committed(2, 40);
+        m.high_watermark(2, 45);
+        m.queue_depths(vec![0, 3]);
+        let text = m.render(Some(FleetGauges {
+            available: 1,
+            busy: 2,
+            paused: 0,
+            waiting_orders: 7,
+        }));
+        for line in [
+            "courier_events_consumed_total 2",
+            "courier_events_applied_total{family=\"assign\",outcome=\"assigned\"} 2",
+            "courier_dead_letters_total{reason=\"invalid_json\"} 1",
+            "courier_event_processing_seconds_bucket{le=\"0.005\"} 1",
+            "courier_event_processing_seconds_bucket{le=\"0.05\"} 2",
+            "courier_event_processing_seconds_count 2",
+            "courier_committed_offset{partition=\"2\"} 40",
+            "courier_consumer_lag{partition=\"2\"} 5",
+            "courier_worker_queue_depth{worker=\"1\"} 3",
+            "courier_orders_waiting 7",
+            "courier_couriers{status=\"busy\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}

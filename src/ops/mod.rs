@@ -1,0 +1,10 @@
+//! What an on-call engineer needs: Prometheus metrics, liveness and readiness, and a watchdog
+//! that exits when the poller is stuck (inside the `kafka` crate, say) so systemd or compose
+//! restarts the process; at-least-once delivery makes that safe.
+
+pub mod health;
+pub mod http;
+pub mod metrics;
+
+pub use health::Health;
+pub use metrics::{FleetGauges, Metrics};

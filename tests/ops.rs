@@ -1,0 +1,328 @@
+//! Operations against the real binary, real Kafka and real PostgreSQL: /metrics counts what
+//! happened, /healthz and /readyz answer, the watchdog exits on a stalled poller, and two
+//! instances split one topic between them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use service_courier::domain::TransportType;
+use service_courier::repository::{CourierRepository, OrderState};
+use service_courier::usecase::couriers;
+
+fn json(id: &str, status: &str, secs: i64) -> String {
+    event(id, status, secs).to_json()
+}
+
+/// The samples of a Prometheus text exposition: "name{labels}" -> value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn base_env(db: &TestDb, brokers: &str, topic: &str, group: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("KAFKA_ORDER_TOPIC", topic.to_owned()),
+        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("KAFKA_GROUP_ID", group.to_owned()),
+        ("KAFKA_COMMIT_INTERVAL_MS", "100".into()),
+    ]
+}
+
+#[test]
+fn metrics_count_a_known_stream_and_probes_answer() {
+    let Some(db) = TestDb::new(1) else { return };
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("metrics");
+    create_topic(&topic, 1);
+    create_topic(&format!("{topic}.dlq"), 1);
+    for n in 0..3 {
+        couriers::add(&db.repo, &courier(n, TransportType::Car), at(n as i64)).expect("hire");
+    }
+    let group = unique("group");
+    let service = Service::start(&base_env(&db, &brokers, &topic, &group));
+    wait_until(Duration::from_secs(60), "/readyz 200", || {
+        service.get("/readyz").0 == 200
+    });
+    assert_eq!(service.get("/healthz").0, 200);
+    assert_eq!(service.get("/nope").0, 404);
+
+    let lines = vec![
+        json("a", "created", 1),
+        json("b", "created", 2),
+        json("c", "created", 3),
+        json("d", "created", 4),   // no courier left: waits
+        json("a", "completed", 5), // a's courier takes d
+        json("b", "cancelled", 6),
+        json("x", "pending", 7),
+        json("a", "completed", 8), // duplicate
+        "{not json".to_owned(),
+    ];
+    kcat_produce(&brokers, &topic, &lines);
+    wait_until(Duration::from_secs(60), "all committed", || {
+        offsets(&brokers, &group, &topic)
+            .values()
+            .all(|(c, hw)| *c == *hw && *hw == 9)
+    });
+    let mut m = BTreeMap::new();
+    wait_until(Duration::from_secs(10), "metrics to catch up", || {
+        m = samples(&service.get("/metrics").1);
+        m.get("courier_committed_offset{partition=\"0\"}") == Some(&9.0)
+    });
+    let expect = [
+        ("courier_events_consumed_total", 9.0),
+        (
+            "courier_events_applied_total{family=\"assign\",outcome=\"assigned\"}",
+            3.0,
+        ),
+        (
+            "courier_events_applied_total{family=\"assign\",outcome=\"waiting\"}",
+            1.0,
+        ),
+        (
+            "courier_events_applied_total{family=\"complete\",outcome=\"completed\"}",
+            1.0,
+        ),
+        (
+            "courier_events_applied_total{family=\"complete\",outcome=\"duplicate\"}",
+            1.0,
+        ),
+        (
+            "courier_events_applied_total{family=\"cancel\",outcome=\"cancelled\"}",
+            1.0,
+        ),
+        (
+            "courier_events_applied_total{family=\"ignore\",outcome=\"ignored\"}",
+            1.0,
+        ),
+        ("courier_dead_letters_total{reason=\"invalid_json\"}", 1.0),
+        ("courier_event_processing_seconds_count", 8.0),
+        ("courier_committed_offset{partition=\"0\"}", 9.0),
+        ("courier_orders_waiting", 0.0),
+        ("courier_couriers{status=\"busy\"}", 2.0),
+        ("courier_couriers{status=\"available\"}", 1.0),
+        ("courier_couriers{status=\"paused\"}", 0.0),
+        ("courier_db_errors_total", 0.0),
+    ];
+    for (name, value) in expect {
+        assert_eq!(m.get(name), Some(&value), "{name} in\n{m:#?}");
+    }
+    for name in [
+        "courier_worker_queue_depth{worker=\"0\"}",
+        "courier_db_retries_total",
+    ] {
+        assert!(m.contains_key(name), "{name} missing");
+    }
+    let mut service = service;
+    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn two_instances_split_one_topic_and_apply_every_event_once() {
+    let Some(db) = TestDb::new(1) else { return };
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("split");
+    create_topic(&topic, 4);
+    create_topic(&format!("{topic}.dlq"), 1);
+    for n in 0..30 {
+        couriers::add(&db.repo, &courier(n, TransportType::Scooter), at(0)).expect("hire");
+    }
+    let group = unique("group");
+    let mut instances: Vec<Service> = (0..2)
+        .map(|i| {
+            let mut env = base_env(&db, &brokers, &topic, &group);
+            env.push(("INSTANCE_INDEX", i.to_string()));
+            env.push(("INSTANCE_COUNT", "2".into()));
+            Service::start(&env)
+        })
+        .collect();
+    let orders = 300;
+    let mut lines = Vec::new();
+    for i in 0..orders {
+        lines.push(json(&format!("s{i}"), "created", i));
+    }
+    for i in 0..orders {
+        lines.push(json(
+            &format!("s{i}"),
+            if i % 4 == 0 { "deleted" } else { "delivered" },
+            orders + i,
+        ));
+    }
+    kcat_produce(&brokers, &topic, &lines);
+    wait_until(
+        Duration::from_secs(90),
+        "both instances drained the topic",
+        || {
+            offsets(&brokers, &group, &topic)
+                .values()
+                .all(|(c, hw)| (*c).max(0) == *hw)
+        },
+    );
+    // Each instance consumed its own partitions; together every message exactly once.
+    let consumed: Vec<f64> = instances
+        .iter()
+        .map(|s| samples(&s.get("/metrics").1)["courier_events_consumed_total"])
+        .collect();
+    assert!(
+        consumed.iter().all(|c| *c > 0.0),
+        "an instance got nothing: {consumed:?}"
+    );
+    assert_eq!(consumed.iter().sum::<f64>(), (2 * orders) as f64);
+    let logs: Vec<String> = instances.iter().map(Service::log_text).collect();
+    assert!(logs[0].contains("partitions [0, 2]"), "{}", logs[0]);
+    assert!(logs[1].contains("partitions [1, 3]"), "{}", logs[1]);
+    for s in &mut instances {
+        assert_eq!(s.terminate(Duration::from_secs(10)), Some(0));
+    }
+    let snap = db.repo.snapshot().expect("snapshot");
+    snap.check_invariants().expect("invariants");
+    assert_eq!(snap.orders.len(), orders as usize);
+    for (id, state) in &snap.orders {
+        let n: i64 = id.as_str()[1..].parse().expect("id");
+        match n % 4 {
+            0 => assert_eq!(*state, OrderState::Cancelled, "{id}"),
+            _ => assert!(matches!(state, OrderState::Completed(_)), "{id}: {state:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_impossible_partition_split_is_refused_at_start() {
+    let Some(db) = TestDb::new(1) else { return };
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("tiny");
+    create_topic(&topic, 2);
+    let mut env = base_env(&db, &brokers, &topic, &unique("group"));
+    env.push(("INSTANCE_INDEX", "3".into()));
+    env.push(("INSTANCE_COUNT", "4".into()));
+    let mut service = Service::start(&env);
+    assert_eq!(
+        service.wait(Duration::from_secs(60)),
+        Some(2),
+        "{}",
+        service.log_text()
+    );
+    assert!(service
+        .log_text()
+        .contains("INSTANCE_INDEX: instance 3 of 4 gets no partition"));
+    let mut env = base_env(&db, &brokers, &topic, &unique("group"));
+    env.push(("KAFKA_PARTITIONS", "0,5".into()));
+    let mut service = Service::start(&env);
+    assert_eq!(
+        service.wait(Duration::from_secs(60)),
+        Some(2),
+        "{}",
+        service.log_text()
+    );
+    assert!(service
+        .log_text()
+        .contains("KAFKA_PARTITIONS: partition 5 does not exist"));
+}
+
+/// A broker of the test's own (it gets frozen), stopped at the end whatever happens.
+struct OwnBroker {
+    dir: std::path::PathBuf,
+    brokers: String,
+}
+
+impl OwnBroker {
+    fn start() -> Self {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("broker"));
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/kafka.sh"))
+            .arg("start")
+            .env("KAFKA_STATE_DIR", &dir)
+            .output()
+            .expect("kafka.sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("env")).expect("broker env");
+        let brokers = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export KAFKA_BROKERS="))
+            .expect("KAFKA_BROKERS")
+            .to_owned();
+        Self { dir, brokers }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("kafka.pid")).expect("broker pid");
+        let _ = Command::new("kill").args([sig, pid.trim()]).status();
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/kafka.sh"))
+            .arg("stop")
+            .env("KAFKA_STATE_DIR", &self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_stalled_poller_turns_healthz_503_and_the_watchdog_exits() {
+    let Some(db) = TestDb::new(1) else { return };
+    if kafka_brokers().is_none() {
+        return; // same skip rule as the other Kafka tests
+    }
+    let broker = OwnBroker::start();
+    let topic = "order.status.changed"; // created by kafka.sh start
+    let mut env = base_env(&db, &broker.brokers, topic, &unique("group"));
+    env.push(("WATCHDOG_SECS", "4".into()));
+    let mut service = Service::start(&env);
+    wait_until(Duration::from_secs(60), "/readyz 200", || {
+        service.get("/readyz").0 == 200
+    });
+    assert_eq!(service.get("/healthz").0, 200);
+    // Freeze the broker: the poller's next fetch never gets an answer (the crate waits up to
+    // two minutes), which is exactly the stall the watchdog is for.
+    broker.signal("-STOP");
+    let addr = service.http_addr();
+    let mut saw_503 = false;
+    wait_until(Duration::from_secs(30), "the watchdog to exit", || {
+        if !saw_503 {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+                let mut t = String::new();
+                let _ = s.read_to_string(&mut t);
+                saw_503 |= t.starts_with("HTTP/1.1 503") || t.starts_with("HTTP/1.0 503");
+            }
+        }
+        !service.running()
+    });
+    assert!(saw_503, "/healthz never said 503 before the exit");
+    assert_eq!(
+        service.wait(Duration::from_secs(1)),
+        Some(4),
+        "{}",
+        service.log_text()
+    );
+    assert!(service
+        .log_text()
+        .contains("watchdog: the poller made no progress"));
+}
