@@ -103,6 +103,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         workers: settings.workers,
         capacity: settings.queue_capacity,
         drain_budget: settings.shutdown_drain,
+        batch_max: settings.batch_max,
     };
     let context = WorkerContext {
         processor: Arc::new(OrderEventProcessor::new(repo)),

@@ -108,6 +108,9 @@ pub struct SimulateArgs {
     /// Orders in progress at once (how much lifecycles interleave).
     #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
+    /// Benchmark lifecycles: created, sometimes pending, then completed or cancelled.
+    #[arg(long)]
+    pub short: bool,
     /// Kafka brokers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BROKERS")]
     pub brokers: String,
@@ -174,6 +177,7 @@ pub fn run_simulate(args: SimulateArgs) -> ExitCode {
         seed: args.seed,
         keyed: args.keyed,
         concurrency: args.concurrency,
+        short: args.short,
     };
     let brokers: Vec<String> = args
         .brokers

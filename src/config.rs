@@ -134,6 +134,8 @@ pub struct Settings {
     /// SHUTDOWN_DRAIN_MS: once stopping, how long queued events are still applied; the rest
     /// stay uncommitted and are delivered again after the restart.
     pub shutdown_drain: Duration,
+    /// BATCH_MAX: most queued events a worker applies in one transaction.
+    pub batch_max: usize,
     /// LOG_LEVEL: error, warn, info, debug or trace.
     pub log_level: LevelFilter,
     /// METRICS_ADDR: where `/metrics`, `/healthz` and `/readyz` listen; `None` = disabled.
@@ -275,6 +277,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             database: self.database(workers as u32 + 1)?,
             workers,
             queue_capacity: self.bounded("QUEUE_CAPACITY", 256, 1..=1_000_000)? as usize,
+            batch_max: self.bounded("BATCH_MAX", 64, 1..=10_000)? as usize,
             shutdown_drain: Duration::from_millis(self.bounded(
                 "SHUTDOWN_DRAIN_MS",
                 1000,
@@ -464,6 +467,7 @@ mod tests {
             ("WORKERS", "0"),
             ("QUEUE_CAPACITY", "lots"),
             ("SHUTDOWN_DRAIN_MS", "soon"),
+            ("BATCH_MAX", "0"),
             ("DB_POOL_SIZE", "1000"),
             ("LOG_LEVEL", "loud"),
             ("DATABASE_URL", "not a url"),

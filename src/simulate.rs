@@ -57,6 +57,9 @@ pub struct SimulationPlan {
     pub keyed: bool,
     /// Orders in progress at once: how far lifecycles interleave.
     pub concurrency: usize,
+    /// Short lifecycles for benchmarks: created, a no-op status half of the time, then the end
+    /// (about 2.5 events per order instead of 7).
+    pub short: bool,
 }
 
 /// The statuses of one order's life, in the order service-order sends them.
@@ -78,6 +81,20 @@ pub fn lifecycle(rng: &mut Rng, cancel_ratio: f64) -> Vec<OrderStatus> {
             Completed
         });
     }
+    statuses
+}
+
+/// A benchmark lifecycle: created, `pending` half of the time, then completed or cancelled.
+pub fn short_lifecycle(rng: &mut Rng, cancel_ratio: f64) -> Vec<OrderStatus> {
+    let mut statuses = vec![OrderStatus::Created];
+    if rng.chance(0.5) {
+        statuses.push(OrderStatus::Pending);
+    }
+    statuses.push(if rng.chance(cancel_ratio) {
+        OrderStatus::Cancelled
+    } else {
+        OrderStatus::Completed
+    });
     statuses
 }
 
@@ -109,7 +126,11 @@ impl Iterator for EventStream {
         while self.active.len() < self.plan.concurrency.max(1) && self.started < self.plan.orders {
             let id = format!("sim-{}-{}", self.plan.seed, self.started);
             let id = OrderId::parse(id).ok()?;
-            let life = lifecycle(&mut self.rng, self.plan.cancel_ratio);
+            let life = if self.plan.short {
+                short_lifecycle(&mut self.rng, self.plan.cancel_ratio)
+            } else {
+                lifecycle(&mut self.rng, self.plan.cancel_ratio)
+            };
             self.active.push((id, life.into()));
             self.started += 1;
         }
@@ -227,6 +248,7 @@ mod tests {
             seed: 7,
             keyed: false,
             concurrency: 20,
+            short: false,
         }
     }
 

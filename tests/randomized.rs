@@ -166,6 +166,81 @@ fn check_stream<R: CourierRepository>(
     }
 }
 
+/// Applies the stream with micro-batching: runs of consecutive events of random length (1 to 20)
+/// go through `apply_batch`, one transaction each. Outcomes and the final state must be exactly
+/// those of one transaction per event.
+fn check_stream_batched<R: CourierRepository>(
+    seed: u64,
+    orders: usize,
+    couriers: u32,
+    batched: OrderEventProcessor<R>,
+) {
+    let model = OrderEventProcessor::new(MemoryRepository::new());
+    let steps = stream(seed, orders, couriers);
+    let mut rng = Rng::new(seed ^ 0xba7c);
+    let mut i = 0;
+    while i < steps.len() {
+        let Step::Event(_) = &steps[i] else {
+            assert_eq!(
+                run(&batched, &steps[i]),
+                run(&model, &steps[i]),
+                "seed {seed} step {i}"
+            );
+            i += 1;
+            continue;
+        };
+        let want = 1 + rng.below(20);
+        let mut events = Vec::new();
+        while i < steps.len() && events.len() < want {
+            match &steps[i] {
+                Step::Event(e) => events.push(e),
+                _ => break,
+            }
+            i += 1;
+        }
+        let got = batched.apply_batch(&events).expect("batch applies");
+        let expected: Vec<_> = events
+            .iter()
+            .map(|e| model.apply(e).expect("model"))
+            .collect();
+        assert_eq!(got, expected, "seed {seed}: batch ending at step {i}");
+        let snap = batched.repository().snapshot().expect("snapshot");
+        if let Err(broken) = snap.check_invariants() {
+            panic!("seed {seed} batch ending at step {i}: {broken}");
+        }
+    }
+    assert_eq!(
+        batched.repository().snapshot().expect("snapshot"),
+        model.repository().snapshot().expect("snapshot"),
+        "seed {seed}: final states differ"
+    );
+}
+
+#[test]
+fn memory_batched_equals_one_transaction_per_event() {
+    for seed in 0..100 {
+        check_stream_batched(
+            seed,
+            40,
+            1 + (seed % 5) as u32,
+            OrderEventProcessor::new(MemoryRepository::new()),
+        );
+    }
+}
+
+#[test]
+fn postgres_batched_equals_one_transaction_per_event() {
+    for seed in 2000..2010 {
+        let Some(db) = TestDb::new(2) else { return };
+        check_stream_batched(
+            seed,
+            40,
+            1 + (seed % 4) as u32,
+            OrderEventProcessor::new(db.repo.clone()),
+        );
+    }
+}
+
 #[test]
 fn memory_holds_the_invariants_on_many_streams() {
     for seed in 0..200 {

@@ -75,6 +75,8 @@ pub struct PoolSettings {
     /// Once stopping, how long queued jobs are still applied; the rest are abandoned
     /// (uncommitted, delivered again after the restart).
     pub drain_budget: Duration,
+    /// Most queued jobs a worker applies in one transaction (1 = one transaction per event).
+    pub batch_max: usize,
 }
 
 /// What every worker shares.
@@ -116,6 +118,7 @@ impl WorkerPool {
                 drain_budget: settings.drain_budget,
                 metrics: Arc::clone(&context.metrics),
                 health: Arc::clone(&context.health),
+                batch_max: settings.batch_max.max(1),
             };
             handles.push(
                 std::thread::Builder::new()
@@ -208,6 +211,7 @@ mod tests {
             workers,
             capacity,
             drain_budget: drain,
+            batch_max: 16,
         };
         (
             WorkerPool::start(settings, context).expect("start"),
@@ -277,6 +281,142 @@ mod tests {
         pool.close_and_join();
         let results: Vec<JobResult> = rx.try_iter().map(|c| c.result).collect();
         assert_eq!(results, vec![JobResult::Abandoned; 10]);
+    }
+
+    /// The in-memory repository, except that any transaction touching order "poison" fails
+    /// for good: to see a batch fall back to one transaction per event.
+    struct PoisonedRepository(MemoryRepository);
+
+    struct PoisonedTx<'a>(&'a mut dyn crate::repository::StorageTx);
+
+    impl crate::repository::CourierRepository for PoisonedRepository {
+        fn transaction<T>(
+            &self,
+            work: &mut dyn FnMut(&mut dyn crate::repository::StorageTx) -> Result<T, RepoError>,
+        ) -> Result<T, RepoError> {
+            self.0.transaction(&mut |tx| work(&mut PoisonedTx(tx)))
+        }
+        fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
+            self.0.couriers()
+        }
+        fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
+            self.0.snapshot()
+        }
+        fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
+            self.0.fleet()
+        }
+        fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+            self.0.has_waiting_beside_available()
+        }
+    }
+
+    impl crate::repository::StorageTx for PoisonedTx<'_> {
+        fn lock_order(&mut self, o: &OrderId) -> Result<crate::repository::OrderState, RepoError> {
+            if o.as_str() == "poison" {
+                return Err(RepoError::Permanent("poisoned".into()));
+            }
+            self.0.lock_order(o)
+        }
+        fn set_order_state(
+            &mut self,
+            o: &OrderId,
+            s: &crate::repository::OrderState,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), RepoError> {
+            self.0.set_order_state(o, s, at)
+        }
+        fn take_available_courier(
+            &mut self,
+        ) -> Result<Option<crate::repository::CourierRecord>, RepoError> {
+            self.0.take_available_courier()
+        }
+        fn lock_courier(
+            &mut self,
+            id: crate::domain::CourierId,
+        ) -> Result<Option<crate::repository::CourierRecord>, RepoError> {
+            self.0.lock_courier(id)
+        }
+        fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError> {
+            self.0.next_waiting_order()
+        }
+        fn start_delivery(
+            &mut self,
+            o: &OrderId,
+            c: &crate::repository::CourierRecord,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), RepoError> {
+            self.0.start_delivery(o, c, at)
+        }
+        fn finish_delivery(
+            &mut self,
+            o: &OrderId,
+            c: crate::domain::CourierId,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), RepoError> {
+            self.0.finish_delivery(o, c, at)
+        }
+        fn drop_delivery(
+            &mut self,
+            o: &OrderId,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), RepoError> {
+            self.0.drop_delivery(o, at)
+        }
+        fn set_courier_status(
+            &mut self,
+            id: crate::domain::CourierId,
+            s: crate::domain::CourierStatus,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), RepoError> {
+            self.0.set_courier_status(id, s, at)
+        }
+        fn insert_courier(
+            &mut self,
+            c: &crate::domain::NewCourier,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<crate::repository::CourierRecord, RepoError> {
+            self.0.insert_courier(c, at)
+        }
+    }
+
+    #[test]
+    fn a_failing_event_in_a_batch_fails_alone() {
+        let (tx, rx) = unbounded();
+        let shutdown = Shutdown::new();
+        let context = WorkerContext {
+            processor: Arc::new(OrderEventProcessor::new(PoisonedRepository(
+                MemoryRepository::new(),
+            ))),
+            completions: tx,
+            shutdown: shutdown.clone(),
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(Health::new(Duration::from_secs(60))),
+        };
+        let settings = PoolSettings {
+            workers: 1,
+            capacity: 16,
+            drain_budget: Duration::from_secs(1),
+            batch_max: 16,
+        };
+        let pool = WorkerPool::start(settings, context).expect("start");
+        // Fill the queue before the worker can drain it, so the events form one batch.
+        for (i, id) in ["a", "poison", "b"].iter().enumerate() {
+            pool.queues[0]
+                .send(job(id, OrderStatus::Created, i as i64))
+                .expect("queued");
+        }
+        pool.close_and_join();
+        let mut results: Vec<(i64, JobResult)> = rx
+            .try_iter()
+            .map(|c| (c.position.offset, c.result))
+            .collect();
+        results.sort_by_key(|(o, _)| *o);
+        assert_eq!(results[0].1, JobResult::Applied(Outcome::Waiting));
+        assert!(matches!(
+            results[1].1,
+            JobResult::Failed(RepoError::Permanent(_))
+        ));
+        assert_eq!(results[2].1, JobResult::Applied(Outcome::Waiting));
     }
 
     #[test]

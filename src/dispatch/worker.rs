@@ -32,29 +32,62 @@ pub(super) struct Worker<R> {
     pub metrics: Arc<Metrics>,
     /// Marks each finished event, for `/healthz`.
     pub health: Arc<Health>,
+    /// Most events applied in one transaction.
+    pub batch_max: usize,
 }
 
 impl<R: CourierRepository> Worker<R> {
-    /// Runs until the queue is closed and drained.
+    /// Runs until the queue is closed and drained. Takes whatever is queued, up to
+    /// `batch_max` jobs, into one transaction; never waits to fill a batch.
     pub fn run(self) {
-        for job in &self.jobs {
-            let result = if self.shutdown.stopping_longer_than(self.drain_budget) {
-                JobResult::Abandoned
+        let mut batch: Vec<Job> = Vec::with_capacity(self.batch_max);
+        while let Ok(first) = self.jobs.recv() {
+            batch.push(first);
+            while batch.len() < self.batch_max {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let results = if self.shutdown.stopping_longer_than(self.drain_budget) {
+                vec![JobResult::Abandoned; batch.len()]
             } else {
-                self.apply(&job)
+                self.apply_batch(&batch)
             };
-            self.health.event_finished();
-            let done = Completion {
-                position: job.position,
-                order_id: job.event.order_id.clone(),
-                family: job.event.status.family(),
-                result,
-                latency: job.received.elapsed(),
-            };
-            if self.completions.send(done).is_err() {
-                return; // the poller is gone: nothing left to report to
+            for (job, result) in batch.drain(..).zip(results) {
+                self.health.event_finished();
+                let done = Completion {
+                    position: job.position,
+                    order_id: job.event.order_id,
+                    family: job.event.status.family(),
+                    result,
+                    latency: job.received.elapsed(),
+                };
+                if self.completions.send(done).is_err() {
+                    return; // the poller is gone: nothing left to report to
+                }
             }
         }
+    }
+
+    /// One transaction for the whole batch; if it fails, one by one, so a bad event fails
+    /// alone and a transient failure is retried event by event.
+    fn apply_batch(&self, batch: &[Job]) -> Vec<JobResult> {
+        if batch.len() > 1 {
+            let events: Vec<&crate::domain::OrderEvent> = batch.iter().map(|j| &j.event).collect();
+            match self.processor.apply_batch(&events) {
+                Ok(outcomes) => return outcomes.into_iter().map(JobResult::Applied).collect(),
+                Err(e) => {
+                    self.metrics.db_error();
+                    log::debug!(
+                        "worker {}: batch of {} failed ({e}); applying one by one",
+                        self.index,
+                        batch.len()
+                    );
+                }
+            }
+        }
+        batch.iter().map(|job| self.apply(job)).collect()
     }
 
     fn apply(&self, job: &Job) -> JobResult {

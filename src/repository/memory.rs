@@ -103,6 +103,11 @@ impl CourierRepository for MemoryRepository {
     fn fleet(&self) -> Result<FleetGauges, RepoError> {
         Ok(self.lock().fleet())
     }
+
+    fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+        let f = self.lock().fleet();
+        Ok(f.waiting_orders > 0 && f.available > 0)
+    }
 }
 
 impl MemoryState {

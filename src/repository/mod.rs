@@ -112,6 +112,10 @@ pub trait CourierRepository: Send + Sync {
 
     /// Couriers by status and the length of the queue.
     fn fleet(&self) -> Result<FleetGauges, RepoError>;
+
+    /// Whether some order waits while some courier is available (as committed): one cheap
+    /// read that spares the pairing pass a transaction when, as usual, there is nothing to pair.
+    fn has_waiting_beside_available(&self) -> Result<bool, RepoError>;
 }
 
 /// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.
@@ -129,9 +133,8 @@ pub trait StorageTx {
         at: DateTime<Utc>,
     ) -> Result<(), RepoError>;
 
-    /// Locks and returns the best available courier: fewest completed deliveries, then the one
-    /// available longest, then the lowest id. `None` means none is available, and stays true
-    /// for the rest of the transaction: no concurrent release can slip past a waiting order.
+    /// Locks and returns the best available courier that no one else holds: fewest completed
+    /// deliveries, then the one available longest, then the lowest id.
     fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError>;
 
     /// Locks a courier row.

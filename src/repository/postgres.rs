@@ -5,10 +5,9 @@
 //! - an order's events serialise on its `orders` row (`lock_order`);
 //! - couriers and waiting orders are picked with `FOR UPDATE SKIP LOCKED`, so two transactions
 //!   never take the same one, and the partial unique index on `courier_orders` backs that up;
-//! - "the order waits" and "the courier is released" must not cross each other unseen (an order
-//!   would wait beside a free courier). Releases hold a shared advisory lock while they look for a
-//!   waiting order; an order about to wait takes it exclusively and looks for a courier once more.
-//!   The exclusive lock is only taken when no courier is free, so the common path never waits.
+//! - "this order waits" and "this courier is free" committed at the same moment can miss each
+//!   other; the usecase layer closes that gap with a pairing pass after such commits (see
+//!   `usecase::handover::pair_waiting`), without any lock that would serialise workers.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,8 +26,6 @@ use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, Transp
 /// The schema, embedded so `migrate` needs no file next to the binary.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
-/// Advisory lock key guarding "wait vs release" (see the module doc).
-const DISPATCH_LOCK: i64 = 0x0C0E_1E40_0001;
 /// Advisory lock key serialising concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x0C0E_1E40_0002;
 
@@ -222,6 +219,24 @@ impl CourierRepository for PgRepository {
     fn fleet(&self) -> Result<FleetGauges, RepoError> {
         self.read_fleet()
     }
+
+    fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+        const SQL: &str = "
+            SELECT EXISTS (SELECT 1 FROM couriers WHERE status = 'available')
+               AND EXISTS (SELECT 1 FROM orders WHERE state = 'waiting')";
+        let mut conn = self.connection()?;
+        let PgConnection { client, statements } = &mut *conn;
+        let stmt = match statements.get(SQL) {
+            Some(s) => s.clone(),
+            None => {
+                let s = client.prepare(SQL).map_err(classify)?;
+                statements.insert(SQL, s.clone());
+                s
+            }
+        };
+        let row = client.query_one(&stmt, &[]).map_err(classify)?;
+        get(&row, 0)
+    }
 }
 
 impl PgRepository {
@@ -348,11 +363,6 @@ impl StorageTx for PgTx<'_> {
     }
 
     fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError> {
-        if let Some(c) = self.pick_available()? {
-            return Ok(Some(c));
-        }
-        // None free: before the order waits, make sure no release is half-way (module doc).
-        self.execute("SELECT pg_advisory_xact_lock($1)", &[&DISPATCH_LOCK])?;
         self.pick_available()
     }
 
@@ -386,7 +396,6 @@ impl StorageTx for PgTx<'_> {
             ORDER BY waiting_seq
             LIMIT 1
             FOR UPDATE SKIP LOCKED";
-        self.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&DISPATCH_LOCK])?;
         let rows = self.query(SQL, &[])?;
         rows.first().map(|r| order_id(r, 0)).transpose()
     }

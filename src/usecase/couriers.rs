@@ -52,11 +52,25 @@ pub fn add(
     courier: &NewCourier,
     at: DateTime<Utc>,
 ) -> Result<CourierChange, CourierCommandError> {
-    Ok(repo.transaction(&mut |tx| {
+    let change = repo.transaction(&mut |tx| {
         let record = tx.insert_courier(courier, at)?;
         let took = handover::offer(tx, &record, at)?;
         Ok(changed(record.id, took))
-    })?)
+    })?;
+    close_gap(repo, &change, at);
+    Ok(change)
+}
+
+/// A courier made available may have missed an order that started waiting at the same moment:
+/// run the pairing pass (see [`handover`]).
+fn close_gap(repo: &impl CourierRepository, change: &CourierChange, at: DateTime<Utc>) {
+    if change.status == CourierStatus::Available
+        && repo.has_waiting_beside_available().unwrap_or(true)
+    {
+        if let Err(e) = repo.transaction(&mut |tx| handover::pair_waiting(tx, at)) {
+            log::warn!("pairing waiting orders with free couriers failed: {e}");
+        }
+    }
 }
 
 /// Pauses a courier: no new orders; an order they carry stays theirs. Idempotent.
@@ -111,6 +125,7 @@ pub fn resume(
         Ok(Some(changed(id, took)))
     })?
     .ok_or(CourierCommandError::NotFound(id))
+    .inspect(|change| close_gap(repo, change, at))
 }
 
 fn changed(id: CourierId, took: Option<OrderId>) -> CourierChange {

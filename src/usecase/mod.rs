@@ -40,7 +40,81 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
         if handler == factory::StatusHandler::Ignore {
             return Ok(ignore::handle());
         }
-        self.repository
-            .transaction(&mut |tx| handler.handle(tx, &event.order_id, event.created_at))
+        let outcome = self
+            .repository
+            .transaction(&mut |tx| handler.handle(tx, &event.order_id, event.created_at))?;
+        if may_leave_a_gap(handler, &outcome) {
+            self.pair_waiting(event.created_at);
+        }
+        Ok(outcome)
+    }
+
+    /// The pairing pass after a commit that made an order wait or a courier free (see
+    /// [`handover`]). Its own transaction; a failure is logged, not returned: the event it
+    /// follows is committed already, and the next such commit runs the pass again.
+    fn pair_waiting(&self, at: chrono::DateTime<chrono::Utc>) {
+        match self.repository.has_waiting_beside_available() {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => log::debug!("checking for waiting orders beside free couriers: {e}"),
+        }
+        match self
+            .repository
+            .transaction(&mut |tx| handover::pair_waiting(tx, at))
+        {
+            Ok(pairs) => {
+                for (order, courier) in pairs {
+                    log::info!(
+                        "order {order} was waiting beside free courier {courier} (two commits \
+                         crossed): assigned now"
+                    );
+                }
+            }
+            Err(e) => log::warn!("pairing waiting orders with free couriers failed: {e}"),
+        }
+    }
+
+    /// Applies several events, in order, in one transaction (micro-batching: one commit for
+    /// all). Each event sees the effects of the ones before it, exactly as if each had its own
+    /// transaction. All or nothing: on error nothing is kept, and the caller may apply the
+    /// events one by one to isolate the failing one.
+    pub fn apply_batch(&self, events: &[&OrderEvent]) -> Result<Vec<Outcome>, RepoError> {
+        let needs_storage = events.iter().any(|e| {
+            factory::StatusHandler::for_status(e.status) != factory::StatusHandler::Ignore
+        });
+        if !needs_storage {
+            return Ok(events.iter().map(|_| ignore::handle()).collect());
+        }
+        let outcomes = self.repository.transaction(&mut |tx| {
+            events
+                .iter()
+                .map(|e| {
+                    factory::StatusHandler::for_status(e.status).handle(
+                        tx,
+                        &e.order_id,
+                        e.created_at,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let gap = events.iter().zip(&outcomes).rev().find(|(e, outcome)| {
+            may_leave_a_gap(factory::StatusHandler::for_status(e.status), outcome)
+        });
+        if let Some((event, _)) = gap {
+            self.pair_waiting(event.created_at);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Whether a committed outcome may have left an order waiting beside a free courier when
+/// another transaction committed at the same moment: it made an order wait (or found a waiting
+/// order still without a courier), or it made a courier free.
+fn may_leave_a_gap(handler: factory::StatusHandler, outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Waiting => true,
+        Outcome::Duplicate => handler == factory::StatusHandler::Assign,
+        Outcome::Cancelled(Some(r)) | Outcome::Completed(Some(r)) => r.took.is_none(),
+        _ => false,
     }
 }
