@@ -63,6 +63,8 @@ pub struct Completion {
     pub result: JobResult,
     /// Time from receipt to completion.
     pub latency: Duration,
+    /// Time from the event's `created_at` (its send time) to completion: end-to-end latency.
+    pub age: Duration,
 }
 
 /// How the pool is sized and how it stops.

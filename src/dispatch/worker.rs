@@ -62,6 +62,9 @@ impl<R: CourierRepository> Worker<R> {
                     family: job.event.status.family(),
                     result,
                     latency: job.received.elapsed(),
+                    age: (chrono::Utc::now() - job.event.created_at)
+                        .to_std()
+                        .unwrap_or_default(),
                 };
                 if self.completions.send(done).is_err() {
                     return; // the poller is gone: nothing left to report to

@@ -14,6 +14,13 @@ const LATENCY_BUCKETS: [f64; 12] = [
 
 pub use crate::repository::FleetGauges;
 
+/// Upper bounds of the event-age histogram (the event's `created_at` to its commit), seconds:
+/// fine below 100 ms, where the latency target is.
+const AGE_BUCKETS: [f64; 20] = [
+    0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+    5.0, 10.0, 30.0, 60.0,
+];
+
 /// Offsets of one partition.
 #[derive(Debug, Clone, Copy, Default)]
 struct PartitionGauge {
@@ -30,6 +37,9 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    age_buckets: [AtomicU64; AGE_BUCKETS.len()],
+    age_count: AtomicU64,
+    age_sum_micros: AtomicU64,
     partitions: Mutex<BTreeMap<i32, PartitionGauge>>,
     queue_depths: Mutex<Vec<usize>>,
     db_errors: AtomicU64,
@@ -60,6 +70,20 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How old an applied event was at its commit: now minus its `created_at` (the producer's
+    /// clock; negative skew counts as zero).
+    pub fn event_age(&self, age: Duration) {
+        let secs = age.as_secs_f64();
+        for (i, bound) in AGE_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.age_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.age_count.fetch_add(1, Ordering::Relaxed);
+        self.age_sum_micros
+            .fetch_add(age.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// A bad event reached the dead-letter topic.
@@ -145,6 +169,22 @@ impl Metrics {
         }
         let count = self.latency_count.load(Ordering::Relaxed);
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+
+        let name = "courier_event_age_seconds";
+        header(
+            &mut out,
+            name,
+            "histogram",
+            "Time from an event's created_at (its send time) to the commit of its transaction.",
+        );
+        for (i, bound) in AGE_BUCKETS.iter().enumerate() {
+            let n = self.age_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let count = self.age_count.load(Ordering::Relaxed);
+        let sum = self.age_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
 

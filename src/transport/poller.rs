@@ -272,6 +272,7 @@ impl<'a> Poller<'a> {
                     *self.summary.outcomes.entry(outcome.label()).or_default() += 1;
                     self.metrics
                         .applied(done.family.as_str(), outcome.label(), done.latency);
+                    self.metrics.event_age(done.age);
                     self.tracker.finish(partition, offset);
                 }
                 JobResult::Failed(e) => {
@@ -451,6 +452,15 @@ impl<'a> Poller<'a> {
             .partitions
             .resolve(&existing)
             .map_err(|e| ConnectError::Misconfigured(format!("{e} (topic {})", s.topic)))?;
+        // Start the committed-offset gauges (and so the lag) from what the group has committed.
+        client.set_group_offset_storage(Some(GroupOffsetStorage::Kafka));
+        if let Ok(committed) = client.fetch_group_topic_offset(&s.group, &s.topic) {
+            for c in committed.iter().filter(|c| c.offset >= 0) {
+                if partitions.contains(&c.partition) {
+                    self.metrics.committed(c.partition, c.offset);
+                }
+            }
+        }
         let fetch = i32::try_from(s.fetch_max_bytes_per_partition).unwrap_or(i32::MAX);
         Consumer::from_client(client)
             .with_group(s.group.clone())

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The benchmark, one command, all figures from one run (so machine noise hits them alike):
+#   1. a fixed-seed backlog of BENCH_ORDERS short order lifecycles (created, pending half of
+#      the time, then completed 70% / cancelled 30%: about 2.5 events each) on a 6-partition
+#      topic, BENCH_COURIERS couriers;
+#   2. drain it with the release binary for each worker count in BENCH_WORKERS, BENCH_RUNS
+#      times each (fresh database, fresh consumer group): events/s, CPU seconds, peak RSS;
+#   3. SIGTERM under full load: time to exit, and a restart that finishes the backlog;
+#   4. a steady phase at STEADY_RATE events/s for STEADY_SECS: event-to-commit latency p50/p99
+#      (the simulator stamps created_at at send; the service's courier_event_age_seconds);
+#   5. pgbench on the service's own SQL, one transaction per event, WORKERS clients: the
+#      per-event ceiling the drain is compared with;
+#   6. a sample of what PostgreSQL backends wait on during a drain (the profile).
+# Prints a table of medians.
+#
+# Usage: scripts/bench.sh            (defaults below; BENCH_ORDERS=20000 BENCH_RUNS=1 for a quick look)
+set -euo pipefail
+LOG_TAG=bench
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+cd "$REPO"
+
+ORDERS="${BENCH_ORDERS:-200000}"
+COURIERS="${BENCH_COURIERS:-1000}"
+RUNS="${BENCH_RUNS:-3}"
+WORKER_SET="${BENCH_WORKERS:-1 2 4 8}"
+BATCH="${BENCH_BATCH_MAX:-64}"
+DEFAULT_WORKERS="${BENCH_DEFAULT_WORKERS:-4}"
+STEADY_RATE="${STEADY_RATE:-2000}"
+STEADY_SECS="${STEADY_SECS:-20}"
+DIR="${BENCH_DIR:-$REPO/.cache/bench}"
+export PG_STATE_DIR="$DIR/postgres" KAFKA_STATE_DIR="$DIR/kafka"
+METRICS_PORT="${BENCH_METRICS_PORT:-19464}"
+BIN="$REPO/target/release/service-courier"
+mkdir -p "$DIR"
+
+"$REPO/scripts/deps.sh"
+cargo build --release --locked -q
+"$REPO/scripts/postgres.sh" start >/dev/null
+KAFKA_CREATE_TOPICS=0 "$REPO/scripts/kafka.sh" start >/dev/null
+. "$PG_STATE_DIR/env"
+. "$KAFKA_STATE_DIR/env"
+export DATABASE_URL KAFKA_BROKERS
+cleanup() {
+  [ -n "${SERVICE_PID:-}" ] && kill -KILL "$SERVICE_PID" 2>/dev/null || true
+  if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    "$REPO/scripts/kafka.sh" stop >/dev/null 2>&1 || true
+    "$REPO/scripts/postgres.sh" stop >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+metric_sum() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
+
+reset_db() {
+  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS courier_orders, orders, couriers CASCADE; DROP SEQUENCE IF EXISTS orders_waiting_seq;" >/dev/null
+  "$BIN" migrate >/dev/null
+  "$BIN" couriers seed --count "$COURIERS" --seed 7 >/dev/null
+}
+
+start_service() { # workers group [extra env...]
+  local workers="$1" group="$2"; shift 2
+  env KAFKA_ORDER_TOPIC="$TOPIC" KAFKA_GROUP_ID="$group" WORKERS="$workers" BATCH_MAX="$BATCH" \
+    QUEUE_CAPACITY=1024 METRICS_ADDR="127.0.0.1:$METRICS_PORT" LOG_LEVEL=warn \
+    KAFKA_COMMIT_INTERVAL_MS=200 "$@" "$BIN" run 2>>"$DIR/service.log" &
+  SERVICE_PID=$!
+  for _ in $(seq 1 100); do curl -sf "127.0.0.1:$METRICS_PORT/readyz" >/dev/null && return; sleep 0.1; done
+  die "the service did not become ready: see $DIR/service.log"
+}
+
+wait_committed() { # total
+  while [ "$(metric_sum courier_committed_offset)" -lt "$1" ]; do
+    kill -0 "$SERVICE_PID" 2>/dev/null || die "the service died: see $DIR/service.log"
+    sleep 0.05
+  done
+}
+
+stop_service() {
+  kill -TERM "$SERVICE_PID"; wait "$SERVICE_PID" || true; SERVICE_PID=
+}
+
+# 1. The backlog.
+TOPIC="bench.orders.$ORDERS"
+if ! [ -f "$DIR/$TOPIC.events" ]; then
+  "$REPO/scripts/kafka.sh" topic "$TOPIC" 6 >/dev/null
+  log "producing the backlog: $ORDERS lifecycles (seed 42)"
+  "$BIN" simulate --orders "$ORDERS" --burst --short --seed 42 --concurrency 1000 \
+    --cancel-ratio 0.3 --topic "$TOPIC" | tee "$DIR/produce.out"
+  grep -o 'sent [0-9]*' "$DIR/produce.out" | awk '{print $2}' >"$DIR/$TOPIC.events"
+fi
+TOTAL="$(cat "$DIR/$TOPIC.events")"
+log "backlog: $TOTAL events on $TOPIC"
+
+# 2. Drains, and 6. the profile (sampled during the first drain with the default workers).
+declare -A RATE CPU RSS
+for w in $WORKER_SET; do
+  for r in $(seq 1 "$RUNS"); do
+    reset_db
+    t0=$(date +%s.%N)
+    start_service "$w" "bench-$w-$r-$RANDOM"
+    if [ "$w" = "$DEFAULT_WORKERS" ] && [ "$r" = 1 ]; then
+      ( for _ in $(seq 1 40); do
+          psql -qAt "$DATABASE_URL" -c "SELECT CASE WHEN state = 'active' THEN coalesce(wait_event, 'on CPU') ELSE state || ' (' || coalesce(wait_event, '-') || ')' END FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'"
+          sleep 0.1
+        done | sort | uniq -c | sort -rn >"$DIR/profile.txt" ) &
+      PROFILER=$!
+    fi
+    wait_committed "$TOTAL"
+    t1=$(date +%s.%N)
+    cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVICE_PID/stat")
+    rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$SERVICE_PID/status")
+    stop_service
+    rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
+    RATE[$w]+="$rate "; CPU[$w]+="$cpu "; RSS[$w]+="$rss "
+    log "drain: $w workers, run $r: $rate events/s, cpu ${cpu}s, peak RSS ${rss} MB"
+  done
+done
+if [ -n "${PROFILER:-}" ]; then wait "$PROFILER" || true; fi
+
+# 3. SIGTERM under full load, then a restart that finishes.
+reset_db
+group="bench-sigterm-$RANDOM"
+start_service "$DEFAULT_WORKERS" "$group"
+sleep 3
+t0=$(date +%s.%N); kill -TERM "$SERVICE_PID"
+if wait "$SERVICE_PID"; then code=0; else code=$?; fi
+t1=$(date +%s.%N); SERVICE_PID=
+STOP_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+start_service "$DEFAULT_WORKERS" "$group"
+wait_committed "$TOTAL"
+stop_service
+ended=$(psql -qAt "$DATABASE_URL" -c "SELECT count(*) FROM orders WHERE state IN ('completed', 'cancelled')")
+log "SIGTERM under load: exit $code after ${STOP_SECS}s; after the restart $ended of $ORDERS orders ended"
+
+# 4. Steady phase: STEADY_RATE events/s of full lifecycles into the drained topic.
+reset_db
+start_service "$DEFAULT_WORKERS" "bench-steady-$RANDOM" KAFKA_FALLBACK_OFFSET=latest
+sleep 1
+"$BIN" simulate --orders $((STEADY_RATE * STEADY_SECS / 7)) --rate "$STEADY_RATE" --seed 43 \
+  --topic "$TOPIC" >/dev/null
+sleep 2
+curl -s "127.0.0.1:$METRICS_PORT/metrics" | grep '^courier_event_age_seconds_bucket' >"$DIR/age.txt"
+stop_service
+quantile() { # q
+  awk -v q="$1" '{ match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n = $NF;
+      b[NR] = (le == "+Inf") ? 1e9 : le; c[NR] = n }
+    END { total = c[NR]; want = q * total; prev_b = 0; prev_c = 0;
+      for (i = 1; i <= NR; i++) { if (c[i] >= want) {
+          f = (c[i] == prev_c) ? 0 : (want - prev_c) / (c[i] - prev_c);
+          printf "%.1f", 1000 * (prev_b + f * (b[i] - prev_b)); exit }
+        prev_b = b[i]; prev_c = c[i] } }' "$DIR/age.txt"
+}
+P50=$(quantile 0.5); P99=$(quantile 0.99)
+STEADY_N=$(tail -n1 "$DIR/age.txt" | awk '{print $NF}')
+
+# 5. pgbench: the per-event ceiling, WORKERS clients.
+reset_db
+declare -A CEIL
+for w in $WORKER_SET; do
+  tps=$(pgbench -n -M prepared -c "$w" -j "$w" -T 10 -f "$REPO/scripts/bench/per_event.sql" "$DATABASE_URL" 2>/dev/null \
+    | awk '/^tps/ {print $3; exit}')
+  CEIL[$w]=$(awk -v t="$tps" 'BEGIN {printf "%.0f", 2 * t}')
+  log "pgbench, $w clients: ${CEIL[$w]} events/s (one transaction per event)"
+done
+
+# The table.
+echo
+echo "service-courier benchmark: $TOTAL events ($ORDERS short lifecycles), $COURIERS couriers,"
+echo "6 partitions, BATCH_MAX=$BATCH, medians of $RUNS runs, $(nproc) cores; $(date -u +%F)"
+echo
+printf '| workers | drain events/s | CPU s | peak RSS MB | pgbench per-event ceiling events/s | ratio |\n'
+printf '|---:|---:|---:|---:|---:|---:|\n'
+for w in $WORKER_SET; do
+  r=$(echo "${RATE[$w]}" | tr ' ' '\n' | grep . | median)
+  c=$(echo "${CPU[$w]}" | tr ' ' '\n' | grep . | median)
+  m=$(echo "${RSS[$w]}" | tr ' ' '\n' | grep . | median)
+  ratio=$(awk -v a="$r" -v b="${CEIL[$w]}" 'BEGIN {printf "%.2f", a / b}')
+  printf '| %s | %s | %s | %.1f | %s | %sx |\n' "$w" "$r" "$c" "$m" "${CEIL[$w]}" "$ratio"
+done
+echo
+echo "steady phase: $STEADY_RATE events/s for ${STEADY_SECS}s ($STEADY_N events): event-to-commit p50 ${P50} ms, p99 ${P99} ms"
+echo "SIGTERM under full load ($DEFAULT_WORKERS workers): exit code $code after ${STOP_SECS} s; restart finished the backlog ($ended/$ORDERS orders ended)"
+echo
+echo "where PostgreSQL backends spent the drain ($DEFAULT_WORKERS workers; samples of pg_stat_activity):"
+cat "$DIR/profile.txt"
