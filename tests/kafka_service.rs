@@ -528,3 +528,53 @@ fn bad_configuration_names_the_variable_and_exits_2() {
         service.log_text()
     );
 }
+
+#[test]
+fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
+    let Some(db) = TestDb::new(1) else { return };
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("held");
+    let dlq = format!("{topic}.dlq"); // not created yet: producing to it fails
+    let group = unique("group");
+    create_topic(&topic, 1);
+    let mut service = Service::start(&[
+        ("DATABASE_URL", db.url.clone()),
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("KAFKA_ORDER_TOPIC", topic.clone()),
+        ("KAFKA_DLQ_TOPIC", dlq.clone()),
+        ("KAFKA_GROUP_ID", group.clone()),
+        ("KAFKA_COMMIT_INTERVAL_MS", "100".into()),
+    ]);
+    kcat_produce(
+        &brokers,
+        &topic,
+        &[
+            json("h-1", "created", 0),
+            "not json".into(),
+            json("h-2", "cancelled", 1),
+        ],
+    );
+    // The valid events around the bad one are applied, but the commit stops before it.
+    wait_until(Duration::from_secs(60), "both valid events applied", || {
+        let s = db.repo.snapshot().expect("snapshot");
+        s.orders.contains_key(&oid("h-1")) && s.orders.contains_key(&oid("h-2"))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = offsets(&brokers, &group, &topic)[&0].0;
+    assert!(held <= 1, "committed past an unsent dead letter: {held}");
+    assert!(service
+        .log_text()
+        .contains("their offsets stay uncommitted"));
+
+    create_topic(&dlq, 1);
+    wait_until(
+        Duration::from_secs(60),
+        "the letter sent and the offsets committed",
+        || offsets(&brokers, &group, &topic)[&0].0 == 3,
+    );
+    let letters = kcat_consume_all(&brokers, &dlq);
+    assert!(!letters.is_empty() && letters.iter().all(|l| l.contains("\"invalid_json\"")));
+    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+}
