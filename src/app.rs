@@ -105,8 +105,13 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         drain_budget: settings.shutdown_drain,
         batch_max: settings.batch_max,
     };
+    let processor = Arc::new(OrderEventProcessor::new(repo));
+    if let Err(e) = start_pairing_timer(Arc::clone(&processor), shutdown.clone()) {
+        log::error!("cannot start the pairing thread: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let context = WorkerContext {
-        processor: Arc::new(OrderEventProcessor::new(repo)),
+        processor,
         completions: completions_tx,
         shutdown: shutdown.clone(),
         metrics: Arc::clone(&metrics),
@@ -135,6 +140,24 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// Every second (and once at start), hands any order waiting beside an available courier to
+/// that courier. Post-commit passes do this at once in the usual case; the timer catches what
+/// two racing passes both skipped, or a pass that failed.
+fn start_pairing_timer(
+    processor: Arc<OrderEventProcessor<PgRepository>>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("pairing".into())
+        .spawn(move || loop {
+            processor.pair_waiting(chrono::Utc::now());
+            if !shutdown.sleep(Duration::from_secs(1)) {
+                return;
+            }
+        })
+        .map(|_| ())
 }
 
 /// Waits until PostgreSQL answers, then applies the schema. `false` if stopped meanwhile.

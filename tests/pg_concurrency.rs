@@ -154,3 +154,67 @@ fn concurrent_releases_and_waits_never_strand_an_order() {
     let snap = db.repo.snapshot().expect("snapshot");
     snap.check_invariants().expect("invariants");
 }
+
+#[test]
+fn a_pair_that_two_racing_passes_both_skip_is_healed_by_the_timed_pass() {
+    // Found by the fault suite: pass A holds the head of the queue X (it found no courier) while
+    // B's `completed Y` frees courier C, skips X and commits, and B's own pass skips X again.
+    // When A commits, X waits beside C with no pass left; the timed pass (every second in the
+    // service) must pair them.
+    use std::sync::mpsc;
+    let Some(db) = TestDb::new(4) else { return };
+    let c = couriers::add(&db.repo, &courier(1, TransportType::Car), at(0))
+        .expect("hire")
+        .id;
+    let p = OrderEventProcessor::new(db.repo.clone());
+    assert_eq!(
+        p.apply(&event("Y", "created", 10)).expect("Y"),
+        Outcome::Assigned(c)
+    );
+    assert_eq!(
+        p.apply(&event("X", "created", 11)).expect("X"),
+        Outcome::Waiting
+    );
+
+    let (held_tx, held_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let a_repo = db.repo.clone();
+    let a = std::thread::spawn(move || {
+        a_repo
+            .transaction(&mut |tx| {
+                let head = tx.next_waiting_order()?; // locks X
+                let courier = tx.take_available_courier()?; // C is busy: none
+                assert_eq!(
+                    (head.map(|o| o.to_string()), courier),
+                    (Some("X".into()), None)
+                );
+                held_tx.send(()).expect("signal");
+                go_rx.recv().expect("go");
+                Ok(())
+            })
+            .expect("pass A");
+    });
+    held_rx.recv().expect("A holds X");
+    let freed = p.apply(&event("Y", "completed", 12)).expect("complete Y");
+    assert_eq!(
+        freed,
+        Outcome::Completed(Some(Release {
+            courier: c,
+            took: None
+        }))
+    );
+    go_tx.send(()).expect("go");
+    a.join().expect("thread A");
+    let stranded = db.repo.snapshot().expect("snapshot");
+    stranded.check_consistency().expect("consistent");
+    assert_eq!(
+        stranded.waiting,
+        vec![common::oid("X")],
+        "the race did not happen"
+    );
+
+    p.pair_waiting(at(13)); // what the service's timer runs every second
+    let healed = db.repo.snapshot().expect("snapshot");
+    healed.check_invariants().expect("healed");
+    assert_eq!(healed.orders[&common::oid("X")], OrderState::Assigned(c));
+}

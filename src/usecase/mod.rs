@@ -49,10 +49,11 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
         Ok(outcome)
     }
 
-    /// The pairing pass after a commit that made an order wait or a courier free (see
-    /// [`handover`]). Its own transaction; a failure is logged, not returned: the event it
-    /// follows is committed already, and the next such commit runs the pass again.
-    fn pair_waiting(&self, at: chrono::DateTime<chrono::Utc>) {
+    /// The pairing pass (see [`handover`]): after a commit that made an order wait or a courier
+    /// free, and on a timer (passes skip rows other transactions hold, so two racing passes can
+    /// both miss a pair; the next timed pass finds it). Its own transaction; a failure is
+    /// logged, not returned: the event it follows is committed already, and the timer retries.
+    pub fn pair_waiting(&self, at: chrono::DateTime<chrono::Utc>) {
         match self.repository.has_waiting_beside_available() {
             Ok(false) => return,
             Ok(true) => {}
