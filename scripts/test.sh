@@ -41,4 +41,4 @@ export DATABASE_URL KAFKA_BROKERS CI="${CI:-true}"
 log "DATABASE_URL=${DATABASE_URL%%\?*} KAFKA_BROKERS=$KAFKA_BROKERS"
 
 cargo build --all-targets --locked
-cargo test --all-targets --locked "$@"
+cargo test --all-targets --locked --no-fail-fast "$@"

@@ -52,7 +52,10 @@ fn metrics_count_a_known_stream_and_probes_answer() {
         couriers::add(&db.repo, &courier(n, TransportType::Car), at(n as i64)).expect("hire");
     }
     let group = unique("group");
-    let service = Service::start(&base_env(&db, &brokers, &topic, &group));
+    // One worker: the stream's outcomes (who waits) must not depend on how workers interleave.
+    let mut env = base_env(&db, &brokers, &topic, &group);
+    env.push(("WORKERS", "1".into()));
+    let service = Service::start(&env);
     wait_until(Duration::from_secs(60), "/readyz 200", || {
         service.get("/readyz").0 == 200
     });
