@@ -21,6 +21,50 @@ const AGE_BUCKETS: [f64; 20] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// A Prometheus histogram with fixed bucket bounds (seconds), lock-free.
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Cumulative: bucket i counts observations <= bounds[i].
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            let n = bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
 /// Offsets of one partition.
 #[derive(Debug, Clone, Copy, Default)]
 struct PartitionGauge {
@@ -29,21 +73,33 @@ struct PartitionGauge {
 }
 
 /// Every series the service exports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     consumed: AtomicU64,
     applied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     dead_letters: Mutex<BTreeMap<&'static str, u64>>,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
-    age_buckets: [AtomicU64; AGE_BUCKETS.len()],
-    age_count: AtomicU64,
-    age_sum_micros: AtomicU64,
+    latency: Histogram,
+    age: Histogram,
     partitions: Mutex<BTreeMap<i32, PartitionGauge>>,
     queue_depths: Mutex<Vec<usize>>,
     db_errors: AtomicU64,
     db_retries: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            consumed: AtomicU64::new(0),
+            applied: Mutex::default(),
+            dead_letters: Mutex::default(),
+            latency: Histogram::new(&LATENCY_BUCKETS),
+            age: Histogram::new(&AGE_BUCKETS),
+            partitions: Mutex::default(),
+            queue_depths: Mutex::default(),
+            db_errors: AtomicU64::new(0),
+            db_retries: AtomicU64::new(0),
+        }
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -61,29 +117,13 @@ impl Metrics {
     /// receipt to commit.
     pub fn applied(&self, family: &'static str, outcome: &'static str, latency: Duration) {
         *locked(&self.applied).entry((family, outcome)).or_default() += 1;
-        let secs = latency.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(latency);
     }
 
     /// How old an applied event was at its commit: now minus its `created_at` (the producer's
     /// clock; negative skew counts as zero).
     pub fn event_age(&self, age: Duration) {
-        let secs = age.as_secs_f64();
-        for (i, bound) in AGE_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.age_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.age_count.fetch_add(1, Ordering::Relaxed);
-        self.age_sum_micros
-            .fetch_add(age.as_micros() as u64, Ordering::Relaxed);
+        self.age.observe(age);
     }
 
     /// A bad event reached the dead-letter topic.
@@ -163,14 +203,7 @@ impl Metrics {
             "histogram",
             "Time from receipt of an event to the commit of its transaction.",
         );
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let n = self.latency_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.latency.render(&mut out, name);
 
         let name = "courier_event_age_seconds";
         header(
@@ -179,14 +212,7 @@ impl Metrics {
             "histogram",
             "Time from an event's created_at (its send time) to the commit of its transaction.",
         );
-        for (i, bound) in AGE_BUCKETS.iter().enumerate() {
-            let n = self.age_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let count = self.age_count.load(Ordering::Relaxed);
-        let sum = self.age_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.age.render(&mut out, name);
 
         let partitions = locked(&self.partitions).clone();
         let name = "courier_committed_offset";

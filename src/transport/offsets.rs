@@ -34,6 +34,8 @@ impl PartitionOffsets {
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<i32, PartitionOffsets>,
+    /// Received and not finished, over all partitions (kept, not counted: read every loop).
+    in_flight: usize,
 }
 
 impl OffsetTracker {
@@ -52,6 +54,7 @@ impl OffsetTracker {
             return false;
         }
         p.open.insert(offset, false);
+        self.in_flight += 1;
         true
     }
 
@@ -60,7 +63,10 @@ impl OffsetTracker {
     pub fn finish(&mut self, partition: i32, offset: i64) {
         if let Some(p) = self.partitions.get_mut(&partition) {
             if let Some(done) = p.open.get_mut(&offset) {
-                *done = true;
+                if !*done {
+                    *done = true;
+                    self.in_flight -= 1;
+                }
                 p.advance();
             }
         }
@@ -95,10 +101,7 @@ impl OffsetTracker {
 
     /// Events received and not yet finished, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions
-            .values()
-            .map(|p| p.open.values().filter(|done| !**done).count())
-            .sum()
+        self.in_flight
     }
 }
 
@@ -201,6 +204,21 @@ mod tests {
         assert!(t.receive(0, 42));
         t.finish(0, 42);
         assert_eq!(t.ready_to_commit(), vec![(0, 43)]);
+    }
+
+    #[test]
+    fn in_flight_counts_received_minus_finished() {
+        let mut t = OffsetTracker::new();
+        for o in 0..5 {
+            t.receive(0, o);
+        }
+        t.receive(1, 0);
+        t.finish(0, 3);
+        t.finish(0, 3); // twice: counted once
+        t.finish(1, 0);
+        assert_eq!(t.in_flight(), 4);
+        assert!(!t.receive(0, 3)); // a redelivery adds nothing
+        assert_eq!(t.in_flight(), 4);
     }
 
     #[test]
