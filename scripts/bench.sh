@@ -23,7 +23,7 @@ ORDERS="${BENCH_ORDERS:-200000}"
 COURIERS="${BENCH_COURIERS:-1000}"
 RUNS="${BENCH_RUNS:-3}"
 WORKER_SET="${BENCH_WORKERS:-1 2 4 8}"
-BATCH="${BENCH_BATCH_MAX:-64}"
+BATCH="${BENCH_BATCH_MAX:-256}"
 DEFAULT_WORKERS="${BENCH_DEFAULT_WORKERS:-4}"
 STEADY_RATE="${STEADY_RATE:-2000}"
 STEADY_SECS="${STEADY_SECS:-20}"
@@ -80,7 +80,7 @@ stop_service() {
 }
 
 # 1. The backlog.
-TOPIC="bench.orders.$ORDERS"
+TOPIC="bench.backlog.$ORDERS"
 if ! [ -f "$DIR/$TOPIC.events" ]; then
   "$REPO/scripts/kafka.sh" topic "$TOPIC" 6 >/dev/null
   log "producing the backlog: $ORDERS lifecycles (seed 42)"
@@ -133,11 +133,14 @@ ended=$(psql -qAt "$DATABASE_URL" -c "SELECT count(*) FROM orders WHERE state IN
 log "SIGTERM under load: exit $code after ${STOP_SECS}s; after the restart $ended of $ORDERS orders ended"
 
 # 4. Steady phase: STEADY_RATE events/s of full lifecycles into the drained topic.
+# A topic of its own, so the backlog topic stays exactly the backlog.
 reset_db
-start_service "$DEFAULT_WORKERS" "bench-steady-$RANDOM" KAFKA_FALLBACK_OFFSET=latest
+STEADY_TOPIC="bench.steady.$(date +%s)"
+"$REPO/scripts/kafka.sh" topic "$STEADY_TOPIC" 6 >/dev/null
+TOPIC="$STEADY_TOPIC" start_service "$DEFAULT_WORKERS" "bench-steady-$RANDOM"
 sleep 1
 "$BIN" simulate --orders $((STEADY_RATE * STEADY_SECS / 7)) --rate "$STEADY_RATE" --seed 43 \
-  --topic "$TOPIC" >/dev/null
+  --topic "$STEADY_TOPIC" >/dev/null
 sleep 2
 curl -s "127.0.0.1:$METRICS_PORT/metrics" | grep '^courier_event_age_seconds_bucket' >"$DIR/age.txt"
 stop_service

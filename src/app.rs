@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::unbounded;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{self, Settings};
@@ -105,8 +105,10 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         drain_budget: settings.shutdown_drain,
         batch_max: settings.batch_max,
     };
-    let processor = Arc::new(OrderEventProcessor::new(repo));
-    if let Err(e) = start_pairing_timer(Arc::clone(&processor), shutdown.clone()) {
+    let (pairing_requests, pairing_inbox) = bounded(1);
+    let processor =
+        Arc::new(OrderEventProcessor::new(repo).with_pairing_requests(pairing_requests));
+    if let Err(e) = start_pairing(Arc::clone(&processor), pairing_inbox, shutdown.clone()) {
         log::error!("cannot start the pairing thread: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -142,18 +144,30 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     }
 }
 
-/// Every second (and once at start), hands any order waiting beside an available courier to
-/// that courier. Post-commit passes do this at once in the usual case; the timer catches what
-/// two racing passes both skipped, or a pass that failed.
-fn start_pairing_timer(
+/// Hands any order waiting beside an available courier to that courier: when a commit asks for
+/// it (one that made an order wait or a courier free, which a concurrent commit may have missed),
+/// and every second (which catches what two racing passes both skipped, or a pass that failed).
+/// Requests that arrive during a pass or the short rest after it coalesce into one more pass,
+/// so a busy pool costs a few passes a second, not one per batch.
+fn start_pairing(
     processor: Arc<OrderEventProcessor<PgRepository>>,
+    requests: Receiver<()>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    const TIMER: Duration = Duration::from_secs(1);
+    const REST: Duration = Duration::from_millis(20);
     std::thread::Builder::new()
         .name("pairing".into())
         .spawn(move || loop {
             processor.pair_waiting(chrono::Utc::now());
-            if !shutdown.sleep(Duration::from_secs(1)) {
+            if !shutdown.sleep(REST) {
+                return;
+            }
+            match requests.recv_timeout(TIMER) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if shutdown.is_shutdown() {
                 return;
             }
         })

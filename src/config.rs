@@ -277,7 +277,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             database: self.database(workers as u32 + 1)?,
             workers,
             queue_capacity: self.bounded("QUEUE_CAPACITY", 256, 1..=1_000_000)? as usize,
-            batch_max: self.bounded("BATCH_MAX", 64, 1..=10_000)? as usize,
+            batch_max: self.bounded("BATCH_MAX", 256, 1..=10_000)? as usize,
             shutdown_drain: Duration::from_millis(self.bounded(
                 "SHUTDOWN_DRAIN_MS",
                 1000,

@@ -118,8 +118,27 @@ pub trait CourierRepository: Send + Sync {
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError>;
 }
 
+/// What a batch of events is about to touch, announced before its first step so storage can
+/// lock it all in a few round trips instead of one per step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutline {
+    /// Every order the batch has events for, each once.
+    pub orders: Vec<OrderId>,
+    /// At most how many free couriers its steps may take (one per `created`).
+    pub takes: usize,
+    /// At most how many couriers it may release, each of whom may take a waiting order (one per
+    /// cancellation or completion).
+    pub releases: usize,
+}
+
 /// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.
 pub trait StorageTx {
+    /// Locks up front what `outline` says the steps after it will touch. Only an optimisation:
+    /// every step works without it, and storage without round trips ignores it.
+    fn lock_batch(&mut self, _outline: &BatchOutline) -> Result<(), RepoError> {
+        Ok(())
+    }
+
     /// Locks the order against concurrent events of the same order and returns its state
     /// ([`OrderState::Unseen`] for an order never seen).
     fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError>;

@@ -13,18 +13,34 @@ mod outcome;
 
 pub use outcome::{Outcome, Release};
 
+use crossbeam_channel::Sender;
+
 use crate::domain::OrderEvent;
-use crate::repository::{CourierRepository, RepoError};
+use crate::repository::{BatchOutline, CourierRepository, RepoError};
 
 /// Applies order events to a repository: the one entry point the transport calls.
 pub struct OrderEventProcessor<R> {
     repository: R,
+    /// Where a commit that may have left an order waiting beside a free courier asks for the
+    /// pairing pass; without it, the committing thread runs the pass itself.
+    pairing_requests: Option<Sender<()>>,
 }
 
 impl<R: CourierRepository> OrderEventProcessor<R> {
-    /// A processor over `repository`.
+    /// A processor over `repository` that runs the pairing pass itself after such commits.
     pub fn new(repository: R) -> Self {
-        Self { repository }
+        Self {
+            repository,
+            pairing_requests: None,
+        }
+    }
+
+    /// Leaves the pairing pass to a thread that receives on the other end of `requests` (the
+    /// service's `pairing` thread): workers don't wait for it, and the requests of many commits
+    /// coalesce into one pass. A full channel means a pass is requested already.
+    pub fn with_pairing_requests(mut self, requests: Sender<()>) -> Self {
+        self.pairing_requests = Some(requests);
+        self
     }
 
     /// The repository, for callers that also need to read it.
@@ -36,21 +52,14 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
     /// of the same order, returns [`Outcome::Duplicate`] and changes nothing. A transient error
     /// leaves no trace, so the caller may retry.
     pub fn apply(&self, event: &OrderEvent) -> Result<Outcome, RepoError> {
-        let handler = factory::StatusHandler::for_status(event.status);
-        if handler == factory::StatusHandler::Ignore {
-            return Ok(ignore::handle());
-        }
-        let outcome = self
-            .repository
-            .transaction(&mut |tx| handler.handle(tx, &event.order_id, event.created_at))?;
-        if may_leave_a_gap(handler, &outcome) {
-            self.pair_waiting(event.created_at);
-        }
-        Ok(outcome)
+        let mut outcomes = self.apply_batch(&[event])?;
+        outcomes
+            .pop()
+            .ok_or_else(|| RepoError::Permanent("a batch of one gave no outcome".into()))
     }
 
     /// The pairing pass (see [`handover`]): after a commit that made an order wait or a courier
-    /// free, and on a timer (passes skip rows other transactions hold, so two racing passes can
+    /// free (see [`OrderEventProcessor::with_pairing_requests`]), and on a timer (passes skip rows other transactions hold, so two racing passes can
     /// both miss a pair; the next timed pass finds it). Its own transaction; a failure is
     /// logged, not returned: the event it follows is committed already, and the timer retries.
     pub fn pair_waiting(&self, at: chrono::DateTime<chrono::Utc>) {
@@ -86,7 +95,9 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
         if !needs_storage {
             return Ok(events.iter().map(|_| ignore::handle()).collect());
         }
+        let outline = outline(events);
         let outcomes = self.repository.transaction(&mut |tx| {
+            tx.lock_batch(&outline)?;
             events
                 .iter()
                 .map(|e| {
@@ -102,10 +113,33 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
             may_leave_a_gap(factory::StatusHandler::for_status(e.status), outcome)
         });
         if let Some((event, _)) = gap {
-            self.pair_waiting(event.created_at);
+            match &self.pairing_requests {
+                Some(requests) => {
+                    let _ = requests.try_send(());
+                }
+                None => self.pair_waiting(event.created_at),
+            }
         }
         Ok(outcomes)
     }
+}
+
+/// What a batch will touch: its orders, and at most how many couriers it takes and releases.
+fn outline(events: &[&OrderEvent]) -> BatchOutline {
+    let mut outline = BatchOutline::default();
+    for event in events {
+        match factory::StatusHandler::for_status(event.status) {
+            factory::StatusHandler::Ignore => continue,
+            factory::StatusHandler::Assign => outline.takes += 1,
+            factory::StatusHandler::Cancel | factory::StatusHandler::Complete => {
+                outline.releases += 1
+            }
+        }
+        outline.orders.push(event.order_id.clone());
+    }
+    outline.orders.sort_unstable();
+    outline.orders.dedup();
+    outline
 }
 
 /// Whether a committed outcome may have left an order waiting beside a free courier when

@@ -1,5 +1,5 @@
-//! PostgreSQL, the truth. Every [`StorageTx`] step is one prepared statement (cached per
-//! connection) inside one blocking transaction at READ COMMITTED.
+//! PostgreSQL, the truth. Blocking transactions at READ COMMITTED over an r2d2 pool; each
+//! connection caches its prepared statements. The steps of a transaction are in [`tx`].
 //!
 //! Concurrency, across workers and across instances:
 //! - an order's events serialise on its `orders` row (`lock_order`);
@@ -9,22 +9,33 @@
 //!   other; the usecase layer closes that gap with a pairing pass after such commits (see
 //!   `usecase::handover::pair_waiting`), without any lock that would serialise workers.
 
+mod held;
+mod tx;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    CourierRecord, CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState,
-    RepoError, Snapshot, StorageTx,
+    CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState, RepoError, Snapshot,
+    StorageTx,
 };
-use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
+use crate::domain::{CourierId, OrderId, Phone, TransportType};
 
 /// The schema, embedded so `migrate` needs no file next to the binary.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
+
+/// Every statement of ours reads or writes a few rows through an index. A young table that grows
+/// fast (a new deployment draining a backlog) has the statistics of an empty one, and a plan
+/// prepared then (cached for the connection's life) would keep scanning the whole table or
+/// hashing it. These settings make the planner take the indexes whatever the statistics say.
+/// JIT goes too: the penalty those settings put on a scan that must read a whole table (a
+/// snapshot) would otherwise trigger JIT compilation, which costs more than the query.
+const PLANNER_OPTIONS: &str =
+    "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
 
 /// Advisory lock key serialising concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x0C0E_1E40_0002;
@@ -86,6 +97,11 @@ impl PgRepository {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} {PLANNER_OPTIONS}"),
+            None => PLANNER_OPTIONS.to_owned(),
+        };
+        config.options(&options);
         let target = describe_target(&config);
         let manager = PgConnectionManager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
@@ -142,10 +158,9 @@ impl CourierRepository for PgRepository {
     ) -> Result<T, RepoError> {
         let mut conn = self.connection()?;
         let PgConnection { client, statements } = &mut *conn;
-        let tx = client.transaction().map_err(classify)?;
-        let mut pg = PgTx { tx, statements };
+        let mut pg = tx::PgTx::new(client.transaction().map_err(classify)?, statements);
         let out = work(&mut pg)?;
-        pg.tx.commit().map_err(classify)?;
+        pg.commit()?;
         Ok(out)
     }
 
@@ -264,262 +279,6 @@ const COURIERS: &str = "
     LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
     ORDER BY c.id";
 
-/// One open transaction and the connection's statement cache.
-struct PgTx<'a> {
-    tx: postgres::Transaction<'a>,
-    statements: &'a mut HashMap<&'static str, Statement>,
-}
-
-impl PgTx<'_> {
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, RepoError> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.tx.prepare(sql).map_err(classify)?;
-        self.statements.insert(sql, s.clone());
-        Ok(s)
-    }
-
-    fn query(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>, RepoError> {
-        let stmt = self.statement(sql)?;
-        self.tx.query(&stmt, params).map_err(classify)
-    }
-
-    fn execute(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<u64, RepoError> {
-        let stmt = self.statement(sql)?;
-        self.tx.execute(&stmt, params).map_err(classify)
-    }
-
-    fn pick_available(&mut self) -> Result<Option<CourierRecord>, RepoError> {
-        const SQL: &str = "
-            SELECT id, status, transport_type FROM couriers
-            WHERE status = 'available'
-            ORDER BY completed_deliveries, available_since, id
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED";
-        let rows = self.query(SQL, &[])?;
-        rows.first()
-            .map(|row| {
-                Ok(CourierRecord {
-                    id: CourierId(get(row, 0)?),
-                    status: parse_col(row, 1)?,
-                    transport: parse_col(row, 2)?,
-                    active_order: None,
-                })
-            })
-            .transpose()
-    }
-}
-
-impl StorageTx for PgTx<'_> {
-    fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError> {
-        const SELECT: &str = "SELECT state, courier_id FROM orders WHERE order_id = $1 FOR UPDATE";
-        const INSERT: &str = "
-            INSERT INTO orders (order_id, state) VALUES ($1, 'unseen')
-            ON CONFLICT (order_id) DO NOTHING
-            RETURNING state, courier_id";
-        let id = order.as_str();
-        // Existing order: lock it. New order: insert a placeholder row, which is ours and locked.
-        // If another transaction inserted it first, ON CONFLICT waited for it; lock its row.
-        for sql in [SELECT, INSERT, SELECT] {
-            if let Some(row) = self.query(sql, &[&id])?.first() {
-                return order_state(row, 0, 1);
-            }
-        }
-        Err(RepoError::Transient(format!(
-            "order {order} vanished while being locked"
-        )))
-    }
-
-    fn set_order_state(
-        &mut self,
-        order: &OrderId,
-        state: &OrderState,
-        _at: DateTime<Utc>,
-    ) -> Result<(), RepoError> {
-        const SQL: &str = "
-            UPDATE orders
-            SET state = $2,
-                courier_id = $3,
-                waiting_seq = CASE WHEN $2 = 'waiting' THEN nextval('orders_waiting_seq') END,
-                updated_at = now()
-            WHERE order_id = $1";
-        let courier = match state {
-            OrderState::Assigned(c) | OrderState::Completed(Some(c)) => Some(c.0),
-            _ => None,
-        };
-        let n = self.execute(SQL, &[&order.as_str(), &state.as_str(), &courier])?;
-        expect_one(n, || {
-            format!("order {order} was not locked before its state was set")
-        })
-    }
-
-    fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError> {
-        self.pick_available()
-    }
-
-    fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError> {
-        const SQL: &str = "
-            SELECT c.id, c.status, c.transport_type,
-                   (SELECT co.order_id FROM courier_orders co
-                    WHERE co.courier_id = c.id AND co.completed_at IS NULL)
-            FROM couriers c
-            WHERE c.id = $1
-            FOR UPDATE OF c";
-        let rows = self.query(SQL, &[&id.0])?;
-        rows.first()
-            .map(|row| {
-                Ok(CourierRecord {
-                    id: CourierId(get(row, 0)?),
-                    status: parse_col(row, 1)?,
-                    transport: parse_col(row, 2)?,
-                    active_order: get::<Option<String>>(row, 3)?
-                        .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
-                        .transpose()?,
-                })
-            })
-            .transpose()
-    }
-
-    fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError> {
-        const SQL: &str = "
-            SELECT order_id FROM orders
-            WHERE state = 'waiting'
-            ORDER BY waiting_seq
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED";
-        let rows = self.query(SQL, &[])?;
-        rows.first().map(|r| order_id(r, 0)).transpose()
-    }
-
-    fn start_delivery(
-        &mut self,
-        order: &OrderId,
-        courier: &CourierRecord,
-        at: DateTime<Utc>,
-    ) -> Result<(), RepoError> {
-        const SQL: &str = "
-            WITH delivery AS (
-                INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline)
-                VALUES ($1, $2, $3, $4)
-            ), courier AS (
-                UPDATE couriers SET status = 'busy', updated_at = now() WHERE id = $2
-            )
-            UPDATE orders
-            SET state = 'assigned', courier_id = $2, waiting_seq = NULL, updated_at = now()
-            WHERE order_id = $1";
-        let deadline = at + courier.transport.delivery_window();
-        let n = self.execute(SQL, &[&order.as_str(), &courier.id.0, &at, &deadline])?;
-        expect_one(n, || {
-            format!("order {order} was not locked before its delivery started")
-        })
-    }
-
-    fn finish_delivery(
-        &mut self,
-        order: &OrderId,
-        courier: CourierId,
-        at: DateTime<Utc>,
-    ) -> Result<(), RepoError> {
-        const SQL: &str = "
-            WITH delivery AS (
-                UPDATE courier_orders SET completed_at = $3
-                WHERE order_id = $1 AND courier_id = $2 AND completed_at IS NULL
-                RETURNING courier_id
-            ), courier AS (
-                UPDATE couriers
-                SET completed_deliveries = completed_deliveries + 1, updated_at = now()
-                WHERE id IN (SELECT courier_id FROM delivery)
-            ), done AS (
-                UPDATE orders
-                SET state = 'completed', courier_id = $2, waiting_seq = NULL, updated_at = now()
-                WHERE order_id = $1 AND EXISTS (SELECT 1 FROM delivery)
-                RETURNING 1
-            )
-            SELECT count(*) FROM done";
-        let rows = self.query(SQL, &[&order.as_str(), &courier.0, &at])?;
-        let n: i64 = rows.first().map(|r| get(r, 0)).transpose()?.unwrap_or(0);
-        expect_one(n as u64, || {
-            format!("order {order} has no active delivery by courier {courier}")
-        })
-    }
-
-    fn drop_delivery(&mut self, order: &OrderId, _at: DateTime<Utc>) -> Result<(), RepoError> {
-        const SQL: &str = "
-            WITH delivery AS (DELETE FROM courier_orders WHERE order_id = $1)
-            UPDATE orders
-            SET state = 'cancelled', courier_id = NULL, waiting_seq = NULL, updated_at = now()
-            WHERE order_id = $1";
-        let n = self.execute(SQL, &[&order.as_str()])?;
-        expect_one(n, || {
-            format!("order {order} was not locked before it was cancelled")
-        })
-    }
-
-    fn set_courier_status(
-        &mut self,
-        id: CourierId,
-        status: CourierStatus,
-        at: DateTime<Utc>,
-    ) -> Result<(), RepoError> {
-        const SQL: &str = "
-            UPDATE couriers
-            SET status = $2,
-                available_since = CASE WHEN $2 = 'available' THEN $3 ELSE available_since END,
-                updated_at = now()
-            WHERE id = $1";
-        let n = self.execute(SQL, &[&id.0, &status.as_str(), &at])?;
-        expect_one(n, || format!("courier {id} does not exist"))
-    }
-
-    fn insert_courier(
-        &mut self,
-        courier: &NewCourier,
-        at: DateTime<Utc>,
-    ) -> Result<CourierRecord, RepoError> {
-        const SQL: &str = "
-            INSERT INTO couriers (name, phone, status, transport_type, available_since)
-            VALUES ($1, $2, 'paused', $3, $4)
-            RETURNING id";
-        let rows = self
-            .query(
-                SQL,
-                &[
-                    &courier.name,
-                    &courier.phone.as_str(),
-                    &courier.transport.as_str(),
-                    &at,
-                ],
-            )
-            .map_err(|e| match e {
-                RepoError::Conflict(_) => RepoError::Conflict(format!(
-                    "phone {} belongs to another courier",
-                    courier.phone
-                )),
-                other => other,
-            })?;
-        let id = rows
-            .first()
-            .map(|r| get(r, 0))
-            .transpose()?
-            .ok_or_else(|| bad_row("INSERT returned no id"))?;
-        Ok(CourierRecord {
-            id: CourierId(id),
-            status: CourierStatus::Paused,
-            transport: courier.transport,
-            active_order: None,
-        })
-    }
-}
-
 /// Sorts a PostgreSQL error by what the caller should do (see [`RepoError`]).
 fn classify(e: postgres::Error) -> RepoError {
     if let Some(db) = e.as_db_error() {
@@ -547,14 +306,6 @@ fn classify(e: postgres::Error) -> RepoError {
 
 fn bad_row(msg: impl Into<String>) -> RepoError {
     RepoError::Permanent(format!("unexpected row in the database: {}", msg.into()))
-}
-
-fn expect_one(n: u64, what: impl FnOnce() -> String) -> Result<(), RepoError> {
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(RepoError::Permanent(what()))
-    }
 }
 
 fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, RepoError> {
