@@ -71,7 +71,7 @@ start_service() { # workers group [extra env...]
 wait_committed() { # total
   while [ "$(metric_sum courier_committed_offset)" -lt "$1" ]; do
     kill -0 "$SERVICE_PID" 2>/dev/null || die "the service died: see $DIR/service.log"
-    sleep 0.05
+    sleep 0.1
   done
 }
 

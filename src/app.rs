@@ -113,7 +113,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     let context = WorkerContext {
-        processor,
+        processor: Arc::clone(&processor),
         completions: completions_tx,
         shutdown: shutdown.clone(),
         metrics: Arc::clone(&metrics),
@@ -135,6 +135,10 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         telemetry,
     );
     let (exit, _summary) = poller.run();
+    // The workers are joined: one last pass, so a pass requested by the last commits is not
+    // lost with the pairing thread, and a clean stop leaves no order waiting beside a free
+    // courier.
+    processor.pair_waiting(chrono::Utc::now());
     match exit {
         PollerExit::Stopped => ExitCode::SUCCESS,
         PollerExit::Misconfigured(m) => {

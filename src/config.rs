@@ -261,7 +261,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             )? as usize,
             fetch_max_wait: Duration::from_millis(self.bounded(
                 "KAFKA_FETCH_MAX_WAIT_MS",
-                100,
+                10,
                 1..=10_000,
             )?),
             commit_interval: Duration::from_millis(self.bounded(

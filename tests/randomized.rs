@@ -230,7 +230,7 @@ fn memory_batched_equals_one_transaction_per_event() {
 
 #[test]
 fn postgres_batched_equals_one_transaction_per_event() {
-    for seed in 2000..2010 {
+    for seed in 2000..2030 {
         let Some(db) = TestDb::new(2) else { return };
         check_stream_batched(
             seed,

@@ -165,20 +165,14 @@ impl CourierRepository for PgRepository {
     }
 
     fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
-        let mut conn = self.connection()?;
-        let rows = conn.client.query(COURIERS, &[]).map_err(classify)?;
-        rows.iter().map(courier_view).collect()
+        self.read_whole_tables(|tx| {
+            let rows = tx.query(COURIERS, &[]).map_err(classify)?;
+            rows.iter().map(courier_view).collect()
+        })
     }
 
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
-        let mut conn = self.connection()?;
-        let mut tx = conn
-            .client
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(classify)?;
+        self.read_whole_tables(|tx| {
         let couriers = tx
             .query(COURIERS, &[])
             .map_err(classify)?
@@ -222,12 +216,12 @@ impl CourierRepository for PgRepository {
             .iter()
             .map(|r| order_id(r, 0))
             .collect::<Result<_, _>>()?;
-        tx.commit().map_err(classify)?;
         Ok(Snapshot {
             couriers,
             orders,
             deliveries,
             waiting,
+        })
         })
     }
 
@@ -262,14 +256,40 @@ impl PgRepository {
                    count(*) FILTER (WHERE status = 'paused'),
                    (SELECT count(*) FROM orders WHERE state = 'waiting')
             FROM couriers";
-        let mut conn = self.connection()?;
-        let row = conn.client.query_one(SQL, &[]).map_err(classify)?;
-        Ok(FleetGauges {
-            available: get(&row, 0)?,
-            busy: get(&row, 1)?,
-            paused: get(&row, 2)?,
-            waiting_orders: get(&row, 3)?,
+        self.read_whole_tables(|tx| {
+            let row = tx.query_one(SQL, &[]).map_err(classify)?;
+            Ok(FleetGauges {
+                available: get(&row, 0)?,
+                busy: get(&row, 1)?,
+                paused: get(&row, 2)?,
+                waiting_orders: get(&row, 3)?,
+            })
         })
+    }
+
+    /// Runs `read` in a read-only snapshot with the planner's whole-table strategies back on
+    /// (see [`PLANNER_OPTIONS`]): these reads count or list every row, and a table of many dead
+    /// row versions is far quicker to scan than to walk through an index.
+    fn read_whole_tables<T>(
+        &self,
+        read: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(classify)?;
+        tx.batch_execute(
+            "SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; \
+             SET LOCAL enable_mergejoin = on",
+        )
+        .map_err(classify)?;
+        let out = read(&mut tx)?;
+        tx.commit().map_err(classify)?;
+        Ok(out)
     }
 }
 

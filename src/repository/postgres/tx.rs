@@ -1,8 +1,8 @@
 //! One PostgreSQL transaction behind the [`StorageTx`] steps. Steps work on [`HeldRows`]: the
 //! rows the transaction has locked, with its changes kept in memory. A batch locks everything it
-//! will touch in up to three statements ([`StorageTx::lock_batch`]), its steps then cost no round
+//! will touch in two statements ([`StorageTx::lock_batch`]), its steps then cost no round
 //! trip, and [`PgTx::flush`] writes the net changes in two set-based statements. So a batch of
-//! 64 events costs about seven round trips instead of three to six per event.
+//! 256 events costs six round trips (with BEGIN and COMMIT) instead of three to six per event.
 //!
 //! Whenever a step needs the database after all (a row not locked up front, a pick the held rows
 //! can't answer), pending changes are written first, so every read sees the transaction's own
@@ -28,9 +28,11 @@ const LOCK_ORDERS: &str = "
     ORDER BY order_id
     FOR UPDATE";
 
-/// Locks couriers by id ($1), and the `$2` best free couriers nobody else holds: fewest completed
-/// deliveries, then available longest, then lowest id (the index `couriers_next_available`).
-const LOCK_COURIERS: &str = "
+/// Locks, in one statement: couriers by id ($1); the `$2` best free couriers nobody else holds
+/// (fewest completed deliveries, then available longest, then lowest id: the index
+/// `couriers_next_available`); the `$3` longest-waiting orders nobody else holds. A row per
+/// locked courier or order, its `kind` first.
+const LOCK_COURIERS_AND_QUEUE: &str = "
     WITH named AS (
         SELECT c.id, c.status, c.transport_type, c.completed_deliveries, c.available_since,
                (SELECT co.order_id FROM courier_orders co
@@ -47,18 +49,22 @@ const LOCK_COURIERS: &str = "
         ORDER BY c.completed_deliveries, c.available_since, c.id
         LIMIT $2
         FOR UPDATE OF c SKIP LOCKED
+    ), waiting AS (
+        SELECT order_id, state, courier_id, waiting_seq FROM orders
+        WHERE state = 'waiting'
+        ORDER BY waiting_seq
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
     )
-    SELECT false, * FROM named
+    SELECT 'named' AS kind, *, NULL::text, NULL::text, NULL::int8, NULL::int8 FROM named
     UNION ALL
-    SELECT true, * FROM free";
+    SELECT 'free', *, NULL, NULL, NULL, NULL FROM free
+    UNION ALL
+    SELECT 'waiting', NULL, NULL, NULL, NULL, NULL, NULL, order_id, state, courier_id, waiting_seq
+    FROM waiting";
 
-/// Locks the `$1` longest-waiting orders nobody else holds.
-const LOCK_WAITING: &str = "
-    SELECT order_id, state, courier_id, waiting_seq FROM orders
-    WHERE state = 'waiting'
-    ORDER BY waiting_seq
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED";
+/// Where the order columns start in a row of `LOCK_COURIERS_AND_QUEUE`.
+const QUEUE_COLUMNS: usize = 7;
 
 /// Writes the net changes to existing rows, one statement for all of them. The four tables'
 /// changes touch disjoint rows, so their order within the statement does not matter; new
@@ -271,7 +277,7 @@ impl<'a> PgTx<'a> {
     fn lock_orders(&mut self, ids: &[&str]) -> Result<(), RepoError> {
         let rows = self.query(LOCK_ORDERS, &[&ids])?;
         for row in &rows {
-            self.hold_order_row(row)?;
+            self.hold_order_row(row, 0)?;
         }
         if rows.len() < ids.len() {
             for id in ids {
@@ -284,19 +290,36 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
-    fn hold_order_row(&mut self, row: &Row) -> Result<OrderId, RepoError> {
-        let id = order_id(row, 0)?;
-        self.held
-            .hold_order(id.clone(), order_state(row, 1, 2)?, get(row, 3)?);
+    /// Holds the order in `row`'s columns `at..at + 4`: id, state, courier, queue place.
+    fn hold_order_row(&mut self, row: &Row, at: usize) -> Result<OrderId, RepoError> {
+        let id = order_id(row, at)?;
+        self.held.hold_order(
+            id.clone(),
+            order_state(row, at + 1, at + 2)?,
+            get(row, at + 3)?,
+        );
         Ok(id)
     }
 
-    /// Locks couriers by id and the `free` best free ones; holds them all. Returns the free ones
-    /// locked, best first.
-    fn lock_couriers(&mut self, ids: &[i64], free: i64) -> Result<Vec<CourierId>, RepoError> {
-        let rows = self.query(LOCK_COURIERS, &[&ids, &free])?;
-        let mut picked = Vec::new();
+    /// Locks and holds couriers by id, the `free` best free couriers and the `waiting`
+    /// longest-waiting orders nobody else holds. Returns the free couriers and the waiting
+    /// orders it locked.
+    fn lock_couriers_and_queue(
+        &mut self,
+        ids: &[i64],
+        free: usize,
+        waiting: usize,
+    ) -> Result<(Vec<CourierId>, Vec<OrderId>), RepoError> {
+        let free = i64::try_from(free).unwrap_or(i64::MAX);
+        let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+        let rows = self.query(LOCK_COURIERS_AND_QUEUE, &[&ids, &free, &waiting])?;
+        let (mut free_ids, mut waiting_ids) = (Vec::new(), Vec::new());
         for row in &rows {
+            let kind: &str = get(row, 0)?;
+            if kind == "waiting" {
+                waiting_ids.push(self.hold_order_row(row, QUEUE_COLUMNS)?);
+                continue;
+            }
             let record = CourierRecord {
                 id: CourierId(get(row, 1)?),
                 status: parse_col(row, 2)?,
@@ -305,18 +328,12 @@ impl<'a> PgTx<'a> {
                     .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
                     .transpose()?,
             };
-            if get::<bool>(row, 0)? {
-                picked.push(record.id);
+            if kind == "free" {
+                free_ids.push(record.id);
             }
             self.held.hold_courier(record, get(row, 4)?, get(row, 5)?);
         }
-        Ok(picked)
-    }
-
-    /// Locks the `limit` longest-waiting orders nobody else holds; returns them in queue order.
-    fn lock_waiting(&mut self, limit: i64) -> Result<Vec<OrderId>, RepoError> {
-        let rows = self.query(LOCK_WAITING, &[&limit])?;
-        rows.iter().map(|row| self.hold_order_row(row)).collect()
+        Ok((free_ids, waiting_ids))
     }
 
     /// A courier, held (locked) first if need be.
@@ -345,14 +362,10 @@ impl StorageTx for PgTx<'_> {
             .into_iter()
             .map(|c| c.0)
             .collect();
-        if !carriers.is_empty() || outline.takes > 0 {
-            let takes = i64::try_from(outline.takes).unwrap_or(i64::MAX);
-            let free = self.lock_couriers(&carriers, takes)?;
+        if !carriers.is_empty() || outline.takes > 0 || outline.releases > 0 {
+            let (free, waiting) =
+                self.lock_couriers_and_queue(&carriers, outline.takes, outline.releases)?;
             self.held.free_couriers = Coverage::after_asking(outline.takes, free.len());
-        }
-        if outline.releases > 0 {
-            let limit = i64::try_from(outline.releases).unwrap_or(i64::MAX);
-            let waiting = self.lock_waiting(limit)?;
             self.held.waiting_orders = Coverage::after_asking(outline.releases, waiting.len());
         }
         Ok(())
@@ -384,7 +397,7 @@ impl StorageTx for PgTx<'_> {
             Pick::Held(courier) => Ok(courier),
             Pick::AskDatabase => {
                 self.flush()?;
-                let picked = self.lock_couriers(&[], 1)?;
+                let (picked, _) = self.lock_couriers_and_queue(&[], 1, 0)?;
                 Ok(picked
                     .first()
                     .and_then(|id| self.held.courier(*id).cloned()))
@@ -398,7 +411,7 @@ impl StorageTx for PgTx<'_> {
         }
         // Its active delivery may have pending changes: write them before reading it.
         self.flush()?;
-        self.lock_couriers(&[id.0], 0)?;
+        self.lock_couriers_and_queue(&[id.0], 0, 0)?;
         Ok(self.held.courier(id).cloned())
     }
 
@@ -407,7 +420,8 @@ impl StorageTx for PgTx<'_> {
             Pick::Held(order) => Ok(order),
             Pick::AskDatabase => {
                 self.flush()?;
-                Ok(self.lock_waiting(1)?.into_iter().next())
+                let (_, waiting) = self.lock_couriers_and_queue(&[], 0, 1)?;
+                Ok(waiting.into_iter().next())
             }
         }
     }
