@@ -328,6 +328,45 @@ fn progress_statuses_are_ignored_and_store_nothing<R: CourierRepository>(repo: R
     assert_eq!(snap(&p), before);
 }
 
+/// One batch in which the only courier completes a delivery stored earlier, takes the waiting
+/// order, completes that too and takes a new one: each step sees the one before it, and the
+/// written result holds one active delivery for the courier (the database writes a batch's
+/// changes together, so this checks they land in a valid order).
+fn one_batch_frees_and_reassigns_a_courier_twice<R: CourierRepository>(repo: R) {
+    let c = hire(&repo, 1, TransportType::Car, 0);
+    let p = OrderEventProcessor::new(repo);
+    assert_eq!(apply(&p, event("a", "created", 10)), Outcome::Assigned(c));
+    assert_eq!(apply(&p, event("b", "created", 11)), Outcome::Waiting);
+    let batch = [
+        event("a", "completed", 20),
+        event("b", "delivered", 21),
+        event("c", "created", 22),
+        event("c", "cooking", 23),
+        event("d", "created", 24),
+        event("c", "canceled", 25),
+    ];
+    let refs: Vec<&OrderEvent> = batch.iter().collect();
+    let outcomes = p.apply_batch(&refs).expect("batch applies");
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Completed(freed(c, Some("b"))),
+            Outcome::Completed(freed(c, None)),
+            Outcome::Assigned(c),
+            Outcome::Ignored,
+            Outcome::Waiting,
+            Outcome::Cancelled(freed(c, Some("d"))),
+        ]
+    );
+    let s = snap(&p);
+    s.check_invariants().expect("invariants");
+    assert_eq!(s.couriers[0].completed_deliveries, 2);
+    assert_eq!(s.couriers[0].active_order, Some(oid("d")));
+    assert_eq!(s.deliveries[&oid("b")].assigned_at, at(20));
+    assert_eq!(s.deliveries[&oid("d")].assigned_at, at(25));
+    assert!(!s.deliveries.contains_key(&oid("c")));
+}
+
 macro_rules! contract {
     ($($rule:ident),* $(,)?) => {
         mod memory {
@@ -358,4 +397,5 @@ contract!(
     waiting_created_twice_is_a_duplicate,
     cancelled_leaves_no_delivery_and_completed_counts,
     progress_statuses_are_ignored_and_store_nothing,
+    one_batch_frees_and_reassigns_a_courier_twice,
 );

@@ -108,6 +108,10 @@ impl PgRepository {
             .max_size(size.max(1))
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(5))
+            // No test query on every checkout: it is a round trip per transaction. A connection
+            // that died is found by the statement that uses it (a transient error, retried),
+            // and r2d2 drops it on return (`has_broken`).
+            .test_on_check_out(false)
             // r2d2 logs every failed connect at error level; our callers report failures once.
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
@@ -209,7 +213,7 @@ impl CourierRepository for PgRepository {
         }
         let waiting = tx
             .query(
-                "SELECT order_id FROM orders WHERE state = 'waiting' ORDER BY waiting_seq",
+                "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL ORDER BY waiting_seq",
                 &[],
             )
             .map_err(classify)?
@@ -232,7 +236,7 @@ impl CourierRepository for PgRepository {
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
         const SQL: &str = "
             SELECT EXISTS (SELECT 1 FROM couriers WHERE status = 'available')
-               AND EXISTS (SELECT 1 FROM orders WHERE state = 'waiting')";
+               AND EXISTS (SELECT 1 FROM orders WHERE waiting_seq IS NOT NULL)";
         let mut conn = self.connection()?;
         let PgConnection { client, statements } = &mut *conn;
         let stmt = match statements.get(SQL) {
@@ -254,7 +258,7 @@ impl PgRepository {
             SELECT count(*) FILTER (WHERE status = 'available'),
                    count(*) FILTER (WHERE status = 'busy'),
                    count(*) FILTER (WHERE status = 'paused'),
-                   (SELECT count(*) FROM orders WHERE state = 'waiting')
+                   (SELECT count(*) FROM orders WHERE waiting_seq IS NOT NULL)
             FROM couriers";
         self.read_whole_tables(|tx| {
             let row = tx.query_one(SQL, &[]).map_err(classify)?;

@@ -1,8 +1,8 @@
 //! One PostgreSQL transaction behind the [`StorageTx`] steps. Steps work on [`HeldRows`]: the
 //! rows the transaction has locked, with its changes kept in memory. A batch locks everything it
 //! will touch in two statements ([`StorageTx::lock_batch`]), its steps then cost no round
-//! trip, and [`PgTx::flush`] writes the net changes in two set-based statements. So a batch of
-//! 256 events costs six round trips (with BEGIN and COMMIT) instead of three to six per event.
+//! trip, and [`PgTx::flush`] writes the net changes in one set-based statement. So a batch of
+//! 256 events costs five round trips (with BEGIN and COMMIT) instead of three to six per event.
 //!
 //! Whenever a step needs the database after all (a row not locked up front, a pick the held rows
 //! can't answer), pending changes are written first, so every read sees the transaction's own
@@ -51,7 +51,7 @@ const LOCK_COURIERS_AND_QUEUE: &str = "
         FOR UPDATE OF c SKIP LOCKED
     ), waiting AS (
         SELECT order_id, state, courier_id, waiting_seq FROM orders
-        WHERE state = 'waiting'
+        WHERE waiting_seq IS NOT NULL
         ORDER BY waiting_seq
         LIMIT $3
         FOR UPDATE SKIP LOCKED
@@ -66,10 +66,10 @@ const LOCK_COURIERS_AND_QUEUE: &str = "
 /// Where the order columns start in a row of `LOCK_COURIERS_AND_QUEUE`.
 const QUEUE_COLUMNS: usize = 7;
 
-/// Writes the net changes to existing rows, one statement for all of them. The four tables'
-/// changes touch disjoint rows, so their order within the statement does not matter; new
-/// deliveries are inserted afterwards (`INSERT_DELIVERIES`), once the courier's previous delivery
-/// is no longer active (the partial unique index allows one active delivery per courier).
+/// Writes the net changes, one statement for all of them. The changes touch disjoint rows, so
+/// their order within the statement does not matter, with one exception: new deliveries are
+/// inserted (`delivered`) only once the deletes and completions are done, so a courier's
+/// previous delivery is no longer active (the partial unique index allows one per courier).
 /// Orders that joined the queue take places from the sequence in queue order (`fresh` reads its
 /// array in order).
 const WRITE_CHANGES: &str = "
@@ -109,16 +109,18 @@ const WRITE_CHANGES: &str = "
         LEFT JOIN fresh ON fresh.id = u.id
         WHERE o.order_id = u.id
         RETURNING 1
+    ), delivered AS (
+        INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline, completed_at)
+        SELECT * FROM unnest($17::text[], $18::int8[], $19::timestamptz[], $20::timestamptz[],
+                             $21::timestamptz[])
+        -- Reading these counts runs the deletes and completions to the end before the first
+        -- row is inserted: a courier's previous delivery stops being active first.
+        WHERE (SELECT count(*) FROM dropped) >= 0 AND (SELECT count(*) FROM finished) >= 0
+        RETURNING 1
     )
     SELECT (SELECT count(*) FROM dropped), (SELECT count(*) FROM finished),
            (SELECT count(*) FROM couriers_set), (SELECT count(*) FROM orders_set),
-           (SELECT count(*) FROM orders_new)";
-
-/// Inserts new deliveries (see `WRITE_CHANGES`).
-const INSERT_DELIVERIES: &str = "
-    INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline, completed_at)
-    SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::timestamptz[],
-                         $5::timestamptz[])";
+           (SELECT count(*) FROM orders_new), (SELECT count(*) FROM delivered)";
 
 /// Hires a courier, paused.
 const INSERT_COURIER: &str = "
@@ -170,14 +172,13 @@ impl<'a> PgTx<'a> {
         self.tx.query(&stmt, params).map_err(classify)
     }
 
-    /// Writes the pending changes: two statements at most, none when nothing changed.
+    /// Writes the pending changes: one statement, none when nothing changed.
     fn flush(&mut self) -> Result<(), RepoError> {
         let changes = self.held.take_changes();
         if changes.is_empty() {
             return Ok(());
         }
-        self.write_changes(&changes)?;
-        self.insert_deliveries(&changes)
+        self.write_changes(&changes)
     }
 
     fn write_changes(&mut self, c: &Changes) -> Result<(), RepoError> {
@@ -198,6 +199,12 @@ impl<'a> PgTx<'a> {
             c.new_orders.iter().map(|o| courier_of(&o.1)).collect();
         let order_seqs: Vec<Option<i64>> = c.orders.iter().map(|o| o.2).collect();
         let fresh: Vec<&str> = c.fresh_waiting.iter().map(OrderId::as_str).collect();
+        let new_deliveries: Vec<&str> = c.inserted.iter().map(|d| d.0.as_str()).collect();
+        let new_couriers_of: Vec<i64> = c.inserted.iter().map(|d| d.1.courier.0).collect();
+        let assigned: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.assigned_at).collect();
+        let deadlines: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.deadline).collect();
+        let completed: Vec<Option<DateTime<Utc>>> =
+            c.inserted.iter().map(|d| d.1.completed_at).collect();
         let rows = self.query(
             WRITE_CHANGES,
             &[
@@ -217,6 +224,11 @@ impl<'a> PgTx<'a> {
                 &new_ids,
                 &new_states,
                 &new_couriers,
+                &new_deliveries,
+                &new_couriers_of,
+                &assigned,
+                &deadlines,
+                &completed,
             ],
         )?;
         let row = rows
@@ -230,18 +242,26 @@ impl<'a> PgTx<'a> {
                 c.new_orders.len()
             )));
         }
-        let counts: [i64; 4] = [get(row, 0)?, get(row, 1)?, get(row, 2)?, get(row, 3)?];
+        let counts: [i64; 5] = [
+            get(row, 0)?,
+            get(row, 1)?,
+            get(row, 2)?,
+            get(row, 3)?,
+            get(row, 5)?,
+        ];
         let expected = [
             c.deleted.len(),
             c.completed.len(),
             c.couriers.len(),
             c.orders.len(),
+            c.inserted.len(),
         ];
         let what = [
             "deliveries deleted",
             "deliveries completed",
             "couriers written",
             "orders written",
+            "deliveries inserted",
         ];
         for ((n, want), what) in counts.iter().zip(expected).zip(what) {
             if usize::try_from(*n).ok() != Some(want) {
@@ -250,26 +270,6 @@ impl<'a> PgTx<'a> {
                 )));
             }
         }
-        Ok(())
-    }
-
-    fn insert_deliveries(&mut self, c: &Changes) -> Result<(), RepoError> {
-        if c.inserted.is_empty() {
-            return Ok(());
-        }
-        let orders: Vec<&str> = c.inserted.iter().map(|d| d.0.as_str()).collect();
-        let couriers: Vec<i64> = c.inserted.iter().map(|d| d.1.courier.0).collect();
-        let assigned: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.assigned_at).collect();
-        let deadlines: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.deadline).collect();
-        let completed: Vec<Option<DateTime<Utc>>> =
-            c.inserted.iter().map(|d| d.1.completed_at).collect();
-        let stmt = self.statement(INSERT_DELIVERIES)?;
-        self.tx
-            .execute(
-                &stmt,
-                &[&orders, &couriers, &assigned, &deadlines, &completed],
-            )
-            .map_err(classify)?;
         Ok(())
     }
 
