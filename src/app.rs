@@ -14,7 +14,9 @@ use crate::ops::{http, Health, Metrics};
 use crate::repository::{CourierRepository, PgRepository};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::transport::broker::{self, ProbeError};
-use crate::transport::{Poller, PollerExit, Telemetry};
+use crate::transport::dead_letter::DeadLetterQueue;
+use crate::transport::kafka_client::KafkaCrateConsumer;
+use crate::transport::{Clients, Poller, PollerExit, Telemetry};
 use crate::usecase::OrderEventProcessor;
 
 /// Exit code when the broker can't speak the `kafka` crate's protocol (Kafka 4.x and others):
@@ -127,8 +129,16 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         }
     };
     let telemetry = Telemetry { metrics, health };
+    let clients = Clients {
+        consumer: Box::new(KafkaCrateConsumer::new(settings.kafka.clone())),
+        dead_letters: Box::new(DeadLetterQueue::new(
+            settings.kafka.brokers.clone(),
+            settings.kafka.dlq_topic.clone(),
+        )),
+    };
     let poller = Poller::new(
         &settings.kafka,
+        clients,
         pool,
         completions,
         shutdown.clone(),

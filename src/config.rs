@@ -64,6 +64,9 @@ pub struct KafkaSettings {
     pub dlq_topic: String,
     /// KAFKA_PARTITIONS or INSTANCE_INDEX/INSTANCE_COUNT: which partitions this instance reads.
     pub partitions: PartitionSelection,
+    /// SHUTDOWN_DRAIN_MS: how long a revoked partition's queued and in-flight events may still
+    /// finish before its prefix is committed and it is handed back.
+    pub revoke_drain: Duration,
 }
 
 /// Which partitions of the topic this instance reads. There is no rebalancing protocol (the
@@ -247,6 +250,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             }
         };
         let workers = self.bounded("WORKERS", 4, 1..=256)? as usize;
+        let shutdown_drain =
+            Duration::from_millis(self.bounded("SHUTDOWN_DRAIN_MS", 1000, 0..=600_000)?);
         let kafka = KafkaSettings {
             brokers,
             topic: topic_name(self, "KAFKA_ORDER_TOPIC", "order.status.changed")?,
@@ -271,6 +276,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             )?),
             dlq_topic: topic_name(self, "KAFKA_DLQ_TOPIC", "order.status.changed.dlq")?,
             partitions: partitions(self)?,
+            revoke_drain: shutdown_drain,
         };
         let settings = Settings {
             kafka,
@@ -278,11 +284,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             workers,
             queue_capacity: self.bounded("QUEUE_CAPACITY", 256, 1..=1_000_000)? as usize,
             batch_max: self.bounded("BATCH_MAX", 256, 1..=10_000)? as usize,
-            shutdown_drain: Duration::from_millis(self.bounded(
-                "SHUTDOWN_DRAIN_MS",
-                1000,
-                0..=600_000,
-            )?),
+            shutdown_drain,
             log_level: self.or(
                 "LOG_LEVEL",
                 LevelFilter::Info,
