@@ -75,20 +75,6 @@ impl Fake {
         self.state().script.push_back(step);
     }
 
-    /// Queues records `(partition, offset, value)` as one poll result.
-    pub fn deliver(&self, records: &[(i32, i64, &str)]) {
-        self.then(Step::Deliver(
-            records
-                .iter()
-                .map(|(partition, offset, value)| Polled::Record {
-                    partition: *partition,
-                    offset: *offset,
-                    value: value.as_bytes().to_vec(),
-                })
-                .collect(),
-        ));
-    }
-
     /// A consumer client on this broker.
     pub fn consumer(&self) -> Box<dyn ConsumerClient> {
         Box::new(self.clone())
