@@ -1,0 +1,140 @@
+//! Which partition makes `Consumer::poll` fail. The `kafka` crate fails a whole fetch response
+//! when one partition in it cannot be decoded (an lz4 batch: `Unsupported compression format`)
+//! or carries an error code (a zstd batch, which Kafka cannot down-convert to message format
+//! v0: the broker answers UNSUPPORTED_COMPRESSION_TYPE, code 76, which the crate does not know
+//! and prints as `Kafka Error (Unknown)`). After a failed poll the poller calls
+//! [`probe_partitions`]: each partition is fetched alone from its next offset, so the healthy
+//! ones can be told apart from the stuck one, and the stuck one is named with its offset and
+//! a cause a person can act on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kafka::client::KafkaClient;
+use kafka::error::KafkaCode;
+
+use super::read::{fetch_partition, ReadError};
+
+/// What was found on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProbe {
+    /// The partition.
+    pub partition: i32,
+    /// The offset it was fetched from (its next offset to read).
+    pub offset: i64,
+    /// What the fetch found.
+    pub state: ProbeState,
+}
+
+/// Whether a partition can be read from its next offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeState {
+    /// The fetch decoded: `messages` complete messages came back.
+    Readable {
+        /// Messages the probe fetch returned (0 when the partition is caught up).
+        messages: usize,
+        /// The partition's high watermark.
+        high_watermark: i64,
+    },
+    /// The data cannot be decoded by the `kafka` crate, and will not be on a retry.
+    Undecodable(Undecodable),
+    /// The fetch failed for another reason (leader moved, offset out of range, network, …):
+    /// possibly passing.
+    Failed(String),
+}
+
+/// Why a partition cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecodable {
+    /// A batch compressed with lz4.
+    Lz4,
+    /// A batch compressed with zstd (the broker answers UNSUPPORTED_COMPRESSION_TYPE).
+    Zstd,
+}
+
+impl Undecodable {
+    /// The cause in words.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Self::Lz4 => {
+                "a record batch compressed with lz4, which the kafka crate cannot decode \
+                 (it reads none, gzip and snappy)"
+            }
+            Self::Zstd => {
+                "a record batch compressed with zstd, which Kafka cannot down-convert for the \
+                 kafka crate's Fetch v0 (the broker answers UNSUPPORTED_COMPRESSION_TYPE, \
+                 which the crate prints as `Kafka Error (Unknown)`)"
+            }
+        }
+    }
+}
+
+impl PartitionProbe {
+    /// Whether this partition blocks the consumer for good (not a passing failure).
+    pub fn is_undecodable(&self) -> bool {
+        matches!(self.state, ProbeState::Undecodable(_))
+    }
+}
+
+/// What to do about an undecodable partition.
+pub const UNDECODABLE_ADVICE: &str = "have the producer use gzip, snappy or no compression, \
+     and read this partition with a client that decodes lz4 and zstd (librdkafka)";
+
+impl fmt::Display for PartitionProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (p, o) = (self.partition, self.offset);
+        match &self.state {
+            ProbeState::Readable {
+                messages,
+                high_watermark,
+            } => write!(
+                f,
+                "partition {p} at offset {o}: readable ({messages} messages fetched, high \
+                 watermark {high_watermark})"
+            ),
+            ProbeState::Undecodable(why) => write!(
+                f,
+                "partition {p} at offset {o}: undecodable: {}; {UNDECODABLE_ADVICE}",
+                why.cause()
+            ),
+            ProbeState::Failed(e) => write!(f, "partition {p} at offset {o}: fetch failed: {e}"),
+        }
+    }
+}
+
+/// Fetches each partition of `topic` alone from its next offset (`next_offsets`: partition ->
+/// offset) with at most `max_bytes`, and says which can be read. One request per partition,
+/// in partition order.
+pub fn probe_partitions(
+    client: &mut KafkaClient,
+    topic: &str,
+    next_offsets: &BTreeMap<i32, i64>,
+    max_bytes: i32,
+) -> Vec<PartitionProbe> {
+    next_offsets
+        .iter()
+        .map(|(&partition, &offset)| PartitionProbe {
+            partition,
+            offset,
+            state: match fetch_partition(client, topic, partition, offset, max_bytes) {
+                Ok(read) => ProbeState::Readable {
+                    messages: read.messages.len(),
+                    high_watermark: read.high_watermark,
+                },
+                Err(e) => classify(e),
+            },
+        })
+        .collect()
+}
+
+fn classify(e: ReadError) -> ProbeState {
+    match e {
+        // Message format v0 has four codecs; the crate decodes none, gzip and snappy.
+        ReadError::UnsupportedCompression => ProbeState::Undecodable(Undecodable::Lz4),
+        // The crate knows error codes up to 35; for a Fetch v0 from a Kafka 3.x broker the
+        // code it cannot name is UNSUPPORTED_COMPRESSION_TYPE (the leader-epoch and
+        // session codes above 35 belong to newer fetch versions).
+        ReadError::Broker(KafkaCode::Unknown) => ProbeState::Undecodable(Undecodable::Zstd),
+        other => ProbeState::Failed(other.to_string()),
+    }
+}
