@@ -62,7 +62,11 @@ impl fmt::Display for GapFill {
             .iter()
             .map(|r| format!("{}..{}", r.start, r.end - 1))
             .collect();
-        write!(f, "; explained: no message at offsets {}", ranges.join(", "))
+        write!(
+            f,
+            "; explained: no message at offsets {}",
+            ranges.join(", ")
+        )
     }
 }
 

@@ -72,31 +72,31 @@ pub fn fetch_partition(
             kafka::Error::Kafka(code) => ReadError::Broker(code),
             other => ReadError::Client(other),
         })?;
-    for response in &responses {
-        for t in response.topics().iter().filter(|t| t.topic() == topic) {
-            for p in t.partitions().iter().filter(|p| p.partition() == partition) {
-                let data = p.data().map_err(|e| match &*e {
-                    kafka::Error::Kafka(code) => ReadError::Broker(*code),
-                    kafka::Error::UnsupportedCompression => ReadError::UnsupportedCompression,
-                    other => ReadError::Client(kafka::Error::Io(std::io::Error::other(
-                        other.to_string(),
-                    ))),
-                })?;
-                return Ok(PartitionRead {
-                    high_watermark: data.highwatermark_offset(),
-                    messages: data
-                        .messages()
-                        .iter()
-                        .filter(|m| m.offset >= offset)
-                        .map(|m| OwnedMessage {
-                            offset: m.offset,
-                            key: m.key.to_vec(),
-                            value: m.value.to_vec(),
-                        })
-                        .collect(),
-                });
-            }
-        }
+    let found = responses
+        .iter()
+        .flat_map(|r| r.topics())
+        .filter(|t| t.topic() == topic)
+        .flat_map(|t| t.partitions())
+        .find(|p| p.partition() == partition);
+    if let Some(p) = found {
+        let data = p.data().map_err(|e| match &*e {
+            kafka::Error::Kafka(code) => ReadError::Broker(*code),
+            kafka::Error::UnsupportedCompression => ReadError::UnsupportedCompression,
+            other => ReadError::Client(kafka::Error::Io(std::io::Error::other(other.to_string()))),
+        })?;
+        return Ok(PartitionRead {
+            high_watermark: data.highwatermark_offset(),
+            messages: data
+                .messages()
+                .iter()
+                .filter(|m| m.offset >= offset)
+                .map(|m| OwnedMessage {
+                    offset: m.offset,
+                    key: m.key.to_vec(),
+                    value: m.value.to_vec(),
+                })
+                .collect(),
+        });
     }
     Err(ReadError::NoLeader)
 }

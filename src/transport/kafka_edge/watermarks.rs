@@ -137,7 +137,10 @@ pub fn vanished_partitions(before: &[i32], now: &[i32]) -> Vec<i32> {
 /// Partitions that appeared since the last metadata read: read them from their log start (a
 /// partition no member of the group ever committed is new data, not history).
 pub fn new_partitions(before: &[i32], now: &[i32]) -> Vec<i32> {
-    now.iter().copied().filter(|p| !before.contains(p)).collect()
+    now.iter()
+        .copied()
+        .filter(|p| !before.contains(p))
+        .collect()
 }
 
 /// Where reading resumes, given the offset the group committed (or the poller would read next).
@@ -333,8 +336,16 @@ mod tests {
     #[test]
     fn a_committed_offset_inside_the_log_resumes_there() {
         assert_eq!(check_position(5, marks(0, 10)), Resume::InLog(5));
-        assert_eq!(check_position(10, marks(0, 10)), Resume::InLog(10), "at the end");
-        assert_eq!(check_position(3, marks(3, 10)), Resume::InLog(3), "at the start");
+        assert_eq!(
+            check_position(10, marks(0, 10)),
+            Resume::InLog(10),
+            "at the end"
+        );
+        assert_eq!(
+            check_position(3, marks(3, 10)),
+            Resume::InLog(3),
+            "at the start"
+        );
         assert_eq!(check_position(5, marks(0, 10)).skipped(), 0);
     }
 
