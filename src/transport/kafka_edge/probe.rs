@@ -37,7 +37,13 @@ pub enum ProbeState {
         high_watermark: i64,
     },
     /// The data cannot be decoded by the `kafka` crate, and will not be on a retry.
-    Undecodable(Undecodable),
+    Undecodable {
+        /// Why.
+        cause: Undecodable,
+        /// The first offset that cannot be read: the messages from the probe's offset up to
+        /// it can be (each alone or in small fetches), the batch holding it cannot.
+        at: i64,
+    },
     /// The fetch failed for another reason (leader moved, offset out of range, network, …):
     /// possibly passing.
     Failed(String),
@@ -72,7 +78,7 @@ impl Undecodable {
 impl PartitionProbe {
     /// Whether this partition blocks the consumer for good (not a passing failure).
     pub fn is_undecodable(&self) -> bool {
-        matches!(self.state, ProbeState::Undecodable(_))
+        matches!(self.state, ProbeState::Undecodable { .. })
     }
 }
 
@@ -92,10 +98,11 @@ impl fmt::Display for PartitionProbe {
                 "partition {p} at offset {o}: readable ({messages} messages fetched, high \
                  watermark {high_watermark})"
             ),
-            ProbeState::Undecodable(why) => write!(
+            ProbeState::Undecodable { cause, at } => write!(
                 f,
-                "partition {p} at offset {o}: undecodable: {}; {UNDECODABLE_ADVICE}",
-                why.cause()
+                "partition {p} is stuck at offset {at} (read from {o}): undecodable: {}; \
+                 {UNDECODABLE_ADVICE}",
+                cause.cause()
             ),
             ProbeState::Failed(e) => write!(f, "partition {p} at offset {o}: fetch failed: {e}"),
         }
@@ -111,30 +118,89 @@ pub fn probe_partitions(
     next_offsets: &BTreeMap<i32, i64>,
     max_bytes: i32,
 ) -> Vec<PartitionProbe> {
-    next_offsets
-        .iter()
-        .map(|(&partition, &offset)| PartitionProbe {
+    let mut probes = Vec::with_capacity(next_offsets.len());
+    for (&partition, &offset) in next_offsets {
+        let state = match fetch_partition(client, topic, partition, offset, max_bytes) {
+            Ok(read) => ProbeState::Readable {
+                messages: read.messages.len(),
+                high_watermark: read.high_watermark,
+            },
+            Err(e) => match classify(e) {
+                Ok(cause) => ProbeState::Undecodable {
+                    cause,
+                    at: locate(client, topic, partition, offset, max_bytes),
+                },
+                Err(failed) => failed,
+            },
+        };
+        probes.push(PartitionProbe {
             partition,
             offset,
-            state: match fetch_partition(client, topic, partition, offset, max_bytes) {
-                Ok(read) => ProbeState::Readable {
-                    messages: read.messages.len(),
-                    high_watermark: read.high_watermark,
-                },
-                Err(e) => classify(e),
-            },
-        })
-        .collect()
+            state,
+        });
+    }
+    probes
 }
 
-fn classify(e: ReadError) -> ProbeState {
+fn classify(e: ReadError) -> Result<Undecodable, ProbeState> {
     match e {
         // Message format v0 has four codecs; the crate decodes none, gzip and snappy.
-        ReadError::UnsupportedCompression => ProbeState::Undecodable(Undecodable::Lz4),
+        ReadError::UnsupportedCompression => Ok(Undecodable::Lz4),
         // The crate knows error codes up to 35; for a Fetch v0 from a Kafka 3.x broker the
         // code it cannot name is UNSUPPORTED_COMPRESSION_TYPE (the leader-epoch and
         // session codes above 35 belong to newer fetch versions).
-        ReadError::Broker(KafkaCode::Unknown) => ProbeState::Undecodable(Undecodable::Zstd),
-        other => ProbeState::Failed(other.to_string()),
+        ReadError::Broker(KafkaCode::Unknown) => Ok(Undecodable::Zstd),
+        other => Err(ProbeState::Failed(other.to_string())),
+    }
+}
+
+/// The first offset from `from` on that cannot be read. A fetch fails when its log slice holds
+/// a whole undecodable batch, whatever precedes it, so the messages in front of the batch are
+/// read in fetches too small to reach it: grow the fetch until it answers, and when the answer
+/// is a failure, narrow it to the smallest size that answers (one batch). Falls back to
+/// `from` when the broker stops answering.
+fn locate(client: &mut KafkaClient, topic: &str, partition: i32, from: i64, max_bytes: i32) -> i64 {
+    // `Some(Ok(last offset))`, `Some(Err(()))` for a failure, `None` for an empty answer.
+    let mut fetch = |at: i64, size: i32| -> Option<Result<i64, ()>> {
+        match fetch_partition(client, topic, partition, at, size) {
+            Ok(read) => read.messages.last().map(|m| Ok(m.offset)),
+            Err(_) => Some(Err(())),
+        }
+    };
+    let mut at = from;
+    'batches: loop {
+        let (mut empty, mut size) = (0, 128.min(max_bytes));
+        loop {
+            match fetch(at, size) {
+                Some(Ok(last)) => {
+                    at = last + 1;
+                    continue 'batches;
+                }
+                Some(Err(())) => break,
+                None if size >= max_bytes => return at,
+                None => {
+                    empty = size;
+                    size = size.saturating_mul(2).min(max_bytes);
+                }
+            }
+        }
+        // The failing slice may hold readable messages in front of the bad batch.
+        let (mut lo, mut hi) = (empty, size);
+        let mut readable = None;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match fetch(at, mid) {
+                None => lo = mid,
+                Some(Ok(last)) => {
+                    readable = Some(last);
+                    break;
+                }
+                Some(Err(())) => hi = mid,
+            }
+        }
+        match readable {
+            Some(last) => at = last + 1,
+            None => return at,
+        }
     }
 }
