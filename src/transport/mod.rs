@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod dead_letter;
 pub mod decode;
+pub mod dlq_replay;
 pub mod kafka_edge;
 pub mod offsets;
 mod poller;
