@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod dead_letter;
+pub mod dead_letter_backlog;
 pub mod decode;
 pub mod dlq_replay;
 pub mod kafka_edge;
