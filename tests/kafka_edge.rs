@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::kafka_edge::{client, kcat_produce_batch, watermarks};
+use common::kafka_edge::{client, kcat_produce_batch, produce_transaction, watermarks};
 use common::{create_topic, kafka_brokers, unique};
 use kafka::client::FetchOffset;
 use kafka::consumer::Consumer;
@@ -147,6 +147,48 @@ fn a_gap_the_log_does_not_hold_is_explained_not_invented() {
     let err = fill_gap(&mut c, &topic, 0, 25, 30, MAX_FETCH).expect_err("nothing to read");
     assert_eq!(err.stuck_at, 25);
     assert!(err.to_string().contains("do not commit past 25"), "{err}");
+}
+
+#[test]
+fn transaction_markers_are_explained_as_offsets_without_messages() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("edge-tx");
+    create_topic(&topic, 1);
+    let tx =
+        |name: &str, n: usize| -> Vec<String> { (0..n).map(|i| format!("{name}-{i}")).collect() };
+    produce_transaction(&brokers, &topic, &unique("tx"), &tx("a", 3)); // 0..2, marker 3
+    produce_transaction(&brokers, &topic, &unique("tx"), &tx("b", 2)); // 4..5, marker 6
+                                                                       // Read up to the last marker, the partition has nothing to give: the crate's consumer
+                                                                       // fails with MessageSizeTooLarge there; the probe says why.
+    let next = BTreeMap::from([(0, 6)]);
+    let probe = probe_partitions(&mut client(&brokers), &topic, &next, MAX_FETCH);
+    eprintln!("{}", probe[0]);
+    assert_eq!(
+        probe[0].state,
+        ProbeState::OnlyMarkers { high_watermark: 7 }
+    );
+    assert!(probe[0]
+        .to_string()
+        .contains("offsets 6..6 hold transaction markers"));
+    kcat_produce_batch(&brokers, &topic, 0, "none", &tx("c", 1)); // 7
+    assert_eq!(watermarks(&brokers, &topic, 0), (0, 8));
+
+    let mut c = client(&brokers);
+    let fill = fill_gap(&mut c, &topic, 0, 0, 8, MAX_FETCH).expect("accounted for");
+    eprintln!("0..8: {fill}");
+    let offsets: Vec<i64> = fill.messages.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 4, 5, 7]);
+    assert_eq!(fill.absent, vec![3..4, 6..7]);
+    assert_eq!(
+        fill.to_string(),
+        "recovered 6 messages; explained: no message at offsets 3..3, 6..6"
+    );
+    // A gap that is only a marker: nothing recovered, the marker explained.
+    let marker = fill_gap(&mut c, &topic, 0, 3, 4, MAX_FETCH).expect("accounted for");
+    assert!(marker.messages.is_empty());
+    assert_eq!(marker.absent, vec![3..4]);
 }
 
 /// Six partitions with three plain messages each, and on partition 2 one batch compressed

@@ -79,3 +79,34 @@ pub fn run_binary(args: &[&str], env: &[(&str, String)]) -> Output {
     }
     cmd.output().expect("the binary runs")
 }
+
+/// Produces `values` to partition 0 of `topic` in one committed transaction, with librdkafka:
+/// the values, then a transaction marker that takes an offset of its own and that message
+/// format v0 (the `kafka` crate's) does not carry.
+pub fn produce_transaction(brokers: &str, topic: &str, transactional_id: &str, values: &[String]) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::Duration;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("transactional.id", transactional_id)
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(60))
+        .expect("init transactions");
+    producer.begin_transaction().expect("begin");
+    for v in values {
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(0)
+                    .payload(v.as_str()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer
+        .commit_transaction(Duration::from_secs(60))
+        .expect("commit");
+}

@@ -119,6 +119,11 @@ pub fn fill_gap(
         };
         let mut any = false;
         for m in batch.into_iter().filter(|m| m.offset < first_seen) {
+            // Kafka 3.9 repeats messages in a down-converted answer whose fetch offset falls
+            // on a transaction marker: take each offset once.
+            if m.offset < next {
+                continue;
+            }
             fill.absent_range(next..m.offset);
             next = m.offset + 1;
             fill.messages.push(m);

@@ -36,6 +36,15 @@ pub enum ProbeState {
         /// The partition's high watermark.
         high_watermark: i64,
     },
+    /// Offsets remain below the high watermark, but a fetch of [`MARKER_CHECK_BYTES`] returns
+    /// no message: they are transaction markers (message format v0 has none) and nothing
+    /// follows them yet. The crate's consumer takes this for a message too large, grows its
+    /// fetch to its limit and then fails every poll with `MessageSizeTooLarge`, until a
+    /// message is written after the markers.
+    OnlyMarkers {
+        /// The partition's high watermark.
+        high_watermark: i64,
+    },
     /// The data cannot be decoded by the `kafka` crate, and will not be on a retry.
     Undecodable {
         /// Why.
@@ -82,6 +91,10 @@ impl PartitionProbe {
     }
 }
 
+/// The fetch size that tells transaction markers from a large message: Kafka refuses
+/// messages over 1 MB by default, so a fetch this big that returns nothing returns no message.
+pub const MARKER_CHECK_BYTES: i32 = 64 << 20;
+
 /// What to do about an undecodable partition.
 pub const UNDECODABLE_ADVICE: &str = "have the producer use gzip, snappy or no compression, \
      and read this partition with a client that decodes lz4 and zstd (librdkafka)";
@@ -105,6 +118,13 @@ impl fmt::Display for PartitionProbe {
                 cause.cause()
             ),
             ProbeState::Failed(e) => write!(f, "partition {p} at offset {o}: fetch failed: {e}"),
+            ProbeState::OnlyMarkers { high_watermark } => write!(
+                f,
+                "partition {p} at offset {o}: offsets {o}..{} hold transaction markers and no \
+                 message; the kafka crate's consumer reports MessageSizeTooLarge here until a \
+                 message follows them (nothing is lost)",
+                high_watermark - 1
+            ),
         }
     }
 }
@@ -121,6 +141,20 @@ pub fn probe_partitions(
     let mut probes = Vec::with_capacity(next_offsets.len());
     for (&partition, &offset) in next_offsets {
         let state = match fetch_partition(client, topic, partition, offset, max_bytes) {
+            Ok(read) if read.messages.is_empty() && offset < read.high_watermark => {
+                match fetch_partition(client, topic, partition, offset, MARKER_CHECK_BYTES) {
+                    Ok(big) if big.messages.is_empty() => ProbeState::OnlyMarkers {
+                        high_watermark: big.high_watermark,
+                    },
+                    Ok(big) => ProbeState::Failed(format!(
+                        "a message larger than {max_bytes} bytes (found with a fetch of {} \
+                         bytes at offset {})",
+                        MARKER_CHECK_BYTES,
+                        big.messages.first().map_or(offset, |m| m.offset)
+                    )),
+                    Err(e) => ProbeState::Failed(e.to_string()),
+                }
+            }
             Ok(read) => ProbeState::Readable {
                 messages: read.messages.len(),
                 high_watermark: read.high_watermark,
