@@ -40,12 +40,106 @@ pub enum Command {
     Stats,
     /// Publish simulated order lifecycles the way service-order does (for demos and benchmarks).
     Simulate(SimulateArgs),
+    /// Dead letters: replay them to the order topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Ask a running service's /healthz (for container health checks): exit 0 if healthy.
     Health {
         /// host:port of the service's METRICS_ADDR.
         #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
         addr: String,
     },
+}
+
+/// `dlq …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Publish dead letters' original payloads to the order topic again, once each: progress
+    /// is committed for the group `<KAFKA_GROUP_ID>.dlq-replay`, so a second replay publishes
+    /// only letters that arrived since.
+    Replay(DlqReplayArgs),
+}
+
+/// `dlq replay` options.
+#[derive(Debug, clap::Args)]
+pub struct DlqReplayArgs {
+    /// Only letters with this reason (e.g. processing_failed, unsupported_status).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only letters dead-lettered at or after this RFC 3339 time (e.g. 2025-08-06T12:00:00Z).
+    #[arg(long, value_parser = rfc3339)]
+    pub since: Option<chrono::DateTime<Utc>>,
+    /// Say what would be replayed; publish and commit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Kafka brokers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// The order topic to publish to (only letters that came from it are replayed).
+    #[arg(
+        long,
+        env = "KAFKA_ORDER_TOPIC",
+        default_value = "order.status.changed"
+    )]
+    pub topic: String,
+    /// The dead-letter topic to read.
+    #[arg(
+        long,
+        env = "KAFKA_DLQ_TOPIC",
+        default_value = "order.status.changed.dlq"
+    )]
+    pub dlq_topic: String,
+    /// The service's consumer group; the replay commits for `<group>.dlq-replay`.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "service-courier")]
+    pub group: String,
+}
+
+fn rfc3339(s: &str) -> Result<chrono::DateTime<Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2025-08-06T12:00:00Z: {e}"))
+}
+
+/// Runs `dlq replay`: prints how many letters were replayed, skipped by the filter and not
+/// replayable (each with its position and why); exit 1 when Kafka fails.
+pub fn run_dlq(command: DlqCommand) -> ExitCode {
+    use crate::transport::dlq_replay::{self, kafka::KafkaDeadLetterLog, ReplayFilter};
+    let DlqCommand::Replay(args) = command;
+    let brokers: Vec<String> = args
+        .brokers
+        .split(',')
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    let group = format!("{}.dlq-replay", args.group);
+    let filter = ReplayFilter {
+        reason: args.reason,
+        since: args.since,
+    };
+    let outcome = KafkaDeadLetterLog::connect(brokers, &args.dlq_topic, &args.topic, &group)
+        .and_then(|mut log| dlq_replay::replay(&mut log, &filter, &args.topic, args.dry_run));
+    match outcome {
+        Ok(report) => {
+            for u in &report.not_replayable {
+                println!(
+                    "not replayable: {}/{}@{}: {}",
+                    args.dlq_topic, u.partition, u.offset, u.why
+                );
+            }
+            println!(
+                "dlq replay from {} to {} (group {group}): {report}",
+                args.dlq_topic, args.topic
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: dlq replay from {} to {}: {e}",
+                args.dlq_topic, args.topic
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// `health`: GET /healthz over plain HTTP/1.0; exit 0 on 200, 1 otherwise.
@@ -215,7 +309,9 @@ pub fn run_admin(command: Command) -> ExitCode {
         Err(code) => return code,
     };
     let outcome = match command {
-        Command::Run | Command::Simulate(_) | Command::Health { .. } => not_admin(),
+        Command::Run | Command::Simulate(_) | Command::Health { .. } | Command::Dlq(_) => {
+            not_admin()
+        }
         Command::Couriers(CourierCommand::Seed { count, seed }) => {
             seed_couriers(&repo, count, seed)
         }

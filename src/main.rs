@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Run => service_courier::app::run(),
         Command::Simulate(args) => cli::run_simulate(args),
         Command::Health { addr } => cli::run_health(&addr),
+        Command::Dlq(command) => cli::run_dlq(command),
         other => cli::run_admin(other),
     }
 }

@@ -7,10 +7,13 @@
 pub mod broker;
 pub mod client;
 pub mod dead_letter;
+pub mod dead_letter_backlog;
 pub mod decode;
+pub mod dlq_replay;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod kafka_client;
+pub mod kafka_edge;
 pub mod offsets;
 mod poller;
 

@@ -1,0 +1,112 @@
+//! Helpers for the tests of `transport::kafka_edge` and `dlq replay`: produce batches with a
+//! chosen compression to one partition, read watermarks, and run the binary's one-shot
+//! subcommands.
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use kafka::client::{FetchOffset, KafkaClient};
+
+/// Produces `values` to `topic`/`partition` in one kcat run with compression `codec` (`none`,
+/// `gzip`, `snappy`, `lz4`, `zstd`): one record batch when they fit, as a real producer
+/// with that setting writes them.
+pub fn kcat_produce_batch(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    codec: &str,
+    values: &[String],
+) {
+    let mut child = Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            brokers,
+            "-t",
+            topic,
+            "-p",
+            &partition.to_string(),
+            "-z",
+            codec,
+        ])
+        // One batch per run: linger long enough to gather the values.
+        .args(["-X", "queue.buffering.max.ms=50"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kcat runs (scripts/deps.sh installs it)");
+    {
+        let stdin = child.stdin.as_mut().expect("stdin");
+        for v in values {
+            writeln!(stdin, "{v}").expect("write to kcat");
+        }
+    }
+    assert!(
+        child.wait().expect("kcat").success(),
+        "kcat -P -z {codec} failed"
+    );
+}
+
+/// A client with metadata for all topics.
+pub fn client(brokers: &str) -> KafkaClient {
+    let mut c = KafkaClient::new(brokers.split(',').map(str::to_owned).collect());
+    c.load_metadata_all().expect("metadata");
+    c
+}
+
+/// (log start, high watermark) of one partition.
+pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let mut c = client(brokers);
+    let mut at = |o: FetchOffset| {
+        c.fetch_topic_offsets(topic, o)
+            .expect("list offsets")
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| p.offset)
+            .expect("partition listed")
+    };
+    (at(FetchOffset::Earliest), at(FetchOffset::Latest))
+}
+
+/// Runs the binary with `args` and `env` only (plus PATH): its output.
+pub fn run_binary(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_service-courier"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+/// Produces `values` to partition 0 of `topic` in one committed transaction, with librdkafka:
+/// the values, then a transaction marker that takes an offset of its own and that message
+/// format v0 (the `kafka` crate's) does not carry.
+pub fn produce_transaction(brokers: &str, topic: &str, transactional_id: &str, values: &[String]) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::Duration;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("transactional.id", transactional_id)
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(60))
+        .expect("init transactions");
+    producer.begin_transaction().expect("begin");
+    for v in values {
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(0)
+                    .payload(v.as_str()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer
+        .commit_transaction(Duration::from_secs(60))
+        .expect("commit");
+}
