@@ -224,21 +224,54 @@ fn wait_for_broker(
 }
 
 /// Logs to stderr (journald and compose collect it), RFC 3339 timestamps, no colours when not
-/// a terminal.
+/// a terminal. `LOG_LEVEL` sets our own crate's level; other crates (the `postgres` driver logs
+/// every SQL statement at debug, the `kafka` crate every fetch) stay at `info` unless the level
+/// is `trace`, so `debug` means one line per event, not one per statement.
 fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_target_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        // The kafka crate logs every fetch at debug; keep our own debug lines readable.
-        .add_filter_ignore_str("kafka")
-        .add_filter_ignore_str("r2d2")
-        .add_filter_ignore_str("tiny_http")
-        .build();
+    let _ = simplelog::CombinedLogger::init(loggers_for(level));
+}
+
+/// The level other crates log at when ours logs at `level`.
+fn others_level(level: log::LevelFilter) -> log::LevelFilter {
+    if level == log::LevelFilter::Trace {
+        level
+    } else {
+        level.min(log::LevelFilter::Info)
+    }
+}
+
+/// Two loggers: ours at `level`, every other crate at [`others_level`].
+fn loggers_for(level: log::LevelFilter) -> Vec<Box<dyn simplelog::SharedLogger>> {
+    let ours = "service_courier";
+    let base = || {
+        let mut b = simplelog::ConfigBuilder::new();
+        b.set_time_format_rfc3339()
+            .set_target_level(log::LevelFilter::Off)
+            .set_thread_level(log::LevelFilter::Off);
+        b
+    };
+    let own = base().add_filter_allow_str(ours).build();
+    let mut others = base();
+    others.add_filter_ignore_str(ours);
+    if level != log::LevelFilter::Trace {
+        // The kafka crate's warnings repeat what our own lines say, once per retry.
+        others
+            .add_filter_ignore_str("kafka")
+            .add_filter_ignore_str("r2d2")
+            .add_filter_ignore_str("tiny_http");
+    }
     let colour = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         simplelog::ColorChoice::Auto
     } else {
         simplelog::ColorChoice::Never
     };
-    let _ = simplelog::TermLogger::init(level, config, simplelog::TerminalMode::Stderr, colour);
+    vec![
+        simplelog::TermLogger::new(level, own, simplelog::TerminalMode::Stderr, colour),
+        simplelog::TermLogger::new(
+            others_level(level),
+            others.build(),
+            simplelog::TerminalMode::Stderr,
+            colour,
+        ),
+    ]
 }

@@ -213,7 +213,8 @@ impl CourierRepository for PgRepository {
         }
         let waiting = tx
             .query(
-                "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL ORDER BY waiting_seq",
+                "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL \
+                 ORDER BY waiting_since, waiting_seq",
                 &[],
             )
             .map_err(classify)?
