@@ -135,6 +135,9 @@ pub(super) enum Pick<T> {
     AskDatabase,
 }
 
+/// When a waiting order was created (`None` when it is not waiting).
+pub(super) type WaitingSince = Option<DateTime<Utc>>;
+
 /// Net changes, ready to be written as arrays.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
@@ -148,9 +151,9 @@ pub(super) struct Changes {
     pub couriers: Vec<(CourierId, CourierStatus, i64, DateTime<Utc>)>,
     /// Orders to update: id, state, stored queue place (None when fresh or not waiting), when
     /// created (while waiting).
-    pub orders: Vec<(OrderId, OrderState, Option<i64>, Option<DateTime<Utc>>)>,
+    pub orders: Vec<(OrderId, OrderState, Option<i64>, WaitingSince)>,
     /// Orders seen for the first time, to insert: id, state, when created (while waiting).
-    pub new_orders: Vec<(OrderId, OrderState, Option<DateTime<Utc>>)>,
+    pub new_orders: Vec<(OrderId, OrderState, WaitingSince)>,
     /// Orders that joined the queue, in queue order: numbered from the sequence on write.
     pub fresh_waiting: Vec<OrderId>,
 }
