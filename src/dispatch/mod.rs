@@ -34,6 +34,8 @@ pub struct Job {
     pub position: Position,
     /// The parsed event.
     pub event: OrderEvent,
+    /// The message value as it arrived: what a `processing_failed` dead letter carries.
+    pub payload: Vec<u8>,
     /// When the poller received it (for latency figures).
     pub received: Instant,
 }
@@ -59,6 +61,8 @@ pub struct Completion {
     pub order_id: OrderId,
     /// The job's status family (for metrics).
     pub family: StatusFamily,
+    /// The job's message value as it arrived (for a dead letter).
+    pub payload: Vec<u8>,
     /// What happened.
     pub result: JobResult,
     /// Time from receipt to completion.
@@ -233,6 +237,7 @@ mod tests {
                 status,
                 created_at: chrono::Utc::now(),
             },
+            payload: Vec::new(),
             received: Instant::now(),
         }
     }

@@ -60,6 +60,7 @@ impl<R: CourierRepository> Worker<R> {
                     position: job.position,
                     order_id: job.event.order_id,
                     family: job.event.status.family(),
+                    payload: job.payload,
                     result,
                     latency: job.received.elapsed(),
                     age: (chrono::Utc::now() - job.event.created_at)

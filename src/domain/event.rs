@@ -91,7 +91,7 @@ impl fmt::Display for BadEvent {
             Self::Empty => write!(f, "payload is empty"),
             Self::FutureCreatedAt { created_at, limit } => write!(
                 f,
-                "created_at {} is in the future (more than {} min past this clock: after {})",
+                "created_at {} is in the future (more than {} min ahead of this clock: after {})",
                 created_at.to_rfc3339(),
                 MAX_CLOCK_SKEW.num_minutes(),
                 limit.to_rfc3339()
