@@ -21,6 +21,9 @@ use crate::usecase::OrderEventProcessor;
 /// restarting won't help.
 pub const EXIT_INCOMPATIBLE_BROKER: u8 = 3;
 
+/// How long a stop waits for its last pairing pass.
+const LAST_PAIRING_BOUND: Duration = Duration::from_millis(500);
+
 /// `service-courier run`.
 pub fn run() -> ExitCode {
     let settings = match config::from_process_env().settings() {
@@ -52,7 +55,8 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     let repo = PgRepository::new(
         settings.database.config.clone(),
         settings.database.pool_size,
-    );
+    )
+    .give_up_when_stopping(shutdown.clone(), settings.shutdown_drain);
     let metrics = Arc::new(Metrics::default());
     // Without a watchdog, /healthz still needs a bound: a minute without progress is a stall.
     let health = Arc::new(Health::new(
@@ -137,8 +141,18 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     let (exit, _summary) = poller.run();
     // The workers are joined: one last pass, so a pass requested by the last commits is not
     // lost with the pairing thread, and a clean stop leaves no order waiting beside a free
-    // courier.
-    processor.pair_waiting(chrono::Utc::now());
+    // courier. Bounded, like the rest of the stop: against a frozen database it is left
+    // behind (the pairing thread of the next start runs it first thing).
+    let (done_tx, done) = bounded(1);
+    let last = std::thread::Builder::new()
+        .name("last-pairing".into())
+        .spawn(move || {
+            processor.pair_waiting(chrono::Utc::now());
+            let _ = done_tx.send(());
+        });
+    if last.is_ok() && done.recv_timeout(LAST_PAIRING_BOUND).is_err() {
+        log::warn!("the last pairing pass did not finish in {LAST_PAIRING_BOUND:?}; left to the next start");
+    }
     match exit {
         PollerExit::Stopped => ExitCode::SUCCESS,
         PollerExit::Misconfigured(m) => {
