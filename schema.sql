@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS orders (
     state       TEXT        NOT NULL
                             CHECK (state IN ('unseen', 'waiting', 'assigned', 'completed', 'cancelled')),
     courier_id  BIGINT      REFERENCES couriers (id),
-    -- Place in the FIFO queue while waiting for a courier.
+    -- Arrival in the FIFO queue while waiting for a courier (second key after waiting_since,
+    -- added below).
     waiting_seq BIGINT,
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     CHECK ((state = 'waiting') = (waiting_seq IS NOT NULL)),
@@ -43,13 +44,28 @@ ALTER TABLE orders SET (fillfactor = 80);
 
 CREATE SEQUENCE IF NOT EXISTS orders_waiting_seq;
 
--- The FIFO queue. Its predicate names the queue place, not the state, so that updates which
--- change only the state can be HOT. (It replaces `orders_waiting_queue`, whose predicate was
--- `state = 'waiting'`: equivalent by the CHECK above, but it made every order update touch every
--- index.)
+-- When a waiting order was created (its `created` event's `created_at`): the queue serves the
+-- oldest order first, whatever order the events arrived in; `waiting_seq` (arrival) breaks ties.
+ALTER TABLE orders ADD COLUMN IF NOT EXISTS waiting_since TIMESTAMPTZ;
+-- Orders that were waiting before this column existed keep their turn: they joined the queue no
+-- later than when their row was last written.
+UPDATE orders SET waiting_since = updated_at
+WHERE waiting_seq IS NOT NULL AND waiting_since IS NULL;
+DO $$
+BEGIN
+    ALTER TABLE orders ADD CONSTRAINT orders_waiting_since_set
+        CHECK (waiting_seq IS NULL OR waiting_since IS NOT NULL);
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+
+-- The FIFO queue: by creation, then arrival. Its predicate names the queue place, not the state,
+-- so that updates which change only the state can be HOT. (It replaces `orders_waiting_queue`,
+-- whose predicate was `state = 'waiting'`, and `orders_queue`, which ordered by arrival alone.)
 DROP INDEX IF EXISTS orders_waiting_queue;
-CREATE INDEX IF NOT EXISTS orders_queue
-    ON orders (waiting_seq)
+DROP INDEX IF EXISTS orders_queue;
+CREATE INDEX IF NOT EXISTS orders_queue_by_creation
+    ON orders (waiting_since, waiting_seq)
     WHERE waiting_seq IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS courier_orders (

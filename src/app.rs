@@ -23,6 +23,9 @@ use crate::usecase::OrderEventProcessor;
 /// restarting won't help.
 pub const EXIT_INCOMPATIBLE_BROKER: u8 = 3;
 
+/// How long a stop waits for its last pairing pass.
+const LAST_PAIRING_BOUND: Duration = Duration::from_millis(500);
+
 /// `service-courier run`.
 pub fn run() -> ExitCode {
     let settings = match config::from_process_env().settings() {
@@ -54,7 +57,8 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     let repo = PgRepository::new(
         settings.database.config.clone(),
         settings.database.pool_size,
-    );
+    )
+    .give_up_when_stopping(shutdown.clone(), settings.shutdown_drain);
     let metrics = Arc::new(Metrics::default());
     // Without a watchdog, /healthz still needs a bound: a minute without progress is a stall.
     let health = Arc::new(Health::new(
@@ -147,8 +151,18 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     let (exit, _summary) = poller.run();
     // The workers are joined: one last pass, so a pass requested by the last commits is not
     // lost with the pairing thread, and a clean stop leaves no order waiting beside a free
-    // courier.
-    processor.pair_waiting(chrono::Utc::now());
+    // courier. Bounded, like the rest of the stop: against a frozen database it is left
+    // behind (the pairing thread of the next start runs it first thing).
+    let (done_tx, done) = bounded(1);
+    let last = std::thread::Builder::new()
+        .name("last-pairing".into())
+        .spawn(move || {
+            processor.pair_waiting(chrono::Utc::now());
+            let _ = done_tx.send(());
+        });
+    if last.is_ok() && done.recv_timeout(LAST_PAIRING_BOUND).is_err() {
+        log::warn!("the last pairing pass did not finish in {LAST_PAIRING_BOUND:?}; left to the next start");
+    }
     match exit {
         PollerExit::Stopped => ExitCode::SUCCESS,
         PollerExit::Misconfigured(m) => {
@@ -234,21 +248,54 @@ fn wait_for_broker(
 }
 
 /// Logs to stderr (journald and compose collect it), RFC 3339 timestamps, no colours when not
-/// a terminal.
+/// a terminal. `LOG_LEVEL` sets our own crate's level; other crates (the `postgres` driver logs
+/// every SQL statement at debug, the `kafka` crate every fetch) stay at `info` unless the level
+/// is `trace`, so `debug` means one line per event, not one per statement.
 fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_target_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        // The kafka crate logs every fetch at debug; keep our own debug lines readable.
-        .add_filter_ignore_str("kafka")
-        .add_filter_ignore_str("r2d2")
-        .add_filter_ignore_str("tiny_http")
-        .build();
+    let _ = simplelog::CombinedLogger::init(loggers_for(level));
+}
+
+/// The level other crates log at when ours logs at `level`.
+fn others_level(level: log::LevelFilter) -> log::LevelFilter {
+    if level == log::LevelFilter::Trace {
+        level
+    } else {
+        level.min(log::LevelFilter::Info)
+    }
+}
+
+/// Two loggers: ours at `level`, every other crate at [`others_level`].
+fn loggers_for(level: log::LevelFilter) -> Vec<Box<dyn simplelog::SharedLogger>> {
+    let ours = "service_courier";
+    let base = || {
+        let mut b = simplelog::ConfigBuilder::new();
+        b.set_time_format_rfc3339()
+            .set_target_level(log::LevelFilter::Off)
+            .set_thread_level(log::LevelFilter::Off);
+        b
+    };
+    let own = base().add_filter_allow_str(ours).build();
+    let mut others = base();
+    others.add_filter_ignore_str(ours);
+    if level != log::LevelFilter::Trace {
+        // The kafka crate's warnings repeat what our own lines say, once per retry.
+        others
+            .add_filter_ignore_str("kafka")
+            .add_filter_ignore_str("r2d2")
+            .add_filter_ignore_str("tiny_http");
+    }
     let colour = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         simplelog::ColorChoice::Auto
     } else {
         simplelog::ColorChoice::Never
     };
-    let _ = simplelog::TermLogger::init(level, config, simplelog::TerminalMode::Stderr, colour);
+    vec![
+        simplelog::TermLogger::new(level, own, simplelog::TerminalMode::Stderr, colour),
+        simplelog::TermLogger::new(
+            others_level(level),
+            others.build(),
+            simplelog::TerminalMode::Stderr,
+            colour,
+        ),
+    ]
 }

@@ -43,6 +43,49 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
 }
 
+/// Bounds on every PostgreSQL connection, so that a stuck query, a lock held too long, a
+/// forgotten transaction or a peer that vanished (half-open TCP) ends in an error, retried like
+/// any transient failure, instead of a worker waiting forever. 0 turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseTimeouts {
+    /// DB_STATEMENT_TIMEOUT_MS: the server cancels a statement running longer.
+    pub statement_ms: u64,
+    /// DB_LOCK_TIMEOUT_MS: the server gives up waiting for a row or table lock.
+    pub lock_ms: u64,
+    /// DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: the server ends a session idle inside a transaction.
+    pub idle_in_transaction_ms: u64,
+    /// DB_TCP_TIMEOUT_SECS: the client drops a connection whose peer stopped answering at the
+    /// TCP level (keepalive probes while idle, TCP_USER_TIMEOUT while sending).
+    pub tcp_secs: u64,
+}
+
+impl DatabaseTimeouts {
+    /// Sets these bounds on a connection config: the server-side ones as startup options
+    /// (after any the URL has, so they win), the TCP ones on the socket.
+    pub fn apply(&self, config: &mut postgres::Config) {
+        let ours = format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            self.statement_ms, self.lock_ms, self.idle_in_transaction_ms
+        );
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} {ours}"),
+            None => ours,
+        };
+        config.options(&options);
+        if self.tcp_secs > 0 {
+            // Idle a third of the bound, then 4 probes a sixth apart: dead within the bound.
+            let idle = Duration::from_secs((self.tcp_secs / 3).max(1));
+            let interval = Duration::from_secs((self.tcp_secs / 6).max(1));
+            config
+                .keepalives(true)
+                .keepalives_idle(idle)
+                .keepalives_interval(interval)
+                .keepalives_retries(4)
+                .tcp_user_timeout(Duration::from_secs(self.tcp_secs));
+        }
+    }
+}
+
 /// How to reach Kafka and what to read.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -197,7 +240,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
-    /// Reads DATABASE_URL and DB_POOL_SIZE.
+    /// Reads DATABASE_URL, DB_POOL_SIZE and the connection timeouts (applied to the config).
     pub fn database(&self, default_pool: u32) -> Result<DatabaseSettings, ConfigError> {
         const FORM: &str = "postgres://USER:PASSWORD@HOST:PORT/DATABASE";
         let raw = self.required("DATABASE_URL", FORM)?;
@@ -212,6 +255,18 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             });
         }
         let pool_size = self.bounded("DB_POOL_SIZE", u64::from(default_pool), 1..=256)? as u32;
+        let mut config = config;
+        DatabaseTimeouts {
+            statement_ms: self.bounded("DB_STATEMENT_TIMEOUT_MS", 30_000, 0..=3_600_000)?,
+            lock_ms: self.bounded("DB_LOCK_TIMEOUT_MS", 10_000, 0..=3_600_000)?,
+            idle_in_transaction_ms: self.bounded(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                60_000,
+                0..=3_600_000,
+            )?,
+            tcp_secs: self.bounded("DB_TCP_TIMEOUT_SECS", 30, 0..=3_600)?,
+        }
+        .apply(&mut config);
         Ok(DatabaseSettings { config, pool_size })
     }
 
@@ -541,6 +596,49 @@ mod tests {
         ] {
             assert!(with(&bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn database_timeouts_become_startup_options_and_socket_settings() {
+        let s = with(&[]).expect("valid");
+        let options = s
+            .database
+            .config
+            .get_options()
+            .unwrap_or_default()
+            .to_owned();
+        for want in [
+            "-c statement_timeout=30000",
+            "-c lock_timeout=10000",
+            "-c idle_in_transaction_session_timeout=60000",
+        ] {
+            assert!(options.contains(want), "{options}");
+        }
+        assert_eq!(
+            s.database.config.get_keepalives_idle(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            s.database.config.get_tcp_user_timeout(),
+            Some(&Duration::from_secs(30))
+        );
+        let s = with(&[
+            ("DB_STATEMENT_TIMEOUT_MS", "0"),
+            ("DB_LOCK_TIMEOUT_MS", "250"),
+        ])
+        .expect("valid");
+        let options = s
+            .database
+            .config
+            .get_options()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            options.contains("-c statement_timeout=0 -c lock_timeout=250"),
+            "{options}"
+        );
+        let err = with(&[("DB_TCP_TIMEOUT_SECS", "forever")]).expect_err("bad");
+        assert!(err.to_string().contains("DB_TCP_TIMEOUT_SECS"), "{err}");
     }
 
     #[test]

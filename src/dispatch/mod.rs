@@ -34,6 +34,8 @@ pub struct Job {
     pub position: Position,
     /// The parsed event.
     pub event: OrderEvent,
+    /// The message value as it arrived: what a `processing_failed` dead letter carries.
+    pub payload: Vec<u8>,
     /// When the poller received it (for latency figures).
     pub received: Instant,
 }
@@ -59,6 +61,8 @@ pub struct Completion {
     pub order_id: OrderId,
     /// The job's status family (for metrics).
     pub family: StatusFamily,
+    /// The job's message value as it arrived (for a dead letter).
+    pub payload: Vec<u8>,
     /// What happened.
     pub result: JobResult,
     /// Time from receipt to completion.
@@ -95,10 +99,18 @@ pub struct WorkerContext<R> {
     pub health: Arc<Health>,
 }
 
+/// How long past the drain budget a stop still waits for workers: a batch that was committing
+/// when the budget ran out gets to report.
+const JOIN_GRACE: Duration = Duration::from_millis(250);
+
 /// The fixed pool of workers, each with its own bounded queue.
 pub struct WorkerPool {
     queues: Vec<Sender<Job>>,
     handles: Vec<JoinHandle<()>>,
+    /// Bounds the wait for workers once stopping.
+    shutdown: Shutdown,
+    /// Once stopping, how long workers may still apply queued events.
+    drain_budget: Duration,
 }
 
 impl WorkerPool {
@@ -129,7 +141,12 @@ impl WorkerPool {
             );
             queues.push(tx);
         }
-        Ok(Self { queues, handles })
+        Ok(Self {
+            queues,
+            handles,
+            shutdown: context.shutdown,
+            drain_budget: settings.drain_budget,
+        })
     }
 
     /// A pool with no workers, left behind once the real one has been closed.
@@ -137,6 +154,8 @@ impl WorkerPool {
         Self {
             queues: Vec::new(),
             handles: Vec::new(),
+            shutdown: Shutdown::new(),
+            drain_budget: Duration::ZERO,
         }
     }
 
@@ -178,13 +197,42 @@ impl WorkerPool {
     }
 
     /// Closes the queues; workers finish what is queued and exit. Returns how many panicked.
+    ///
+    /// Once stopping, waits no longer than the drain budget (plus a short grace) from the stop:
+    /// a worker still inside a database call then (a frozen server, say) is left behind, its
+    /// events unreported and so uncommitted, to be delivered again after the restart. A stop
+    /// is bounded whatever the database does.
     pub fn close_and_join(self) -> usize {
         drop(self.queues);
-        self.handles
-            .into_iter()
-            .map(JoinHandle::join)
-            .filter(Result::is_err)
-            .count()
+        let bounded = self.shutdown.is_shutdown();
+        let mut handles = self.handles;
+        let mut panicked = 0;
+        loop {
+            let (done, running): (Vec<_>, Vec<_>) =
+                handles.into_iter().partition(JoinHandle::is_finished);
+            panicked += done
+                .into_iter()
+                .map(JoinHandle::join)
+                .filter(Result::is_err)
+                .count();
+            handles = running;
+            if handles.is_empty() {
+                return panicked;
+            }
+            if bounded
+                && self
+                    .shutdown
+                    .stopping_longer_than(self.drain_budget + JOIN_GRACE)
+            {
+                log::warn!(
+                    "{} worker(s) still inside a database call after the drain budget; their \
+                     events stay uncommitted and will be delivered again",
+                    handles.len()
+                );
+                return panicked;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -233,6 +281,7 @@ mod tests {
                 status,
                 created_at: chrono::Utc::now(),
             },
+            payload: Vec::new(),
             received: Instant::now(),
         }
     }

@@ -1,6 +1,9 @@
 //! One worker: takes jobs from its queue in order, applies each through the status factory in a
 //! database transaction, retries transient failures with capped backoff (never skips), and
-//! reports every job back to the poller.
+//! reports every job back to the poller. Once stopping, the first transient failure (or the end
+//! of the drain budget) leaves this job and every later one for redelivery, so a stop with the
+//! database down costs no wait per queued event. Each database call is marked on [`Health`], so
+//! the watchdog sees a worker stuck inside one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +44,9 @@ impl<R: CourierRepository> Worker<R> {
     /// `batch_max` jobs, into one transaction; never waits to fill a batch.
     pub fn run(self) {
         let mut batch: Vec<Job> = Vec::with_capacity(self.batch_max);
+        // Set once stopping made this worker leave a job: every later one is left too, so an
+        // order's events are never applied past one of them that was not.
+        let mut gave_up = false;
         while let Ok(first) = self.jobs.recv() {
             batch.push(first);
             while batch.len() < self.batch_max {
@@ -49,10 +55,11 @@ impl<R: CourierRepository> Worker<R> {
                     Err(_) => break,
                 }
             }
-            let results = if self.shutdown.stopping_longer_than(self.drain_budget) {
+            let results = if gave_up || self.shutdown.stopping_longer_than(self.drain_budget) {
+                gave_up = true;
                 vec![JobResult::Abandoned; batch.len()]
             } else {
-                self.apply_batch(&batch)
+                self.apply_batch(&batch, &mut gave_up)
             };
             for (job, result) in batch.drain(..).zip(results) {
                 self.health.event_finished();
@@ -60,6 +67,7 @@ impl<R: CourierRepository> Worker<R> {
                     position: job.position,
                     order_id: job.event.order_id,
                     family: job.event.status.family(),
+                    payload: job.payload,
                     result,
                     latency: job.received.elapsed(),
                     age: (chrono::Utc::now() - job.event.created_at)
@@ -74,12 +82,19 @@ impl<R: CourierRepository> Worker<R> {
     }
 
     /// One transaction for the whole batch; if it fails, one by one, so a bad event fails
-    /// alone and a transient failure is retried event by event.
-    fn apply_batch(&self, batch: &[Job]) -> Vec<JobResult> {
+    /// alone and a transient failure is retried event by event. Sets `gave_up` when stopping
+    /// made it leave a job (and so every job after it).
+    fn apply_batch(&self, batch: &[Job], gave_up: &mut bool) -> Vec<JobResult> {
         if batch.len() > 1 {
             let events: Vec<&crate::domain::OrderEvent> = batch.iter().map(|j| &j.event).collect();
-            match self.processor.apply_batch(&events) {
+            match self.in_database(|| self.processor.apply_batch(&events)) {
                 Ok(outcomes) => return outcomes.into_iter().map(JobResult::Applied).collect(),
+                Err(e) if e.is_transient() && self.shutdown.is_shutdown() => {
+                    self.metrics.db_error();
+                    self.leave(&batch[0], &e, batch.len());
+                    *gave_up = true;
+                    return vec![JobResult::Abandoned; batch.len()];
+                }
                 Err(e) => {
                     self.metrics.db_error();
                     log::debug!(
@@ -90,14 +105,45 @@ impl<R: CourierRepository> Worker<R> {
                 }
             }
         }
-        batch.iter().map(|job| self.apply(job)).collect()
+        batch
+            .iter()
+            .map(|job| {
+                if *gave_up || self.shutdown.stopping_longer_than(self.drain_budget) {
+                    *gave_up = true;
+                    return JobResult::Abandoned;
+                }
+                let result = self.apply(job);
+                *gave_up = result == JobResult::Abandoned;
+                result
+            })
+            .collect()
+    }
+
+    /// Runs one database call, marked on [`Health`] while it lasts.
+    fn in_database<T>(&self, call: impl FnOnce() -> T) -> T {
+        self.health.worker_busy(self.index);
+        let out = call();
+        self.health.worker_idle(self.index);
+        out
+    }
+
+    /// Says, once, that stopping leaves `count` jobs from `first` on for redelivery.
+    fn leave(&self, first: &Job, e: &crate::repository::RepoError, count: usize) {
+        log::warn!(
+            "worker {}: giving up on {count} queued event(s) from order {} at partition {} \
+             offset {} while stopping ({e}); they stay uncommitted and will be delivered again",
+            self.index,
+            first.event.order_id,
+            first.position.partition,
+            first.position.offset
+        );
     }
 
     fn apply(&self, job: &Job) -> JobResult {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         let mut attempts = 0u32;
         loop {
-            match self.processor.apply(&job.event) {
+            match self.in_database(|| self.processor.apply(&job.event)) {
                 Ok(outcome) => {
                     if attempts > 0 {
                         log::info!(
@@ -112,14 +158,7 @@ impl<R: CourierRepository> Worker<R> {
                     attempts += 1;
                     self.metrics.db_error();
                     if self.shutdown.is_shutdown() {
-                        log::warn!(
-                            "worker {}: giving up on order {} at partition {} offset {} while \
-                             stopping ({e}); it stays uncommitted and will be delivered again",
-                            self.index,
-                            job.event.order_id,
-                            job.position.partition,
-                            job.position.offset
-                        );
+                        self.leave(job, &e, 1);
                         return JobResult::Abandoned;
                     }
                     let delay = backoff.next_delay();

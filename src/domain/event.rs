@@ -49,6 +49,14 @@ pub enum BadEvent {
     },
     /// The payload is empty (a tombstone or a producer bug).
     Empty,
+    /// `created_at` is further ahead of this machine's clock than [`MAX_CLOCK_SKEW`]: stamped
+    /// with it, the order's courier would rank last for as long as the clock lags.
+    FutureCreatedAt {
+        /// What the event says.
+        created_at: DateTime<Utc>,
+        /// The latest `created_at` accepted when it arrived.
+        limit: DateTime<Utc>,
+    },
 }
 
 impl BadEvent {
@@ -63,6 +71,7 @@ impl BadEvent {
             Self::UnsupportedStatus(_) => "unsupported_status",
             Self::TooLarge { .. } => "too_large",
             Self::Empty => "empty",
+            Self::FutureCreatedAt { .. } => "invalid_created_at",
         }
     }
 }
@@ -80,6 +89,13 @@ impl fmt::Display for BadEvent {
                 write!(f, "payload is {size} bytes, over the {limit}-byte limit")
             }
             Self::Empty => write!(f, "payload is empty"),
+            Self::FutureCreatedAt { created_at, limit } => write!(
+                f,
+                "created_at {} is in the future (more than {} min ahead of this clock: after {})",
+                created_at.to_rfc3339(),
+                MAX_CLOCK_SKEW.num_minutes(),
+                limit.to_rfc3339()
+            ),
         }
     }
 }
@@ -98,9 +114,21 @@ struct WireEvent {
     created_at: Option<Value>,
 }
 
+/// How far an event's `created_at` may be ahead of this machine's clock: clocks of two machines
+/// disagree by seconds, not minutes. Later than that, the event is bad input (see
+/// [`BadEvent::FutureCreatedAt`]).
+pub const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
 impl OrderEvent {
-    /// Parses a Kafka message value. Never panics, whatever the bytes.
+    /// Parses a Kafka message value, checking `created_at` against the clock now. Never panics,
+    /// whatever the bytes.
     pub fn parse(payload: &[u8]) -> Result<Self, BadEvent> {
+        Self::parse_at(payload, Utc::now())
+    }
+
+    /// Parses a Kafka message value received at `now`: a `created_at` later than `now` plus
+    /// [`MAX_CLOCK_SKEW`] is refused.
+    pub fn parse_at(payload: &[u8], now: DateTime<Utc>) -> Result<Self, BadEvent> {
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Err(BadEvent::Empty);
         }
@@ -150,6 +178,10 @@ impl OrderEvent {
                 .trunc_subsecs(6),
             Some(other) => return Err(invalid("created_at", type_name(&other))),
         };
+        let limit = now + MAX_CLOCK_SKEW;
+        if created_at > limit {
+            return Err(BadEvent::FutureCreatedAt { created_at, limit });
+        }
 
         Ok(Self {
             order_id,
@@ -278,6 +310,40 @@ mod tests {
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+
+    #[test]
+    fn created_at_more_than_the_skew_ahead_of_the_clock_is_bad_input() {
+        let now = DateTime::parse_from_rfc3339("2025-08-06T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let at = |t: &str| {
+            format!(r#"{{"order_id":"1","status":"created","created_at":"{t}"}}"#).into_bytes()
+        };
+        // Up to the skew ahead: accepted, stamped as sent.
+        let e = OrderEvent::parse_at(&at("2025-08-06T12:05:00Z"), now).expect("within skew");
+        assert_eq!(e.created_at, now + MAX_CLOCK_SKEW);
+        assert!(OrderEvent::parse_at(&at("1999-01-01T00:00:00Z"), now).is_ok());
+        // A microsecond later: dead-lettered with its own reason.
+        let bad = OrderEvent::parse_at(&at("2025-08-06T12:05:00.000001Z"), now)
+            .expect_err("beyond the skew");
+        assert_eq!(bad.code(), "invalid_created_at");
+        assert!(bad.to_string().contains("in the future"), "{bad}");
+        let far = OrderEvent::parse_at(&at("2125-08-06T12:00:00Z"), now).expect_err("far");
+        assert_eq!(far.code(), "invalid_created_at");
+    }
+
+    #[test]
+    fn whitespace_around_the_order_id_is_the_same_order() {
+        let padded = parse(
+            "{\"order_id\":\" \\t42 \",\"status\":\"created\",\"created_at\":\"2025-08-06T12:00:00Z\"}",
+        )
+        .expect("valid");
+        let plain =
+            parse(r#"{"order_id":42,"status":"created","created_at":"2025-08-06T12:00:00Z"}"#)
+                .expect("valid");
+        assert_eq!(padded.order_id, plain.order_id);
+        assert_eq!(padded.order_id.as_str(), "42");
     }
 
     #[test]

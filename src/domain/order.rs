@@ -39,11 +39,16 @@ impl std::error::Error for ParseOrderError {}
 pub struct OrderId(String);
 
 impl OrderId {
-    /// Parses an order id: non-empty, not blank, at most [`ORDER_ID_MAX_LEN`] bytes, no control
-    /// characters.
+    /// Parses an order id: whitespace around it is dropped (`" 42 "` is order `42`: a padded id
+    /// from a producer is the same order, not a new one); then non-empty, at most
+    /// [`ORDER_ID_MAX_LEN`] bytes, no control characters.
     pub fn parse(raw: impl Into<String>) -> Result<Self, ParseOrderError> {
-        let raw = raw.into();
-        if raw.trim().is_empty() {
+        let mut raw = raw.into();
+        let trimmed = raw.trim();
+        if trimmed.len() != raw.len() {
+            raw = trimmed.to_owned();
+        }
+        if raw.is_empty() {
             return Err(ParseOrderError::EmptyOrderId);
         }
         if raw.len() > ORDER_ID_MAX_LEN {
@@ -174,7 +179,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn order_id_rejects_empty_blank_long_and_control() {
+    fn order_id_trims_and_rejects_empty_blank_long_and_control() {
         assert_eq!(OrderId::parse(""), Err(ParseOrderError::EmptyOrderId));
         assert_eq!(OrderId::parse("  "), Err(ParseOrderError::EmptyOrderId));
         assert_eq!(
@@ -186,6 +191,11 @@ mod tests {
             Err(ParseOrderError::OrderIdControlChar)
         );
         assert_eq!(OrderId::parse("x".repeat(128)).map(|o| o.0.len()), Ok(128));
+        // Whitespace around an id is not part of it; inside, it is.
+        assert_eq!(OrderId::parse(" 7\t\n"), OrderId::parse("7"));
+        assert_eq!(OrderId::parse(" a b ").map(|o| o.0), Ok("a b".to_owned()));
+        let padded = format!(" {} ", "x".repeat(128));
+        assert_eq!(OrderId::parse(padded).map(|o| o.0.len()), Ok(128));
         assert_eq!(
             OrderId::parse("ord-1").map(|o| o.to_string()),
             Ok("ord-1".into())

@@ -3,8 +3,9 @@
 //! poller beat recently and, when events are in flight, a worker finished one recently. Ready
 //! means Kafka and PostgreSQL have both answered.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::shutdown::Shutdown;
@@ -26,6 +27,9 @@ pub struct Health {
     database_ready: AtomicBool,
     /// How long without progress counts as a stall.
     stall_after: Duration,
+    /// Per worker inside a database call: milliseconds since `started` when the call began. A
+    /// frozen server can hold a call forever (no timeout fires when the server cannot answer).
+    busy_since: Mutex<BTreeMap<usize, u64>>,
 }
 
 impl Health {
@@ -39,6 +43,7 @@ impl Health {
             kafka_ready: AtomicBool::new(false),
             database_ready: AtomicBool::new(false),
             stall_after,
+            busy_since: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -58,6 +63,39 @@ impl Health {
     /// A worker finished an event.
     pub fn event_finished(&self) {
         self.last_completion.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A worker starts a database call.
+    pub fn worker_busy(&self, worker: usize) {
+        let now = self.now_ms();
+        self.busy_marks().insert(worker, now);
+    }
+
+    /// A worker's database call returned.
+    pub fn worker_idle(&self, worker: usize) {
+        self.busy_marks().remove(&worker);
+    }
+
+    /// The worker inside one database call for longest, and for how long.
+    pub fn longest_busy_worker(&self) -> Option<(usize, Duration)> {
+        let now = self.now_ms();
+        self.busy_marks()
+            .iter()
+            .map(|(w, since)| (*w, Duration::from_millis(now.saturating_sub(*since))))
+            .max_by_key(|(_, d)| *d)
+    }
+
+    fn busy_marks(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, u64>> {
+        self.busy_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A worker stuck inside one database call for longer than the stall bound, if any.
+    fn stuck_worker(&self) -> Option<String> {
+        self.longest_busy_worker()
+            .filter(|(_, d)| *d > self.stall_after)
+            .map(|(w, d)| format!("worker {w} has been inside one database call for {d:?}"))
     }
 
     /// How many events are in flight now.
@@ -83,6 +121,9 @@ impl Health {
         let poller = self.age(&self.poller_beat);
         if poller > self.stall_after {
             return Err(format!("poller made no progress for {poller:?}"));
+        }
+        if let Some(stuck) = self.stuck_worker() {
+            return Err(stuck);
         }
         let workers = self.age(&self.last_completion);
         let in_flight = self.in_flight.load(Ordering::Relaxed);
@@ -128,6 +169,14 @@ impl Health {
                     );
                     std::process::exit(EXIT_WATCHDOG);
                 }
+                if let Some(stuck) = health.stuck_worker() {
+                    log::error!(
+                        "watchdog: {stuck} (a frozen or unreachable database server?); exiting \
+                         with code {EXIT_WATCHDOG} so the supervisor restarts the service; \
+                         uncommitted events will be delivered again"
+                    );
+                    std::process::exit(EXIT_WATCHDOG);
+                }
             })
             .map(|_| ())
     }
@@ -151,6 +200,21 @@ mod tests {
         assert_eq!(h.liveness(), Ok(()));
         std::thread::sleep(Duration::from_millis(80));
         assert!(h.liveness().is_err_and(|e| e.contains("poller")));
+    }
+
+    #[test]
+    fn a_worker_stuck_in_one_database_call_is_a_stall() {
+        let h = Health::new(Duration::from_millis(50));
+        h.poller_beat();
+        h.worker_busy(1);
+        assert_eq!(h.liveness(), Ok(()));
+        std::thread::sleep(Duration::from_millis(80));
+        h.poller_beat();
+        assert!(h.liveness().is_err_and(|e| e.contains("worker 1")));
+        assert!(h.longest_busy_worker().is_some_and(|(w, _)| w == 1));
+        h.worker_idle(1);
+        assert_eq!(h.liveness(), Ok(()));
+        assert_eq!(h.longest_busy_worker(), None);
     }
 
     #[test]

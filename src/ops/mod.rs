@@ -4,7 +4,9 @@
 
 pub mod health;
 pub mod http;
+pub mod log_throttle;
 pub mod metrics;
 
 pub use health::Health;
+pub use log_throttle::LogThrottle;
 pub use metrics::{FleetGauges, Metrics};

@@ -28,8 +28,9 @@ struct CourierRow {
 #[derive(Debug, Clone)]
 struct OrderRow {
     state: OrderState,
-    /// Place in the waiting queue while `state` is `Waiting`.
-    waiting_seq: Option<u64>,
+    /// Place in the waiting queue while `state` is `Waiting`: when the order was created, then
+    /// its arrival.
+    waiting_seq: Option<(DateTime<Utc>, u64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -81,7 +82,7 @@ impl CourierRepository for MemoryRepository {
 
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         let state = self.lock();
-        let mut waiting: Vec<(u64, OrderId)> = state
+        let mut waiting: Vec<((DateTime<Utc>, u64), OrderId)> = state
             .orders
             .iter()
             .filter_map(|(id, row)| row.waiting_seq.map(|seq| (seq, id.clone())))
@@ -145,10 +146,11 @@ impl MemoryState {
             .ok_or_else(|| RepoError::Permanent(format!("courier {id} does not exist")))
     }
 
-    fn put_order(&mut self, order: &OrderId, state: OrderState) {
+    /// Stores an order's state; `Waiting` joins the queue as created at `at`.
+    fn put_order(&mut self, order: &OrderId, state: OrderState, at: DateTime<Utc>) {
         let waiting_seq = if state == OrderState::Waiting {
             self.next_waiting_seq += 1;
-            Some(self.next_waiting_seq)
+            Some((at, self.next_waiting_seq))
         } else {
             None
         };
@@ -169,9 +171,9 @@ impl StorageTx for MemoryState {
         &mut self,
         order: &OrderId,
         state: &OrderState,
-        _at: DateTime<Utc>,
+        at: DateTime<Utc>,
     ) -> Result<(), RepoError> {
-        self.put_order(order, state.clone());
+        self.put_order(order, state.clone(), at);
         Ok(())
     }
 
@@ -227,7 +229,7 @@ impl StorageTx for MemoryState {
                 completed_at: None,
             },
         );
-        self.put_order(order, OrderState::Assigned(courier.id));
+        self.put_order(order, OrderState::Assigned(courier.id), at);
         Ok(())
     }
 
@@ -245,15 +247,15 @@ impl StorageTx for MemoryState {
         let row = self.courier_mut(courier)?;
         row.view.completed_deliveries += 1;
         row.view.active_order = None;
-        self.put_order(order, OrderState::Completed(Some(courier)));
+        self.put_order(order, OrderState::Completed(Some(courier)), at);
         Ok(())
     }
 
-    fn drop_delivery(&mut self, order: &OrderId, _at: DateTime<Utc>) -> Result<(), RepoError> {
+    fn drop_delivery(&mut self, order: &OrderId, at: DateTime<Utc>) -> Result<(), RepoError> {
         if let Some(d) = self.deliveries.remove(order) {
             self.courier_mut(d.courier)?.view.active_order = None;
         }
-        self.put_order(order, OrderState::Cancelled);
+        self.put_order(order, OrderState::Cancelled, at);
         Ok(())
     }
 

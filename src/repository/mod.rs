@@ -143,8 +143,10 @@ pub trait StorageTx {
     /// ([`OrderState::Unseen`] for an order never seen).
     fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError>;
 
-    /// Records a state that involves no delivery: `Waiting` (joins the end of the queue),
-    /// `Completed(None)` or `Cancelled` for an order without a courier.
+    /// Records a state that involves no delivery: `Waiting` (joins the queue, which serves the
+    /// order created earliest first: `at` is when this order was created, and orders created
+    /// at the same instant go by arrival), `Completed(None)` or `Cancelled` for an order
+    /// without a courier.
     fn set_order_state(
         &mut self,
         order: &OrderId,
@@ -159,7 +161,8 @@ pub trait StorageTx {
     /// Locks a courier row.
     fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError>;
 
-    /// Locks and returns the longest-waiting order that no one else holds.
+    /// Locks and returns the first waiting order in the queue (created earliest, then arrived
+    /// first) that no one else holds.
     fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError>;
 
     /// The courier takes the order: a delivery row with its deadline, the courier busy, the

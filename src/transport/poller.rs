@@ -16,7 +16,7 @@ use super::decode::decode;
 use super::offsets::OffsetTracker;
 use crate::config::KafkaSettings;
 use crate::dispatch::{Completion, Job, JobResult, Position, WorkerPool};
-use crate::ops::{Health, Metrics};
+use crate::ops::{Health, LogThrottle, Metrics};
 use crate::shutdown::{Backoff, Shutdown};
 
 /// How long one poll may wait for records when none are there (the `kafka` crate's fetch waits
@@ -95,6 +95,8 @@ pub struct Poller<'a> {
     unsent: VecDeque<DeadLetter>,
     next_dead_letter_try: Instant,
     dead_letter_backoff: Backoff,
+    /// Dead letters are logged once per reason, then summarised at most once a minute.
+    dead_letter_log: LogThrottle,
     summary: RunSummary,
     last_commit: Instant,
     last_progress: (Instant, u64),
@@ -134,6 +136,10 @@ impl<'a> Poller<'a> {
             unsent: VecDeque::new(),
             next_dead_letter_try: Instant::now(),
             dead_letter_backoff: Backoff::new(Duration::from_secs(10)),
+            dead_letter_log: LogThrottle::new(
+                "dead letters",
+                crate::ops::log_throttle::SUMMARY_EVERY,
+            ),
             summary: RunSummary::default(),
             last_commit: Instant::now(),
             last_progress: (Instant::now(), 0),
@@ -153,6 +159,7 @@ impl<'a> Poller<'a> {
             self.health.poller_beat();
             self.take_completions();
             self.send_dead_letters();
+            self.dead_letter_log.tick();
             self.commit_if_due();
             self.log_progress();
             self.observe();
@@ -325,6 +332,7 @@ impl<'a> Poller<'a> {
                 let job = Job {
                     position,
                     event,
+                    payload: value.to_vec(),
                     received: Instant::now(),
                 };
                 // Refused only when stopping: the offset stays open, so it is never committed.
@@ -334,10 +342,14 @@ impl<'a> Poller<'a> {
                     .submit(job, &self.shutdown, || health.poller_beat());
             }
             Err(bad) => {
-                log::warn!(
-                    "bad event at {}/{partition}@{offset}: {bad}; sent to {}",
-                    self.settings.topic,
-                    self.dead_letters.topic()
+                self.dead_letter_log.note(
+                    bad.code(),
+                    log::Level::Warn,
+                    format!(
+                        "bad event at {}/{partition}@{offset}: {bad}; sent to {}",
+                        self.settings.topic,
+                        self.dead_letters.topic()
+                    ),
                 );
                 self.unsent.push_back(DeadLetter::new(
                     bad.code(),
@@ -382,25 +394,29 @@ impl<'a> Poller<'a> {
                 }
             }
             JobResult::Failed(e) if stale => log::warn!(
-                "order {} at {}/{partition}@{offset} failed after its partition was handed                  back: {e}; left to the partition's next owner",
+                "order {} at {}/{partition}@{offset} failed after its partition was handed back: \
+                 {e}; left to the partition's next owner",
                 done.order_id,
                 self.settings.topic
             ),
             JobResult::Failed(e) => {
-                log::error!(
-                    "order {} at {}/{partition}@{offset} failed for good: {e}; sent to {}",
-                    done.order_id,
-                    self.settings.topic,
-                    self.dead_letters.topic()
+                self.dead_letter_log.note(
+                    "processing_failed",
+                    log::Level::Error,
+                    format!(
+                        "order {} at {}/{partition}@{offset} failed for good: {e}; sent to {}",
+                        done.order_id,
+                        self.settings.topic,
+                        self.dead_letters.topic()
+                    ),
                 );
-                let payload = serde_json::json!({"order_id": done.order_id.as_str()}).to_string();
                 self.unsent.push_back(DeadLetter::new(
                     "processing_failed",
                     e.to_string(),
                     &self.settings.topic,
                     partition,
                     offset,
-                    payload.as_bytes(),
+                    &done.payload,
                 ));
             }
             JobResult::Abandoned if stale => {}
@@ -498,6 +514,7 @@ impl<'a> Poller<'a> {
         // A last chance for held dead letters; what still fails stays uncommitted.
         self.next_dead_letter_try = Instant::now();
         self.send_dead_letters();
+        self.dead_letter_log.flush();
         if !self.client.is_connected() && !self.tracker.ready_to_commit().is_empty() {
             // The consumer broke just before stopping: one attempt to reconnect for the commit.
             let _ = self.client.connect();

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod kafka_edge;
+pub mod private_pg;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -21,16 +21,19 @@ pub(super) struct HeldOrder {
     pub state: OrderState,
     /// Its place in the waiting queue, while waiting.
     pub queue: QueuePlace,
+    /// When it was created, while waiting: the queue's first key.
+    pub since: Option<DateTime<Utc>>,
     /// Changed since last written.
     pub dirty: bool,
     /// Has a row in the database (else it is inserted when written).
     pub stored: bool,
 }
 
-/// Where a waiting order stands in the FIFO queue.
+/// When a waiting order arrived in the FIFO queue: the tie-break between orders created at the
+/// same instant (the first key is when the order was created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum QueuePlace {
-    /// Already queued in the database (`waiting_seq`). Ahead of every fresh place.
+    /// Already queued in the database (`waiting_seq`). Arrived before every fresh place.
     Stored(i64),
     /// Queued by this transaction, in this order; numbered from the sequence when written.
     Fresh(u64),
@@ -132,6 +135,9 @@ pub(super) enum Pick<T> {
     AskDatabase,
 }
 
+/// When a waiting order was created (`None` when it is not waiting).
+pub(super) type WaitingSince = Option<DateTime<Utc>>;
+
 /// Net changes, ready to be written as arrays.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
@@ -143,10 +149,11 @@ pub(super) struct Changes {
     pub inserted: Vec<(OrderId, NewDelivery)>,
     /// Couriers to write: id, status, completed deliveries, available since.
     pub couriers: Vec<(CourierId, CourierStatus, i64, DateTime<Utc>)>,
-    /// Orders to update: id, state, stored queue place (None when fresh or not waiting).
-    pub orders: Vec<(OrderId, OrderState, Option<i64>)>,
-    /// Orders seen for the first time, to insert: id, state.
-    pub new_orders: Vec<(OrderId, OrderState)>,
+    /// Orders to update: id, state, stored queue place (None when fresh or not waiting), when
+    /// created (while waiting).
+    pub orders: Vec<(OrderId, OrderState, Option<i64>, WaitingSince)>,
+    /// Orders seen for the first time, to insert: id, state, when created (while waiting).
+    pub new_orders: Vec<(OrderId, OrderState, WaitingSince)>,
     /// Orders that joined the queue, in queue order: numbered from the sequence on write.
     pub fresh_waiting: Vec<OrderId>,
 }
@@ -198,10 +205,17 @@ fn not_locked(order: &OrderId) -> RepoError {
 impl HeldRows {
     /// Holds an order as read from the database. A row already held is kept as it is: it may
     /// carry changes, and the database can't have changed it.
-    pub fn hold_order(&mut self, id: OrderId, state: OrderState, waiting_seq: Option<i64>) {
+    pub fn hold_order(
+        &mut self,
+        id: OrderId,
+        state: OrderState,
+        waiting_seq: Option<i64>,
+        waiting_since: Option<DateTime<Utc>>,
+    ) {
         self.orders.entry(id).or_insert(HeldOrder {
             // Read only while the order waits, and a waiting row always has its place.
             queue: QueuePlace::Stored(waiting_seq.unwrap_or(i64::MAX)),
+            since: waiting_since,
             state,
             dirty: false,
             stored: true,
@@ -215,6 +229,7 @@ impl HeldRows {
         self.orders.entry(id).or_insert(HeldOrder {
             state: OrderState::Unseen,
             queue: QueuePlace::Stored(i64::MAX),
+            since: None,
             dirty: false,
             stored: false,
         });
@@ -274,7 +289,8 @@ impl HeldRows {
         )
     }
 
-    /// The longest-waiting order held, when the held rows can tell.
+    /// The first waiting order in the queue held (created earliest, then arrived first), when
+    /// the held rows can tell.
     pub fn pick_waiting_order(&mut self) -> Pick<OrderId> {
         if !self.waiting_orders.answers() {
             return Pick::AskDatabase;
@@ -283,7 +299,7 @@ impl HeldRows {
             self.orders
                 .iter()
                 .filter(|(_, o)| o.state == OrderState::Waiting)
-                .min_by_key(|(_, o)| o.queue)
+                .min_by_key(|(_, o)| (o.since, o.queue))
                 .map(|(id, _)| id.clone()),
         )
     }
@@ -298,13 +314,20 @@ impl HeldRows {
             .ok_or_else(|| RepoError::Permanent(format!("courier {id} was not locked")))
     }
 
-    /// Records a state that involves no delivery (`Waiting` joins the end of the queue).
-    pub fn set_order_state(&mut self, id: &OrderId, state: &OrderState) -> Result<(), RepoError> {
+    /// Records a state that involves no delivery (`Waiting` joins the queue, ranked by `at`,
+    /// when the order was created).
+    pub fn set_order_state(
+        &mut self,
+        id: &OrderId,
+        state: &OrderState,
+        at: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
         let joins_queue = *state == OrderState::Waiting;
         let fresh = self.next_fresh;
         let order = self.order_mut(id)?;
         if joins_queue {
             order.queue = QueuePlace::Fresh(fresh);
+            order.since = Some(at);
         }
         order.state = state.clone();
         order.dirty = true;
@@ -448,13 +471,16 @@ impl HeldRows {
                 }
                 _ => None,
             };
+            let since = held.since.filter(|_| held.state == OrderState::Waiting);
             if held.stored {
                 changes
                     .orders
-                    .push((id.clone(), held.state.clone(), stored));
+                    .push((id.clone(), held.state.clone(), stored, since));
             } else {
                 held.stored = true;
-                changes.new_orders.push((id.clone(), held.state.clone()));
+                changes
+                    .new_orders
+                    .push((id.clone(), held.state.clone(), since));
             }
         }
         fresh.sort();
@@ -533,13 +559,13 @@ mod tests {
         };
         rows.hold_new_order(id("new-1"));
         rows.hold_new_order(id("new-2"));
-        rows.set_order_state(&id("new-2"), &OrderState::Waiting)
+        rows.set_order_state(&id("new-2"), &OrderState::Waiting, at(5))
             .expect("held");
-        rows.set_order_state(&id("new-1"), &OrderState::Waiting)
+        rows.set_order_state(&id("new-1"), &OrderState::Waiting, at(5))
             .expect("held");
-        rows.hold_order(id("old"), OrderState::Waiting, Some(7));
+        rows.hold_order(id("old"), OrderState::Waiting, Some(7), Some(at(5)));
         assert_eq!(rows.pick_waiting_order(), Pick::Held(Some(id("old"))));
-        rows.set_order_state(&id("old"), &OrderState::Cancelled)
+        rows.set_order_state(&id("old"), &OrderState::Cancelled, at(9))
             .expect("held");
         assert_eq!(rows.pick_waiting_order(), Pick::Held(Some(id("new-2"))));
         let changes = rows.take_changes();
@@ -547,6 +573,39 @@ mod tests {
         assert_eq!(changes.orders.len(), 1);
         assert_eq!(changes.new_orders.len(), 2);
         assert!(rows.take_changes().is_empty());
+    }
+
+    #[test]
+    fn the_queue_serves_the_order_created_first_whatever_its_arrival() {
+        let mut rows = HeldRows {
+            waiting_orders: Coverage::All,
+            ..HeldRows::default()
+        };
+        rows.hold_order(
+            id("stored-late"),
+            OrderState::Waiting,
+            Some(1),
+            Some(at(30)),
+        );
+        rows.hold_order(id("stored-tie"), OrderState::Waiting, Some(2), Some(at(10)));
+        for o in ["fresh-early", "fresh-tie"] {
+            rows.hold_new_order(id(o));
+        }
+        rows.set_order_state(&id("fresh-tie"), &OrderState::Waiting, at(10))
+            .expect("held");
+        rows.set_order_state(&id("fresh-early"), &OrderState::Waiting, at(5))
+            .expect("held");
+        let mut served = Vec::new();
+        while let Pick::Held(Some(next)) = rows.pick_waiting_order() {
+            rows.set_order_state(&next, &OrderState::Cancelled, at(40))
+                .expect("held");
+            served.push(next.as_str().to_owned());
+        }
+        // Created at 5, then the two created at 10 by arrival (stored before fresh), then 30.
+        assert_eq!(
+            served,
+            ["fresh-early", "stored-tie", "fresh-tie", "stored-late"]
+        );
     }
 
     #[test]
@@ -580,7 +639,7 @@ mod tests {
     fn steps_on_rows_not_held_are_refused() {
         let mut rows = HeldRows::default();
         assert!(rows
-            .set_order_state(&id("x"), &OrderState::Cancelled)
+            .set_order_state(&id("x"), &OrderState::Cancelled, at(0))
             .is_err());
         assert!(rows
             .set_courier_status(CourierId(9), CourierStatus::Paused, at(0))

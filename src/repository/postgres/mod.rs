@@ -13,7 +13,7 @@ mod held;
 mod tx;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row, Statement};
@@ -24,6 +24,7 @@ use super::{
     StorageTx,
 };
 use crate::domain::{CourierId, OrderId, Phone, TransportType};
+use crate::shutdown::Shutdown;
 
 /// The schema, embedded so `migrate` needs no file next to the binary.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
@@ -36,6 +37,12 @@ pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 /// snapshot) would otherwise trigger JIT compilation, which costs more than the query.
 const PLANNER_OPTIONS: &str =
     "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
+
+/// How long a caller waits for a pooled connection (r2d2 keeps trying to open one meanwhile).
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a caller waiting for a connection looks whether the process is stopping.
+const CHECKOUT_SLICE: Duration = Duration::from_millis(100);
 
 /// Advisory lock key serialising concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x0C0E_1E40_0002;
@@ -75,6 +82,9 @@ impl r2d2::ManageConnection for PgConnectionManager {
 pub struct PgRepository {
     pool: r2d2::Pool<PgConnectionManager>,
     target: String,
+    /// Once stopping for longer than the given grace, waiting for a connection ends at once:
+    /// with the database down, a stop must not wait out a checkout timeout per queued event.
+    give_up: Option<(Shutdown, Duration)>,
 }
 
 /// Where a connection string points, for messages: host, port and database, never the password.
@@ -107,7 +117,7 @@ impl PgRepository {
         let pool = r2d2::Pool::builder()
             .max_size(size.max(1))
             .min_idle(Some(0))
-            .connection_timeout(Duration::from_secs(5))
+            .connection_timeout(CHECKOUT_TIMEOUT)
             // No test query on every checkout: it is a round trip per transaction. A connection
             // that died is found by the statement that uses it (a transient error, retried),
             // and r2d2 drops it on return (`has_broken`).
@@ -115,7 +125,18 @@ impl PgRepository {
             // r2d2 logs every failed connect at error level; our callers report failures once.
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
-        Self { pool, target }
+        Self {
+            pool,
+            target,
+            give_up: None,
+        }
+    }
+
+    /// Makes waits for a connection end as soon as `shutdown` has been stopping for longer than
+    /// `grace` (a transient error, so the caller leaves its event for redelivery).
+    pub fn give_up_when_stopping(mut self, shutdown: Shutdown, grace: Duration) -> Self {
+        self.give_up = Some((shutdown, grace));
+        self
     }
 
     /// `host:port/database`, for messages.
@@ -137,10 +158,14 @@ impl PgRepository {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .map_err(classify)?;
-        // "already exists, skipping" notices are expected on every run after the first.
+        // "already exists, skipping" notices are expected on every run after the first. A
+        // migration may rewrite a large table: DB_STATEMENT_TIMEOUT_MS is for events, not for it.
         let applied = client
-            .batch_execute("SET client_min_messages = warning")
+            .batch_execute("SET client_min_messages = warning; SET statement_timeout = 0")
             .and_then(|()| client.batch_execute(SCHEMA_SQL))
+            .and_then(|()| {
+                client.batch_execute("RESET client_min_messages; RESET statement_timeout")
+            })
             .map_err(classify);
         let unlocked = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -149,9 +174,21 @@ impl PgRepository {
     }
 
     fn connection(&self) -> Result<r2d2::PooledConnection<PgConnectionManager>, RepoError> {
-        self.pool.get().map_err(|e| {
-            RepoError::Transient(format!("cannot reach PostgreSQL at {}: {e}", self.target))
-        })
+        let unreachable =
+            |e| RepoError::Transient(format!("cannot reach PostgreSQL at {}: {e}", self.target));
+        let Some((shutdown, grace)) = &self.give_up else {
+            return self.pool.get().map_err(unreachable);
+        };
+        let deadline = Instant::now() + CHECKOUT_TIMEOUT;
+        loop {
+            match self.pool.get_timeout(CHECKOUT_SLICE) {
+                Ok(conn) => return Ok(conn),
+                Err(e) if Instant::now() >= deadline || shutdown.stopping_longer_than(*grace) => {
+                    return Err(unreachable(e))
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -213,7 +250,8 @@ impl CourierRepository for PgRepository {
         }
         let waiting = tx
             .query(
-                "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL ORDER BY waiting_seq",
+                "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL \
+                 ORDER BY waiting_since, waiting_seq",
                 &[],
             )
             .map_err(classify)?

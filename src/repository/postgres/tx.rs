@@ -23,15 +23,16 @@ use crate::repository::{BatchOutline, CourierRecord, OrderState, RepoError, Stor
 /// written, and if another transaction inserted it in the meantime, that write fails as a
 /// transient conflict and the batch is applied again.
 const LOCK_ORDERS: &str = "
-    SELECT order_id, state, courier_id, waiting_seq FROM orders
+    SELECT order_id, state, courier_id, waiting_seq, waiting_since FROM orders
     WHERE order_id = ANY ($1::text[])
     ORDER BY order_id
     FOR UPDATE";
 
 /// Locks, in one statement: couriers by id ($1); the `$2` best free couriers nobody else holds
 /// (fewest completed deliveries, then available longest, then lowest id: the index
-/// `couriers_next_available`); the `$3` longest-waiting orders nobody else holds. A row per
-/// locked courier or order, its `kind` first.
+/// `couriers_next_available`); the first `$3` waiting orders nobody else holds (created earliest,
+/// then arrived first: the index `orders_queue_by_creation`). A row per locked courier or order,
+/// its `kind` first.
 const LOCK_COURIERS_AND_QUEUE: &str = "
     WITH named AS (
         SELECT c.id, c.status, c.transport_type, c.completed_deliveries, c.available_since,
@@ -50,17 +51,20 @@ const LOCK_COURIERS_AND_QUEUE: &str = "
         LIMIT $2
         FOR UPDATE OF c SKIP LOCKED
     ), waiting AS (
-        SELECT order_id, state, courier_id, waiting_seq FROM orders
+        SELECT order_id, state, courier_id, waiting_seq, waiting_since FROM orders
         WHERE waiting_seq IS NOT NULL
-        ORDER BY waiting_seq
+        ORDER BY waiting_since, waiting_seq
         LIMIT $3
         FOR UPDATE SKIP LOCKED
     )
-    SELECT 'named' AS kind, *, NULL::text, NULL::text, NULL::int8, NULL::int8 FROM named
+    SELECT 'named' AS kind, *, NULL::text, NULL::text, NULL::int8, NULL::int8,
+           NULL::timestamptz
+    FROM named
     UNION ALL
-    SELECT 'free', *, NULL, NULL, NULL, NULL FROM free
+    SELECT 'free', *, NULL, NULL, NULL, NULL, NULL FROM free
     UNION ALL
-    SELECT 'waiting', NULL, NULL, NULL, NULL, NULL, NULL, order_id, state, courier_id, waiting_seq
+    SELECT 'waiting', NULL, NULL, NULL, NULL, NULL, NULL, order_id, state, courier_id, waiting_seq,
+           waiting_since
     FROM waiting";
 
 /// Where the order columns start in a row of `LOCK_COURIERS_AND_QUEUE`.
@@ -71,7 +75,7 @@ const QUEUE_COLUMNS: usize = 7;
 /// inserted (`delivered`) only once the deletes and completions are done, so a courier's
 /// previous delivery is no longer active (the partial unique index allows one per courier).
 /// Orders that joined the queue take places from the sequence in queue order (`fresh` reads its
-/// array in order).
+/// array in order), and keep when they were created (`waiting_since`, the queue's first key).
 const WRITE_CHANGES: &str = "
     WITH dropped AS (
         DELETE FROM courier_orders WHERE order_id = ANY ($1::text[])
@@ -94,9 +98,11 @@ const WRITE_CHANGES: &str = "
     ), fresh AS (
         SELECT id, nextval('orders_waiting_seq') AS seq FROM unnest($13::text[]) AS f (id)
     ), orders_new AS (
-        INSERT INTO orders (order_id, state, courier_id, waiting_seq)
-        SELECT n.id, n.state, n.courier, CASE WHEN n.state = 'waiting' THEN fresh.seq END
-        FROM unnest($14::text[], $15::text[], $16::int8[]) AS n (id, state, courier)
+        INSERT INTO orders (order_id, state, courier_id, waiting_seq, waiting_since)
+        SELECT n.id, n.state, n.courier, CASE WHEN n.state = 'waiting' THEN fresh.seq END,
+               CASE WHEN n.state = 'waiting' THEN n.since END
+        FROM unnest($14::text[], $15::text[], $16::int8[], $23::timestamptz[])
+             AS n (id, state, courier, since)
         LEFT JOIN fresh ON fresh.id = n.id
         ON CONFLICT (order_id) DO NOTHING
         RETURNING 1
@@ -104,8 +110,10 @@ const WRITE_CHANGES: &str = "
         UPDATE orders o
         SET state = u.state, courier_id = u.courier,
             waiting_seq = CASE WHEN u.state = 'waiting' THEN coalesce(u.seq, fresh.seq) END,
+            waiting_since = CASE WHEN u.state = 'waiting' THEN u.since END,
             updated_at = now()
-        FROM unnest($9::text[], $10::text[], $11::int8[], $12::int8[]) AS u (id, state, courier, seq)
+        FROM unnest($9::text[], $10::text[], $11::int8[], $12::int8[], $22::timestamptz[])
+             AS u (id, state, courier, seq, since)
         LEFT JOIN fresh ON fresh.id = u.id
         WHERE o.order_id = u.id
         RETURNING 1
@@ -198,6 +206,8 @@ impl<'a> PgTx<'a> {
         let new_couriers: Vec<Option<i64>> =
             c.new_orders.iter().map(|o| courier_of(&o.1)).collect();
         let order_seqs: Vec<Option<i64>> = c.orders.iter().map(|o| o.2).collect();
+        let order_since: Vec<Option<DateTime<Utc>>> = c.orders.iter().map(|o| o.3).collect();
+        let new_since: Vec<Option<DateTime<Utc>>> = c.new_orders.iter().map(|o| o.2).collect();
         let fresh: Vec<&str> = c.fresh_waiting.iter().map(OrderId::as_str).collect();
         let new_deliveries: Vec<&str> = c.inserted.iter().map(|d| d.0.as_str()).collect();
         let new_couriers_of: Vec<i64> = c.inserted.iter().map(|d| d.1.courier.0).collect();
@@ -205,32 +215,45 @@ impl<'a> PgTx<'a> {
         let deadlines: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.deadline).collect();
         let completed: Vec<Option<DateTime<Utc>>> =
             c.inserted.iter().map(|d| d.1.completed_at).collect();
-        let rows = self.query(
-            WRITE_CHANGES,
-            &[
-                &dropped,
-                &finished_orders,
-                &finished_couriers,
-                &finished_at,
-                &courier_ids,
-                &courier_statuses,
-                &courier_completed,
-                &courier_since,
-                &order_ids,
-                &order_states,
-                &order_couriers,
-                &order_seqs,
-                &fresh,
-                &new_ids,
-                &new_states,
-                &new_couriers,
-                &new_deliveries,
-                &new_couriers_of,
-                &assigned,
-                &deadlines,
-                &completed,
-            ],
-        )?;
+        let rows = self
+            .query(
+                WRITE_CHANGES,
+                &[
+                    &dropped,
+                    &finished_orders,
+                    &finished_couriers,
+                    &finished_at,
+                    &courier_ids,
+                    &courier_statuses,
+                    &courier_completed,
+                    &courier_since,
+                    &order_ids,
+                    &order_states,
+                    &order_couriers,
+                    &order_seqs,
+                    &fresh,
+                    &new_ids,
+                    &new_states,
+                    &new_couriers,
+                    &new_deliveries,
+                    &new_couriers_of,
+                    &assigned,
+                    &deadlines,
+                    &completed,
+                    &order_since,
+                    &new_since,
+                ],
+            )
+            // Two transactions that both found an order new (its `created` read by two instances
+            // at once) both insert it; the later one hits a unique index (`orders` or
+            // `courier_orders`) once the earlier commits. Applied again, it finds the order and the
+            // event is a duplicate: a transient conflict, never a dead letter.
+            .map_err(|e| match e {
+                RepoError::Conflict(m) if !c.new_orders.is_empty() => RepoError::Transient(
+                    format!("another transaction wrote one of these orders meanwhile ({m})"),
+                ),
+                other => other,
+            })?;
         let row = rows
             .first()
             .ok_or_else(|| bad_row("writing changes returned no counts"))?;
@@ -290,13 +313,15 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
-    /// Holds the order in `row`'s columns `at..at + 4`: id, state, courier, queue place.
+    /// Holds the order in `row`'s columns `at..at + 5`: id, state, courier, queue place, when
+    /// created (the last two while waiting).
     fn hold_order_row(&mut self, row: &Row, at: usize) -> Result<OrderId, RepoError> {
         let id = order_id(row, at)?;
         self.held.hold_order(
             id.clone(),
             order_state(row, at + 1, at + 2)?,
             get(row, at + 3)?,
+            get(row, at + 4)?,
         );
         Ok(id)
     }
@@ -387,9 +412,9 @@ impl StorageTx for PgTx<'_> {
         &mut self,
         order: &OrderId,
         state: &OrderState,
-        _at: DateTime<Utc>,
+        at: DateTime<Utc>,
     ) -> Result<(), RepoError> {
-        self.held.set_order_state(order, state)
+        self.held.set_order_state(order, state, at)
     }
 
     fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError> {

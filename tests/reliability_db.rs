@@ -1,0 +1,216 @@
+//! The running service when PostgreSQL goes away or freezes, against the real binary, a real
+//! Kafka 3.9 broker and a PostgreSQL of each test's own (it is stopped or frozen mid-run):
+//! a stop with the database down is bounded and loses nothing; a frozen server is noticed by the
+//! watchdog (exit 4) and, after a restart, every event is applied once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::private_pg::PrivatePg;
+use common::*;
+use service_courier::domain::TransportType;
+use service_courier::repository::{CourierRepository, OrderState, PgRepository, Snapshot};
+use service_courier::usecase::couriers;
+
+/// A topic pair and a group on the shared broker, and the service's settings for `pg`.
+struct Stand {
+    brokers: String,
+    topic: String,
+    dlq: String,
+    group: String,
+}
+
+impl Stand {
+    fn new(name: &str) -> Option<Self> {
+        let brokers = kafka_brokers()?;
+        let topic = unique(name);
+        let dlq = format!("{topic}.dlq");
+        create_topic(&topic, 2);
+        create_topic(&dlq, 1);
+        Some(Self {
+            brokers,
+            topic,
+            dlq,
+            group: unique("rel-group"),
+        })
+    }
+
+    fn env(&self, pg: &PrivatePg, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("DATABASE_URL", pg.url.clone()),
+            ("KAFKA_BROKERS", self.brokers.clone()),
+            ("KAFKA_ORDER_TOPIC", self.topic.clone()),
+            ("KAFKA_DLQ_TOPIC", self.dlq.clone()),
+            ("KAFKA_GROUP_ID", self.group.clone()),
+            ("KAFKA_COMMIT_INTERVAL_MS", "200".into()),
+            ("WORKERS", "2".into()),
+            ("LOG_LEVEL", "info".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        env
+    }
+
+    fn produce_created(&self, from: usize, to: usize) {
+        let lines: Vec<String> = (from..to)
+            .map(|i| event(&format!("o{i}"), "created", i as i64).to_json())
+            .collect();
+        kcat_produce(&self.brokers, &self.topic, &lines);
+    }
+
+    /// (sum of committed offsets, sum of high watermarks).
+    fn committed(&self) -> (i64, i64) {
+        offsets(&self.brokers, &self.group, &self.topic)
+            .values()
+            .fold((0, 0), |(c, h), (ci, hi)| (c + (*ci).max(0), h + hi))
+    }
+
+    fn wait_drained(&self, service: &mut Service, limit: Duration) {
+        wait_until(limit, "all offsets committed", || {
+            assert!(service.running(), "service died:\n{}", service.log_text());
+            let (c, h) = self.committed();
+            c == h
+        });
+    }
+}
+
+fn hire(pg: &PrivatePg, n: u32) {
+    let repo = PgRepository::new(pg.url.parse().expect("url"), 1);
+    repo.migrate().expect("schema applies");
+    for i in 0..n {
+        couriers::add(
+            &repo,
+            &courier(i, TransportType::ALL[i as usize % 3]),
+            at(0),
+        )
+        .expect("hire");
+    }
+}
+
+fn snapshot(pg: &PrivatePg) -> Snapshot {
+    PgRepository::new(pg.url.parse().expect("url"), 1)
+        .snapshot()
+        .expect("snapshot")
+}
+
+/// Every order `o0..o{orders}` applied exactly once: one row each, `couriers` of them assigned
+/// to distinct couriers, the rest waiting in the queue, every invariant holds.
+fn assert_applied_once(s: &Snapshot, orders: usize, couriers: usize) {
+    s.check_invariants().expect("invariants");
+    assert_eq!(s.orders.len(), orders, "one row per order");
+    for i in 0..orders {
+        assert!(
+            matches!(
+                s.orders.get(&oid(&format!("o{i}"))),
+                Some(OrderState::Assigned(_) | OrderState::Waiting)
+            ),
+            "o{i}: {:?}",
+            s.orders.get(&oid(&format!("o{i}")))
+        );
+    }
+    assert_eq!(s.deliveries.len(), couriers);
+    assert_eq!(s.waiting.len(), orders - couriers);
+    let busy: std::collections::BTreeSet<_> = s.deliveries.values().map(|d| d.courier).collect();
+    assert_eq!(busy.len(), couriers, "no courier holds two orders");
+}
+
+fn consumed(service: &Service) -> u64 {
+    let (_, body) = service.get("/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("courier_events_consumed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn sigterm_while_postgres_is_down_exits_within_the_drain_budget_and_loses_nothing() {
+    let Some(stand) = Stand::new("rel-stop") else {
+        return;
+    };
+    let pg = PrivatePg::start("rel-pg-stop");
+    const ORDERS: usize = 650;
+    const COURIERS: u32 = 50;
+    hire(&pg, COURIERS);
+    let env = stand.env(&pg, &[("SHUTDOWN_DRAIN_MS", "1000")]);
+    let mut service = Service::start(&env);
+    wait_until(Duration::from_secs(60), "the consumer", || {
+        service.log_text().contains("kafka: consuming")
+    });
+
+    pg.crash();
+    stand.produce_created(0, ORDERS);
+    // Workers hold what they took and their queues fill (each worker's first batch may be a
+    // single event it keeps retrying); the rest waits in Kafka.
+    wait_until(Duration::from_secs(60), "hundreds of events queued", || {
+        consumed(&service) >= 500
+    });
+    eprintln!("queued before SIGTERM: {}", consumed(&service));
+    let stop = Instant::now();
+    let code = service.terminate(Duration::from_secs(180));
+    let took = stop.elapsed();
+    eprintln!("SIGTERM with PostgreSQL down, events queued: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(0), "{}", service.log_text());
+    assert_eq!(
+        stand.committed().0,
+        0,
+        "nothing was applied, so nothing is committed"
+    );
+
+    pg.start_again();
+    let mut service = Service::start(&env);
+    let restart = Instant::now();
+    stand.wait_drained(&mut service, Duration::from_secs(120));
+    eprintln!(
+        "after the restart, all {ORDERS} applied in {:?}",
+        restart.elapsed()
+    );
+    assert_applied_once(&snapshot(&pg), ORDERS, COURIERS as usize);
+    assert_eq!(service.terminate(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn a_frozen_postgres_is_noticed_by_the_watchdog_and_nothing_is_lost() {
+    let Some(stand) = Stand::new("rel-freeze") else {
+        return;
+    };
+    let pg = PrivatePg::start("rel-pg-freeze");
+    const COURIERS: u32 = 100;
+    hire(&pg, COURIERS);
+    // A watchdog bound inside the 60 s freeze, so the outcome is certain: exit 4.
+    let env = stand.env(&pg, &[("WATCHDOG_SECS", "20")]);
+    let mut service = Service::start(&env);
+    stand.produce_created(0, 200);
+    stand.wait_drained(&mut service, Duration::from_secs(90));
+
+    let frozen = pg.freeze();
+    let frozen_at = Instant::now();
+    stand.produce_created(200, 400);
+    let mut exit = None;
+    while frozen_at.elapsed() < Duration::from_secs(60) {
+        if let Ok(Some(status)) = service.child.try_wait() {
+            exit = Some((status.code(), frozen_at.elapsed()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Frozen for 60 s in all, then running again.
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(frozen_at.elapsed()));
+    pg.thaw(&frozen);
+    eprintln!("PostgreSQL frozen: service exit {exit:?} (code, time since the freeze)");
+    let log = service.log_text();
+    assert!(
+        matches!(exit, Some((Some(4), _))),
+        "the watchdog must end the service within the freeze:\n{log}"
+    );
+    assert!(log.contains("inside one database call"), "{log}");
+
+    let restart = Instant::now();
+    let mut service = Service::start(&env);
+    stand.wait_drained(&mut service, Duration::from_secs(120));
+    eprintln!(
+        "restarted after the thaw: all 400 applied {:?} later",
+        restart.elapsed()
+    );
+    assert_applied_once(&snapshot(&pg), 400, COURIERS as usize);
+    assert_eq!(service.terminate(Duration::from_secs(30)), Some(0));
+}
