@@ -13,5 +13,6 @@ pub(crate) mod fake;
 pub mod kafka_client;
 pub mod offsets;
 mod poller;
+pub mod rdkafka_client;
 
 pub use poller::{Clients, Poller, PollerExit, RunSummary, Telemetry};
