@@ -16,5 +16,6 @@ pub mod kafka_client;
 pub mod kafka_edge;
 pub mod offsets;
 mod poller;
+pub mod rdkafka_client;
 
 pub use poller::{Clients, Poller, PollerExit, RunSummary, Telemetry};

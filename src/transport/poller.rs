@@ -238,7 +238,19 @@ impl<'a> Poller<'a> {
     /// Partitions now ours: route their records; start their committed-offset gauges (and so
     /// the lag) from what the group has committed.
     fn assigned(&mut self, partitions: &[i32]) {
-        self.owned.extend(partitions.iter().copied());
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.owned.contains(p))
+            .collect();
+        if !new.is_empty() {
+            self.owned.extend(new.iter().copied());
+            log::info!(
+                "kafka: assigned partitions {new:?} of {}; now reading {:?}",
+                self.settings.topic,
+                self.owned
+            );
+        }
         match self.client.committed_offsets(partitions) {
             Ok(committed) => {
                 for (partition, next) in committed {

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::unbounded;
 
 use super::{Clients, Poller, PollerExit, RunSummary, Telemetry};
-use crate::config::{FallbackOffset, KafkaSettings, PartitionSelection};
+use crate::config::{
+    ClientKind, FallbackOffset, GroupSettings, KafkaAccess, KafkaSettings, PartitionSelection,
+    SecurityProtocol, SecuritySettings,
+};
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
 use crate::ops::{Health, Metrics};
 use crate::repository::{
@@ -89,6 +92,18 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn settings(revoke_drain: Duration) -> KafkaSettings {
     KafkaSettings {
         brokers: vec!["fake:9092".into()],
+        access: KafkaAccess {
+            client: ClientKind::Rdkafka,
+            security: SecuritySettings {
+                protocol: SecurityProtocol::Plaintext,
+                sasl: None,
+                ssl_ca_location: None,
+            },
+        },
+        membership: GroupSettings {
+            session_timeout: Duration::from_secs(45),
+            instance_id: None,
+        },
         topic: "orders".into(),
         group: "g".into(),
         fallback_offset: FallbackOffset::Earliest,
