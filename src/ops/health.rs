@@ -2,6 +2,9 @@
 //! waits on a full queue or backs off); workers report each finished event. Healthy means the
 //! poller beat recently and, when events are in flight, a worker finished one recently. Ready
 //! means Kafka and PostgreSQL have both answered.
+//!
+//! `/healthz` turns unhealthy after half the watchdog's threshold without progress, so a probe
+//! sees a stall (and can say why) for a long while before the watchdog exits the process.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,12 +27,13 @@ pub struct Health {
     in_flight: AtomicU64,
     kafka_ready: AtomicBool,
     database_ready: AtomicBool,
-    /// How long without progress counts as a stall.
+    /// How long the poller may make no progress before the watchdog exits the process.
     stall_after: Duration,
 }
 
 impl Health {
-    /// Marks that count as stalled after `stall_after` without progress.
+    /// Marks for a watchdog that acts after `stall_after` without progress; liveness fails
+    /// after half of that (see [`Health::unhealthy_after`]).
     pub fn new(stall_after: Duration) -> Self {
         Self {
             started: Instant::now(),
@@ -46,8 +50,14 @@ impl Health {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn age(&self, mark: &AtomicU64) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(mark.load(Ordering::Relaxed)))
+    fn age(&self, mark: &AtomicU64, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(mark.load(Ordering::Relaxed)))
+    }
+
+    /// How long without progress `/healthz` tolerates: half the watchdog's threshold, so the
+    /// stall shows there well before the watchdog exits.
+    pub fn unhealthy_after(&self) -> Duration {
+        self.stall_after / 2
     }
 
     /// The poller is alive and turning.
@@ -80,13 +90,18 @@ impl Health {
 
     /// `Ok` while the poller and the workers make progress; else why not.
     pub fn liveness(&self) -> Result<(), String> {
-        let poller = self.age(&self.poller_beat);
-        if poller > self.stall_after {
+        self.liveness_at(self.now_ms())
+    }
+
+    fn liveness_at(&self, now_ms: u64) -> Result<(), String> {
+        let limit = self.unhealthy_after();
+        let poller = self.age(&self.poller_beat, now_ms);
+        if poller > limit {
             return Err(format!("poller made no progress for {poller:?}"));
         }
-        let workers = self.age(&self.last_completion);
+        let workers = self.age(&self.last_completion, now_ms);
         let in_flight = self.in_flight.load(Ordering::Relaxed);
-        if in_flight > 0 && workers > self.stall_after {
+        if in_flight > 0 && workers > limit {
             return Err(format!(
                 "workers finished no event for {workers:?} with {in_flight} in flight"
             ));
@@ -107,6 +122,12 @@ impl Health {
         }
     }
 
+    /// How long the poller has made no progress, once that is more than the watchdog allows.
+    fn poller_stalled_at(&self, now_ms: u64) -> Option<Duration> {
+        let stalled = self.age(&self.poller_beat, now_ms);
+        (stalled > self.stall_after).then_some(stalled)
+    }
+
     /// Starts the watchdog thread: once the poller has made no progress for `stall_after`, it
     /// logs why and exits with [`EXIT_WATCHDOG`] so the supervisor restarts the process.
     /// Uncommitted events are delivered again, so nothing is lost. Inactive while stopping.
@@ -119,8 +140,7 @@ impl Health {
                 if shutdown.is_shutdown() {
                     return;
                 }
-                let stalled = health.age(&health.poller_beat);
-                if stalled > health.stall_after {
+                if let Some(stalled) = health.poller_stalled_at(health.now_ms()) {
                     log::error!(
                         "watchdog: the poller made no progress for {stalled:?} (stuck inside a \
                          Kafka call?); exiting with code {EXIT_WATCHDOG} so the supervisor \
@@ -137,20 +157,73 @@ impl Health {
 mod tests {
     use super::*;
 
+    /// A health whose clock the test sets: the marks are milliseconds since its start.
+    fn health(watchdog: Duration) -> Health {
+        let h = Health::new(watchdog);
+        h.poller_beat.store(1_000, Ordering::Relaxed);
+        h.last_completion.store(1_000, Ordering::Relaxed);
+        h
+    }
+
     #[test]
-    fn a_quiet_poller_is_a_stall_and_so_are_stuck_workers() {
-        let h = Health::new(Duration::from_millis(50));
-        h.poller_beat();
-        assert_eq!(h.liveness(), Ok(()));
-        h.in_flight(3);
-        std::thread::sleep(Duration::from_millis(80));
-        h.poller_beat();
-        assert!(h.liveness().is_err_and(|e| e.contains("workers")));
-        h.event_finished();
+    fn a_quiet_poller_is_unhealthy_at_half_the_watchdog_threshold_and_the_watchdog_acts_at_it() {
+        let h = health(Duration::from_secs(60));
+        assert_eq!(h.liveness_at(1_000), Ok(()));
+        assert_eq!(h.liveness_at(31_000), Ok(()));
+        let at_half = h.liveness_at(31_001);
+        assert!(
+            at_half.as_ref().is_err_and(|e| e.contains("poller")),
+            "{at_half:?}"
+        );
+        // Unhealthy for the whole second half: a probe has thirty seconds to see it.
+        assert_eq!(h.poller_stalled_at(31_001), None);
+        assert_eq!(h.poller_stalled_at(61_000), None);
+        assert_eq!(
+            h.poller_stalled_at(61_001),
+            Some(Duration::from_millis(60_001))
+        );
+        h.poller_beat.store(61_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(61_001), Ok(()));
+        assert_eq!(h.poller_stalled_at(61_001), None);
+    }
+
+    #[test]
+    fn workers_stuck_with_events_in_flight_are_unhealthy_idle_ones_are_not() {
+        let h = health(Duration::from_secs(60));
+        // Idle: no event in flight, so workers that finished nothing for long are fine.
+        h.poller_beat.store(100_000, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(100_000), Ok(()));
+        // Work arrives at 100 s: the workers' clock starts then, not at their last event.
+        h.last_completion.store(100_000, Ordering::Relaxed);
+        h.in_flight.store(3, Ordering::Relaxed);
+        h.poller_beat.store(130_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(130_000), Ok(()));
+        let stuck = h.liveness_at(130_001);
+        assert!(
+            stuck.as_ref().is_err_and(|e| e.contains("workers")),
+            "{stuck:?}"
+        );
+        // Stuck workers are a /healthz matter; the watchdog watches the poller only.
+        assert_eq!(h.poller_stalled_at(130_001), None);
+        h.last_completion.store(130_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(130_001), Ok(()));
+    }
+
+    #[test]
+    fn work_arriving_restarts_the_workers_clock() {
+        let mut h = Health::new(Duration::from_secs(60));
+        // Started 100 s ago; the workers last finished something at its start.
+        h.started = Instant::now()
+            .checked_sub(Duration::from_secs(100))
+            .expect("the clock is past 100 s");
+        h.last_completion.store(0, Ordering::Relaxed);
         h.in_flight(0);
-        assert_eq!(h.liveness(), Ok(()));
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(h.liveness().is_err_and(|e| e.contains("poller")));
+        assert_eq!(h.last_completion.load(Ordering::Relaxed), 0);
+        h.in_flight(2);
+        let stamped = h.last_completion.load(Ordering::Relaxed);
+        assert!(stamped >= 100_000, "the clock did not restart: {stamped}");
+        h.in_flight(5); // more work while busy: the clock keeps running
+        assert_eq!(h.last_completion.load(Ordering::Relaxed), stamped);
     }
 
     #[test]
