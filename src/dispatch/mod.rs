@@ -286,36 +286,63 @@ mod tests {
     }
 
     /// The in-memory repository, except that any transaction touching order "poison" fails
-    /// for good: to see a batch fall back to one transaction per event.
-    struct PoisonedRepository(MemoryRepository);
+    /// for good (to see a batch fall back to one transaction per event), a transaction touching
+    /// order "gate" waits until the test opens it (to hold the worker while its queue fills),
+    /// and every batch's outline is recorded (to see which events formed one transaction).
+    struct PoisonedRepository {
+        inner: MemoryRepository,
+        /// Signalled when a transaction reaches the gate.
+        at_gate: Sender<()>,
+        /// Received from to pass the gate.
+        open_gate: Receiver<()>,
+        /// The orders of every batch outline, in order.
+        outlines: std::sync::Mutex<Vec<Vec<String>>>,
+    }
 
-    struct PoisonedTx<'a>(&'a mut dyn crate::repository::StorageTx);
+    struct PoisonedTx<'a>(
+        &'a mut dyn crate::repository::StorageTx,
+        &'a PoisonedRepository,
+    );
 
     impl crate::repository::CourierRepository for PoisonedRepository {
         fn transaction<T>(
             &self,
             work: &mut dyn FnMut(&mut dyn crate::repository::StorageTx) -> Result<T, RepoError>,
         ) -> Result<T, RepoError> {
-            self.0.transaction(&mut |tx| work(&mut PoisonedTx(tx)))
+            self.inner
+                .transaction(&mut |tx| work(&mut PoisonedTx(tx, self)))
         }
         fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
-            self.0.couriers()
+            self.inner.couriers()
         }
         fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
-            self.0.snapshot()
+            self.inner.snapshot()
         }
         fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
-            self.0.fleet()
+            self.inner.fleet()
         }
         fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
-            self.0.has_waiting_beside_available()
+            self.inner.has_waiting_beside_available()
         }
     }
 
     impl crate::repository::StorageTx for PoisonedTx<'_> {
+        fn lock_batch(
+            &mut self,
+            outline: &crate::repository::BatchOutline,
+        ) -> Result<(), RepoError> {
+            let orders = outline.orders.iter().map(|o| o.to_string()).collect();
+            self.1.outlines.lock().expect("outlines").push(orders);
+            self.0.lock_batch(outline)
+        }
         fn lock_order(&mut self, o: &OrderId) -> Result<crate::repository::OrderState, RepoError> {
-            if o.as_str() == "poison" {
-                return Err(RepoError::Permanent("poisoned".into()));
+            match o.as_str() {
+                "poison" => return Err(RepoError::Permanent("poisoned".into())),
+                "gate" => {
+                    self.1.at_gate.send(()).expect("the test waits at the gate");
+                    self.1.open_gate.recv().expect("the test opens the gate");
+                }
+                _ => {}
             }
             self.0.lock_order(o)
         }
@@ -384,11 +411,18 @@ mod tests {
     #[test]
     fn a_failing_event_in_a_batch_fails_alone() {
         let (tx, rx) = unbounded();
+        let (at_gate_tx, at_gate) = unbounded();
+        let (open_gate, open_gate_rx) = unbounded();
+        let repository = PoisonedRepository {
+            inner: MemoryRepository::new(),
+            at_gate: at_gate_tx,
+            open_gate: open_gate_rx,
+            outlines: Default::default(),
+        };
+        let processor = Arc::new(OrderEventProcessor::new(repository));
         let shutdown = Shutdown::new();
         let context = WorkerContext {
-            processor: Arc::new(OrderEventProcessor::new(PoisonedRepository(
-                MemoryRepository::new(),
-            ))),
+            processor: Arc::clone(&processor),
             completions: tx,
             shutdown: shutdown.clone(),
             metrics: Arc::new(Metrics::default()),
@@ -397,28 +431,51 @@ mod tests {
         let settings = PoolSettings {
             workers: 1,
             capacity: 16,
-            drain_budget: Duration::from_secs(1),
+            drain_budget: Duration::from_secs(60),
             batch_max: 16,
         };
         let pool = WorkerPool::start(settings, context).expect("start");
-        // Fill the queue before the worker can drain it, so the events form one batch.
+        // Hold the worker inside the gate's transaction while the three events queue up behind
+        // it; once the gate opens, it takes all three into one batch.
+        pool.queues[0]
+            .send(job("gate", OrderStatus::Created, 0))
+            .expect("queued");
+        at_gate.recv().expect("the worker reached the gate");
         for (i, id) in ["a", "poison", "b"].iter().enumerate() {
             pool.queues[0]
-                .send(job(id, OrderStatus::Created, i as i64))
+                .send(job(id, OrderStatus::Created, 1 + i as i64))
                 .expect("queued");
         }
+        open_gate.send(()).expect("open the gate");
         pool.close_and_join();
         let mut results: Vec<(i64, JobResult)> = rx
             .try_iter()
             .map(|c| (c.position.offset, c.result))
             .collect();
         results.sort_by_key(|(o, _)| *o);
+        let outlines = processor
+            .repository()
+            .outlines
+            .lock()
+            .expect("outlines")
+            .clone();
+        let batch: Vec<String> = ["a", "b", "poison"].map(String::from).to_vec();
+        assert!(
+            outlines.contains(&batch),
+            "the three events never formed one batch: {outlines:?}"
+        );
+        assert_eq!(results.len(), 4, "{results:?}");
         assert_eq!(results[0].1, JobResult::Applied(Outcome::Waiting));
-        assert!(matches!(
-            results[1].1,
-            JobResult::Failed(RepoError::Permanent(_))
-        ));
-        assert_eq!(results[2].1, JobResult::Applied(Outcome::Waiting));
+        assert_eq!(results[1].1, JobResult::Applied(Outcome::Waiting));
+        assert!(
+            matches!(results[2].1, JobResult::Failed(RepoError::Permanent(_))),
+            "{results:?}"
+        );
+        assert_eq!(results[3].1, JobResult::Applied(Outcome::Waiting));
+        // Only the failing event failed: the others are stored, the poisoned one is not.
+        let snapshot = processor.repository().snapshot().expect("snapshot");
+        let stored: Vec<&str> = snapshot.waiting.iter().map(OrderId::as_str).collect();
+        assert_eq!(stored, ["gate", "a", "b"]);
     }
 
     #[test]
