@@ -149,7 +149,9 @@ impl WorkerPool {
 
     /// Queues a job on its order's worker, waiting while that queue is full (calling `waiting`
     /// now and then, so the caller can show it is alive). Gives the job back if stopping (it
-    /// stays uncommitted and is delivered again after a restart).
+    /// stays uncommitted and is delivered again after a restart). Once stopping, every job is
+    /// given back, also to a queue with room: a refused event must not be overtaken by a later
+    /// event of its order, or `completed` is applied before the `created` that was refused.
     pub fn submit(
         &self,
         job: Job,
@@ -159,6 +161,9 @@ impl WorkerPool {
         let queue = &self.queues[self.route(&job.event.order_id)];
         let mut job = job;
         loop {
+            if shutdown.is_shutdown() {
+                return Err(Box::new(job));
+            }
             match queue.send_timeout(job, Duration::from_millis(50)) {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(j)) if !shutdown.is_shutdown() => {
@@ -476,6 +481,24 @@ mod tests {
         let snapshot = processor.repository().snapshot().expect("snapshot");
         let stored: Vec<&str> = snapshot.waiting.iter().map(OrderId::as_str).collect();
         assert_eq!(stored, ["gate", "a", "b"]);
+    }
+
+    #[test]
+    fn once_stopping_every_job_is_given_back_even_to_a_queue_with_room() {
+        let (pool, rx, shutdown) = pool(1, 16, Duration::from_secs(1));
+        let running = Shutdown::new();
+        pool.submit(job("a", OrderStatus::Created, 0), &running, || {})
+            .expect("queued");
+        shutdown.trigger();
+        // The queue has room, but once stopping nothing more is queued: `created` of b is
+        // refused, and so is its `completed`, which must never be applied ahead of it.
+        for (offset, status) in [(1, OrderStatus::Created), (2, OrderStatus::Completed)] {
+            let refused = pool.submit(job("b", status, offset), &shutdown, || {});
+            assert!(refused.is_err(), "offset {offset} queued while stopping");
+        }
+        pool.close_and_join();
+        let done: Vec<i64> = rx.try_iter().map(|c| c.position.offset).collect();
+        assert_eq!(done, [0]);
     }
 
     #[test]
