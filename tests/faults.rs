@@ -17,8 +17,9 @@
 //!
 //! Each test starts its own PostgreSQL and broker (`common::Stack`: scripts/postgres.sh and
 //! scripts/kafka.sh in a private state dir under `CARGO_TARGET_TMPDIR`), because it stops them
-//! abruptly while other tests use the shared ones; the stack stops them again, even on panic. The tests of this file
-//! run one at a time (a lock), so three brokers never compete for a small CI machine.
+//! abruptly while other tests use the shared ones; the stack stops them again, even on panic.
+//! The tests of this file run one at a time (a lock), so three brokers never compete for a
+//! small CI machine.
 //!
 //! `FAULTS=long` selects the long version (20,000 orders, 20+ kills, 10,000 bad payloads);
 //! the default is the short one that `cargo test` runs in CI. `FAULTS_SEED` changes the seed

@@ -19,7 +19,7 @@ pub fn database_url() -> Option<String> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if in_ci() => panic!(
-            "DATABASE_URL is not set but CI is: PostgreSQL tests must run in CI (see scripts/test.sh)"
+            "DATABASE_URL is not set but CI is: PostgreSQL tests must run in CI (scripts/test.sh)"
         ),
         _ => {
             eprintln!("SKIPPED: DATABASE_URL is not set; run scripts/postgres.sh start first");
