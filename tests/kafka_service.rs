@@ -212,7 +212,7 @@ fn every_status_alias_and_bad_payload_kind_through_kcat_and_the_crate() {
         "{log}"
     );
     assert_eq!(
-        service.terminate(Duration::from_secs(10)),
+        service.terminate(Duration::from_secs(60)),
         Some(0),
         "{}",
         service.log_text()
@@ -329,7 +329,7 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
         !stand.snapshot().orders.is_empty()
     });
     service.signal_term();
-    service.wait_for_log(Duration::from_secs(30), "stop requested");
+    service.wait_for_log(Duration::from_secs(60), "stop requested");
     hold.rollback().expect("let the order go");
     assert_eq!(
         service.wait(Duration::from_secs(60)),
@@ -389,7 +389,7 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
     let mut again = stand.start();
     stand.wait_drained(&mut again, Duration::from_secs(120));
     assert_eq!(
-        again.terminate(Duration::from_secs(10)),
+        again.terminate(Duration::from_secs(60)),
         Some(0),
         "{}",
         again.log_text()
@@ -431,7 +431,7 @@ fn six_partitions_of_unkeyed_events_end_in_a_correct_state() {
         per_partition.values().filter(|(_, hw)| *hw > 0).count() >= 4,
         "kcat spread: {per_partition:?}"
     );
-    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 
     let s = stand.snapshot();
     s.check_invariants().expect("invariants");
@@ -482,7 +482,7 @@ fn a_missing_topic_is_awaited_with_a_clear_log_line() {
         ("KAFKA_ORDER_TOPIC", topic.clone()),
         ("KAFKA_GROUP_ID", group.clone()),
     ]);
-    wait_until(Duration::from_secs(30), "the waiting line", || {
+    wait_until(Duration::from_secs(60), "the waiting line", || {
         service
             .log_text()
             .contains(&format!("topic {topic} does not exist (yet)"))
@@ -497,7 +497,7 @@ fn a_missing_topic_is_awaited_with_a_clear_log_line() {
             .contains_key(&oid("late-1"))
     });
     assert_eq!(
-        service.terminate(Duration::from_secs(10)),
+        service.terminate(Duration::from_secs(60)),
         Some(0),
         "{}",
         service.log_text()
@@ -544,7 +544,7 @@ fn an_incompatible_broker_is_refused_at_start() {
         ("KAFKA_BROKERS", addr.to_string()),
     ]);
     assert_eq!(
-        service.wait(Duration::from_secs(30)),
+        service.wait(Duration::from_secs(60)),
         Some(3),
         "{}",
         service.log_text()
@@ -561,14 +561,14 @@ fn bad_configuration_names_the_variable_and_exits_2() {
         ("KAFKA_BROKERS", "127.0.0.1:9092".into()),
         ("WORKERS", "many".into()),
     ]);
-    assert_eq!(service.wait(Duration::from_secs(10)), Some(2));
+    assert_eq!(service.wait(Duration::from_secs(60)), Some(2));
     assert!(
         service.log_text().contains("WORKERS: \"many\" is not"),
         "{}",
         service.log_text()
     );
     let mut service = Service::start(&[("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/x".into())]);
-    assert_eq!(service.wait(Duration::from_secs(10)), Some(2));
+    assert_eq!(service.wait(Duration::from_secs(60)), Some(2));
     assert!(
         service.log_text().contains("KAFKA_BROKERS: is not set"),
         "{}",
@@ -630,5 +630,5 @@ fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
     );
     let letters = kcat_consume_all(&brokers, &dlq);
     assert!(!letters.is_empty() && letters.iter().all(|l| l.contains("\"invalid_json\"")));
-    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 }

@@ -128,7 +128,7 @@ fn metrics_count_a_known_stream_and_probes_answer() {
         assert!(m.contains_key(name), "{name} missing");
     }
     let mut service = service;
-    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn two_instances_split_one_topic_and_apply_every_event_once() {
     assert!(logs[0].contains("partitions [0, 2]"), "{}", logs[0]);
     assert!(logs[1].contains("partitions [1, 3]"), "{}", logs[1]);
     for s in &mut instances {
-        assert_eq!(s.terminate(Duration::from_secs(10)), Some(0));
+        assert_eq!(s.terminate(Duration::from_secs(60)), Some(0));
     }
     let snap = db.repo.snapshot().expect("snapshot");
     snap.check_invariants().expect("invariants");

@@ -413,9 +413,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failing_event_in_a_batch_fails_alone() {
-        let (tx, rx) = unbounded();
+    /// A pool over a [`PoisonedRepository`], and the ends of its gate.
+    struct Gated {
+        pool: WorkerPool,
+        completions: Receiver<Completion>,
+        processor: Arc<OrderEventProcessor<PoisonedRepository>>,
+        /// Receives once a worker is inside the gate's transaction.
+        at_gate: Receiver<()>,
+        /// Lets it through.
+        open_gate: Sender<()>,
+    }
+
+    fn gated(workers: usize) -> Gated {
+        let (tx, completions) = unbounded();
         let (at_gate_tx, at_gate) = unbounded();
         let (open_gate, open_gate_rx) = unbounded();
         let repository = PoisonedRepository {
@@ -425,21 +435,68 @@ mod tests {
             outlines: Default::default(),
         };
         let processor = Arc::new(OrderEventProcessor::new(repository));
-        let shutdown = Shutdown::new();
         let context = WorkerContext {
             processor: Arc::clone(&processor),
             completions: tx,
-            shutdown: shutdown.clone(),
+            shutdown: Shutdown::new(),
             metrics: Arc::new(Metrics::default()),
             health: Arc::new(Health::new(Duration::from_secs(60))),
         };
         let settings = PoolSettings {
-            workers: 1,
+            workers,
             capacity: 16,
             drain_budget: Duration::from_secs(60),
             batch_max: 16,
         };
-        let pool = WorkerPool::start(settings, context).expect("start");
+        Gated {
+            pool: WorkerPool::start(settings, context).expect("start"),
+            completions,
+            processor,
+            at_gate,
+            open_gate,
+        }
+    }
+
+    #[test]
+    fn submit_queues_a_job_on_its_orders_worker() {
+        let Gated {
+            pool,
+            at_gate,
+            open_gate,
+            ..
+        } = gated(4);
+        let running = Shutdown::new();
+        let held = pool.route(&OrderId::parse("gate").expect("id"));
+        pool.submit(job("gate", OrderStatus::Created, 0), &running, || {})
+            .expect("queued");
+        at_gate.recv().expect("the worker reached the gate");
+        // Ten orders of the held worker, mixed with ten of others: exactly those ten wait.
+        let route = |id: &String| pool.route(&OrderId::parse(id.as_str()).expect("id"));
+        let ids: Vec<String> = (0..).map(|i| format!("o-{i}")).take(200).collect();
+        let mine = ids.iter().filter(|id| route(id) == held).take(10);
+        let others = ids.iter().filter(|id| route(id) != held).take(10);
+        for (offset, id) in mine.zip(others).flat_map(|(a, b)| [a, b]).enumerate() {
+            pool.submit(
+                job(id, OrderStatus::Created, 1 + offset as i64),
+                &running,
+                || {},
+            )
+            .expect("queued");
+        }
+        assert_eq!(pool.queue_depths()[held], 10);
+        open_gate.send(()).expect("open the gate");
+        pool.close_and_join();
+    }
+
+    #[test]
+    fn a_failing_event_in_a_batch_fails_alone() {
+        let Gated {
+            pool,
+            completions: rx,
+            processor,
+            at_gate,
+            open_gate,
+        } = gated(1);
         // Hold the worker inside the gate's transaction while the three events queue up behind
         // it; once the gate opens, it takes all three into one batch.
         pool.queues[0]

@@ -193,7 +193,7 @@ impl Instance {
 
     /// SIGTERM and the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        self.service().terminate(Duration::from_secs(30))
+        self.service().terminate(Duration::from_secs(60))
     }
 
     /// The current process's log.
