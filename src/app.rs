@@ -62,7 +62,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     )
     .give_up_when_stopping(shutdown.clone(), settings.shutdown_drain);
     let metrics = Arc::new(Metrics::default());
-    // Without a watchdog, /healthz still needs a bound: a minute without progress is a stall.
+    // Without a watchdog, /healthz still needs a bound: it reports a stall after half a minute.
     let health = Arc::new(Health::new(
         settings.watchdog.unwrap_or(Duration::from_secs(60)),
     ));

@@ -1,4 +1,4 @@
-//! The repository contract: every rule of DESIGN.md §2, written once against the
+//! The repository contract: every rule of README "The rules", written once against the
 //! `CourierRepository` trait and run against both the in-memory fake and PostgreSQL.
 
 mod common;

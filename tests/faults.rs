@@ -15,10 +15,11 @@
 //!   only for the moment two commits cross); at rest every invariant holds and every event was
 //!   applied exactly once.
 //!
-//! Each test starts its own PostgreSQL and broker (scripts/postgres.sh, scripts/kafka.sh) in a
-//! private state dir under `CARGO_TARGET_TMPDIR`, because it stops them abruptly while other
-//! tests use the shared ones; a guard stops them again, even on panic. The tests of this file
-//! run one at a time (a lock), so three brokers never compete for a small CI machine.
+//! Each test starts its own PostgreSQL and broker (`common::Stack`: scripts/postgres.sh and
+//! scripts/kafka.sh in a private state dir under `CARGO_TARGET_TMPDIR`), because it stops them
+//! abruptly while other tests use the shared ones; the stack stops them again, even on panic.
+//! The tests of this file run one at a time (a lock), so three brokers never compete for a
+//! small CI machine.
 //!
 //! `FAULTS=long` selects the long version (20,000 orders, 20+ kills, 10,000 bad payloads);
 //! the default is the short one that `cargo test` runs in CI. `FAULTS_SEED` changes the seed
@@ -27,13 +28,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{at, courier, in_ci, kcat_consume_positions, repo_root, unique, Service};
+use common::database::pg_ctl;
+use common::{
+    at, backlog, courier, in_ci, kcat_consume_positions, offsets, produce_to, unique, wait_drained,
+    Instance, Stack,
+};
 use serde_json::{json, Value};
 use service_courier::domain::{
     CourierStatus, NewCourier, OrderEvent, OrderId, OrderStatus, StatusFamily, TransportType,
@@ -114,361 +117,6 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
 }
 
-/// pg_ctl, found the way scripts/postgres.sh finds it: PG_BIN, PATH, then the newest
-/// /usr/lib/postgresql/*/bin.
-fn pg_ctl() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("PG_BIN") {
-        return Some(PathBuf::from(bin).join("pg_ctl"));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(d) = std::env::split_paths(&path).find(|d| d.join("pg_ctl").is_file()) {
-            return Some(d.join("pg_ctl"));
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse().ok()?;
-            let p = e.path().join("bin/pg_ctl");
-            p.is_file().then_some((v, p))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, p)| p)
-}
-
-// --------------------------------------------------------- private PostgreSQL + Kafka ----
-
-/// Runs one of the project's scripts with a private state dir; the output only on failure.
-fn script(name: &str, args: &[&str], env: &[(&str, &Path)]) -> Result<String, String> {
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo_root().join("scripts").join(name)).args(args);
-    // Never let the shared services' settings leak into ours.
-    for var in [
-        "PG_PORT",
-        "KAFKA_PORT",
-        "KAFKA_CONTROLLER_PORT",
-        "DATABASE_URL",
-        "KAFKA_BROKERS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("KAFKA_CREATE_TOPICS", "0")
-        // Smaller than the script's default heap: a test broker holds little.
-        .env("KAFKA_HEAP_OPTS", "-Xmx384m -Xms128m");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().map_err(|e| format!("scripts/{name}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("scripts/{name} {} failed:\n{text}", args.join(" ")))
-    }
-}
-
-/// `export NAME=value` from a state dir's env file.
-fn env_file(state: &Path, name: &str) -> String {
-    let text = std::fs::read_to_string(state.join("env"))
-        .unwrap_or_else(|e| panic!("{}: {e}", state.join("env").display()));
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-        .unwrap_or_else(|| panic!("{name} not in {}", state.join("env").display()))
-        .to_owned()
-}
-
-/// Retries `what` every second for up to `limit`: after an abrupt stop the scripts may refuse
-/// the remembered port for a while (the dead server's sockets linger), and they must get it
-/// back, because the service keeps the address it was started with.
-fn retry(limit: Duration, what: &str, mut f: impl FnMut() -> Result<String, String>) -> u32 {
-    let start = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match f() {
-            Ok(_) => return attempts,
-            Err(e) if start.elapsed() > limit => panic!("{what}: gave up after {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
-        }
-    }
-}
-
-/// A throwaway PostgreSQL of this test's own.
-struct Postgres {
-    state: PathBuf,
-    url: String,
-}
-
-impl Postgres {
-    fn start(state: PathBuf) -> Self {
-        script("postgres.sh", &["start"], &[("PG_STATE_DIR", &state)])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = env_file(&state, "DATABASE_URL");
-        Self { state, url }
-    }
-
-    /// Where the cluster lives: the state dir, or /var/tmp when the server's user can't reach
-    /// the checkout (scripts/postgres.sh leaves a pointer file then).
-    fn cluster(&self) -> PathBuf {
-        std::fs::read_to_string(self.state.join("cluster_dir"))
-            .map(|p| PathBuf::from(p.trim()))
-            .unwrap_or_else(|_| self.state.join("cluster"))
-    }
-
-    /// Stops the server the hard way: no checkpoint, connections cut, crash recovery at the
-    /// next start. Run as the data dir's owner (PostgreSQL refuses root).
-    fn crash(&self) {
-        let data = self.cluster().join("data");
-        let pg_ctl = pg_ctl().expect("pg_ctl");
-        let owner = command_text("stat", &["-c", "%U", &data.to_string_lossy()]);
-        let me = command_text("id", &["-un"]);
-        let mut cmd = if owner == me {
-            Command::new(&pg_ctl)
-        } else {
-            let mut c = Command::new("runuser");
-            c.args(["-u", &owner, "--"]).arg(&pg_ctl);
-            c
-        };
-        let out = cmd
-            .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
-            .arg(&data)
-            .current_dir("/")
-            .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl stop -m immediate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Starts it again on the same port; returns how many attempts it took.
-    fn start_again(&self) -> u32 {
-        retry(Duration::from_secs(90), "restarting PostgreSQL", || {
-            script("postgres.sh", &["start"], &[("PG_STATE_DIR", &self.state)])
-        })
-    }
-
-    fn stop(&self) {
-        let _ = script("postgres.sh", &["stop"], &[("PG_STATE_DIR", &self.state)]);
-    }
-
-    /// A repository on it. Callers drop it before any outage: an idle connection left open
-    /// across an abrupt stop keeps the old server's socket half-closed.
-    fn repo(&self, size: u32) -> PgRepository {
-        PgRepository::new(self.url.parse().expect("DATABASE_URL parses"), size)
-    }
-}
-
-/// A single-node Apache Kafka 3.9 of this test's own.
-struct Broker {
-    state: PathBuf,
-    brokers: String,
-}
-
-impl Broker {
-    fn start(state: PathBuf) -> Self {
-        script("kafka.sh", &["start"], &[("KAFKA_STATE_DIR", &state)])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let brokers = env_file(&state, "KAFKA_BROKERS");
-        Self { state, brokers }
-    }
-
-    /// scripts/kafka.sh stop: SIGTERM to the JVM (SIGKILL after 45 s).
-    fn stop(&self) {
-        script("kafka.sh", &["stop"], &[("KAFKA_STATE_DIR", &self.state)])
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    /// Starts it again on the same ports and data; returns how many attempts it took.
-    fn start_again(&self) -> u32 {
-        retry(Duration::from_secs(120), "restarting the broker", || {
-            script("kafka.sh", &["start"], &[("KAFKA_STATE_DIR", &self.state)])
-        })
-    }
-
-    fn topic(&self, name: &str, partitions: u32) {
-        script(
-            "kafka.sh",
-            &["topic", name, &partitions.to_string()],
-            &[("KAFKA_STATE_DIR", &self.state)],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-fn command_text(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("command runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// PostgreSQL and a broker under target/tmp, stopped when dropped (also on panic). On success
-/// the state dir goes too; on failure it stays for a look.
-struct Stack {
-    dir: PathBuf,
-    pg: Option<Postgres>,
-    kafka: Option<Broker>,
-}
-
-impl Stack {
-    fn start(name: &str) -> Self {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique(name));
-        std::fs::create_dir_all(&dir).expect("state dir");
-        let t0 = Instant::now();
-        let mut stack = Self {
-            dir,
-            pg: None,
-            kafka: None,
-        };
-        stack.pg = Some(Postgres::start(stack.dir.join("postgres")));
-        stack.kafka = Some(Broker::start(stack.dir.join("kafka")));
-        println!(
-            "{name}: PostgreSQL {} and Kafka {} up in {:.1}s (state {})",
-            stack.pg().url,
-            stack.kafka().brokers,
-            t0.elapsed().as_secs_f64(),
-            stack.dir.display()
-        );
-        stack
-    }
-
-    fn pg(&self) -> &Postgres {
-        self.pg.as_ref().expect("PostgreSQL started")
-    }
-
-    fn kafka(&self) -> &Broker {
-        self.kafka.as_ref().expect("broker started")
-    }
-
-    fn brokers(&self) -> String {
-        self.kafka().brokers.clone()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(k) = self.kafka.take() {
-            let _ = script("kafka.sh", &["stop"], &[("KAFKA_STATE_DIR", &k.state)]);
-        }
-        let cluster = self.pg.as_ref().map(Postgres::cluster);
-        if let Some(p) = self.pg.take() {
-            p.stop();
-        }
-        if std::thread::panicking() {
-            eprintln!("faults: state kept for a look in {}", self.dir.display());
-            return;
-        }
-        if let Some(c) = cluster.filter(|c| !c.starts_with(&self.dir)) {
-            let _ = std::fs::remove_dir_all(c);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-// --------------------------------------------------------------------- the service ----
-
-/// One service instance across its restarts: the environment it runs with, the process now,
-/// and every log it wrote (printed if the test fails, removed if it passes).
-struct Instance {
-    name: &'static str,
-    env: Vec<(&'static str, String)>,
-    service: Option<Service>,
-    logs: Vec<PathBuf>,
-}
-
-impl Instance {
-    fn start(name: &'static str, env: Vec<(&'static str, String)>) -> Self {
-        let mut me = Self {
-            name,
-            env,
-            service: None,
-            logs: Vec::new(),
-        };
-        me.spawn();
-        me
-    }
-
-    fn spawn(&mut self) {
-        let s = Service::start(&self.env);
-        self.logs.push(s.log.clone());
-        self.service = Some(s);
-    }
-
-    fn service(&mut self) -> &mut Service {
-        self.service.as_mut().expect("service running")
-    }
-
-    fn pid(&mut self) -> u32 {
-        self.service().child.id()
-    }
-
-    /// Panics (with the log) unless the process is still running.
-    fn assert_alive(&mut self) {
-        if !self.service().running() {
-            let log = tail(&self.service().log_text(), 60);
-            panic!("{} exited by itself; log:\n{log}", self.name);
-        }
-    }
-
-    /// SIGKILL: no signal handler, no drain, no final commit.
-    fn kill(&mut self) {
-        let s = self.service();
-        let _ = s.child.kill();
-        let _ = s.child.wait();
-    }
-
-    /// SIGTERM and the exit code.
-    fn terminate(&mut self) -> Option<i32> {
-        self.service().terminate(Duration::from_secs(30))
-    }
-
-    fn log_text(&mut self) -> String {
-        self.service().log_text()
-    }
-
-    /// VmHWM of the running process, in kB: the most resident memory it ever had.
-    fn peak_rss_kb(&mut self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status")
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        drop(self.service.take()); // kills it if still running
-        for log in &self.logs {
-            if std::thread::panicking() {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                eprintln!(
-                    "---- {} log {} (last lines):\n{}",
-                    self.name,
-                    log.display(),
-                    tail(&text, 40)
-                );
-            } else {
-                let _ = std::fs::remove_file(log);
-            }
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The settings every instance in this suite shares.
 fn service_env(
     stack: &Stack,
     topic: &str,
@@ -476,7 +124,7 @@ fn service_env(
     workers: usize,
 ) -> Vec<(&'static str, String)> {
     vec![
-        ("DATABASE_URL", stack.pg().url.clone()),
+        ("DATABASE_URL", stack.pg.url.clone()),
         ("KAFKA_BROKERS", stack.brokers()),
         ("KAFKA_ORDER_TOPIC", topic.to_owned()),
         ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
@@ -485,102 +133,6 @@ fn service_env(
         ("WORKERS", workers.to_string()),
         ("LOG_LEVEL", "info".into()),
     ]
-}
-
-// -------------------------------------------------------------------------- Kafka ----
-
-/// Per partition: (committed offset, high watermark); a partition without a commit counts as
-/// committed at 0. An error instead of a panic: callers poll this while the broker restarts.
-fn offsets(brokers: &str, group: &str, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, String> {
-    use kafka::client::{FetchOffset, GroupOffsetStorage, KafkaClient};
-    let mut c = KafkaClient::new(vec![brokers.to_owned()]);
-    c.set_group_offset_storage(Some(GroupOffsetStorage::Kafka));
-    c.set_retry_max_attempts(5);
-    c.load_metadata_all().map_err(|e| e.to_string())?;
-    let latest = c
-        .fetch_topic_offsets(topic, FetchOffset::Latest)
-        .map_err(|e| e.to_string())?;
-    let committed = c
-        .fetch_group_topic_offset(group, topic)
-        .map_err(|e| e.to_string())?;
-    Ok(latest
-        .iter()
-        .map(|l| {
-            let done = committed
-                .iter()
-                .find(|c| c.partition == l.partition)
-                .map_or(0, |c| c.offset.max(0));
-            (l.partition, (done, l.offset))
-        })
-        .collect())
-}
-
-/// Events not yet committed, summed over partitions.
-fn backlog(offsets: &BTreeMap<i32, (i64, i64)>) -> i64 {
-    offsets.values().map(|(c, hw)| hw - c).sum()
-}
-
-/// Produces values to explicit partitions with the `kafka` crate (acks from all replicas).
-/// Returns, in order, the offset each value got; checks every partition accepted its batch.
-fn produce(brokers: &str, topic: &str, values: &[(i32, Vec<u8>)]) -> Vec<(i32, i64)> {
-    use kafka::producer::{Producer, Record, RequiredAcks};
-    let mut p = Producer::from_hosts(vec![brokers.to_owned()])
-        .with_ack_timeout(Duration::from_secs(10))
-        .with_required_acks(RequiredAcks::All)
-        .create()
-        .expect("producer");
-    let mut positions = Vec::with_capacity(values.len());
-    for chunk in values.chunks(500) {
-        let records: Vec<Record<'_, (), &[u8]>> = chunk
-            .iter()
-            .map(|(partition, v)| Record {
-                key: (),
-                value: v.as_slice(),
-                topic,
-                partition: *partition,
-            })
-            .collect();
-        let confirms = p.send_all(&records).expect("produce");
-        // Each partition's batch lands at consecutive offsets from the base it reports.
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for c in confirms.iter().flat_map(|c| &c.partition_confirms) {
-            let base = c
-                .offset
-                .unwrap_or_else(|e| panic!("partition {} refused: {e:?}", c.partition));
-            next.insert(c.partition, base);
-        }
-        for (partition, _) in chunk {
-            let o = next.get_mut(partition).expect("a confirm per partition");
-            positions.push((*partition, *o));
-            *o += 1;
-        }
-    }
-    positions
-}
-
-/// Waits (bounded) until every partition is committed up to its high watermark, checking
-/// that the instances stay alive meanwhile.
-fn wait_drained(
-    brokers: &str,
-    group: &str,
-    topic: &str,
-    instances: &mut [&mut Instance],
-    limit: Duration,
-) {
-    let start = Instant::now();
-    loop {
-        for i in instances.iter_mut() {
-            i.assert_alive();
-        }
-        match offsets(brokers, group, topic) {
-            Ok(o) if backlog(&o) == 0 => return,
-            Ok(o) if start.elapsed() > limit => {
-                panic!("not drained after {limit:?}: (committed, high watermark) {o:?}")
-            }
-            Err(e) if start.elapsed() > limit => panic!("not drained after {limit:?}: {e}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 // ------------------------------------------------------------------- events, model ----
@@ -806,14 +358,14 @@ fn faults_harness() {
     let stack = Stack::start("faults-harness");
     let topic = unique("harness");
     let group = unique("group");
-    stack.kafka().topic(&topic, 1);
-    stack.kafka().topic(&format!("{topic}.dlq"), 1);
+    stack.kafka.topic(&topic, 1);
+    stack.kafka.topic(&format!("{topic}.dlq"), 1);
 
     // The same couriers, hired the same way, in the database and in the model. Many more
     // orders in progress than couriers, so a good share of them wait in the queue.
     let crew = crew(couriers_n);
     {
-        let repo = stack.pg().repo(1);
+        let repo = stack.pg.repo(1);
         repo.migrate().expect("schema");
         hire(&repo, &crew);
     } // the pool closes here, before any outage
@@ -858,10 +410,10 @@ fn faults_harness() {
     for (i, fault) in schedule.into_iter().enumerate() {
         // Caught up: the previous fault is behind it, and it commits again.
         let brokers = stack.brokers();
-        wait_drained(&brokers, &group, &topic, &mut [&mut service], limit);
-        produce(&brokers, &topic, chunks.next().expect("a chunk per fault"));
+        wait_drained(&brokers, &group, &topic, limit, || service.assert_alive());
+        produce_to(&brokers, &topic, chunks.next().expect("a chunk per fault"));
         std::thread::sleep(Duration::from_millis(50 + rng.below(250) as u64));
-        let o = offsets(&brokers, &group, &topic).expect("offsets");
+        let o = offsets(&brokers, &group, &topic);
         survived.backlog_at_fault.push(backlog(&o));
         println!(
             "  fault {}: {fault:?} with {} of {} events uncommitted",
@@ -873,13 +425,13 @@ fn faults_harness() {
     }
     let brokers = stack.brokers();
     for rest in chunks {
-        produce(&brokers, &topic, rest);
+        produce_to(&brokers, &topic, rest);
     }
-    wait_drained(&brokers, &group, &topic, &mut [&mut service], limit);
+    wait_drained(&brokers, &group, &topic, limit, || service.assert_alive());
     let exit = service.terminate();
     assert_eq!(exit, Some(0), "SIGTERM after draining: exit code");
 
-    let db = stack.pg().repo(1).snapshot().expect("database snapshot");
+    let db = stack.pg.repo(1).snapshot().expect("database snapshot");
     let diffs = differences(&db, &expected);
     let lost = expected
         .orders
@@ -951,14 +503,14 @@ struct Stream<'a> {
 
 impl Stream<'_> {
     fn committed(&self) -> i64 {
-        let o = offsets(&self.stack.brokers(), self.group, self.topic).expect("offsets");
-        o.get(&0).map_or(0, |(c, _)| *c)
+        let o = offsets(&self.stack.brokers(), self.group, self.topic);
+        o.get(&0).map_or(0, |(c, _)| (*c).max(0))
     }
 
     /// How many events the database reflects, at least: with one worker applying the partition
     /// in order, the orders present are exactly those whose first event lies below that point.
     fn applied(&self) -> i64 {
-        let mut db = postgres::Client::connect(&self.stack.pg().url, postgres::NoTls)
+        let mut db = postgres::Client::connect(&self.stack.pg.url, postgres::NoTls)
             .expect("PostgreSQL answers");
         db.query("SELECT order_id FROM orders", &[])
             .expect("orders")
@@ -984,11 +536,11 @@ fn inject(fault: Fault, stream: &Stream, service: &mut Instance, rng: &mut Rng, 
         }
         Fault::PostgresOutage => {
             let down = Instant::now();
-            stack.pg().crash();
+            stack.pg.crash();
             std::thread::sleep(Duration::from_millis(5_000 + rng.below(5_000) as u64));
             // The service keeps retrying meanwhile; it must not give up and exit.
             service.assert_alive();
-            let attempts = stack.pg().start_again();
+            let attempts = stack.pg.start_again();
             s.pg_down.push(down.elapsed().as_secs_f64());
             println!(
                 "    PostgreSQL down {:.1}s (started again at attempt {attempts})",
@@ -998,10 +550,10 @@ fn inject(fault: Fault, stream: &Stream, service: &mut Instance, rng: &mut Rng, 
         }
         Fault::BrokerRestart => {
             let down = Instant::now();
-            stack.kafka().stop();
+            stack.kafka.stop();
             std::thread::sleep(Duration::from_millis(rng.below(3_000) as u64));
             service.assert_alive();
-            let attempts = stack.kafka().start_again();
+            let attempts = stack.kafka.start_again();
             s.broker_down.push(down.elapsed().as_secs_f64());
             println!(
                 "    broker down {:.1}s (started again at attempt {attempts})",
@@ -1242,10 +794,10 @@ fn poison_input() {
     let topic = unique("poison");
     let dlq = format!("{topic}.dlq");
     let group = unique("group");
-    stack.kafka().topic(&topic, partitions);
-    stack.kafka().topic(&dlq, 1);
+    stack.kafka.topic(&topic, partitions);
+    stack.kafka.topic(&dlq, 1);
     {
-        let repo = stack.pg().repo(1);
+        let repo = stack.pg.repo(1);
         repo.migrate().expect("schema");
         hire(&repo, &crew(10));
     }
@@ -1308,23 +860,22 @@ fn poison_input() {
     let mut positions: Vec<(i32, i64)> = Vec::with_capacity(messages.len());
     let values: Vec<(i32, Vec<u8>)> = messages.iter().map(|(p, v, _)| (*p, v.clone())).collect();
     for chunk in values.chunks(1_000) {
-        positions.extend(produce(&stack.brokers(), &topic, chunk));
+        positions.extend(produce_to(&stack.brokers(), &topic, chunk));
         service.assert_alive();
     }
     wait_drained(
         &stack.brokers(),
         &group,
         &topic,
-        &mut [&mut service],
         Duration::from_secs(pick(180, 900)),
+        || service.assert_alive(),
     );
     service.assert_alive();
     assert_eq!(service.pid(), pid, "the service restarted");
     let peak_kb = service.peak_rss_kb();
     let stalled = offsets(&stack.brokers(), &group, &topic)
-        .expect("offsets")
         .values()
-        .filter(|(c, hw)| c != hw)
+        .filter(|(c, hw)| (*c).max(0) != *hw)
         .count();
 
     // Every bad offset on the dead-letter topic with its reason; no valid one there.
@@ -1364,7 +915,7 @@ fn poison_input() {
     let duplicates = letters.values().filter(|v| v.len() > 1).count();
 
     // Every valid order in the state of its last event; nothing else in the database.
-    let db = stack.pg().repo(1).snapshot().expect("snapshot");
+    let db = stack.pg.repo(1).snapshot().expect("snapshot");
     let misplaced = wrong_states(&db, &valid);
     let exit = service.terminate();
 
@@ -1463,9 +1014,10 @@ struct Samples {
     max_busy: usize,
 }
 
-/// The longest a crossing may leave an order waiting beside a free courier: the pairing pass
-/// runs right after the commit, so anything near this means a pass was missed.
-const GAP_LIMIT: Duration = Duration::from_secs(5);
+/// The longest a crossing may leave an order waiting beside a free courier. The pairing pass
+/// runs right after such a commit and every second anyway, so a gap this old means passes were
+/// missed, not that the machine was slow (a deadline, generous on purpose, not a timing).
+const GAP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Reads a consistent snapshot (one REPEATABLE READ transaction) every ~100 ms until `stop`.
 /// Every committed state must be consistent and no courier may ever hold two orders. Whether an
@@ -1543,10 +1095,10 @@ fn two_instances_never_double_assign() {
     let topic = unique("two");
     let dlq = format!("{topic}.dlq");
     let group = unique("group");
-    stack.kafka().topic(&topic, 6);
-    stack.kafka().topic(&dlq, 1);
+    stack.kafka.topic(&topic, 6);
+    stack.kafka.topic(&dlq, 1);
     {
-        let repo = stack.pg().repo(1);
+        let repo = stack.pg.repo(1);
         repo.migrate().expect("schema");
         hire(&repo, &crew(couriers_n));
     }
@@ -1594,21 +1146,24 @@ fn two_instances_never_double_assign() {
         env
     });
     let stop = AtomicBool::new(false);
-    let sampler_repo = stack.pg().repo(1);
+    let sampler_repo = stack.pg.repo(1);
     let samples = std::thread::scope(|scope| {
         let sampler = scope.spawn(|| sample(&sampler_repo, &stop));
         // Produced in chunks while both run, so the sampler sees the busy middle of the run.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for chunk in values.chunks(400) {
-                produce(&stack.brokers(), &topic, chunk);
+                produce_to(&stack.brokers(), &topic, chunk);
                 std::thread::sleep(Duration::from_millis(100));
             }
             wait_drained(
                 &stack.brokers(),
                 &group,
                 &topic,
-                &mut [&mut a, &mut b],
                 Duration::from_secs(pick(180, 600)),
+                || {
+                    a.assert_alive();
+                    b.assert_alive();
+                },
             );
         }));
         stop.store(true, Ordering::SeqCst);
@@ -1624,7 +1179,7 @@ fn two_instances_never_double_assign() {
         .iter()
         .map(|l| events_in_summary(l))
         .collect();
-    let db = stack.pg().repo(1).snapshot().expect("snapshot");
+    let db = stack.pg.repo(1).snapshot().expect("snapshot");
     let misplaced = wrong_states(&db, &events);
     let letters = kcat_consume_positions(&stack.brokers(), &dlq);
     let busy = db

@@ -65,12 +65,8 @@ impl Stand {
 
     /// Waits until the group has committed every partition up to its high watermark.
     fn wait_drained(&self, service: &mut Service, limit: Duration) {
-        wait_until(limit, "all offsets committed", || {
+        wait_drained(&self.brokers, &self.group, &self.topic, limit, || {
             assert!(service.running(), "service died:\n{}", service.log_text());
-            // An empty partition has nothing to commit: -1 (none) stands for 0 there.
-            offsets(&self.brokers, &self.group, &self.topic)
-                .values()
-                .all(|(c, hw)| (*c).max(0) == *hw)
         });
     }
 
@@ -216,7 +212,7 @@ fn every_status_alias_and_bad_payload_kind_through_kcat_and_the_crate() {
         "{log}"
     );
     assert_eq!(
-        service.terminate(Duration::from_secs(10)),
+        service.terminate(Duration::from_secs(60)),
         Some(0),
         "{}",
         service.log_text()
@@ -286,14 +282,57 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
         .iter()
         .map(|e| (Some(e.order_id.to_string()), e.to_json().into_bytes()))
         .collect();
-    crate_produce(&stand.brokers, &stand.topic, &values);
-
-    let mut service = stand.start();
-    wait_until(Duration::from_secs(60), "some progress", || {
-        stand.snapshot().orders.len() > 300
+    let mut env = stand.env();
+    env.push(("QUEUE_CAPACITY", "16".into()));
+    // Long enough to apply whatever is queued at the stop once the held order is let go.
+    env.push(("SHUTDOWN_DRAIN_MS", "60000".into()));
+    let mut service = Service::start(&env);
+    // Ready: its schema migration (which would wait on our lock below) is behind it.
+    wait_until(Duration::from_secs(60), "/readyz 200", || {
+        service.get("/readyz").0 == 200
     });
+
+    // Hold one early order: our uncommitted row with its id makes the service's write of that
+    // order wait for our transaction. Its partition cannot be committed past it, and once its
+    // worker's queue is full the poller waits too, so the stream provably stops short of its
+    // end however fast the machine is. SIGTERM lands while it waits.
+    let held = "s-200";
+    let mut holder = stand.db.client();
+    let mut hold = holder.transaction().expect("begin");
+    hold.execute(
+        "INSERT INTO orders (order_id, state) VALUES ($1, 'cancelled')",
+        &[&held],
+    )
+    .expect("hold the order");
+    let holder_pid: i32 = hold
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    crate_produce(&stand.brokers, &stand.topic, &values);
+    let mut watcher = stand.db.client();
+    wait_until(
+        Duration::from_secs(60),
+        "the service to wait on the held order",
+        || {
+            assert!(service.running(), "service died:\n{}", service.log_text());
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))",
+                    &[&holder_pid],
+                )
+                .map(|r| r.get::<_, i64>(0))
+                .expect("pg_stat_activity")
+                > 0
+        },
+    );
+    wait_until(Duration::from_secs(60), "some orders applied", || {
+        !stand.snapshot().orders.is_empty()
+    });
+    service.signal_term();
+    service.wait_for_log(Duration::from_secs(60), "stop requested");
+    hold.rollback().expect("let the order go");
     assert_eq!(
-        service.terminate(Duration::from_secs(10)),
+        service.wait(Duration::from_secs(60)),
         Some(0),
         "{}",
         service.log_text()
@@ -312,7 +351,7 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
     );
     assert!(
         committed.values().any(|(c, hw)| c < hw),
-        "stopped after the end: nothing tested"
+        "stopped after the end, although an order was held: {committed:?}"
     );
 
     // Every event below the committed offsets was applied: the orders whose events all lie
@@ -350,7 +389,7 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
     let mut again = stand.start();
     stand.wait_drained(&mut again, Duration::from_secs(120));
     assert_eq!(
-        again.terminate(Duration::from_secs(10)),
+        again.terminate(Duration::from_secs(60)),
         Some(0),
         "{}",
         again.log_text()
@@ -360,7 +399,13 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
     // None lost, none applied twice: every order in the model's state, the same deliveries and
     // statistics, every courier free again.
     let full = model_with(&events, orders);
-    assert_eq!(shapes(&end), shapes(&full));
+    let (got, want) = (shapes(&end), shapes(&full));
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(o, shape)| got.get(*o) != Some(*shape))
+        .map(|(o, shape)| format!("{o}: {:?}, model {shape}", got.get(o)))
+        .collect();
+    assert!(wrong.is_empty() && got.len() == want.len(), "{wrong:?}");
     assert_eq!(end.deliveries.len(), full.deliveries.len());
     assert_eq!(
         end.statistics().values().sum::<i64>(),
@@ -386,7 +431,7 @@ fn six_partitions_of_unkeyed_events_end_in_a_correct_state() {
         per_partition.values().filter(|(_, hw)| *hw > 0).count() >= 4,
         "kcat spread: {per_partition:?}"
     );
-    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 
     let s = stand.snapshot();
     s.check_invariants().expect("invariants");
@@ -437,7 +482,7 @@ fn a_missing_topic_is_awaited_with_a_clear_log_line() {
         ("KAFKA_ORDER_TOPIC", topic.clone()),
         ("KAFKA_GROUP_ID", group.clone()),
     ]);
-    wait_until(Duration::from_secs(30), "the waiting line", || {
+    wait_until(Duration::from_secs(60), "the waiting line", || {
         service
             .log_text()
             .contains(&format!("topic {topic} does not exist (yet)"))
@@ -452,7 +497,7 @@ fn a_missing_topic_is_awaited_with_a_clear_log_line() {
             .contains_key(&oid("late-1"))
     });
     assert_eq!(
-        service.terminate(Duration::from_secs(10)),
+        service.terminate(Duration::from_secs(60)),
         Some(0),
         "{}",
         service.log_text()
@@ -499,7 +544,7 @@ fn an_incompatible_broker_is_refused_at_start() {
         ("KAFKA_BROKERS", addr.to_string()),
     ]);
     assert_eq!(
-        service.wait(Duration::from_secs(30)),
+        service.wait(Duration::from_secs(60)),
         Some(3),
         "{}",
         service.log_text()
@@ -516,14 +561,14 @@ fn bad_configuration_names_the_variable_and_exits_2() {
         ("KAFKA_BROKERS", "127.0.0.1:9092".into()),
         ("WORKERS", "many".into()),
     ]);
-    assert_eq!(service.wait(Duration::from_secs(10)), Some(2));
+    assert_eq!(service.wait(Duration::from_secs(60)), Some(2));
     assert!(
         service.log_text().contains("WORKERS: \"many\" is not"),
         "{}",
         service.log_text()
     );
     let mut service = Service::start(&[("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/x".into())]);
-    assert_eq!(service.wait(Duration::from_secs(10)), Some(2));
+    assert_eq!(service.wait(Duration::from_secs(60)), Some(2));
     assert!(
         service.log_text().contains("KAFKA_BROKERS: is not set"),
         "{}",
@@ -540,7 +585,7 @@ fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
     let topic = unique("held");
     let dlq = format!("{topic}.dlq"); // not created yet: producing to it fails
     let group = unique("group");
-    create_topic(&topic, 1);
+    create_topic(&topic, 2);
     let mut service = Service::start(&[
         ("DATABASE_URL", db.url.clone()),
         ("KAFKA_BROKERS", brokers.clone()),
@@ -549,9 +594,10 @@ fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
         ("KAFKA_GROUP_ID", group.clone()),
         ("KAFKA_COMMIT_INTERVAL_MS", "100".into()),
     ]);
-    kcat_produce(
+    kcat_produce_to(
         &brokers,
         &topic,
+        0,
         &[
             json("h-1", "created", 0),
             "not json".into(),
@@ -563,7 +609,13 @@ fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
         let s = db.repo.snapshot().expect("snapshot");
         s.orders.contains_key(&oid("h-1")) && s.orders.contains_key(&oid("h-2"))
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // A positive signal that a commit ran after h-2 was done: a later event of h-2 on the other
+    // partition goes to h-2's worker, which reports it after h-2, and every commit covers every
+    // partition. Once it is committed, partition 0 had its chance to move past the bad event.
+    kcat_produce_to(&brokers, &topic, 1, &[json("h-2", "completed", 2)]);
+    wait_until(Duration::from_secs(60), "the later event committed", || {
+        offsets(&brokers, &group, &topic)[&1].0 == 1
+    });
     let held = offsets(&brokers, &group, &topic)[&0].0;
     assert!(held <= 1, "committed past an unsent dead letter: {held}");
     assert!(service
@@ -578,5 +630,5 @@ fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
     );
     let letters = kcat_consume_all(&brokers, &dlq);
     assert!(!letters.is_empty() && letters.iter().all(|l| l.contains("\"invalid_json\"")));
-    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -80,7 +79,7 @@ fn metrics_count_a_known_stream_and_probes_answer() {
             .all(|(c, hw)| *c == *hw && *hw == 9)
     });
     let mut m = BTreeMap::new();
-    wait_until(Duration::from_secs(10), "metrics to catch up", || {
+    wait_until(Duration::from_secs(60), "metrics to catch up", || {
         m = samples(&service.get("/metrics").1);
         m.get("courier_committed_offset{partition=\"0\"}") == Some(&9.0)
     });
@@ -129,7 +128,7 @@ fn metrics_count_a_known_stream_and_probes_answer() {
         assert!(m.contains_key(name), "{name} missing");
     }
     let mut service = service;
-    assert_eq!(service.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 }
 
 #[test]
@@ -169,11 +168,7 @@ fn two_instances_split_one_topic_and_apply_every_event_once() {
     wait_until(
         Duration::from_secs(90),
         "both instances drained the topic",
-        || {
-            offsets(&brokers, &group, &topic)
-                .values()
-                .all(|(c, hw)| (*c).max(0) == *hw)
-        },
+        || drained(&offsets(&brokers, &group, &topic)),
     );
     // Each instance consumed its own partitions; together every message exactly once.
     let consumed: Vec<f64> = instances
@@ -189,7 +184,7 @@ fn two_instances_split_one_topic_and_apply_every_event_once() {
     assert!(logs[0].contains("partitions [0, 2]"), "{}", logs[0]);
     assert!(logs[1].contains("partitions [1, 3]"), "{}", logs[1]);
     for s in &mut instances {
-        assert_eq!(s.terminate(Duration::from_secs(10)), Some(0));
+        assert_eq!(s.terminate(Duration::from_secs(60)), Some(0));
     }
     let snap = db.repo.snapshot().expect("snapshot");
     snap.check_invariants().expect("invariants");
@@ -238,63 +233,20 @@ fn an_impossible_partition_split_is_refused_at_start() {
         .contains("KAFKA_PARTITIONS: partition 5 does not exist"));
 }
 
-/// A broker of the test's own (it gets frozen), stopped at the end whatever happens.
-struct OwnBroker {
-    dir: std::path::PathBuf,
-    brokers: String,
-}
-
-impl OwnBroker {
-    fn start() -> Self {
-        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("broker"));
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/kafka.sh"))
-            .arg("start")
-            .env("KAFKA_STATE_DIR", &dir)
-            .output()
-            .expect("kafka.sh runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = std::fs::read_to_string(dir.join("env")).expect("broker env");
-        let brokers = env
-            .lines()
-            .find_map(|l| l.strip_prefix("export KAFKA_BROKERS="))
-            .expect("KAFKA_BROKERS")
-            .to_owned();
-        Self { dir, brokers }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = std::fs::read_to_string(self.dir.join("kafka.pid")).expect("broker pid");
-        let _ = Command::new("kill").args([sig, pid.trim()]).status();
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = Command::new("bash")
-            .arg(repo_root().join("scripts/kafka.sh"))
-            .arg("stop")
-            .env("KAFKA_STATE_DIR", &self.dir)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn a_stalled_poller_turns_healthz_503_and_the_watchdog_exits() {
     let Some(db) = TestDb::new(1) else { return };
     if kafka_brokers().is_none() {
         return; // same skip rule as the other Kafka tests
     }
-    let broker = OwnBroker::start();
-    let topic = "order.status.changed"; // created by kafka.sh start
+    // A broker of the test's own: it gets frozen.
+    let broker = PrivateBroker::start("frozen");
+    let topic = "orders";
+    broker.topic(topic, 1);
     let mut env = base_env(&db, &broker.brokers, topic, &unique("group"));
-    env.push(("WATCHDOG_SECS", "4".into()));
+    // /healthz turns 503 after 5 s without progress, the watchdog exits after 10 s: the test
+    // has five seconds to see the 503, probing every 100 ms.
+    env.push(("WATCHDOG_SECS", "10".into()));
     let mut service = Service::start(&env);
     wait_until(Duration::from_secs(60), "/readyz 200", || {
         service.get("/readyz").0 == 200
@@ -302,25 +254,22 @@ fn a_stalled_poller_turns_healthz_503_and_the_watchdog_exits() {
     assert_eq!(service.get("/healthz").0, 200);
     // Freeze the broker: the poller's next fetch never gets an answer (the crate waits up to
     // two minutes), which is exactly the stall the watchdog is for.
-    broker.signal("-STOP");
+    broker.freeze();
     let addr = service.http_addr();
-    let mut saw_503 = false;
-    wait_until(Duration::from_secs(30), "the watchdog to exit", || {
-        if !saw_503 {
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
-                let mut t = String::new();
-                let _ = s.read_to_string(&mut t);
-                saw_503 |= t.starts_with("HTTP/1.1 503") || t.starts_with("HTTP/1.0 503");
-            }
+    let reason = wait_for(Duration::from_secs(60), "/healthz 503", || {
+        assert!(
+            service.running(),
+            "exited before /healthz said 503:\n{}",
+            service.log_text()
+        );
+        match http_get(&addr, "/healthz") {
+            (503, body) => Some(body),
+            _ => None,
         }
-        !service.running()
     });
-    assert!(saw_503, "/healthz never said 503 before the exit");
+    assert!(reason.contains("poller made no progress"), "{reason}");
     assert_eq!(
-        service.wait(Duration::from_secs(1)),
+        service.wait(Duration::from_secs(60)),
         Some(4),
         "{}",
         service.log_text()

@@ -95,7 +95,7 @@ fn stand_up_simulated_orders_down() {
                 "SELECT coalesce(sum(completed_deliveries), 0)::bigint FROM couriers"
             ) > 0
         );
-        wait_until(Duration::from_secs(30), "every courier free", || {
+        wait_until(Duration::from_secs(60), "every courier free", || {
             count(
                 &mut db,
                 "SELECT count(*) FROM couriers WHERE status <> 'available'",

@@ -168,7 +168,9 @@ impl WorkerPool {
 
     /// Queues a job on its order's worker, waiting while that queue is full (calling `waiting`
     /// now and then, so the caller can show it is alive). Gives the job back if stopping (it
-    /// stays uncommitted and is delivered again after a restart).
+    /// stays uncommitted and is delivered again after a restart). Once stopping, every job is
+    /// given back, also to a queue with room: a refused event must not be overtaken by a later
+    /// event of its order, or `completed` is applied before the `created` that was refused.
     pub fn submit(
         &self,
         job: Job,
@@ -178,6 +180,9 @@ impl WorkerPool {
         let queue = &self.queues[self.route(&job.event.order_id)];
         let mut job = job;
         loop {
+            if shutdown.is_shutdown() {
+                return Err(Box::new(job));
+            }
             match queue.send_timeout(job, Duration::from_millis(50)) {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(j)) if !shutdown.is_shutdown() => {
@@ -335,36 +340,63 @@ mod tests {
     }
 
     /// The in-memory repository, except that any transaction touching order "poison" fails
-    /// for good: to see a batch fall back to one transaction per event.
-    struct PoisonedRepository(MemoryRepository);
+    /// for good (to see a batch fall back to one transaction per event), a transaction touching
+    /// order "gate" waits until the test opens it (to hold the worker while its queue fills),
+    /// and every batch's outline is recorded (to see which events formed one transaction).
+    struct PoisonedRepository {
+        inner: MemoryRepository,
+        /// Signalled when a transaction reaches the gate.
+        at_gate: Sender<()>,
+        /// Received from to pass the gate.
+        open_gate: Receiver<()>,
+        /// The orders of every batch outline, in order.
+        outlines: std::sync::Mutex<Vec<Vec<String>>>,
+    }
 
-    struct PoisonedTx<'a>(&'a mut dyn crate::repository::StorageTx);
+    struct PoisonedTx<'a>(
+        &'a mut dyn crate::repository::StorageTx,
+        &'a PoisonedRepository,
+    );
 
     impl crate::repository::CourierRepository for PoisonedRepository {
         fn transaction<T>(
             &self,
             work: &mut dyn FnMut(&mut dyn crate::repository::StorageTx) -> Result<T, RepoError>,
         ) -> Result<T, RepoError> {
-            self.0.transaction(&mut |tx| work(&mut PoisonedTx(tx)))
+            self.inner
+                .transaction(&mut |tx| work(&mut PoisonedTx(tx, self)))
         }
         fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
-            self.0.couriers()
+            self.inner.couriers()
         }
         fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
-            self.0.snapshot()
+            self.inner.snapshot()
         }
         fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
-            self.0.fleet()
+            self.inner.fleet()
         }
         fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
-            self.0.has_waiting_beside_available()
+            self.inner.has_waiting_beside_available()
         }
     }
 
     impl crate::repository::StorageTx for PoisonedTx<'_> {
+        fn lock_batch(
+            &mut self,
+            outline: &crate::repository::BatchOutline,
+        ) -> Result<(), RepoError> {
+            let orders = outline.orders.iter().map(|o| o.to_string()).collect();
+            self.1.outlines.lock().expect("outlines").push(orders);
+            self.0.lock_batch(outline)
+        }
         fn lock_order(&mut self, o: &OrderId) -> Result<crate::repository::OrderState, RepoError> {
-            if o.as_str() == "poison" {
-                return Err(RepoError::Permanent("poisoned".into()));
+            match o.as_str() {
+                "poison" => return Err(RepoError::Permanent("poisoned".into())),
+                "gate" => {
+                    self.1.at_gate.send(()).expect("the test waits at the gate");
+                    self.1.open_gate.recv().expect("the test opens the gate");
+                }
+                _ => {}
             }
             self.0.lock_order(o)
         }
@@ -430,44 +462,149 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failing_event_in_a_batch_fails_alone() {
-        let (tx, rx) = unbounded();
-        let shutdown = Shutdown::new();
+    /// A pool over a [`PoisonedRepository`], and the ends of its gate.
+    struct Gated {
+        pool: WorkerPool,
+        completions: Receiver<Completion>,
+        processor: Arc<OrderEventProcessor<PoisonedRepository>>,
+        /// Receives once a worker is inside the gate's transaction.
+        at_gate: Receiver<()>,
+        /// Lets it through.
+        open_gate: Sender<()>,
+    }
+
+    fn gated(workers: usize) -> Gated {
+        let (tx, completions) = unbounded();
+        let (at_gate_tx, at_gate) = unbounded();
+        let (open_gate, open_gate_rx) = unbounded();
+        let repository = PoisonedRepository {
+            inner: MemoryRepository::new(),
+            at_gate: at_gate_tx,
+            open_gate: open_gate_rx,
+            outlines: Default::default(),
+        };
+        let processor = Arc::new(OrderEventProcessor::new(repository));
         let context = WorkerContext {
-            processor: Arc::new(OrderEventProcessor::new(PoisonedRepository(
-                MemoryRepository::new(),
-            ))),
+            processor: Arc::clone(&processor),
             completions: tx,
-            shutdown: shutdown.clone(),
+            shutdown: Shutdown::new(),
             metrics: Arc::new(Metrics::default()),
             health: Arc::new(Health::new(Duration::from_secs(60))),
         };
         let settings = PoolSettings {
-            workers: 1,
+            workers,
             capacity: 16,
-            drain_budget: Duration::from_secs(1),
+            drain_budget: Duration::from_secs(60),
             batch_max: 16,
         };
-        let pool = WorkerPool::start(settings, context).expect("start");
-        // Fill the queue before the worker can drain it, so the events form one batch.
+        Gated {
+            pool: WorkerPool::start(settings, context).expect("start"),
+            completions,
+            processor,
+            at_gate,
+            open_gate,
+        }
+    }
+
+    #[test]
+    fn submit_queues_a_job_on_its_orders_worker() {
+        let Gated {
+            pool,
+            at_gate,
+            open_gate,
+            ..
+        } = gated(4);
+        let running = Shutdown::new();
+        let held = pool.route(&OrderId::parse("gate").expect("id"));
+        pool.submit(job("gate", OrderStatus::Created, 0), &running, || {})
+            .expect("queued");
+        at_gate.recv().expect("the worker reached the gate");
+        // Ten orders of the held worker, mixed with ten of others: exactly those ten wait.
+        let route = |id: &String| pool.route(&OrderId::parse(id.as_str()).expect("id"));
+        let ids: Vec<String> = (0..).map(|i| format!("o-{i}")).take(200).collect();
+        let mine = ids.iter().filter(|id| route(id) == held).take(10);
+        let others = ids.iter().filter(|id| route(id) != held).take(10);
+        for (offset, id) in mine.zip(others).flat_map(|(a, b)| [a, b]).enumerate() {
+            pool.submit(
+                job(id, OrderStatus::Created, 1 + offset as i64),
+                &running,
+                || {},
+            )
+            .expect("queued");
+        }
+        assert_eq!(pool.queue_depths()[held], 10);
+        open_gate.send(()).expect("open the gate");
+        pool.close_and_join();
+    }
+
+    #[test]
+    fn a_failing_event_in_a_batch_fails_alone() {
+        let Gated {
+            pool,
+            completions: rx,
+            processor,
+            at_gate,
+            open_gate,
+        } = gated(1);
+        // Hold the worker inside the gate's transaction while the three events queue up behind
+        // it; once the gate opens, it takes all three into one batch.
+        pool.queues[0]
+            .send(job("gate", OrderStatus::Created, 0))
+            .expect("queued");
+        at_gate.recv().expect("the worker reached the gate");
         for (i, id) in ["a", "poison", "b"].iter().enumerate() {
             pool.queues[0]
-                .send(job(id, OrderStatus::Created, i as i64))
+                .send(job(id, OrderStatus::Created, 1 + i as i64))
                 .expect("queued");
         }
+        open_gate.send(()).expect("open the gate");
         pool.close_and_join();
         let mut results: Vec<(i64, JobResult)> = rx
             .try_iter()
             .map(|c| (c.position.offset, c.result))
             .collect();
         results.sort_by_key(|(o, _)| *o);
+        let outlines = processor
+            .repository()
+            .outlines
+            .lock()
+            .expect("outlines")
+            .clone();
+        let batch: Vec<String> = ["a", "b", "poison"].map(String::from).to_vec();
+        assert!(
+            outlines.contains(&batch),
+            "the three events never formed one batch: {outlines:?}"
+        );
+        assert_eq!(results.len(), 4, "{results:?}");
         assert_eq!(results[0].1, JobResult::Applied(Outcome::Waiting));
-        assert!(matches!(
-            results[1].1,
-            JobResult::Failed(RepoError::Permanent(_))
-        ));
-        assert_eq!(results[2].1, JobResult::Applied(Outcome::Waiting));
+        assert_eq!(results[1].1, JobResult::Applied(Outcome::Waiting));
+        assert!(
+            matches!(results[2].1, JobResult::Failed(RepoError::Permanent(_))),
+            "{results:?}"
+        );
+        assert_eq!(results[3].1, JobResult::Applied(Outcome::Waiting));
+        // Only the failing event failed: the others are stored, the poisoned one is not.
+        let snapshot = processor.repository().snapshot().expect("snapshot");
+        let stored: Vec<&str> = snapshot.waiting.iter().map(OrderId::as_str).collect();
+        assert_eq!(stored, ["gate", "a", "b"]);
+    }
+
+    #[test]
+    fn once_stopping_every_job_is_given_back_even_to_a_queue_with_room() {
+        let (pool, rx, shutdown) = pool(1, 16, Duration::from_secs(1));
+        let running = Shutdown::new();
+        pool.submit(job("a", OrderStatus::Created, 0), &running, || {})
+            .expect("queued");
+        shutdown.trigger();
+        // The queue has room, but once stopping nothing more is queued: `created` of b is
+        // refused, and so is its `completed`, which must never be applied ahead of it.
+        for (offset, status) in [(1, OrderStatus::Created), (2, OrderStatus::Completed)] {
+            let refused = pool.submit(job("b", status, offset), &shutdown, || {});
+            assert!(refused.is_err(), "offset {offset} queued while stopping");
+        }
+        pool.close_and_join();
+        let done: Vec<i64> = rx.try_iter().map(|c| c.position.offset).collect();
+        assert_eq!(done, [0]);
     }
 
     #[test]

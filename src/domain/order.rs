@@ -1,4 +1,4 @@
-//! What identifies an order and what its status means for couriers (DESIGN.md §1).
+//! What identifies an order and what its status means for couriers (README "The rules").
 
 use std::fmt;
 
@@ -155,7 +155,7 @@ impl OrderStatus {
         }
     }
 
-    /// What the status means for couriers (the table in DESIGN.md §1).
+    /// What the status means for couriers (the table in README "The rules").
     pub fn family(self) -> StatusFamily {
         match self {
             Self::Created => StatusFamily::Assign,

@@ -2,6 +2,9 @@
 //! waits on a full queue or backs off); workers report each finished event. Healthy means the
 //! poller beat recently and, when events are in flight, a worker finished one recently. Ready
 //! means Kafka and PostgreSQL have both answered.
+//!
+//! `/healthz` turns unhealthy after half the watchdog's threshold without progress, so a probe
+//! sees a stall (and can say why) for a long while before the watchdog exits the process.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +28,7 @@ pub struct Health {
     in_flight: AtomicU64,
     kafka_ready: AtomicBool,
     database_ready: AtomicBool,
-    /// How long without progress counts as a stall.
+    /// How long the poller may make no progress before the watchdog exits the process.
     stall_after: Duration,
     /// Per worker inside a database call: milliseconds since `started` when the call began. A
     /// frozen server can hold a call forever (no timeout fires when the server cannot answer).
@@ -33,7 +36,8 @@ pub struct Health {
 }
 
 impl Health {
-    /// Marks that count as stalled after `stall_after` without progress.
+    /// Marks for a watchdog that acts after `stall_after` without progress; liveness fails
+    /// after half of that (see [`Health::unhealthy_after`]).
     pub fn new(stall_after: Duration) -> Self {
         Self {
             started: Instant::now(),
@@ -51,8 +55,14 @@ impl Health {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn age(&self, mark: &AtomicU64) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(mark.load(Ordering::Relaxed)))
+    fn age(&self, mark: &AtomicU64, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(mark.load(Ordering::Relaxed)))
+    }
+
+    /// How long without progress `/healthz` tolerates: half the watchdog's threshold, so the
+    /// stall shows there well before the watchdog exits.
+    pub fn unhealthy_after(&self) -> Duration {
+        self.stall_after / 2
     }
 
     /// The poller is alive and turning.
@@ -78,7 +88,10 @@ impl Health {
 
     /// The worker inside one database call for longest, and for how long.
     pub fn longest_busy_worker(&self) -> Option<(usize, Duration)> {
-        let now = self.now_ms();
+        self.longest_busy_worker_at(self.now_ms())
+    }
+
+    fn longest_busy_worker_at(&self, now: u64) -> Option<(usize, Duration)> {
         self.busy_marks()
             .iter()
             .map(|(w, since)| (*w, Duration::from_millis(now.saturating_sub(*since))))
@@ -91,10 +104,10 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A worker stuck inside one database call for longer than the stall bound, if any.
-    fn stuck_worker(&self) -> Option<String> {
-        self.longest_busy_worker()
-            .filter(|(_, d)| *d > self.stall_after)
+    /// A worker stuck inside one database call for longer than `limit`, if any.
+    fn stuck_worker(&self, now_ms: u64, limit: Duration) -> Option<String> {
+        self.longest_busy_worker_at(now_ms)
+            .filter(|(_, d)| *d > limit)
             .map(|(w, d)| format!("worker {w} has been inside one database call for {d:?}"))
     }
 
@@ -118,16 +131,21 @@ impl Health {
 
     /// `Ok` while the poller and the workers make progress; else why not.
     pub fn liveness(&self) -> Result<(), String> {
-        let poller = self.age(&self.poller_beat);
-        if poller > self.stall_after {
+        self.liveness_at(self.now_ms())
+    }
+
+    fn liveness_at(&self, now_ms: u64) -> Result<(), String> {
+        let limit = self.unhealthy_after();
+        let poller = self.age(&self.poller_beat, now_ms);
+        if poller > limit {
             return Err(format!("poller made no progress for {poller:?}"));
         }
-        if let Some(stuck) = self.stuck_worker() {
+        if let Some(stuck) = self.stuck_worker(now_ms, limit) {
             return Err(stuck);
         }
-        let workers = self.age(&self.last_completion);
+        let workers = self.age(&self.last_completion, now_ms);
         let in_flight = self.in_flight.load(Ordering::Relaxed);
-        if in_flight > 0 && workers > self.stall_after {
+        if in_flight > 0 && workers > limit {
             return Err(format!(
                 "workers finished no event for {workers:?} with {in_flight} in flight"
             ));
@@ -148,6 +166,12 @@ impl Health {
         }
     }
 
+    /// How long the poller has made no progress, once that is more than the watchdog allows.
+    fn poller_stalled_at(&self, now_ms: u64) -> Option<Duration> {
+        let stalled = self.age(&self.poller_beat, now_ms);
+        (stalled > self.stall_after).then_some(stalled)
+    }
+
     /// Starts the watchdog thread: once the poller has made no progress for `stall_after`, it
     /// logs why and exits with [`EXIT_WATCHDOG`] so the supervisor restarts the process.
     /// Uncommitted events are delivered again, so nothing is lost. Inactive while stopping.
@@ -160,8 +184,7 @@ impl Health {
                 if shutdown.is_shutdown() {
                     return;
                 }
-                let stalled = health.age(&health.poller_beat);
-                if stalled > health.stall_after {
+                if let Some(stalled) = health.poller_stalled_at(health.now_ms()) {
                     log::error!(
                         "watchdog: the poller made no progress for {stalled:?} (stuck inside a \
                          Kafka call?); exiting with code {EXIT_WATCHDOG} so the supervisor \
@@ -169,7 +192,7 @@ impl Health {
                     );
                     std::process::exit(EXIT_WATCHDOG);
                 }
-                if let Some(stuck) = health.stuck_worker() {
+                if let Some(stuck) = health.stuck_worker(health.now_ms(), health.stall_after) {
                     log::error!(
                         "watchdog: {stuck} (a frozen or unreachable database server?); exiting \
                          with code {EXIT_WATCHDOG} so the supervisor restarts the service; \
@@ -186,34 +209,95 @@ impl Health {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_quiet_poller_is_a_stall_and_so_are_stuck_workers() {
-        let h = Health::new(Duration::from_millis(50));
-        h.poller_beat();
-        assert_eq!(h.liveness(), Ok(()));
-        h.in_flight(3);
-        std::thread::sleep(Duration::from_millis(80));
-        h.poller_beat();
-        assert!(h.liveness().is_err_and(|e| e.contains("workers")));
-        h.event_finished();
-        h.in_flight(0);
-        assert_eq!(h.liveness(), Ok(()));
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(h.liveness().is_err_and(|e| e.contains("poller")));
+    /// A health whose clock the test sets: the marks are milliseconds since its start.
+    fn health(watchdog: Duration) -> Health {
+        let h = Health::new(watchdog);
+        h.poller_beat.store(1_000, Ordering::Relaxed);
+        h.last_completion.store(1_000, Ordering::Relaxed);
+        h
     }
 
     #[test]
-    fn a_worker_stuck_in_one_database_call_is_a_stall() {
-        let h = Health::new(Duration::from_millis(50));
-        h.poller_beat();
-        h.worker_busy(1);
-        assert_eq!(h.liveness(), Ok(()));
-        std::thread::sleep(Duration::from_millis(80));
-        h.poller_beat();
-        assert!(h.liveness().is_err_and(|e| e.contains("worker 1")));
-        assert!(h.longest_busy_worker().is_some_and(|(w, _)| w == 1));
+    fn a_quiet_poller_is_unhealthy_at_half_the_watchdog_threshold_and_the_watchdog_acts_at_it() {
+        let h = health(Duration::from_secs(60));
+        assert_eq!(h.liveness_at(1_000), Ok(()));
+        assert_eq!(h.liveness_at(31_000), Ok(()));
+        let at_half = h.liveness_at(31_001);
+        assert!(
+            at_half.as_ref().is_err_and(|e| e.contains("poller")),
+            "{at_half:?}"
+        );
+        // Unhealthy for the whole second half: a probe has thirty seconds to see it.
+        assert_eq!(h.poller_stalled_at(31_001), None);
+        assert_eq!(h.poller_stalled_at(61_000), None);
+        assert_eq!(
+            h.poller_stalled_at(61_001),
+            Some(Duration::from_millis(60_001))
+        );
+        h.poller_beat.store(61_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(61_001), Ok(()));
+        assert_eq!(h.poller_stalled_at(61_001), None);
+    }
+
+    #[test]
+    fn workers_stuck_with_events_in_flight_are_unhealthy_idle_ones_are_not() {
+        let h = health(Duration::from_secs(60));
+        // Idle: no event in flight, so workers that finished nothing for long are fine.
+        h.poller_beat.store(100_000, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(100_000), Ok(()));
+        // Work arrives at 100 s: the workers' clock starts then, not at their last event.
+        h.last_completion.store(100_000, Ordering::Relaxed);
+        h.in_flight.store(3, Ordering::Relaxed);
+        h.poller_beat.store(130_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(130_000), Ok(()));
+        let stuck = h.liveness_at(130_001);
+        assert!(
+            stuck.as_ref().is_err_and(|e| e.contains("workers")),
+            "{stuck:?}"
+        );
+        // Stuck workers are a /healthz matter; the watchdog watches the poller only.
+        assert_eq!(h.poller_stalled_at(130_001), None);
+        h.last_completion.store(130_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(130_001), Ok(()));
+    }
+
+    #[test]
+    fn work_arriving_restarts_the_workers_clock() {
+        let mut h = Health::new(Duration::from_secs(60));
+        // Started 100 s ago; the workers last finished something at its start.
+        h.started = Instant::now()
+            .checked_sub(Duration::from_secs(100))
+            .expect("the clock is past 100 s");
+        h.last_completion.store(0, Ordering::Relaxed);
+        h.in_flight(0);
+        assert_eq!(h.last_completion.load(Ordering::Relaxed), 0);
+        h.in_flight(2);
+        let stamped = h.last_completion.load(Ordering::Relaxed);
+        assert!(stamped >= 100_000, "the clock did not restart: {stamped}");
+        h.in_flight(5); // more work while busy: the clock keeps running
+        assert_eq!(h.last_completion.load(Ordering::Relaxed), stamped);
+    }
+
+    #[test]
+    fn a_worker_stuck_in_one_database_call_is_unhealthy_at_half_the_threshold_and_a_stall_at_it(
+    ) {
+        let h = health(Duration::from_secs(60));
+        h.busy_marks().insert(1, 1_000);
+        h.poller_beat.store(31_001, Ordering::Relaxed);
+        assert_eq!(h.liveness_at(31_000), Ok(()));
+        let stuck = h.liveness_at(31_001);
+        assert!(
+            stuck.as_ref().is_err_and(|e| e.contains("worker 1")),
+            "{stuck:?}"
+        );
+        assert_eq!(h.stuck_worker(61_000, h.stall_after), None);
+        assert!(h.stuck_worker(61_001, h.stall_after).is_some());
+        assert_eq!(
+            h.longest_busy_worker_at(61_001),
+            Some((1, Duration::from_millis(60_001)))
+        );
         h.worker_idle(1);
-        assert_eq!(h.liveness(), Ok(()));
+        assert_eq!(h.liveness_at(31_001), Ok(()));
         assert_eq!(h.longest_busy_worker(), None);
     }
 

@@ -1,0 +1,199 @@
+//! PostgreSQL for tests: a private schema of the shared server per test ([`TestDb`]), or a
+//! server of the test's own that it may crash and start again ([`OwnPostgres`]).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use service_courier::repository::PgRepository;
+
+use super::in_ci;
+use super::scripts::{env_file, script};
+use super::wait::retry;
+
+/// DATABASE_URL, or `None` outside CI (the test then says it skipped). In CI a missing
+/// DATABASE_URL fails the test loudly.
+pub fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if in_ci() => panic!(
+            "DATABASE_URL is not set but CI is: PostgreSQL tests must run in CI (scripts/test.sh)"
+        ),
+        _ => {
+            eprintln!("SKIPPED: DATABASE_URL is not set; run scripts/postgres.sh start first");
+            None
+        }
+    }
+}
+
+/// A PostgreSQL repository in a fresh schema of its own, dropped at the end of the test, so
+/// tests run in parallel without seeing each other.
+pub struct TestDb {
+    /// The repository, migrated.
+    pub repo: PgRepository,
+    /// The schema's name.
+    pub schema: String,
+    /// Connection settings pointing at the schema (for extra pools or the binary).
+    pub config: postgres::Config,
+    /// DATABASE_URL with the schema selected through `options`.
+    pub url: String,
+    base: postgres::Config,
+}
+
+static NEXT_SCHEMA: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// A migrated repository with a pool of `pool_size`, or `None` when skipping (see
+    /// [`database_url`]).
+    pub fn new(pool_size: u32) -> Option<Self> {
+        let url = database_url()?;
+        let base: postgres::Config = url.parse().expect("DATABASE_URL parses");
+        let schema = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            NEXT_SCHEMA.fetch_add(1, Ordering::Relaxed),
+            Utc::now().timestamp_subsec_micros()
+        );
+        let mut admin = base
+            .connect(postgres::NoTls)
+            .expect("PostgreSQL answers at DATABASE_URL");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .expect("create test schema");
+        let mut config = base.clone();
+        config.options(&format!("-c search_path={schema}"));
+        let repo = PgRepository::new(config.clone(), pool_size);
+        repo.migrate().expect("schema.sql applies");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        Some(Self {
+            repo,
+            schema,
+            config,
+            url,
+            base,
+        })
+    }
+
+    /// A plain client on the test schema, for assertions in SQL.
+    pub fn client(&self) -> postgres::Client {
+        self.config.connect(postgres::NoTls).expect("connect")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.base.connect(postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+/// pg_ctl, found the way scripts/postgres.sh finds it: PG_BIN, PATH, then the newest
+/// /usr/lib/postgresql/*/bin.
+pub fn pg_ctl() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("PG_BIN") {
+        return Some(PathBuf::from(bin).join("pg_ctl"));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(d) = std::env::split_paths(&path).find(|d| d.join("pg_ctl").is_file()) {
+            return Some(d.join("pg_ctl"));
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let p = e.path().join("bin/pg_ctl");
+            p.is_file().then_some((v, p))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+fn command_text(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("command runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A throwaway PostgreSQL server of the test's own (scripts/postgres.sh in `state`), stopped
+/// when dropped, also on panic.
+pub struct OwnPostgres {
+    /// Its state dir.
+    pub state: PathBuf,
+    /// Its DATABASE_URL.
+    pub url: String,
+}
+
+impl OwnPostgres {
+    /// Starts a server in `state`.
+    pub fn start(state: PathBuf) -> Self {
+        script("postgres.sh", &["start"], &[("PG_STATE_DIR", &state)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = env_file(&state, "DATABASE_URL");
+        Self { state, url }
+    }
+
+    /// Where the cluster lives: the state dir, or /var/tmp when the server's user can't reach
+    /// the checkout (scripts/postgres.sh leaves a pointer file then).
+    fn cluster(&self) -> PathBuf {
+        std::fs::read_to_string(self.state.join("cluster_dir"))
+            .map(|p| PathBuf::from(p.trim()))
+            .unwrap_or_else(|_| self.state.join("cluster"))
+    }
+
+    /// Stops the server the hard way: no checkpoint, connections cut, crash recovery at the
+    /// next start. Run as the data dir's owner (PostgreSQL refuses root).
+    pub fn crash(&self) {
+        let data = self.cluster().join("data");
+        let pg_ctl = pg_ctl().expect("pg_ctl");
+        let owner = command_text("stat", &["-c", "%U", &data.to_string_lossy()]);
+        let me = command_text("id", &["-un"]);
+        let mut cmd = if owner == me {
+            Command::new(&pg_ctl)
+        } else {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &owner, "--"]).arg(&pg_ctl);
+            c
+        };
+        let out = cmd
+            .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
+            .arg(&data)
+            .current_dir("/")
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop -m immediate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts it again on the same port (the service keeps the address it was started with);
+    /// returns how many attempts it took.
+    pub fn start_again(&self) -> u32 {
+        retry(Duration::from_secs(90), "restarting PostgreSQL", || {
+            script("postgres.sh", &["start"], &[("PG_STATE_DIR", &self.state)])
+        })
+    }
+
+    /// A repository on it. Drop it before any outage: an idle connection left open across an
+    /// abrupt stop keeps the old server's socket half-closed.
+    pub fn repo(&self, size: u32) -> PgRepository {
+        PgRepository::new(self.url.parse().expect("DATABASE_URL parses"), size)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let cluster = self.cluster();
+        let _ = script("postgres.sh", &["stop"], &[("PG_STATE_DIR", &self.state)]);
+        if !std::thread::panicking() && !cluster.starts_with(&self.state) {
+            let _ = std::fs::remove_dir_all(cluster);
+        }
+    }
+}
