@@ -22,6 +22,7 @@
 //! - [`app`]: the wiring, in one place. [`cli`]: the command line (run, migrate, couriers,
 //!   stats, simulate). [`simulate`]: a stand-in for service-order, off the event path.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -190,15 +190,20 @@ impl NewCourier {
         phone: Phone,
         transport: TransportType,
     ) -> Result<Self, ParseCourierError> {
+        Ok(Self {
+            name: Self::parse_name(name)?,
+            phone,
+            transport,
+        })
+    }
+
+    /// A display name: trimmed, 1 to 100 characters (also for renaming a courier).
+    pub fn parse_name(name: &str) -> Result<String, ParseCourierError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ParseCourierError::Name);
         }
-        Ok(Self {
-            name: name.to_owned(),
-            phone,
-            transport,
-        })
+        Ok(name.to_owned())
     }
 }
 

@@ -7,4 +7,4 @@ pub mod http;
 pub mod metrics;
 
 pub use health::Health;
-pub use metrics::{FleetGauges, Metrics};
+pub use metrics::{FleetGauges, Metrics, PartitionReading};
