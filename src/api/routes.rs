@@ -377,7 +377,9 @@ fn deliveries<R: CourierRepository>(api: &Api<R>, id: CourierId, query: &str) ->
 }
 
 fn order<R: CourierRepository>(api: &Api<R>, raw: &str) -> Outcome {
+    // PostgreSQL text can't hold NUL, so no stored order has one.
     let id = percent_decode(raw)
+        .filter(|s| !s.contains('\0'))
         .and_then(|s| OrderId::parse(s).ok())
         .ok_or_else(|| ApiError::bad_request("invalid order id"))?;
     match api.repo.order(&id)? {

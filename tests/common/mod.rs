@@ -1,6 +1,8 @@
 //! Shared test helpers: a private PostgreSQL schema per test, and event builders.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod api;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -311,6 +313,7 @@ impl Service {
             .stderr(file);
         // Several services run at once in tests: each takes a free port for its endpoint.
         cmd.env("METRICS_ADDR", "127.0.0.1:0");
+        cmd.env("HTTP_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
