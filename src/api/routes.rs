@@ -280,7 +280,10 @@ fn create_courier<R: CourierRepository>(api: &Api<R>, body: &json::CreateCourier
 
 fn update_courier<R: CourierRepository>(api: &Api<R>, body: &json::UpdateCourier) -> Outcome {
     // Everything is checked before anything changes.
-    let id = courier_id(&body.id.to_string())?;
+    if body.id <= 0 {
+        return Err(ApiError::bad_request("invalid courier id"));
+    }
+    let id = CourierId(body.id);
     let status = body.status.as_deref().map(settable_status).transpose()?;
     let patch = CourierPatch {
         name: body
