@@ -305,10 +305,10 @@ fn update_courier<R: CourierRepository>(api: &Api<R>, body: &json::UpdateCourier
     let now = Utc::now();
     match status {
         Some(CourierStatus::Paused) => {
-            couriers::pause(&api.repo, id, now).map_err(command_error)?;
+            retried(|| couriers::pause(&api.repo, id, now)).map_err(command_error)?;
         }
         Some(_) => {
-            couriers::resume(&api.repo, id, now).map_err(command_error)?;
+            retried(|| couriers::resume(&api.repo, id, now)).map_err(command_error)?;
         }
         None => {}
     }
@@ -319,6 +319,24 @@ fn update_courier<R: CourierRepository>(api: &Api<R>, body: &json::UpdateCourier
             message: "Courier updated successfully",
         },
     ))
+}
+
+/// Runs an idempotent courier command, again after a transient failure (a deadlock with a
+/// worker's batch, say), a few times before giving up with 503.
+fn retried<T>(
+    mut command: impl FnMut() -> Result<T, CourierCommandError>,
+) -> Result<T, CourierCommandError> {
+    let mut attempt = 1;
+    loop {
+        match command() {
+            Err(CourierCommandError::Repository(e)) if e.is_transient() && attempt < 3 => {
+                log::debug!("api: retrying after {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn get_courier<R: CourierRepository>(api: &Api<R>, id: CourierId) -> Outcome {
