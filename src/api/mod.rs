@@ -13,13 +13,14 @@
 //! - [`pipeline`]: events/s and stalled partitions, sampled once a second from [`Metrics`].
 //!
 //! Synchronous: a fixed number of handler threads take requests from one tiny_http server.
-//! tiny_http has no per-connection timeout (and a timeout on the listening socket would end its
-//! accept loop), so a slow client is kept off the handlers by design instead: tiny_http reads
-//! request heads, and bodies up to 1 KiB, on threads of its own; a larger or chunked body is
-//! read on a short-lived thread of its own that the handler waits for at most
-//! [`request::BODY_DEADLINE`]. See [`routes::handle`].
+//! Slow clients: every connection has read and write timeouts ([`listener`]: tiny_http has
+//! none of its own), so a silent client loses its connection; tiny_http reads request heads,
+//! and bodies up to 1 KiB, on threads of its own; a larger or chunked body is read on a
+//! short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds a
+//! handler (see [`routes::handle`]).
 
 mod json;
+mod listener;
 pub mod pipeline;
 mod reply;
 mod request;
@@ -56,13 +57,8 @@ pub fn serve<R: CourierRepository + 'static>(
     api: Api<R>,
     shutdown: Shutdown,
 ) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr)
+    let listener = listener::Listener::bind(addr, shutdown.clone())
         .map_err(|e| format!("HTTP_ADDR: cannot listen on {addr}: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| format!("HTTP_ADDR: {addr} is not an IP address"))?;
-    let server = Arc::new(server);
     let api = Arc::new(api);
     pipeline::start_sampler(
         Arc::clone(&api.pipeline),
@@ -71,19 +67,24 @@ pub fn serve<R: CourierRepository + 'static>(
     )
     .map_err(|e| format!("cannot start the pipeline sampler: {e}"))?;
     for n in 0..HANDLER_THREADS {
-        let (server, api, shutdown) = (Arc::clone(&server), Arc::clone(&api), shutdown.clone());
+        let (listener, api, shutdown) = (Arc::clone(&listener), Arc::clone(&api), shutdown.clone());
         std::thread::Builder::new()
             .name(format!("api-{n}"))
             .spawn(move || {
                 while !shutdown.is_shutdown() {
+                    let server = listener.server();
                     match server.recv_timeout(Duration::from_millis(200)) {
                         Ok(Some(request)) => routes::handle(&api, request),
                         Ok(None) => {}
-                        Err(e) => log::warn!("api: {e}"),
+                        // tiny_http reports one error when its accept loop ends.
+                        Err(e) => {
+                            log::warn!("api: {e}");
+                            listener.rebuild(&server);
+                        }
                     }
                 }
             })
             .map_err(|e| format!("cannot start an API thread: {e}"))?;
     }
-    Ok(bound)
+    Ok(listener.bound)
 }
