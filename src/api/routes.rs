@@ -32,7 +32,8 @@ type Outcome = Result<Reply, ApiError>;
 /// client. Such a request is answered on a short-lived thread of its own, and the handler moves
 /// on at once, so a slow client never holds a handler. Those threads are bounded as tiny_http's
 /// own are: one per open connection at most (a connection's next request is not read before
-/// its body is), and each gives up at [`super::request::BODY_DEADLINE`] once the client sends anything.
+/// its body is), and each ends within [`super::request::BODY_DEADLINE`] plus the connection's
+/// read timeout (see `listener`).
 pub fn handle<R: CourierRepository + 'static>(api: &Arc<Api<R>>, request: Request) {
     if body_in_memory(&request) {
         return answer(api, request);
