@@ -17,6 +17,7 @@
 #   STAND_ORDERS      orders the simulator sends (default 2000)
 #   STAND_RATE        simulator events per second, or "burst" (default 20)
 #   METRICS_ADDR      the service's /metrics, /healthz, /readyz (default 127.0.0.1:9464)
+#   HTTP_ADDR         the service's HTTP API and operator's page (default 127.0.0.1:8080)
 #   PG_STATE_DIR, KAFKA_STATE_DIR  passed on to scripts/postgres.sh and scripts/kafka.sh
 set -euo pipefail
 LOG_TAG=stand
@@ -80,7 +81,7 @@ cmd_up() {
   else
     # setsid: the service must not die with this shell, nor get its terminal's Ctrl-C.
     setsid env DATABASE_URL="$DATABASE_URL" KAFKA_BROKERS="$KAFKA_BROKERS" \
-      METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}" \
+      METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}" HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}" \
       "$bin" run >>"$STAND_DIR/service.log" 2>&1 </dev/null &
     echo $! >"$STAND_DIR/service.pid"
   fi
@@ -107,7 +108,8 @@ The stand is up.
   PostgreSQL   $DATABASE_URL
   Kafka        $KAFKA_BROKERS   (topics order.status.changed, order.status.changed.dlq)
   service      pid $(cat "$STAND_DIR/service.pid"), log $STAND_DIR/service.log
-               metrics and health: $(grep -o 'http://[0-9.:]*' "$STAND_DIR/service.log" | tail -n1)/metrics, /healthz, /readyz
+               metrics and health: $(grep -o 'on http://[0-9.:]*' "$STAND_DIR/service.log" | tail -n1 | cut -c4-)/metrics, /healthz, /readyz
+               operator's page and HTTP API: $(grep -o 'page at http://[0-9.:]*/' "$STAND_DIR/service.log" | tail -n1 | cut -c9-)
   simulator    pid $(cat "$STAND_DIR/simulator.pid"), log $STAND_DIR/simulator.log
 
 Watch it:

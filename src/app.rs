@@ -1,5 +1,5 @@
-//! Wiring, in one place: settings → logger → signals → PostgreSQL (wait, migrate) → broker check
-//! → worker pool → poller. Returns the process exit code.
+//! Wiring, in one place: settings → logger → signals → endpoints (metrics, API) → PostgreSQL
+//! (wait, migrate) → broker check → worker pool → poller. Returns the process exit code.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 
+use crate::api;
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{self, ClientKind, KafkaSettings, Settings};
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
@@ -84,6 +85,12 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
                 log::error!("{e}");
                 return ExitCode::from(EXIT_USAGE);
             }
+        }
+    }
+    if let Some(addr) = &settings.http_addr {
+        if let Err(e) = start_api(addr, settings, &metrics, shutdown) {
+            log::error!("{e}");
+            return ExitCode::from(EXIT_USAGE);
         }
     }
     if let Some(stall) = settings.watchdog {
@@ -187,6 +194,30 @@ fn clients(kafka: &KafkaSettings) -> Clients {
             )),
         },
     }
+}
+
+/// The HTTP API and the operator's page, with a small pool of its own so people's requests
+/// never wait for a worker's connection (nor hold one).
+fn start_api(
+    addr: &str,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> Result<(), String> {
+    let api = api::Api {
+        repo: PgRepository::new(settings.database.config.clone(), 2),
+        metrics: Arc::clone(metrics),
+        pipeline: Arc::default(),
+        token: settings.api_token.clone(),
+    };
+    let bound = api::serve(addr, api, shutdown.clone())?;
+    let guard = if settings.api_token.is_some() {
+        "changes need the API token"
+    } else {
+        "no API_TOKEN: changes are open to anyone who reaches it"
+    };
+    log::info!("api: HTTP API and operator's page at http://{bound}/ ({guard})");
+    Ok(())
 }
 
 /// Hands any order waiting beside an available courier to that courier: when a commit asks for

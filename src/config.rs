@@ -328,6 +328,11 @@ pub struct Settings {
     pub metrics_addr: Option<String>,
     /// WATCHDOG_SECS: exit when the poller makes no progress this long; `None` = disabled.
     pub watchdog: Option<Duration>,
+    /// HTTP_ADDR: where the HTTP API and the operator's page listen; `None` = disabled.
+    pub http_addr: Option<String>,
+    /// API_TOKEN: when set, mutating API routes need `Authorization: Bearer <token>`. A secret:
+    /// never printed, never logged.
+    pub api_token: Option<String>,
 }
 
 /// Reads variables through a lookup function, so tests need not touch the process environment.
@@ -639,7 +644,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 LevelFilter::Info,
                 "error, warn, info, debug or trace",
             )?,
-            metrics_addr: metrics_addr(self)?,
+            metrics_addr: listen_addr(self, "METRICS_ADDR", "127.0.0.1:9464")?,
+            http_addr: listen_addr(self, "HTTP_ADDR", "127.0.0.1:8080")?,
+            api_token: api_token(self)?,
             watchdog: match self.bounded("WATCHDOG_SECS", 60, 0..=86_400)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
@@ -691,18 +698,32 @@ fn topic_name<F: Fn(&str) -> Option<String>>(
     }
 }
 
-fn metrics_addr<F: Fn(&str) -> Option<String>>(
+fn listen_addr<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
+    name: &'static str,
+    default: &str,
 ) -> Result<Option<String>, ConfigError> {
     // Set but empty disables the endpoint; unset means the default.
-    match (env.0)("METRICS_ADDR").map(|v| v.trim().to_owned()) {
-        None => Ok(Some("127.0.0.1:9464".into())),
+    match (env.0)(name).map(|v| v.trim().to_owned()) {
+        None => Ok(Some(default.into())),
         Some(v) if v.is_empty() => Ok(None),
         Some(v) if is_host_port(&v) || v.ends_with(":0") => Ok(Some(v)),
         Some(v) => Err(ConfigError {
-            variable: "METRICS_ADDR",
+            variable: name,
             problem: format!("{v:?} is not host:port (or empty to disable)"),
         }),
+    }
+}
+
+fn api_token<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<String>, ConfigError> {
+    match env.raw("API_TOKEN") {
+        None => Ok(None),
+        // The message never shows the value: it is a secret.
+        Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) => Err(ConfigError {
+            variable: "API_TOKEN",
+            problem: "must be at least 16 printable ASCII characters without spaces".into(),
+        }),
+        Some(t) => Ok(Some(t)),
     }
 }
 
@@ -949,6 +970,21 @@ mod tests {
         );
         let err = with(&[("DB_TCP_TIMEOUT_SECS", "forever")]).expect_err("bad");
         assert!(err.to_string().contains("DB_TCP_TIMEOUT_SECS"), "{err}");
+    }
+
+    #[test]
+    fn http_address_and_token() {
+        let s = with(&[]).expect("valid");
+        assert_eq!(s.http_addr.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(s.api_token, None);
+        let s = with(&[("HTTP_ADDR", ""), ("API_TOKEN", "0123456789abcdef")]).expect("valid");
+        assert_eq!(s.http_addr, None);
+        assert_eq!(s.api_token.as_deref(), Some("0123456789abcdef"));
+        let err = with(&[("HTTP_ADDR", "nope")]).map_err(|e| e.variable);
+        assert_eq!(err.map(|_| ()), Err("HTTP_ADDR"));
+        let err = with(&[("API_TOKEN", "short secret")]).expect_err("too short");
+        assert_eq!(err.variable, "API_TOKEN");
+        assert!(!err.to_string().contains("short secret"));
     }
 
     #[test]

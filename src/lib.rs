@@ -19,9 +19,11 @@
 //!   order's events stay in order while the pool runs in parallel.
 //! - [`shutdown`]: SIGINT/SIGTERM stop polling; workers drain; final offsets are committed.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` and the watchdog.
+//! - [`api`]: the course's courier HTTP API and the operator's page, for people (`HTTP_ADDR`).
 //! - [`app`]: the wiring, in one place. [`cli`]: the command line (run, migrate, couriers,
 //!   stats, simulate). [`simulate`]: a stand-in for service-order, off the event path.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

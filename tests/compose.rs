@@ -203,3 +203,98 @@ fn the_image_is_multi_stage_small_and_non_root() {
         "runs as {user}"
     );
 }
+
+#[test]
+fn observability_profile_provisions_prometheus_and_grafana() {
+    let doc = compose();
+    let courier = service(&doc, "service-courier");
+    assert_eq!(
+        text(&courier["environment"]["HTTP_ADDR"], "HTTP_ADDR"),
+        "0.0.0.0:8080"
+    );
+    let ports: Vec<&str> = courier["ports"]
+        .as_vec()
+        .expect("ports")
+        .iter()
+        .map(|p| text(p, "port"))
+        .collect();
+    assert!(
+        ports.contains(&"8080:8080"),
+        "API port not published: {ports:?}"
+    );
+
+    let mounts = |name: &str| -> Vec<(String, String)> {
+        service(&doc, name)["volumes"]
+            .as_vec()
+            .expect("volumes")
+            .iter()
+            .map(|v| {
+                let v = text(v, "volume");
+                let mut parts = v.split(':');
+                let host = parts.next().unwrap_or_default().trim_start_matches("./");
+                (host.to_owned(), parts.next().unwrap_or_default().to_owned())
+            })
+            .collect()
+    };
+    for name in ["prometheus", "grafana"] {
+        let s = service(&doc, name);
+        assert_eq!(
+            text(&s["profiles"][0], "profile"),
+            "observability",
+            "{name}"
+        );
+        assert!(
+            !s["healthcheck"]["test"].is_badvalue(),
+            "{name} has no health check"
+        );
+        // Every mounted file or folder exists in the repository.
+        for (host, _) in mounts(name) {
+            let path = format!("{}/{host}", env!("CARGO_MANIFEST_DIR"));
+            assert!(
+                std::path::Path::new(&path).exists(),
+                "{name} mounts missing {host}"
+            );
+        }
+    }
+    let prom = mounts("prometheus");
+    assert!(prom.contains(&(
+        "deploy/prometheus/alerts.yml".into(),
+        "/etc/prometheus/alerts.yml".into()
+    )));
+    // Prometheus scrapes the service's metrics port and loads the alerts where they are mounted.
+    let config = read("deploy/prometheus/prometheus.yml");
+    assert!(config.contains("service-courier:9464"));
+    assert!(config.contains("/etc/prometheus/alerts.yml"));
+
+    // Grafana gets the datasource the dashboard names, and the dashboard where the provider
+    // looks for it.
+    let grafana = mounts("grafana");
+    assert!(grafana.contains(&(
+        "deploy/grafana/provisioning".into(),
+        "/etc/grafana/provisioning".into()
+    )));
+    let board_mount = grafana
+        .iter()
+        .find(|(host, _)| host == "deploy/grafana/service-courier.json")
+        .map(|(_, inside)| inside.clone())
+        .expect("the dashboard is mounted");
+    let provider = read("deploy/grafana/provisioning/dashboards/service-courier.yml");
+    let folder = board_mount
+        .rsplit_once('/')
+        .map(|(dir, _)| dir)
+        .unwrap_or_default();
+    assert!(provider.contains(&format!("path: {folder}")), "{provider}");
+    let datasource = read("deploy/grafana/provisioning/datasources/prometheus.yml");
+    assert!(
+        datasource.contains("uid: prometheus") && datasource.contains("http://prometheus:9090")
+    );
+    let board: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/service-courier.json")).expect("dashboard JSON");
+    for panel in board["panels"].as_array().expect("panels") {
+        assert_eq!(
+            panel["datasource"]["uid"], "prometheus",
+            "{}",
+            panel["title"]
+        );
+    }
+}

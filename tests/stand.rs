@@ -21,6 +21,7 @@ fn stand(dir: &std::path::Path, action: &str, orders: u32) -> std::process::Outp
         .env("STAND_RATE", "burst")
         .env("STAND_COURIERS", "15")
         .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .env_remove("DATABASE_URL")
         .env_remove("KAFKA_BROKERS")
         .output()

@@ -22,7 +22,10 @@ impl fmt::Display for ParseCourierError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Phone(p) => write!(f, "phone {p:?} is not '+' followed by 11 digits"),
-            Self::Name => write!(f, "name must be 1 to 100 characters"),
+            Self::Name => write!(
+                f,
+                "name must be 1 to 100 characters, none of them a control"
+            ),
             Self::Status(s) => write!(f, "courier status {s:?} is not available, busy or paused"),
             Self::Transport(t) => write!(f, "transport {t:?} is not on_foot, scooter or car"),
         }
@@ -190,15 +193,20 @@ impl NewCourier {
         phone: Phone,
         transport: TransportType,
     ) -> Result<Self, ParseCourierError> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(ParseCourierError::Name);
-        }
         Ok(Self {
-            name: name.to_owned(),
+            name: Self::parse_name(name)?,
             phone,
             transport,
         })
+    }
+
+    /// A display name: trimmed, 1 to 100 characters (also for renaming a courier).
+    pub fn parse_name(name: &str) -> Result<String, ParseCourierError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(ParseCourierError::Name);
+        }
+        Ok(name.to_owned())
     }
 }
 
@@ -262,6 +270,7 @@ mod tests {
     fn names_are_bounded() {
         let phone = Phone::parse("+79991234567").expect("valid");
         assert!(NewCourier::parse(" ", phone.clone(), TransportType::Car).is_err());
+        assert!(NewCourier::parse("A\u{0}n", phone.clone(), TransportType::Car).is_err());
         assert!(NewCourier::parse(&"n".repeat(101), phone.clone(), TransportType::Car).is_err());
         assert_eq!(
             NewCourier::parse(" Ann ", phone, TransportType::Car).map(|c| c.name),

@@ -72,6 +72,25 @@ struct PartitionGauge {
     high_watermark: Option<i64>,
 }
 
+/// One partition's offsets as last seen, for the HTTP API's pipeline view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionReading {
+    /// Which partition.
+    pub partition: i32,
+    /// Next offset to read, as committed; `None` before the first commit.
+    pub committed: Option<i64>,
+    /// The partition's end; `None` before the first fetch.
+    pub high_watermark: Option<i64>,
+}
+
+impl PartitionReading {
+    /// High watermark minus the committed offset, as `courier_consumer_lag` renders it.
+    pub fn lag(&self) -> Option<i64> {
+        self.high_watermark
+            .map(|hw| (hw - self.committed.unwrap_or(0)).max(0))
+    }
+}
+
 /// Every series the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -165,6 +184,33 @@ impl Metrics {
     /// A failed event is being retried.
     pub fn db_retry(&self) {
         self.db_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages received so far (the counter behind `courier_events_consumed_total`).
+    pub fn consumed_total(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
+
+    /// Events applied so far, all outcomes together.
+    pub fn applied_total(&self) -> u64 {
+        locked(&self.applied).values().sum()
+    }
+
+    /// Dead letters so far, by reason.
+    pub fn dead_letter_counts(&self) -> BTreeMap<&'static str, u64> {
+        locked(&self.dead_letters).clone()
+    }
+
+    /// Each partition's offsets, by partition.
+    pub fn partition_readings(&self) -> Vec<PartitionReading> {
+        locked(&self.partitions)
+            .iter()
+            .map(|(p, g)| PartitionReading {
+                partition: *p,
+                committed: g.committed,
+                high_watermark: g.high_watermark,
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition (version 0.0.4): each family's HELP and TYPE, then its

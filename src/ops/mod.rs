@@ -9,4 +9,4 @@ pub mod metrics;
 
 pub use health::Health;
 pub use log_throttle::LogThrottle;
-pub use metrics::{FleetGauges, Metrics};
+pub use metrics::{FleetGauges, Metrics, PartitionReading};

@@ -8,8 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::{
-    CourierRecord, CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState,
-    RepoError, Snapshot, StorageTx,
+    CourierDelivery, CourierPatch, CourierRecord, CourierRemoval, CourierRepository, CourierView,
+    DeliveryView, FleetGauges, OrderState, OrderView, QueueView, RepoError, Snapshot, StorageTx,
+    WaitingOrder,
 };
 use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
 
@@ -109,6 +110,118 @@ impl CourierRepository for MemoryRepository {
         let f = self.lock().fleet();
         Ok(f.waiting_orders > 0 && f.available > 0)
     }
+
+    fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
+        Ok(self.lock().couriers.get(&id).map(|c| c.view.clone()))
+    }
+
+    fn order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError> {
+        let state = self.lock();
+        Ok(state
+            .orders
+            .get(order)
+            .filter(|row| row.state != OrderState::Unseen)
+            .map(|row| OrderView {
+                state: row.state.clone(),
+                delivery: state.deliveries.get(order).cloned(),
+            }))
+    }
+
+    fn deliveries(
+        &self,
+        courier: CourierId,
+        limit: usize,
+    ) -> Result<Vec<CourierDelivery>, RepoError> {
+        let state = self.lock();
+        let mut mine: Vec<CourierDelivery> = state
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.courier == courier)
+            .map(|(order, d)| CourierDelivery {
+                order: order.clone(),
+                delivery: d.clone(),
+            })
+            .collect();
+        // The latest first; the order id breaks ties, as in SQL.
+        mine.sort_by(|a, b| {
+            (b.delivery.assigned_at, &b.order).cmp(&(a.delivery.assigned_at, &a.order))
+        });
+        mine.truncate(limit);
+        Ok(mine)
+    }
+
+    fn queue(&self, limit: usize) -> Result<QueueView, RepoError> {
+        let state = self.lock();
+        let mut waiting: Vec<((DateTime<Utc>, u64), WaitingOrder)> = state
+            .orders
+            .iter()
+            .filter_map(|(id, row)| {
+                let place = row.waiting_seq?;
+                Some((
+                    place,
+                    WaitingOrder {
+                        order: id.clone(),
+                        since: place.0,
+                    },
+                ))
+            })
+            .collect();
+        waiting.sort_by_key(|(seq, _)| *seq);
+        Ok(QueueView {
+            count: waiting.len() as i64,
+            orders: waiting.into_iter().take(limit).map(|(_, w)| w).collect(),
+        })
+    }
+
+    fn update_courier(
+        &self,
+        id: CourierId,
+        patch: &CourierPatch,
+    ) -> Result<Option<CourierView>, RepoError> {
+        let mut state = self.lock();
+        if let Some(phone) = &patch.phone {
+            if state
+                .couriers
+                .values()
+                .any(|c| c.view.id != id && &c.view.phone == phone)
+            {
+                return Err(RepoError::Conflict(format!(
+                    "phone {phone} belongs to another courier"
+                )));
+            }
+        }
+        let Some(row) = state.couriers.get_mut(&id) else {
+            return Ok(None);
+        };
+        if let Some(name) = &patch.name {
+            row.view.name = name.clone();
+        }
+        if let Some(phone) = &patch.phone {
+            row.view.phone = phone.clone();
+        }
+        if let Some(transport) = patch.transport {
+            row.view.transport = transport;
+        }
+        Ok(Some(row.view.clone()))
+    }
+
+    fn remove_courier(&self, id: CourierId) -> Result<CourierRemoval, RepoError> {
+        let mut state = self.lock();
+        let Some(row) = state.couriers.get(&id) else {
+            return Ok(CourierRemoval::NotFound);
+        };
+        if let Some(order) = &row.view.active_order {
+            return Ok(CourierRemoval::Carrying(order.clone()));
+        }
+        state.couriers.remove(&id);
+        state.deliveries.retain(|_, d| d.courier != id);
+        for row in state.orders.values_mut() {
+            if row.state == OrderState::Completed(Some(id)) {
+                row.state = OrderState::Completed(None);
+            }
+        }
+        Ok(CourierRemoval::Removed)
+    }
 }
 
 impl MemoryState {
@@ -154,8 +267,10 @@ impl MemoryState {
         } else {
             None
         };
-        self.orders
-            .insert(order.clone(), OrderRow { state, waiting_seq });
+        self.orders.insert(
+            order.clone(),
+            OrderRow { state, waiting_seq },
+        );
     }
 }
 

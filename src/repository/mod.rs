@@ -6,6 +6,7 @@ mod error;
 pub mod memory;
 pub mod postgres;
 mod snapshot;
+mod views;
 
 use chrono::{DateTime, Utc};
 
@@ -15,6 +16,9 @@ pub use error::RepoError;
 pub use memory::MemoryRepository;
 pub use postgres::PgRepository;
 pub use snapshot::{DeliveryView, Snapshot};
+pub use views::{
+    CourierDelivery, CourierPatch, CourierRemoval, OrderView, QueueView, WaitingOrder,
+};
 
 /// Where an order stands, as far as couriers are concerned. This is what makes every handler
 /// idempotent: each event is a transition from one of these states, and most are no-ops.
@@ -116,6 +120,53 @@ pub trait CourierRepository: Send + Sync {
     /// Whether some order waits while some courier is available (as committed): one cheap
     /// read that spares the pairing pass a transaction when, as usual, there is nothing to pair.
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError>;
+
+    // ---- for people (the HTTP API and the operator's page); see `views` ----
+    // Both stores implement these. The defaults only spare test doubles of the event path
+    // (which never serve the API) from writing them.
+
+    /// One courier with their statistics.
+    fn courier(&self, _id: CourierId) -> Result<Option<CourierView>, RepoError> {
+        Err(not_kept("couriers by id"))
+    }
+
+    /// One order: its state and delivery. `None` for an order never seen.
+    fn order(&self, _order: &OrderId) -> Result<Option<OrderView>, RepoError> {
+        Err(not_kept("orders"))
+    }
+
+    /// A courier's deliveries, the latest assigned first, at most `limit`.
+    fn deliveries(
+        &self,
+        _courier: CourierId,
+        _limit: usize,
+    ) -> Result<Vec<CourierDelivery>, RepoError> {
+        Err(not_kept("deliveries"))
+    }
+
+    /// The waiting queue: its length and its first `limit` orders, oldest first.
+    fn queue(&self, _limit: usize) -> Result<QueueView, RepoError> {
+        Err(not_kept("the queue"))
+    }
+
+    /// Changes a courier's name, phone or transport; `None` when no courier has this id. A phone
+    /// of another courier is a [`RepoError::Conflict`] and changes nothing.
+    fn update_courier(
+        &self,
+        _id: CourierId,
+        _patch: &CourierPatch,
+    ) -> Result<Option<CourierView>, RepoError> {
+        Err(not_kept("courier edits"))
+    }
+
+    /// Removes a courier who carries no order, with their delivery history.
+    fn remove_courier(&self, _id: CourierId) -> Result<CourierRemoval, RepoError> {
+        Err(not_kept("courier removal"))
+    }
+}
+
+fn not_kept(what: &str) -> RepoError {
+    RepoError::Permanent(format!("this store does not serve {what}"))
 }
 
 /// What a batch of events is about to touch, announced before its first step so storage can

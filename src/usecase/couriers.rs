@@ -61,6 +61,20 @@ pub fn add(
     Ok(change)
 }
 
+/// Hires a courier who starts paused (off shift): they take no order until resumed.
+pub fn add_paused(
+    repo: &impl CourierRepository,
+    courier: &NewCourier,
+    at: DateTime<Utc>,
+) -> Result<CourierChange, CourierCommandError> {
+    let record = repo.transaction(&mut |tx| tx.insert_courier(courier, at))?;
+    Ok(CourierChange {
+        id: record.id,
+        status: CourierStatus::Paused,
+        took: None,
+    })
+}
+
 /// A courier made available may have missed an order that started waiting at the same moment:
 /// run the pairing pass (see [`handover`]).
 fn close_gap(repo: &impl CourierRepository, change: &CourierChange, at: DateTime<Utc>) {

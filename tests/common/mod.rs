@@ -15,6 +15,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 #![allow(unused_imports)] // and of its re-exports
 
+pub mod api;
 pub mod broker;
 pub mod database;
 pub mod events;

@@ -10,6 +10,7 @@
 //!   `usecase::handover::pair_waiting`), without any lock that would serialise workers.
 
 mod held;
+mod people;
 mod tx;
 
 use std::collections::HashMap;
@@ -20,8 +21,8 @@ use postgres::{Client, NoTls, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState, RepoError, Snapshot,
-    StorageTx,
+    CourierDelivery, CourierPatch, CourierRemoval, CourierRepository, CourierView, DeliveryView,
+    FleetGauges, OrderState, OrderView, QueueView, RepoError, Snapshot, StorageTx,
 };
 use crate::domain::{CourierId, OrderId, Phone, TransportType};
 use crate::shutdown::Shutdown;
@@ -288,6 +289,39 @@ impl CourierRepository for PgRepository {
         let row = client.query_one(&stmt, &[]).map_err(classify)?;
         get(&row, 0)
     }
+
+    // The API's reads and edits are in `people`.
+    fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
+        self.read_courier(id)
+    }
+
+    fn order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError> {
+        self.read_order(order)
+    }
+
+    fn deliveries(
+        &self,
+        courier: CourierId,
+        limit: usize,
+    ) -> Result<Vec<CourierDelivery>, RepoError> {
+        self.read_deliveries(courier, limit)
+    }
+
+    fn queue(&self, limit: usize) -> Result<QueueView, RepoError> {
+        self.read_queue(limit)
+    }
+
+    fn update_courier(
+        &self,
+        id: CourierId,
+        patch: &CourierPatch,
+    ) -> Result<Option<CourierView>, RepoError> {
+        self.write_courier_patch(id, patch)
+    }
+
+    fn remove_courier(&self, id: CourierId) -> Result<CourierRemoval, RepoError> {
+        self.delete_courier(id)
+    }
 }
 
 impl PgRepository {
@@ -340,6 +374,13 @@ const COURIERS: &str = "
     FROM couriers c
     LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
     ORDER BY c.id";
+
+/// One courier, as in [`COURIERS`].
+const COURIERS_WHERE: &str = "
+    SELECT c.id, c.name, c.phone, c.status, c.transport_type, c.completed_deliveries, co.order_id
+    FROM couriers c
+    LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
+    WHERE c.id = $1";
 
 /// Sorts a PostgreSQL error by what the caller should do (see [`RepoError`]).
 fn classify(e: postgres::Error) -> RepoError {

@@ -1,0 +1,90 @@
+//! The HTTP API for people, on its own listener (`HTTP_ADDR`), apart from `/metrics`.
+//!
+//! Why it exists: the course's service-courier is an HTTP service, and a client written for it
+//! (ping, healthcheck, couriers by id, create, update) must work here unchanged, although
+//! assignment now starts from Kafka events. Beyond the course it answers what an operator asks
+//! (one order, a courier's deliveries, the queue, the pipeline) and serves the operator's page
+//! at `/` (`page.html`, embedded in the binary).
+//!
+//! - [`routes`]: method and path to a handler; each handler returns a [`reply::Reply`].
+//! - [`json`]: request and response shapes (the course's shapes where it has them).
+//! - [`reply`]: replies and `{"error": "..."}` with its status code.
+//! - [`request`]: what is read from a request, with bounds: body size, time, the bearer token.
+//! - [`pipeline`]: events/s and stalled partitions, sampled once a second from [`Metrics`].
+//!
+//! Synchronous: a fixed number of handler threads take requests from one tiny_http server.
+//! Slow clients: every connection has read and write timeouts ([`listener`]: tiny_http has
+//! none of its own), so a silent client loses its connection; tiny_http reads request heads,
+//! and bodies up to 1 KiB, on threads of its own; a larger or chunked body is read on a
+//! short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds a
+//! handler (see [`routes::handle`]).
+
+mod json;
+mod listener;
+pub mod pipeline;
+mod reply;
+mod request;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ops::Metrics;
+use crate::repository::CourierRepository;
+use crate::shutdown::Shutdown;
+pub use pipeline::Pipeline;
+
+/// Handler threads: a fixed pool, so no burst of requests can start threads without bound.
+pub const HANDLER_THREADS: usize = 4;
+
+/// What the handlers share.
+pub struct Api<R> {
+    /// Storage: the same rules as the event path (usecases for status changes).
+    pub repo: R,
+    /// The service's counters and gauges, for the pipeline view.
+    pub metrics: Arc<Metrics>,
+    /// Events/s and stalled partitions, sampled from `metrics`.
+    pub pipeline: Arc<Pipeline>,
+    /// API_TOKEN: mutating routes need it as a bearer token when set.
+    pub token: Option<String>,
+}
+
+/// Binds `addr` and serves the API on [`HANDLER_THREADS`] threads until `shutdown`. Returns the
+/// bound address (useful when `addr` asks for port 0).
+pub fn serve<R: CourierRepository + 'static>(
+    addr: &str,
+    api: Api<R>,
+    shutdown: Shutdown,
+) -> Result<SocketAddr, String> {
+    let listener = listener::Listener::bind(addr, shutdown.clone())
+        .map_err(|e| format!("HTTP_ADDR: cannot listen on {addr}: {e}"))?;
+    let api = Arc::new(api);
+    pipeline::start_sampler(
+        Arc::clone(&api.pipeline),
+        Arc::clone(&api.metrics),
+        shutdown.clone(),
+    )
+    .map_err(|e| format!("cannot start the pipeline sampler: {e}"))?;
+    for n in 0..HANDLER_THREADS {
+        let (listener, api, shutdown) = (Arc::clone(&listener), Arc::clone(&api), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("api-{n}"))
+            .spawn(move || {
+                while !shutdown.is_shutdown() {
+                    let server = listener.server();
+                    match server.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Some(request)) => routes::handle(&api, request),
+                        Ok(None) => {}
+                        // tiny_http reports one error when its accept loop ends.
+                        Err(e) => {
+                            log::warn!("api: {e}");
+                            listener.rebuild(&server);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start an API thread: {e}"))?;
+    }
+    Ok(listener.bound)
+}

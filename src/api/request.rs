@@ -1,0 +1,133 @@
+//! What the API reads from a request, each with a bound: the body (64 KiB, and a deadline), the
+//! bearer token (compared in constant time), the query string and percent-encoded path parts.
+
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
+
+use super::reply::ApiError;
+
+/// The largest body accepted; larger ones are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// How long a whole body may take to arrive. Each read also blocks at most
+/// [`super::SOCKET_TIMEOUT`], so a client trickling bytes holds a handler this long at most.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Reads the body: 413 above [`MAX_BODY`] (from Content-Length before reading anything, or
+/// while reading), 408 when it takes longer than [`BODY_DEADLINE`] or the client goes quiet.
+pub fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
+    if request.body_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let deadline = Instant::now() + BODY_DEADLINE;
+    let reader = request.as_reader();
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if Instant::now() > deadline {
+            return Err(too_slow());
+        }
+        match reader.read(&mut chunk) {
+            Ok(0) => return Ok(body),
+            Ok(n) => {
+                body.extend_from_slice(&chunk[..n]);
+                if body.len() > MAX_BODY {
+                    return Err(too_large());
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(too_slow())
+            }
+            Err(e) => return Err(ApiError::bad_request(format!("cannot read the body: {e}"))),
+        }
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError {
+        status: 413,
+        message: format!("body over {} KiB", MAX_BODY / 1024),
+    }
+}
+
+fn too_slow() -> ApiError {
+    ApiError {
+        status: 408,
+        message: "the body did not arrive in time".into(),
+    }
+}
+
+/// Whether `header` (an `Authorization` value) carries `token` as a bearer token. The
+/// comparison takes the same time wherever the first difference is.
+pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
+    let given = header
+        .and_then(|h| h.trim().strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// Equal byte strings, compared without an early exit (only the length can be told apart).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// The value of `name` in a query string (`a=1&b=2`), percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v))?
+    })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space in none: paths keep it). `None` when an escape is
+/// broken or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_match_exactly() {
+        let t = "0123456789abcdef";
+        assert!(bearer_matches(Some("Bearer 0123456789abcdef"), t));
+        assert!(!bearer_matches(Some("Bearer 0123456789abcdeF"), t));
+        assert!(!bearer_matches(Some("Bearer 0123456789abcde"), t));
+        assert!(!bearer_matches(Some("Bearer 0123456789abcdef0"), t));
+        assert!(!bearer_matches(Some("0123456789abcdef"), t));
+        assert!(!bearer_matches(None, t));
+        assert!(!bearer_matches(Some("Bearer "), t));
+    }
+
+    #[test]
+    fn queries_and_escapes_decode() {
+        assert_eq!(query_param("limit=5&x=1", "limit").as_deref(), Some("5"));
+        assert_eq!(query_param("x=1", "limit"), None);
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("é").as_deref(), Some("é"));
+    }
+}
