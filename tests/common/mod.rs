@@ -1,6 +1,8 @@
 //! Shared test helpers: a private PostgreSQL schema per test, and event builders.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod groups;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
