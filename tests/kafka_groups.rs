@@ -56,18 +56,12 @@ fn wait_consuming(stand: &GroupStand, service: &mut Service, what: &str) {
 #[test]
 fn the_binary_has_the_rdkafka_client_and_refuses_an_unknown_one() {
     require_rdkafka();
-    let out = Command::new(env!("CARGO_BIN_EXE_service-courier"))
-        .arg("run")
-        .env_clear()
-        .env("KAFKA_CLIENT", "sarama")
-        .env("KAFKA_BROKERS", "127.0.0.1:1")
-        .env("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/x")
-        .env("METRICS_ADDR", "")
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("the binary runs");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{log}");
+    let (code, log) = run_briefly(&[
+        ("KAFKA_CLIENT", "sarama"),
+        ("KAFKA_BROKERS", "127.0.0.1:1"),
+        ("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/x"),
+    ]);
+    assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("KAFKA_CLIENT"), "{log}");
 }
 

@@ -142,28 +142,51 @@ pub fn hire(db: &TestDb, n: u32) {
         .expect("hire");
 }
 
+/// Runs `service-courier run` with only `env` (and PATH) until it exits, at most 30 s (then it is
+/// killed): its exit code (`None` when killed) and its log.
+pub fn run_briefly(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}.log", unique("probe")));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_service-courier"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("METRICS_ADDR", "")
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("the binary runs");
+    let start = std::time::Instant::now();
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
 /// Fails the test unless the binary has the rdkafka client: with it, `KAFKA_PARTITIONS` is a
 /// configuration error (exit 2 naming the variable, issue "Modern Kafka"); a binary that ignores
 /// `KAFKA_CLIENT` would run the `kafka` crate instead and could pass a group test by accident.
 pub fn require_rdkafka() {
-    let out = Command::new(env!("CARGO_BIN_EXE_service-courier"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KAFKA_CLIENT", "rdkafka")
-        .env("KAFKA_PARTITIONS", "0")
-        .env("KAFKA_BROKERS", "127.0.0.1:1")
-        .env("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/x")
-        .env("METRICS_ADDR", "")
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("the binary runs");
-    let log = String::from_utf8_lossy(&out.stderr);
+    let (code, log) = run_briefly(&[
+        ("KAFKA_CLIENT", "rdkafka"),
+        ("KAFKA_PARTITIONS", "0"),
+        ("KAFKA_BROKERS", "127.0.0.1:1"),
+        ("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/x"),
+    ]);
     assert!(
-        out.status.code() == Some(2) && log.contains("KAFKA_PARTITIONS"),
+        code == Some(2) && log.contains("KAFKA_PARTITIONS"),
         "the binary has no rdkafka client: KAFKA_CLIENT=rdkafka with KAFKA_PARTITIONS must exit 2 \
-         naming the variable, got {:?}:\n{log}",
-        out.status.code()
+         naming the variable, got {code:?}:\n{log}"
     );
 }
 
