@@ -256,6 +256,34 @@ pub fn kafka_sh(args: &[&str], env: &[(&str, &str)], stdin: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The major version of the test run's broker, as `scripts/kafka.sh status` reports it (the
+/// broker KAFKA_STATE_DIR names, as for `create_topic`).
+pub fn broker_major() -> u32 {
+    let status = kafka_sh(&["status"], &[], "");
+    status
+        .split("Kafka ")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no version in scripts/kafka.sh status: {status}"))
+}
+
+/// On a broker without the old protocol versions the `kafka` crate speaks (Kafka 4.x dropped
+/// Produce v0, Fetch v0-v3 and ListOffsets v0, KIP-896), an instance with that client must
+/// refuse to start: exit 3 naming what is missing. Returns whether that is the case here, so a
+/// `kafka`-crate scenario runs only where the crate can work.
+pub fn kafka_crate_refused(stand: &GroupStand) -> bool {
+    if broker_major() < 4 {
+        return false;
+    }
+    let mut service = stand.start(Client::Kafka, &[]);
+    let code = service.wait(Duration::from_secs(60));
+    let log = service.log_text();
+    assert_eq!(code, Some(3), "the kafka crate on Kafka 4.x:\n{log}");
+    assert!(log.contains("Fetch v0"), "{log}");
+    true
+}
+
 /// Raises `topic` to `partitions` partitions (`scripts/kafka.sh partitions`).
 pub fn add_partitions(topic: &str, partitions: u32) {
     kafka_sh(&["partitions", topic, &partitions.to_string()], &[], "");
