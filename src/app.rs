@@ -8,17 +8,20 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
-use crate::config::{self, Settings};
+use crate::config::{self, ClientKind, KafkaSettings, Settings};
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
 use crate::ops::{http, Health, Metrics};
 use crate::repository::{CourierRepository, PgRepository};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::transport::broker::{self, ProbeError};
-use crate::transport::{Poller, PollerExit, Telemetry};
+use crate::transport::dead_letter::DeadLetterQueue;
+use crate::transport::kafka_client::KafkaCrateConsumer;
+use crate::transport::rdkafka_client::{RdkafkaConsumer, RdkafkaDeadLetters};
+use crate::transport::{Clients, Poller, PollerExit, Telemetry};
 use crate::usecase::OrderEventProcessor;
 
-/// Exit code when the broker can't speak the `kafka` crate's protocol (Kafka 4.x and others):
-/// restarting won't help.
+/// Exit code when the broker lacks a protocol version the chosen client needs: restarting won't
+/// help.
 pub const EXIT_INCOMPATIBLE_BROKER: u8 = 3;
 
 /// `service-courier run`.
@@ -42,10 +45,11 @@ pub fn run() -> ExitCode {
 /// Runs the service until `shutdown` is triggered.
 pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     log::info!(
-        "service-courier {} starting: topic {} (group {}), {} workers, database {}",
+        "service-courier {} starting: topic {} (group {}, client {}), {} workers, database {}",
         env!("CARGO_PKG_VERSION"),
         settings.kafka.topic,
         settings.kafka.group,
+        settings.kafka.access.client.as_str(),
         settings.workers,
         crate::repository::postgres::describe_target(&settings.database.config)
     );
@@ -89,7 +93,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     health.database_ready(true);
-    match wait_for_broker(&settings.kafka.brokers, shutdown, &health) {
+    match wait_for_broker(&settings.kafka, shutdown, &health) {
         Ok(true) => {}
         Ok(false) => return ExitCode::SUCCESS,
         Err(e) => {
@@ -127,8 +131,10 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         }
     };
     let telemetry = Telemetry { metrics, health };
+    let clients = clients(&settings.kafka);
     let poller = Poller::new(
         &settings.kafka,
+        clients,
         pool,
         completions,
         shutdown.clone(),
@@ -145,6 +151,27 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
             log::error!("{m}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// The consumer and dead-letter producer of the client KAFKA_CLIENT selects.
+fn clients(kafka: &KafkaSettings) -> Clients {
+    match kafka.access.client {
+        ClientKind::Kafka => Clients {
+            consumer: Box::new(KafkaCrateConsumer::new(kafka.clone())),
+            dead_letters: Box::new(DeadLetterQueue::new(
+                kafka.brokers.clone(),
+                kafka.dlq_topic.clone(),
+            )),
+        },
+        ClientKind::Rdkafka => Clients {
+            consumer: Box::new(RdkafkaConsumer::new(kafka.clone())),
+            dead_letters: Box::new(RdkafkaDeadLetters::new(
+                kafka.brokers.clone(),
+                kafka.access.clone(),
+                kafka.dlq_topic.clone(),
+            )),
+        },
     }
 }
 
@@ -199,16 +226,16 @@ fn wait_for_database(repo: &PgRepository, shutdown: &Shutdown, health: &Health) 
     }
 }
 
-/// Waits until a broker answers and checks it speaks the crate's protocol. `Ok(false)` if
+/// Waits until a broker answers and checks the chosen client can use it. `Ok(false)` if
 /// stopped meanwhile; `Err` if the broker is incompatible.
 fn wait_for_broker(
-    brokers: &[String],
+    kafka: &KafkaSettings,
     shutdown: &Shutdown,
     health: &Health,
 ) -> Result<bool, ProbeError> {
     let mut backoff = Backoff::new(Duration::from_secs(10));
     loop {
-        match broker::probe(brokers) {
+        match broker::check(&kafka.brokers, &kafka.access) {
             Ok(()) => return Ok(true),
             Err(ProbeError::Unreachable(m)) => {
                 let delay = backoff.next_delay();

@@ -184,13 +184,21 @@ pub fn run_simulate(args: SimulateArgs) -> ExitCode {
         .split(',')
         .map(|b| b.trim().to_owned())
         .collect();
+    // KAFKA_CLIENT and the security settings, as `run` reads them.
+    let access = match crate::config::from_process_env().kafka_access() {
+        Ok(access) => access,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let shutdown = crate::shutdown::Shutdown::new();
     if let Err(e) = shutdown.install_signal_handler() {
         eprintln!("error: cannot install the signal handler: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
     let started = std::time::Instant::now();
-    match crate::simulate::publish(&brokers, &args.topic, plan, &shutdown) {
+    match crate::simulate::publish(&brokers, &access, &args.topic, plan, &shutdown) {
         Ok(sent) => {
             let secs = started.elapsed().as_secs_f64();
             println!(

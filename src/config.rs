@@ -34,6 +34,142 @@ pub enum FallbackOffset {
     Latest,
 }
 
+/// Which Kafka client library reads and writes the topics (KAFKA_CLIENT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The `kafka` crate (the default): a static partition split, no TLS/SASL.
+    Kafka,
+    /// librdkafka through the `rdkafka` crate: consumer groups with rebalancing, every codec,
+    /// transactions (read_committed), TLS/SASL.
+    Rdkafka,
+}
+
+impl ClientKind {
+    /// The KAFKA_CLIENT value that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::Rdkafka => "rdkafka",
+        }
+    }
+}
+
+/// KAFKA_SECURITY_PROTOCOL: how connections to the brokers are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication (the default).
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL authentication without TLS.
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// librdkafka's `security.protocol` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// KAFKA_SASL_MECHANISM: the SASL mechanisms librdkafka supports without extra libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// PLAIN (user and password; use it over TLS).
+    Plain,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// librdkafka's `sasl.mechanism` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A secret (KAFKA_SASL_PASSWORD): shown as `<redacted>` by `Debug`, so no log line, error or
+/// debug print of the settings can leak it; only the client configuration reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the client library's configuration only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// SASL credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslSettings {
+    /// KAFKA_SASL_MECHANISM.
+    pub mechanism: SaslMechanism,
+    /// KAFKA_SASL_USERNAME.
+    pub username: String,
+    /// KAFKA_SASL_PASSWORD (never logged).
+    pub password: Secret,
+}
+
+/// How the client connects to the brokers: protocol, credentials, trusted CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecuritySettings {
+    /// KAFKA_SECURITY_PROTOCOL.
+    pub protocol: SecurityProtocol,
+    /// Set exactly when the protocol uses SASL.
+    pub sasl: Option<SaslSettings>,
+    /// KAFKA_SSL_CA_LOCATION: a PEM file of CA certificates; unset = the system's store.
+    pub ssl_ca_location: Option<String>,
+}
+
+/// The client library and how it reaches the brokers (besides their addresses): what every use
+/// of Kafka needs (`run`, `simulate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaAccess {
+    /// KAFKA_CLIENT.
+    pub client: ClientKind,
+    /// KAFKA_SECURITY_PROTOCOL and friends.
+    pub security: SecuritySettings,
+}
+
+/// Consumer-group membership (`rdkafka` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// KAFKA_SESSION_TIMEOUT_MS: how long the group waits for a silent member before its
+    /// partitions move to the others.
+    pub session_timeout: Duration,
+    /// KAFKA_GROUP_INSTANCE_ID: static membership (`group.instance.id`): a restart within the
+    /// session timeout gets its partitions back without a rebalance.
+    pub instance_id: Option<String>,
+}
+
 /// Where the database is.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
@@ -48,6 +184,10 @@ pub struct DatabaseSettings {
 pub struct KafkaSettings {
     /// KAFKA_BROKERS: bootstrap brokers, `host:port`.
     pub brokers: Vec<String>,
+    /// KAFKA_CLIENT and the connection's security.
+    pub access: KafkaAccess,
+    /// Consumer-group membership (`rdkafka` only).
+    pub membership: GroupSettings,
     /// KAFKA_ORDER_TOPIC: the order events.
     pub topic: String,
     /// KAFKA_GROUP_ID: the consumer group the offsets are committed for.
@@ -64,6 +204,9 @@ pub struct KafkaSettings {
     pub dlq_topic: String,
     /// KAFKA_PARTITIONS or INSTANCE_INDEX/INSTANCE_COUNT: which partitions this instance reads.
     pub partitions: PartitionSelection,
+    /// SHUTDOWN_DRAIN_MS: how long a revoked partition's queued and in-flight events may still
+    /// finish before its prefix is committed and it is handed back.
+    pub revoke_drain: Duration,
 }
 
 /// Which partitions of the topic this instance reads. There is no rebalancing protocol (the
@@ -212,6 +355,156 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(DatabaseSettings { config, pool_size })
     }
 
+    /// Reads KAFKA_CLIENT and the security settings: what `run` and `simulate` need to reach
+    /// Kafka besides the addresses. The `kafka` crate is built without TLS, so it takes
+    /// plaintext only.
+    pub fn kafka_access(&self) -> Result<KafkaAccess, ConfigError> {
+        let client = match self.raw("KAFKA_CLIENT").map(|v| v.to_ascii_lowercase()) {
+            None => ClientKind::Kafka,
+            Some(v) if v == "kafka" => ClientKind::Kafka,
+            Some(v) if v == "rdkafka" => ClientKind::Rdkafka,
+            Some(v) => {
+                return Err(ConfigError {
+                    variable: "KAFKA_CLIENT",
+                    problem: format!("{v:?} is not kafka or rdkafka"),
+                })
+            }
+        };
+        let security = self.security()?;
+        if client == ClientKind::Kafka && security.protocol != SecurityProtocol::Plaintext {
+            return Err(ConfigError {
+                variable: "KAFKA_SECURITY_PROTOCOL",
+                problem: format!(
+                    "{} needs KAFKA_CLIENT=rdkafka (the `kafka` crate is built without TLS \
+                     and SASL)",
+                    security.protocol.as_str()
+                ),
+            });
+        }
+        Ok(KafkaAccess { client, security })
+    }
+
+    fn security(&self) -> Result<SecuritySettings, ConfigError> {
+        let protocol = match self
+            .raw("KAFKA_SECURITY_PROTOCOL")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("plaintext") => SecurityProtocol::Plaintext,
+            Some("ssl") => SecurityProtocol::Ssl,
+            Some("sasl_plaintext") => SecurityProtocol::SaslPlaintext,
+            Some("sasl_ssl") => SecurityProtocol::SaslSsl,
+            Some(v) => {
+                return Err(ConfigError {
+                    variable: "KAFKA_SECURITY_PROTOCOL",
+                    problem: format!("{v:?} is not plaintext, ssl, sasl_plaintext or sasl_ssl"),
+                })
+            }
+        };
+        let needs = |variable: &'static str, what: &str| ConfigError {
+            variable,
+            problem: format!("{what} (KAFKA_SECURITY_PROTOCOL={})", protocol.as_str()),
+        };
+        let sasl = if protocol.uses_sasl() {
+            let mechanism = match self
+                .raw("KAFKA_SASL_MECHANISM")
+                .map(|v| v.to_ascii_uppercase())
+                .as_deref()
+            {
+                Some("PLAIN") => SaslMechanism::Plain,
+                Some("SCRAM-SHA-256") => SaslMechanism::ScramSha256,
+                Some("SCRAM-SHA-512") => SaslMechanism::ScramSha512,
+                Some(v) => {
+                    return Err(ConfigError {
+                        variable: "KAFKA_SASL_MECHANISM",
+                        problem: format!("{v:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                    })
+                }
+                None => {
+                    return Err(needs(
+                        "KAFKA_SASL_MECHANISM",
+                        "is not set; expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                    ))
+                }
+            };
+            let username = self
+                .raw("KAFKA_SASL_USERNAME")
+                .ok_or_else(|| needs("KAFKA_SASL_USERNAME", "is not set"))?;
+            // The password is taken as given (not trimmed): it is a secret, not a word.
+            let password = (self.0)("KAFKA_SASL_PASSWORD")
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| needs("KAFKA_SASL_PASSWORD", "is not set"))?;
+            Some(SaslSettings {
+                mechanism,
+                username,
+                password: Secret(password),
+            })
+        } else {
+            for variable in [
+                "KAFKA_SASL_MECHANISM",
+                "KAFKA_SASL_USERNAME",
+                "KAFKA_SASL_PASSWORD",
+            ] {
+                if self.raw(variable).is_some() {
+                    return Err(needs(
+                        variable,
+                        "is set, but the protocol uses no SASL: use sasl_plaintext or sasl_ssl",
+                    ));
+                }
+            }
+            None
+        };
+        let ssl_ca_location = match self.raw("KAFKA_SSL_CA_LOCATION") {
+            None => None,
+            Some(_) if !protocol.uses_tls() => {
+                return Err(needs(
+                    "KAFKA_SSL_CA_LOCATION",
+                    "is set, but the protocol uses no TLS: use ssl or sasl_ssl",
+                ))
+            }
+            Some(path) if std::path::Path::new(&path).is_file() => Some(path),
+            Some(path) => {
+                return Err(ConfigError {
+                    variable: "KAFKA_SSL_CA_LOCATION",
+                    problem: format!(
+                        "{path:?} is not a file (expected a PEM file of CA certificates)"
+                    ),
+                })
+            }
+        };
+        Ok(SecuritySettings {
+            protocol,
+            sasl,
+            ssl_ca_location,
+        })
+    }
+
+    /// Reads the rdkafka-only group settings; with the `kafka` crate they are an error (it has
+    /// no group membership).
+    fn membership(&self, client: ClientKind) -> Result<GroupSettings, ConfigError> {
+        let membership = GroupSettings {
+            session_timeout: Duration::from_millis(self.bounded(
+                "KAFKA_SESSION_TIMEOUT_MS",
+                45_000,
+                1_000..=3_600_000,
+            )?),
+            instance_id: self.raw("KAFKA_GROUP_INSTANCE_ID"),
+        };
+        if client == ClientKind::Kafka {
+            for variable in ["KAFKA_SESSION_TIMEOUT_MS", "KAFKA_GROUP_INSTANCE_ID"] {
+                if self.raw(variable).is_some() {
+                    return Err(ConfigError {
+                        variable,
+                        problem: "applies to KAFKA_CLIENT=rdkafka only (the `kafka` crate has \
+                                  no group membership)"
+                            .into(),
+                    });
+                }
+            }
+        }
+        Ok(membership)
+    }
+
     /// Reads every setting of `run`.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let brokers: Vec<String> = self
@@ -246,9 +539,14 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 })
             }
         };
+        let access = self.kafka_access()?;
+        let membership = self.membership(access.client)?;
         let workers = self.bounded("WORKERS", 4, 1..=256)? as usize;
+        let shutdown_drain =
+            Duration::from_millis(self.bounded("SHUTDOWN_DRAIN_MS", 1000, 0..=600_000)?);
         let kafka = KafkaSettings {
             brokers,
+            membership,
             topic: topic_name(self, "KAFKA_ORDER_TOPIC", "order.status.changed")?,
             group: self
                 .raw("KAFKA_GROUP_ID")
@@ -270,7 +568,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 10..=600_000,
             )?),
             dlq_topic: topic_name(self, "KAFKA_DLQ_TOPIC", "order.status.changed.dlq")?,
-            partitions: partitions(self)?,
+            partitions: partitions(self, access.client)?,
+            access,
+            revoke_drain: shutdown_drain,
         };
         let settings = Settings {
             kafka,
@@ -278,11 +578,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             workers,
             queue_capacity: self.bounded("QUEUE_CAPACITY", 256, 1..=1_000_000)? as usize,
             batch_max: self.bounded("BATCH_MAX", 256, 1..=10_000)? as usize,
-            shutdown_drain: Duration::from_millis(self.bounded(
-                "SHUTDOWN_DRAIN_MS",
-                1000,
-                0..=600_000,
-            )?),
+            shutdown_drain,
             log_level: self.or(
                 "LOG_LEVEL",
                 LevelFilter::Info,
@@ -357,10 +653,26 @@ fn metrics_addr<F: Fn(&str) -> Option<String>>(
 
 fn partitions<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
+    client: ClientKind,
 ) -> Result<PartitionSelection, ConfigError> {
     let listed = env.raw("KAFKA_PARTITIONS");
     let index = env.raw("INSTANCE_INDEX");
     let count = env.raw("INSTANCE_COUNT");
+    if client == ClientKind::Rdkafka {
+        let set = [
+            ("KAFKA_PARTITIONS", &listed),
+            ("INSTANCE_INDEX", &index),
+            ("INSTANCE_COUNT", &count),
+        ];
+        if let Some((variable, _)) = set.iter().find(|(_, v)| v.is_some()) {
+            return Err(ConfigError {
+                variable,
+                problem: "is for KAFKA_CLIENT=kafka only: with rdkafka the consumer group \
+                          assigns partitions (unset it)"
+                    .into(),
+            });
+        }
+    }
     match (listed, index, count) {
         (None, None, None) => Ok(PartitionSelection::All),
         (Some(raw), None, None) => listed_partitions(&raw),

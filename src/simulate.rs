@@ -10,8 +10,10 @@ use chrono::Utc;
 use kafka::client::{KafkaClient, RequiredAcks};
 use kafka::producer::{Producer, Record};
 
+use crate::config::{ClientKind, KafkaAccess};
 use crate::domain::{NewCourier, OrderEvent, OrderId, OrderStatus, Phone, TransportType};
 use crate::shutdown::Shutdown;
+use crate::transport::rdkafka_client::RdkafkaProducer;
 
 /// A small seeded generator (xorshift64*): the same seed, the same stream.
 #[derive(Debug, Clone)]
@@ -152,21 +154,74 @@ impl Iterator for EventStream {
     }
 }
 
-/// Publishes the plan to `topic`, printing progress to stderr on long runs. Returns the number
-/// of events sent.
+/// A producer of the client KAFKA_CLIENT selects (acks from the partition leader).
+enum Sink {
+    Crate(Box<Producer>),
+    Librdkafka(RdkafkaProducer),
+}
+
+impl Sink {
+    fn connect(brokers: &[String], access: &KafkaAccess) -> Result<Self, String> {
+        match access.client {
+            ClientKind::Kafka => {
+                let mut client = KafkaClient::new(brokers.to_vec());
+                client.set_client_id("service-courier-simulator".into());
+                client.load_metadata_all().map_err(|e| e.to_string())?;
+                let producer = Producer::from_client(client)
+                    .with_ack_timeout(Duration::from_secs(10))
+                    .with_required_acks(RequiredAcks::One)
+                    .create()
+                    .map_err(|e| e.to_string())?;
+                Ok(Self::Crate(Box::new(producer)))
+            }
+            ClientKind::Rdkafka => RdkafkaProducer::new(
+                brokers,
+                access,
+                "service-courier-simulator",
+                "1",
+                Duration::from_secs(30),
+            )
+            .map(Self::Librdkafka)
+            .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Sends `(key, value)` pairs (an empty key: unkeyed) and waits for the acknowledgements.
+    fn send(&mut self, topic: &str, batch: &[(String, String)]) -> Result<(), String> {
+        match self {
+            Self::Crate(producer) => {
+                let records: Vec<Record<'_, &[u8], &[u8]>> = batch
+                    .iter()
+                    .map(|(k, v)| Record::from_key_value(topic, k.as_bytes(), v.as_bytes()))
+                    .collect();
+                producer
+                    .send_all(&records)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Self::Librdkafka(producer) => {
+                let records: Vec<(Option<&[u8]>, &[u8])> = batch
+                    .iter()
+                    .map(|(k, v)| ((!k.is_empty()).then_some(k.as_bytes()), v.as_bytes()))
+                    .collect();
+                producer
+                    .send_all(topic, &records)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Publishes the plan to `topic` with the client `access` selects, printing progress to stderr
+/// on long runs. Returns the number of events sent.
 pub fn publish(
     brokers: &[String],
+    access: &KafkaAccess,
     topic: &str,
     plan: SimulationPlan,
     shutdown: &Shutdown,
-) -> Result<u64, kafka::Error> {
-    let mut client = KafkaClient::new(brokers.to_vec());
-    client.set_client_id("service-courier-simulator".into());
-    client.load_metadata_all()?;
-    let mut producer = Producer::from_client(client)
-        .with_ack_timeout(Duration::from_secs(10))
-        .with_required_acks(RequiredAcks::One)
-        .create()?;
+) -> Result<u64, String> {
+    let mut sink = Sink::connect(brokers, access)?;
     let keyed = plan.keyed;
     let rate = plan.rate;
     let start = Instant::now();
@@ -196,12 +251,8 @@ pub fn publish(
             };
             batch.push((key, event.to_json()));
         }
-        let records: Vec<Record<'_, &[u8], &[u8]>> = batch
-            .iter()
-            .map(|(k, v)| Record::from_key_value(topic, k.as_bytes(), v.as_bytes()))
-            .collect();
-        producer.send_all(&records)?;
-        sent += records.len() as u64;
+        sink.send(topic, &batch)?;
+        sent += batch.len() as u64;
         if last_report.elapsed() >= Duration::from_secs(2) {
             eprintln!(
                 "simulate: {sent} events sent ({:.0}/s)",

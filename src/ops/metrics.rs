@@ -147,6 +147,11 @@ impl Metrics {
             .high_watermark = Some(offset);
     }
 
+    /// A partition was handed to another instance: its gauges are that instance's now.
+    pub fn forget_partition(&self, partition: i32) {
+        locked(&self.partitions).remove(&partition);
+    }
+
     /// The current depth of each worker's queue.
     pub fn queue_depths(&self, depths: Vec<usize>) {
         *locked(&self.queue_depths) = depths;

@@ -1,23 +1,79 @@
-//! Is the broker one the `kafka` crate can talk to? The crate speaks the Kafka 0.8-era protocol
-//! (Produce v0, Fetch v0, Metadata v0, ListOffsets v0, OffsetCommit/OffsetFetch v1,
-//! GroupCoordinator v0) and never asks which versions the broker supports. Apache Kafka up to
-//! 3.9 still serves them; 4.x dropped them and just closes the connection, which would look like
-//! an endless outage. So before anything else we ask the broker with ApiVersions v0 (which every
-//! broker since 0.10 answers) and stop with a clear error if it has dropped what the crate needs.
+//! Can the chosen client talk to the broker? Checked once at start, so that a broker the
+//! client cannot use stops the service with a clear error (exit code 3) instead of an endless
+//! retry.
+//!
+//! The `kafka` crate speaks the Kafka 0.8-era protocol (Produce v0, Fetch v0, Metadata v0,
+//! ListOffsets v0, OffsetCommit/OffsetFetch v1, GroupCoordinator v0) and never asks which
+//! versions the broker supports; a broker that dropped them just closes the connection, which
+//! would look like an outage. So we ask the broker with ApiVersions v0 (which every broker since
+//! 0.10 answers) and stop if it lacks a version the crate sends. Apache Kafka 3.9 serves them;
+//! Kafka 4.1.1 (measured) no longer serves Fetch v0, ListOffsets v0 or OffsetCommit v1.
+//!
+//! librdkafka negotiates versions by itself and needs only what Kafka 2.3 and later serve
+//! (static membership, read_committed fetches); for it the check is one metadata request
+//! through librdkafka, over the configured TLS/SASL, after the same ApiVersions look on a
+//! plaintext listener.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// (API key, name, the version the crate sends).
-const NEEDED: [(i16, &str, i16); 7] = [
-    (0, "Produce", 0),
-    (1, "Fetch", 0),
-    (2, "ListOffsets", 0),
-    (3, "Metadata", 0),
-    (8, "OffsetCommit", 1),
-    (9, "OffsetFetch", 1),
-    (10, "FindCoordinator", 0),
+use crate::config::{ClientKind, KafkaAccess, SecurityProtocol};
+
+/// An API a client needs: (API key, name, lowest and highest version the client can send).
+/// The broker must serve at least one version in that range.
+pub type Need = (i16, &'static str, i16, i16);
+
+/// A client's protocol needs and what to tell the user when a broker lacks them.
+pub struct ClientNeeds {
+    /// The client, for the message.
+    pub client: &'static str,
+    /// The APIs.
+    pub needs: &'static [Need],
+    /// What to do about it.
+    pub advice: &'static str,
+}
+
+/// The `kafka` crate.
+pub const KAFKA_CRATE: ClientNeeds = ClientNeeds {
+    client: "the `kafka` crate",
+    needs: &KAFKA_CRATE_NEEDS,
+    advice: "KAFKA_CLIENT=kafka needs Apache Kafka 3.9 or older; set KAFKA_CLIENT=rdkafka for \
+             Kafka 4.x (see the README, \"Choosing a Kafka client\")",
+};
+
+/// librdkafka.
+pub const RDKAFKA: ClientNeeds = ClientNeeds {
+    client: "librdkafka",
+    needs: &RDKAFKA_NEEDS,
+    advice: "KAFKA_CLIENT=rdkafka needs Apache Kafka 2.3 or newer",
+};
+
+/// What the `kafka` crate sends, each at one version.
+pub const KAFKA_CRATE_NEEDS: [Need; 7] = [
+    (0, "Produce", 0, 0),
+    (1, "Fetch", 0, 0),
+    (2, "ListOffsets", 0, 0),
+    (3, "Metadata", 0, 0),
+    (8, "OffsetCommit", 1, 1),
+    (9, "OffsetFetch", 1, 1),
+    (10, "FindCoordinator", 0, 0),
+];
+
+/// What librdkafka needs for this service: read_committed fetches (Fetch v4+, ListOffsets
+/// v2+), record batches (Produce v3+), and consumer groups with static membership (JoinGroup
+/// v5+, Kafka 2.3 and newer). Cooperative-sticky rebalancing is done by the clients.
+pub const RDKAFKA_NEEDS: [Need; 10] = [
+    (0, "Produce", 3, i16::MAX),
+    (1, "Fetch", 4, i16::MAX),
+    (2, "ListOffsets", 2, i16::MAX),
+    (3, "Metadata", 1, i16::MAX),
+    (8, "OffsetCommit", 2, i16::MAX),
+    (9, "OffsetFetch", 1, i16::MAX),
+    (10, "FindCoordinator", 0, i16::MAX),
+    (11, "JoinGroup", 5, i16::MAX),
+    (12, "Heartbeat", 0, i16::MAX),
+    (14, "SyncGroup", 0, i16::MAX),
 ];
 const API_VERSIONS: i16 = 18;
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,11 +95,27 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
-/// Asks the first reachable broker which API versions it serves.
-pub fn probe(brokers: &[String]) -> Result<(), ProbeError> {
+/// The check for the configured client: the ApiVersions look where it can be made (plaintext),
+/// and for librdkafka a metadata request over the configured security.
+pub fn check(brokers: &[String], access: &KafkaAccess) -> Result<(), ProbeError> {
+    match access.client {
+        ClientKind::Kafka => probe(brokers, &KAFKA_CRATE),
+        ClientKind::Rdkafka => {
+            if access.security.protocol == SecurityProtocol::Plaintext {
+                probe(brokers, &RDKAFKA)?;
+            }
+            crate::transport::rdkafka_client::check_metadata(brokers, access)
+                .map(|_| ())
+                .map_err(ProbeError::Unreachable)
+        }
+    }
+}
+
+/// Asks the first reachable broker which API versions it serves, and checks `needs`.
+pub fn probe(brokers: &[String], needs: &ClientNeeds) -> Result<(), ProbeError> {
     let mut last = String::from("no broker given");
     for broker in brokers {
-        match probe_one(broker) {
+        match probe_one(broker, needs) {
             Ok(()) => return Ok(()),
             Err(ProbeError::Unreachable(m)) => last = m,
             Err(incompatible) => return Err(incompatible),
@@ -52,7 +124,7 @@ pub fn probe(brokers: &[String]) -> Result<(), ProbeError> {
     Err(ProbeError::Unreachable(last))
 }
 
-fn probe_one(broker: &str) -> Result<(), ProbeError> {
+fn probe_one(broker: &str, needs: &ClientNeeds) -> Result<(), ProbeError> {
     let unreachable = |e: std::io::Error| ProbeError::Unreachable(format!("{broker}: {e}"));
     let addr = broker
         .to_socket_addrs()
@@ -86,7 +158,7 @@ fn probe_one(broker: &str) -> Result<(), ProbeError> {
     }
     let mut body = vec![0u8; len as usize];
     stream.read_exact(&mut body).map_err(unreachable)?;
-    check_versions(broker, &body)
+    check_versions(broker, &body, needs)
 }
 
 /// ApiVersions v0: size, api key, api version, correlation id, client id.
@@ -103,8 +175,8 @@ fn api_versions_request() -> Vec<u8> {
     frame
 }
 
-/// Reads an ApiVersions v0 response body (after the size) and checks every API the crate uses.
-pub fn check_versions(broker: &str, body: &[u8]) -> Result<(), ProbeError> {
+/// Reads an ApiVersions v0 response body (after the size) and checks every API in `needs`.
+pub fn check_versions(broker: &str, body: &[u8], needs: &ClientNeeds) -> Result<(), ProbeError> {
     let garbled =
         || ProbeError::Incompatible(format!("{broker} sent a garbled ApiVersions answer"));
     let i16_at = |i: usize| -> Result<i16, ProbeError> {
@@ -128,23 +200,26 @@ pub fn check_versions(broker: &str, body: &[u8]) -> Result<(), ProbeError> {
         ranges.push((i16_at(at)?, i16_at(at + 2)?, i16_at(at + 4)?));
     }
     let mut missing = Vec::new();
-    for (key, name, version) in NEEDED {
+    for &(key, name, low, high) in needs.needs {
+        let wanted = if low == high {
+            format!("{name} v{low}")
+        } else {
+            format!("{name} v{low}+")
+        };
         match ranges.iter().find(|(k, _, _)| *k == key) {
-            Some((_, min, max)) if *min <= version && version <= *max => {}
-            Some((_, min, max)) => {
-                missing.push(format!("{name} v{version} (broker: v{min}-v{max})"))
-            }
-            None => missing.push(format!("{name} v{version} (broker: none)")),
+            Some((_, min, max)) if *min <= high && low <= *max => {}
+            Some((_, min, max)) => missing.push(format!("{wanted} (broker: v{min}-v{max})")),
+            None => missing.push(format!("{wanted} (broker: none)")),
         }
     }
     if missing.is_empty() {
         Ok(())
     } else {
         Err(ProbeError::Incompatible(format!(
-            "the broker at {broker} does not serve the protocol versions the `kafka` crate uses: {}. \
-             This is Kafka 4.x or a Kafka-compatible broker the crate can't speak to; \
-             service-courier needs Apache Kafka 3.9 or older.",
-            missing.join(", ")
+            "the broker at {broker} does not serve the protocol versions {} uses: {}. {}.",
+            needs.client,
+            missing.join(", "),
+            needs.advice
         )))
     }
 }
@@ -167,35 +242,82 @@ mod tests {
 
     #[test]
     fn kafka_3_9_is_compatible() {
+        // What Apache Kafka 3.9.1 (KRaft) answered here.
         let ranges = [
             (0, 0, 11),
-            (1, 0, 16),
+            (1, 0, 17),
             (2, 0, 9),
             (3, 0, 12),
             (8, 0, 9),
             (9, 0, 9),
             (10, 0, 6),
+            (11, 0, 9),
+            (12, 0, 4),
+            (13, 0, 5),
+            (14, 0, 5),
             (18, 0, 4),
         ];
-        assert_eq!(check_versions("b:9092", &answer(&ranges)), Ok(()));
+        assert_eq!(
+            check_versions("b:9092", &answer(&ranges), &KAFKA_CRATE),
+            Ok(())
+        );
+        assert_eq!(check_versions("b:9092", &answer(&ranges), &RDKAFKA), Ok(()));
+    }
+
+    /// What Apache Kafka 4.1.1 (KRaft) answered here, for the APIs either client uses.
+    const KAFKA_4_1_1: [(i16, i16, i16); 12] = [
+        (0, 0, 13),
+        (1, 4, 18),
+        (2, 1, 10),
+        (3, 0, 13),
+        (8, 2, 9),
+        (9, 1, 9),
+        (10, 0, 6),
+        (11, 0, 9),
+        (12, 0, 4),
+        (13, 0, 5),
+        (14, 0, 5),
+        (18, 0, 4),
+    ];
+
+    #[test]
+    fn kafka_4_is_refused_for_the_crate_with_the_reason_and_taken_by_librdkafka() {
+        match check_versions("b:9092", &answer(&KAFKA_4_1_1), &KAFKA_CRATE) {
+            Err(ProbeError::Incompatible(m)) => {
+                assert!(m.contains("Fetch v0 (broker: v4-v18)"), "{m}");
+                assert!(m.contains("ListOffsets v0 (broker: v1-v10)"), "{m}");
+                assert!(m.contains("OffsetCommit v1 (broker: v2-v9)"), "{m}");
+                assert!(!m.contains("Produce"), "{m}");
+                assert!(m.contains("Kafka 3.9 or older"), "{m}");
+                assert!(m.contains("KAFKA_CLIENT=rdkafka"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            check_versions("b:9092", &answer(&KAFKA_4_1_1), &RDKAFKA),
+            Ok(())
+        );
     }
 
     #[test]
-    fn kafka_4_is_refused_with_the_reason() {
-        let ranges = [
-            (0, 3, 12),
-            (1, 4, 17),
-            (2, 1, 10),
-            (3, 0, 13),
-            (8, 2, 9),
-            (9, 1, 9),
-            (10, 0, 6),
-            (18, 0, 4),
+    fn a_broker_too_old_for_librdkafka_is_refused() {
+        // Kafka 2.2: JoinGroup up to v4, no static membership (group.instance.id needs v5).
+        let kafka_2_2 = [
+            (0, 0, 7),
+            (1, 0, 10),
+            (2, 0, 5),
+            (3, 0, 7),
+            (8, 0, 6),
+            (9, 0, 5),
+            (10, 0, 2),
+            (11, 0, 4),
+            (12, 0, 2),
+            (14, 0, 2),
         ];
-        match check_versions("b:9092", &answer(&ranges)) {
+        match check_versions("b:9092", &answer(&kafka_2_2), &RDKAFKA) {
             Err(ProbeError::Incompatible(m)) => {
-                assert!(m.contains("Fetch v0 (broker: v4-v17)"), "{m}");
-                assert!(m.contains("Kafka 3.9 or older"), "{m}");
+                assert!(m.contains("JoinGroup v5+ (broker: v0-v4)"), "{m}");
+                assert!(m.contains("librdkafka"), "{m}");
             }
             other => panic!("{other:?}"),
         }
@@ -205,14 +327,14 @@ mod tests {
     fn truncated_answers_are_errors_not_panics() {
         for n in 0..12 {
             let full = answer(&[(0, 0, 1)]);
-            let _ = check_versions("b", &full[..n.min(full.len())]);
+            let _ = check_versions("b", &full[..n.min(full.len())], &KAFKA_CRATE);
         }
     }
 
     #[test]
     fn nobody_listening_is_unreachable() {
         assert!(matches!(
-            probe(&["127.0.0.1:1".into()]),
+            probe(&["127.0.0.1:1".into()], &KAFKA_CRATE),
             Err(ProbeError::Unreachable(_))
         ));
     }

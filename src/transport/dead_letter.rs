@@ -8,6 +8,8 @@ use kafka::client::{KafkaClient, RequiredAcks};
 use kafka::producer::{Producer, Record};
 use serde_json::json;
 
+use super::client::{ClientError, DeadLetterProducer};
+
 /// The most payload bytes copied into an envelope: keeps every envelope far below the broker's
 /// default 1 MB message limit, whatever it escapes.
 pub const MAX_ENVELOPE_PAYLOAD: usize = 64 * 1024;
@@ -87,8 +89,8 @@ impl DeadLetter {
     }
 }
 
-/// A producer for the dead-letter topic, rebuilt after any failure (the `kafka` crate keeps
-/// broken connections and stale metadata).
+/// The `kafka` crate's producer for the dead-letter topic, rebuilt after any failure (the crate
+/// keeps broken connections and stale metadata).
 pub struct DeadLetterQueue {
     brokers: Vec<String>,
     topic: String,
@@ -104,23 +106,26 @@ impl DeadLetterQueue {
             producer: None,
         }
     }
+}
 
-    /// The topic written to.
-    pub fn topic(&self) -> &str {
+impl DeadLetterProducer for DeadLetterQueue {
+    fn topic(&self) -> &str {
         &self.topic
     }
 
     /// Sends one letter and waits for all in-sync replicas to have it.
-    pub fn send(&mut self, letter: &DeadLetter) -> Result<(), kafka::Error> {
+    fn send(&mut self, letter: &DeadLetter) -> Result<(), ClientError> {
         let producer = match self.producer.as_mut() {
             Some(p) => p,
-            None => self.producer.insert(connect(&self.brokers)?),
+            None => self
+                .producer
+                .insert(connect(&self.brokers).map_err(|e| ClientError(e.to_string()))?),
         };
         let result = producer.send(&Record::from_value(&self.topic, letter.to_json()));
         if result.is_err() {
             self.producer = None;
         }
-        result
+        result.map_err(|e| ClientError(e.to_string()))
     }
 }
 

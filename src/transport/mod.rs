@@ -1,11 +1,18 @@
-//! Kafka, and nothing about couriers: connect (after checking the broker speaks the crate's
-//! protocol), poll, decode, hand events to the dispatch layer, dead-letter bad ones, and commit
-//! offsets only behind events whose transactions committed.
+//! Kafka, and nothing about couriers: connect (after checking the broker speaks the chosen
+//! client's protocol), poll, decode, hand events to the dispatch layer, dead-letter bad ones,
+//! and commit offsets only behind events whose transactions committed. The poller's loop is
+//! written once against the client seam (`client`); `kafka_client` implements it with the
+//! `kafka` crate.
 
 pub mod broker;
+pub mod client;
 pub mod dead_letter;
 pub mod decode;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod kafka_client;
 pub mod offsets;
 mod poller;
+pub mod rdkafka_client;
 
-pub use poller::{Poller, PollerExit, RunSummary, Telemetry};
+pub use poller::{Clients, Poller, PollerExit, RunSummary, Telemetry};

@@ -103,6 +103,30 @@ impl OffsetTracker {
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
+
+    /// Events of one partition received and not yet finished.
+    pub fn in_flight_of(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |p| p.open.values().filter(|done| !**done).count())
+    }
+
+    /// Drops everything known about a partition handed back to the group, so that a later
+    /// assignment starts cleanly from Kafka's committed offset. Returns its unfinished offsets
+    /// (abandoned: never to be committed by this assignment).
+    pub fn forget(&mut self, partition: i32) -> Vec<i64> {
+        let Some(p) = self.partitions.remove(&partition) else {
+            return Vec::new();
+        };
+        let unfinished: Vec<i64> = p
+            .open
+            .into_iter()
+            .filter(|(_, done)| !*done)
+            .map(|(offset, _)| offset)
+            .collect();
+        self.in_flight -= unfinished.len();
+        unfinished
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +243,27 @@ mod tests {
         assert_eq!(t.in_flight(), 4);
         assert!(!t.receive(0, 3)); // a redelivery adds nothing
         assert_eq!(t.in_flight(), 4);
+    }
+
+    #[test]
+    fn a_forgotten_partition_starts_again_from_scratch() {
+        let mut t = OffsetTracker::new();
+        for o in 0..4 {
+            t.receive(2, o);
+        }
+        t.receive(5, 0);
+        t.finish(2, 0);
+        t.finish(2, 2);
+        t.committed(2, 1);
+        assert_eq!(t.in_flight_of(2), 2);
+        assert_eq!(t.forget(2), vec![1, 3]);
+        assert_eq!((t.in_flight(), t.in_flight_of(2)), (1, 0));
+        assert_eq!(t.committed_offset(2), None);
+        // Assigned again later: offsets from the group's commit point are new events.
+        assert!(t.receive(2, 1));
+        t.finish(2, 1);
+        assert_eq!(t.ready_to_commit(), vec![(2, 2)]);
+        assert_eq!(t.forget(9), Vec::<i64>::new());
     }
 
     #[test]

@@ -1,24 +1,28 @@
-//! The polling thread: the one owner of the Kafka consumer, the offset tracker and the
+//! The polling thread: the one owner of the consumer client, the offset tracker and the
 //! dead-letter producer. It polls, decodes, routes each event to its order's worker, takes the
-//! workers' completions back, and commits every partition's finished prefix periodically and at
-//! shutdown. Any poll error rebuilds the consumer (the crate keeps dead connections and never
-//! refreshes metadata on its own); redelivered offsets are recognised and not applied twice.
+//! workers' completions back, and commits every partition's finished prefix periodically, before
+//! a partition is handed back to the group, and at shutdown. The client sits behind
+//! [`ConsumerClient`]; whichever it is, redelivered offsets are recognised and not applied twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use kafka::client::{FetchOffset, GroupOffsetStorage, KafkaClient};
-use kafka::consumer::Consumer;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::dead_letter::{DeadLetter, DeadLetterQueue};
+use super::client::{ConnectError, ConsumerClient, DeadLetterProducer, Polled};
+use super::dead_letter::DeadLetter;
 use super::decode::decode;
 use super::offsets::OffsetTracker;
-use crate::config::{FallbackOffset, KafkaSettings};
+use crate::config::KafkaSettings;
 use crate::dispatch::{Completion, Job, JobResult, Position, WorkerPool};
 use crate::ops::{Health, Metrics};
 use crate::shutdown::{Backoff, Shutdown};
-use std::sync::Arc;
+
+/// How long one poll may wait for records when none are there (the `kafka` crate's fetch waits
+/// KAFKA_FETCH_MAX_WAIT_MS at the broker instead). Short, so commits, gauges and a stop request
+/// are never far away.
+const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// How the poller ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +40,8 @@ pub struct RunSummary {
     pub outcomes: BTreeMap<&'static str, u64>,
     /// Dead letters by reason.
     pub dead_letters: BTreeMap<&'static str, u64>,
-    /// Events given up while stopping (left uncommitted for redelivery).
+    /// Events given up while stopping, or when their partition was handed back before they
+    /// finished (left uncommitted for redelivery).
     pub abandoned: u64,
 }
 
@@ -64,15 +69,28 @@ impl RunSummary {
     }
 }
 
+/// The two Kafka clients the poller drives.
+pub struct Clients {
+    /// Reads the order topic.
+    pub consumer: Box<dyn ConsumerClient>,
+    /// Writes the dead-letter topic.
+    pub dead_letters: Box<dyn DeadLetterProducer>,
+}
+
 /// The poller. Borrows the pool so the caller decides when to close it.
 pub struct Poller<'a> {
     settings: &'a KafkaSettings,
     pool: WorkerPool,
     completions: Receiver<Completion>,
     shutdown: Shutdown,
-    consumer: Option<Consumer>,
+    client: Box<dyn ConsumerClient>,
+    /// The partitions this instance owns now: records of any other are not routed.
+    owned: BTreeSet<i32>,
     tracker: OffsetTracker,
-    dead_letters: DeadLetterQueue,
+    /// Jobs still queued or running when their partition was handed back: their completions
+    /// belong to an assignment that is over and must not mark anything finished.
+    stale: HashSet<(i32, i64)>,
+    dead_letters: Box<dyn DeadLetterProducer>,
     /// Dead letters not yet accepted by Kafka: their offsets stay uncommitted until they are.
     unsent: VecDeque<DeadLetter>,
     next_dead_letter_try: Instant,
@@ -94,9 +112,10 @@ pub struct Telemetry {
 }
 
 impl<'a> Poller<'a> {
-    /// A poller feeding `pool`, hearing back on `completions`.
+    /// A poller reading through `clients`, feeding `pool`, hearing back on `completions`.
     pub fn new(
         settings: &'a KafkaSettings,
+        clients: Clients,
         pool: WorkerPool,
         completions: Receiver<Completion>,
         shutdown: Shutdown,
@@ -107,12 +126,11 @@ impl<'a> Poller<'a> {
             pool,
             completions,
             shutdown,
-            consumer: None,
+            client: clients.consumer,
+            owned: BTreeSet::new(),
             tracker: OffsetTracker::new(),
-            dead_letters: DeadLetterQueue::new(
-                settings.brokers.clone(),
-                settings.dlq_topic.clone(),
-            ),
+            stale: HashSet::new(),
+            dead_letters: clients.dead_letters,
             unsent: VecDeque::new(),
             next_dead_letter_try: Instant::now(),
             dead_letter_backoff: Backoff::new(Duration::from_secs(10)),
@@ -138,10 +156,9 @@ impl<'a> Poller<'a> {
             self.commit_if_due();
             self.log_progress();
             self.observe();
-            if self.consumer.is_none() {
-                match self.connect() {
-                    Ok(consumer) => {
-                        self.consumer = Some(consumer);
+            if !self.client.is_connected() {
+                match self.client.connect() {
+                    Ok(()) => {
                         self.health.kafka_ready(true);
                         backoff.reset();
                     }
@@ -154,25 +171,26 @@ impl<'a> Poller<'a> {
                     }
                 }
             }
-            let Some(consumer) = self.consumer.as_mut() else {
-                continue;
-            };
-            match consumer.poll() {
-                Ok(sets) => {
+            match self.client.poll(POLL_WAIT) {
+                Ok(polled) => {
                     backoff.reset();
-                    for set in sets.iter() {
-                        for m in set.messages() {
-                            self.receive(set.partition(), m.offset, m.value);
+                    self.health.kafka_ready(true);
+                    for p in polled {
+                        match p {
+                            Polled::Record {
+                                partition,
+                                offset,
+                                value,
+                            } => self.receive(partition, offset, &value),
+                            Polled::Assigned(partitions) => self.assigned(&partitions),
+                            Polled::Revoked(partitions) => self.revoke(&partitions),
                         }
                     }
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    log::warn!(
-                        "kafka: poll failed on {}: {e}; rebuilding the consumer in {delay:?}",
-                        self.settings.topic
-                    );
-                    self.drop_consumer();
+                    log::warn!("kafka: {e}; polling again in {delay:?}");
+                    self.health.kafka_ready(false);
                     self.pause(delay);
                 }
             }
@@ -189,39 +207,127 @@ impl<'a> Poller<'a> {
         }
     }
 
-    fn drop_consumer(&mut self) {
-        self.consumer = None;
-        self.health.kafka_ready(false);
-    }
-
     /// Refreshes the gauges: in-flight count, queue depths, and every few seconds the high
     /// watermarks (for the lag).
     fn observe(&mut self) {
         self.health.in_flight(self.tracker.in_flight());
         self.metrics.queue_depths(self.pool.queue_depths());
-        if self.last_watermarks.elapsed() < Duration::from_secs(5) {
+        if self.last_watermarks.elapsed() < Duration::from_secs(5) || !self.client.is_connected() {
             return;
         }
         self.last_watermarks = Instant::now();
-        let Some(consumer) = self.consumer.as_mut() else {
-            return;
-        };
-        match consumer
-            .client_mut()
-            .fetch_topic_offsets(&self.settings.topic, FetchOffset::Latest)
-        {
+        match self.client.high_watermarks() {
             Ok(offsets) => {
-                for o in offsets {
-                    self.metrics.high_watermark(o.partition, o.offset);
+                for (partition, offset) in offsets {
+                    if self.owned.contains(&partition) {
+                        self.metrics.high_watermark(partition, offset);
+                    }
                 }
             }
-            Err(e) => log::debug!("kafka: high watermarks unavailable: {e}"),
+            Err(e) => log::debug!("kafka: {e}"),
         }
     }
 
-    /// One message: skip redeliveries, route events, dead-letter bad input.
+    /// Partitions now ours: route their records; start their committed-offset gauges (and so
+    /// the lag) from what the group has committed.
+    fn assigned(&mut self, partitions: &[i32]) {
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.owned.contains(p))
+            .collect();
+        if !new.is_empty() {
+            self.owned.extend(new.iter().copied());
+            log::info!(
+                "kafka: assigned partitions {new:?} of {}; now reading {:?}",
+                self.settings.topic,
+                self.owned
+            );
+        }
+        match self.client.committed_offsets(partitions) {
+            Ok(committed) => {
+                for (partition, next) in committed {
+                    self.metrics.committed(partition, next);
+                }
+            }
+            Err(e) => log::debug!("kafka: {e}"),
+        }
+    }
+
+    /// Partitions being taken away: stop routing them, give their queued and in-flight events
+    /// up to SHUTDOWN_DRAIN_MS to finish, commit their finished prefix, forget them (what is
+    /// unfinished stays uncommitted, for the next owner), and hand them back.
+    fn revoke(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.owned.remove(p);
+        }
+        let open =
+            |t: &OffsetTracker| -> usize { partitions.iter().map(|p| t.in_flight_of(*p)).sum() };
+        let deadline = Instant::now() + self.settings.revoke_drain;
+        log::info!(
+            "kafka: partitions {partitions:?} of {} revoked; finishing their {} events in flight",
+            self.settings.topic,
+            open(&self.tracker)
+        );
+        loop {
+            self.take_completions();
+            self.send_dead_letters();
+            let now = Instant::now();
+            if open(&self.tracker) == 0 || now >= deadline {
+                break;
+            }
+            self.health.poller_beat();
+            match self
+                .completions
+                .recv_timeout((deadline - now).min(Duration::from_millis(50)))
+            {
+                Ok(done) => self.complete(done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let ready: Vec<(i32, i64)> = self
+            .tracker
+            .ready_to_commit()
+            .into_iter()
+            .filter(|(p, _)| partitions.contains(p))
+            .collect();
+        self.commit_points(&ready);
+        let mut abandoned = 0;
+        for &p in partitions {
+            let held: HashSet<i64> = self
+                .unsent
+                .iter()
+                .filter(|l| l.partition == p)
+                .map(|l| l.offset)
+                .collect();
+            for offset in self.tracker.forget(p) {
+                abandoned += 1;
+                // A held dead letter is dropped below; anything else is still with a worker.
+                if !held.contains(&offset) {
+                    self.stale.insert((p, offset));
+                }
+            }
+            self.metrics.forget_partition(p);
+        }
+        self.unsent.retain(|l| !partitions.contains(&l.partition));
+        if abandoned > 0 {
+            self.summary.abandoned += abandoned;
+            log::warn!(
+                "kafka: {abandoned} events of partitions {partitions:?} were unfinished after                  {:?}; handed back uncommitted (the next owner reads them again)",
+                self.settings.revoke_drain
+            );
+        }
+        match self.client.release(partitions) {
+            Ok(()) => log::info!("kafka: partitions {partitions:?} handed back"),
+            Err(e) => log::warn!("kafka: handing back partitions {partitions:?}: {e}"),
+        }
+    }
+
+    /// One message: skip redeliveries and partitions not ours, route events, dead-letter bad
+    /// input.
     fn receive(&mut self, partition: i32, offset: i64, value: &[u8]) {
-        if !self.tracker.receive(partition, offset) {
+        if !self.owned.contains(&partition) || !self.tracker.receive(partition, offset) {
             return;
         }
         self.metrics.consumed();
@@ -260,41 +366,57 @@ impl<'a> Poller<'a> {
     /// Applies the workers' reports to the tracker and the counters.
     fn take_completions(&mut self) {
         while let Ok(done) = self.completions.try_recv() {
-            let Position { partition, offset } = done.position;
-            match done.result {
-                JobResult::Applied(outcome) => {
-                    log::debug!(
-                        "order {} at {}/{partition}@{offset}: {outcome} ({:?})",
-                        done.order_id,
-                        self.settings.topic,
-                        done.latency
-                    );
-                    *self.summary.outcomes.entry(outcome.label()).or_default() += 1;
-                    self.metrics
-                        .applied(done.family.as_str(), outcome.label(), done.latency);
-                    self.metrics.event_age(done.age);
+            self.complete(done);
+        }
+    }
+
+    /// One worker report.
+    fn complete(&mut self, done: Completion) {
+        let Position { partition, offset } = done.position;
+        // A job of a partition handed back before it finished: it counts, but it no longer
+        // moves that partition's commit point (the offset may be ours again by now, received
+        // anew and queued behind it on the same worker).
+        let stale = self.stale.remove(&(partition, offset));
+        match done.result {
+            JobResult::Applied(outcome) => {
+                log::debug!(
+                    "order {} at {}/{partition}@{offset}: {outcome} ({:?})",
+                    done.order_id,
+                    self.settings.topic,
+                    done.latency
+                );
+                *self.summary.outcomes.entry(outcome.label()).or_default() += 1;
+                self.metrics
+                    .applied(done.family.as_str(), outcome.label(), done.latency);
+                self.metrics.event_age(done.age);
+                if !stale {
                     self.tracker.finish(partition, offset);
                 }
-                JobResult::Failed(e) => {
-                    log::error!(
-                        "order {} at {}/{partition}@{offset} failed for good: {e}; sent to {}",
-                        done.order_id,
-                        self.settings.topic,
-                        self.dead_letters.topic()
-                    );
-                    let payload =
-                        serde_json::json!({"order_id": done.order_id.as_str()}).to_string();
-                    self.unsent.push_back(DeadLetter::new(
-                        "processing_failed",
-                        e.to_string(),
-                        &self.settings.topic,
-                        partition,
-                        offset,
-                        payload.as_bytes(),
-                    ));
-                }
-                JobResult::Abandoned => self.summary.abandoned += 1,
             }
+            JobResult::Failed(e) if stale => log::warn!(
+                "order {} at {}/{partition}@{offset} failed after its partition was handed                  back: {e}; left to the partition's next owner",
+                done.order_id,
+                self.settings.topic
+            ),
+            JobResult::Failed(e) => {
+                log::error!(
+                    "order {} at {}/{partition}@{offset} failed for good: {e}; sent to {}",
+                    done.order_id,
+                    self.settings.topic,
+                    self.dead_letters.topic()
+                );
+                let payload = serde_json::json!({"order_id": done.order_id.as_str()}).to_string();
+                self.unsent.push_back(DeadLetter::new(
+                    "processing_failed",
+                    e.to_string(),
+                    &self.settings.topic,
+                    partition,
+                    offset,
+                    payload.as_bytes(),
+                ));
+            }
+            JobResult::Abandoned if stale => {}
+            JobResult::Abandoned => self.summary.abandoned += 1,
         }
     }
 
@@ -337,30 +459,24 @@ impl<'a> Poller<'a> {
     /// Commits every partition's finished prefix.
     fn commit(&mut self) {
         let ready = self.tracker.ready_to_commit();
-        if ready.is_empty() {
+        self.commit_points(&ready);
+    }
+
+    /// Commits these `(partition, next offset)` points, synchronously.
+    fn commit_points(&mut self, ready: &[(i32, i64)]) {
+        if ready.is_empty() || !self.client.is_connected() {
             return;
         }
-        let Some(consumer) = self.consumer.as_mut() else {
-            return;
-        };
         let topic = &self.settings.topic;
-        for &(partition, next) in &ready {
-            if let Err(e) = consumer.consume_message(topic, partition, next - 1) {
-                log::warn!("kafka: cannot mark {topic}/{partition}@{}: {e}", next - 1);
-            }
-        }
-        match consumer.commit_consumed() {
+        match self.client.commit(ready) {
             Ok(()) => {
-                for &(partition, next) in &ready {
+                for &(partition, next) in ready {
                     self.tracker.committed(partition, next);
                     self.metrics.committed(partition, next);
                 }
                 log::debug!("committed {topic} offsets {ready:?}");
             }
-            Err(e) => {
-                log::warn!("kafka: commit of {topic} offsets failed: {e}; rebuilding the consumer");
-                self.drop_consumer();
-            }
+            Err(e) => log::warn!("kafka: {e}"),
         }
     }
 
@@ -381,7 +497,8 @@ impl<'a> Poller<'a> {
         self.last_progress = (Instant::now(), total);
     }
 
-    /// Stop polling, let the workers drain, take their last reports, commit, say what was done.
+    /// Stop polling, let the workers drain, take their last reports, commit, leave the group,
+    /// say what was done.
     fn stop(&mut self) {
         log::info!("stopping: polling stopped, workers finishing queued events");
         let pool = std::mem::replace(&mut self.pool, WorkerPool::empty());
@@ -393,15 +510,14 @@ impl<'a> Poller<'a> {
         // A last chance for held dead letters; what still fails stays uncommitted.
         self.next_dead_letter_try = Instant::now();
         self.send_dead_letters();
-        if self.consumer.is_none() && !self.tracker.ready_to_commit().is_empty() {
+        if !self.client.is_connected() && !self.tracker.ready_to_commit().is_empty() {
             // The consumer broke just before stopping: one attempt to reconnect for the commit.
-            if let Ok(c) = self.connect() {
-                self.consumer = Some(c);
-            }
+            let _ = self.client.connect();
         }
         self.commit();
+        self.client.close();
         let committed: Vec<String> = self
-            .partitions()
+            .owned
             .iter()
             .filter_map(|p| {
                 self.tracker
@@ -416,79 +532,7 @@ impl<'a> Poller<'a> {
             committed.join(", ")
         );
     }
-
-    fn partitions(&self) -> Vec<i32> {
-        let mut partitions = self
-            .consumer
-            .as_ref()
-            .and_then(|c| c.subscriptions().remove(&self.settings.topic))
-            .unwrap_or_default();
-        partitions.sort_unstable();
-        partitions
-    }
-
-    /// Builds a consumer on a fresh client: metadata loaded, topic and partitions checked.
-    fn connect(&self) -> Result<Consumer, ConnectError> {
-        let s = self.settings;
-        let mut client = KafkaClient::new(s.brokers.clone());
-        client.set_client_id("service-courier".into());
-        // The crate retries coordinator errors for two minutes by default; fail fast and let our
-        // own backoff (which watches for shutdown) retry instead.
-        client.set_retry_max_attempts(20);
-        client.load_metadata_all().map_err(|e| {
-            ConnectError::Retry(format!("cannot load metadata from {:?}: {e}", s.brokers))
-        })?;
-        let existing: Vec<i32> = match client.topics().partitions(&s.topic) {
-            Some(p) => p.iter().map(|p| p.id()).collect(),
-            None => {
-                return Err(ConnectError::Retry(format!(
-                    "topic {} does not exist (yet); waiting for it (create it with e.g. \
-                     scripts/kafka.sh topic {} 6)",
-                    s.topic, s.topic
-                )))
-            }
-        };
-        let partitions = s
-            .partitions
-            .resolve(&existing)
-            .map_err(|e| ConnectError::Misconfigured(format!("{e} (topic {})", s.topic)))?;
-        // Start the committed-offset gauges (and so the lag) from what the group has committed.
-        client.set_group_offset_storage(Some(GroupOffsetStorage::Kafka));
-        if let Ok(committed) = client.fetch_group_topic_offset(&s.group, &s.topic) {
-            for c in committed.iter().filter(|c| c.offset >= 0) {
-                if partitions.contains(&c.partition) {
-                    self.metrics.committed(c.partition, c.offset);
-                }
-            }
-        }
-        let fetch = i32::try_from(s.fetch_max_bytes_per_partition).unwrap_or(i32::MAX);
-        Consumer::from_client(client)
-            .with_group(s.group.clone())
-            .with_offset_storage(Some(GroupOffsetStorage::Kafka))
-            .with_topic_partitions(s.topic.clone(), &partitions)
-            .with_fallback_offset(match s.fallback_offset {
-                FallbackOffset::Earliest => FetchOffset::Earliest,
-                FallbackOffset::Latest => FetchOffset::Latest,
-            })
-            .with_fetch_max_wait_time(s.fetch_max_wait)
-            .with_fetch_min_bytes(1)
-            .with_fetch_max_bytes_per_partition(fetch)
-            // A message over the fetch size would block its partition: let the crate grow the
-            // fetch for that partition until it arrives, so it can be dead-lettered as too large.
-            .with_retry_max_bytes_limit(fetch.saturating_mul(4).max(64 << 20))
-            .create()
-            .inspect(|_| {
-                log::info!(
-                    "kafka: consuming {} partitions {partitions:?} as group {}",
-                    s.topic,
-                    s.group
-                );
-            })
-            .map_err(|e| ConnectError::Retry(format!("cannot create the consumer: {e}")))
-    }
 }
 
-enum ConnectError {
-    Retry(String),
-    Misconfigured(String),
-}
+#[cfg(test)]
+mod tests;

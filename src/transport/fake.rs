@@ -1,0 +1,174 @@
+//! A scripted stand-in for a Kafka client, for unit tests of the poller's loop: the test queues
+//! what each poll returns (records, assignments, revocations, errors) and afterwards reads what
+//! the loop did with the client (commits, hand-backs, dead letters), in order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
+use super::dead_letter::DeadLetter;
+
+/// What one poll does.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Returns these.
+    Deliver(Vec<Polled>),
+    /// Fails; like the `kafka` client, the session is then dropped and the loop reconnects.
+    Fail(String),
+}
+
+/// A call the loop made, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `connect`.
+    Connect,
+    /// `commit` of these points.
+    Commit(Vec<(i32, i64)>),
+    /// `release` of these partitions.
+    Release(Vec<i32>),
+    /// A dead letter accepted for this source position.
+    DeadLetter(i32, i64),
+    /// `close`.
+    Close,
+}
+
+/// The broker's side, shared between the test and the fake clients.
+#[derive(Debug, Default)]
+pub struct FakeBroker {
+    /// What the next polls return; an empty script returns nothing after a short wait.
+    pub script: VecDeque<Step>,
+    /// Polls so far.
+    pub polls: u64,
+    /// Every call but `poll`, in order.
+    pub calls: Vec<Call>,
+    /// The group's committed offsets.
+    pub committed: BTreeMap<i32, i64>,
+    /// Connect attempts to refuse (as "broker not reachable") before one succeeds.
+    pub refuse_connects: u32,
+    /// When set, every connect fails with this misconfiguration.
+    pub misconfigured: Option<String>,
+    /// Dead letters accepted.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Dead-letter sends to fail before one succeeds.
+    pub refuse_dead_letters: u32,
+    connected: bool,
+}
+
+/// A handle on a shared [`FakeBroker`].
+#[derive(Debug, Clone, Default)]
+pub struct Fake(Arc<Mutex<FakeBroker>>);
+
+impl Fake {
+    /// A broker with an empty script.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The broker's state.
+    pub fn state(&self) -> MutexGuard<'_, FakeBroker> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a poll result.
+    pub fn then(&self, step: Step) {
+        self.state().script.push_back(step);
+    }
+
+    /// A consumer client on this broker.
+    pub fn consumer(&self) -> Box<dyn ConsumerClient> {
+        Box::new(self.clone())
+    }
+
+    /// A dead-letter producer on this broker.
+    pub fn producer(&self) -> Box<dyn DeadLetterProducer> {
+        Box::new(self.clone())
+    }
+}
+
+impl ConsumerClient for Fake {
+    fn is_connected(&self) -> bool {
+        self.state().connected
+    }
+
+    fn connect(&mut self) -> Result<(), ConnectError> {
+        let mut s = self.state();
+        s.calls.push(Call::Connect);
+        if let Some(m) = s.misconfigured.clone() {
+            return Err(ConnectError::Misconfigured(m));
+        }
+        if s.refuse_connects > 0 {
+            s.refuse_connects -= 1;
+            return Err(ConnectError::Retry("fake broker not reachable".into()));
+        }
+        s.connected = true;
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
+        let step = {
+            let mut s = self.state();
+            s.polls += 1;
+            s.script.pop_front()
+        };
+        match step {
+            Some(Step::Deliver(polled)) => Ok(polled),
+            Some(Step::Fail(m)) => {
+                self.state().connected = false;
+                Err(ClientError(m))
+            }
+            None => {
+                std::thread::sleep(timeout.min(Duration::from_millis(5)));
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
+        let mut s = self.state();
+        s.calls.push(Call::Commit(offsets.to_vec()));
+        s.committed.extend(offsets.iter().copied());
+        Ok(())
+    }
+
+    fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        self.state().calls.push(Call::Release(partitions.to_vec()));
+        Ok(())
+    }
+
+    fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
+        Ok(Vec::new())
+    }
+
+    fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {
+        let s = self.state();
+        Ok(partitions
+            .iter()
+            .filter_map(|p| s.committed.get(p).map(|o| (*p, *o)))
+            .collect())
+    }
+
+    fn close(&mut self) {
+        let mut s = self.state();
+        s.calls.push(Call::Close);
+        s.connected = false;
+    }
+}
+
+impl DeadLetterProducer for Fake {
+    fn topic(&self) -> &str {
+        "fake.dlq"
+    }
+
+    fn send(&mut self, letter: &DeadLetter) -> Result<(), ClientError> {
+        let mut s = self.state();
+        if s.refuse_dead_letters > 0 {
+            s.refuse_dead_letters -= 1;
+            return Err(ClientError("fake dead-letter topic unavailable".into()));
+        }
+        s.calls
+            .push(Call::DeadLetter(letter.partition, letter.offset));
+        s.dead_letters.push(letter.clone());
+        Ok(())
+    }
+}

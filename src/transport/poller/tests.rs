@@ -1,0 +1,418 @@
+//! The poller's loop driven through a scripted client ([`crate::transport::fake`]): poll
+//! errors, redeliveries, revocations and dead letters, with real workers over the in-memory
+//! repository behind a gate that holds transactions back on demand.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::unbounded;
+
+use super::{Clients, Poller, PollerExit, RunSummary, Telemetry};
+use crate::config::{
+    ClientKind, FallbackOffset, GroupSettings, KafkaAccess, KafkaSettings, PartitionSelection,
+    SecurityProtocol, SecuritySettings,
+};
+use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
+use crate::ops::{Health, Metrics};
+use crate::repository::{
+    CourierRepository, CourierView, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
+};
+use crate::shutdown::Shutdown;
+use crate::transport::client::Polled;
+use crate::transport::fake::{Call, Fake, Step};
+use crate::usecase::OrderEventProcessor;
+
+/// Holds transactions back: open, or a number of transactions still allowed through.
+#[derive(Default)]
+struct Gate {
+    permits: Mutex<Option<u64>>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut permits = self.permits.lock().unwrap_or_else(PoisonError::into_inner);
+        while *permits == Some(0) {
+            permits = self
+                .changed
+                .wait(permits)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(n) = permits.as_mut() {
+            *n -= 1;
+        }
+    }
+
+    fn set(&self, permits: Option<u64>) {
+        *self.permits.lock().unwrap_or_else(PoisonError::into_inner) = permits;
+        self.changed.notify_all();
+    }
+}
+
+/// The in-memory repository, each transaction waiting at the gate first.
+struct Gated {
+    inner: MemoryRepository,
+    gate: Arc<Gate>,
+}
+
+impl CourierRepository for Gated {
+    fn transaction<T>(
+        &self,
+        work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        self.gate.pass();
+        self.inner.transaction(work)
+    }
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
+        self.inner.couriers()
+    }
+    fn snapshot(&self) -> Result<Snapshot, RepoError> {
+        self.inner.snapshot()
+    }
+    fn fleet(&self) -> Result<FleetGauges, RepoError> {
+        self.inner.fleet()
+    }
+    fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+        self.inner.has_waiting_beside_available()
+    }
+}
+
+/// A poller running on its own thread over a fake broker.
+struct Harness {
+    fake: Fake,
+    gate: Arc<Gate>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    thread: Option<JoinHandle<(PollerExit, RunSummary)>>,
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn settings(revoke_drain: Duration) -> KafkaSettings {
+    KafkaSettings {
+        brokers: vec!["fake:9092".into()],
+        access: KafkaAccess {
+            client: ClientKind::Rdkafka,
+            security: SecuritySettings {
+                protocol: SecurityProtocol::Plaintext,
+                sasl: None,
+                ssl_ca_location: None,
+            },
+        },
+        membership: GroupSettings {
+            session_timeout: Duration::from_secs(45),
+            instance_id: None,
+        },
+        topic: "orders".into(),
+        group: "g".into(),
+        fallback_offset: FallbackOffset::Earliest,
+        fetch_max_bytes_per_partition: 4096,
+        fetch_max_wait: Duration::from_millis(10),
+        commit_interval: Duration::from_millis(10),
+        dlq_topic: "orders.dlq".into(),
+        partitions: PartitionSelection::All,
+        revoke_drain,
+    }
+}
+
+impl Harness {
+    /// One worker taking one event per transaction, so the gate counts events.
+    fn start(fake: Fake, revoke_drain: Duration, gate_open: bool) -> Self {
+        let gate = Arc::new(Gate::default());
+        gate.set(if gate_open { None } else { Some(0) });
+        let shutdown = Shutdown::new();
+        let metrics = Arc::new(Metrics::default());
+        let thread = {
+            let (fake, gate, shutdown, metrics) = (
+                fake.clone(),
+                gate.clone(),
+                shutdown.clone(),
+                metrics.clone(),
+            );
+            std::thread::spawn(move || {
+                let health = Arc::new(Health::new(Duration::from_secs(60)));
+                let (tx, completions) = unbounded();
+                let repo = Gated {
+                    inner: MemoryRepository::new(),
+                    gate,
+                };
+                let context = WorkerContext {
+                    processor: Arc::new(OrderEventProcessor::new(repo)),
+                    completions: tx,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                };
+                let pool_settings = PoolSettings {
+                    workers: 1,
+                    capacity: 64,
+                    drain_budget: Duration::from_secs(10),
+                    batch_max: 1,
+                };
+                let pool = WorkerPool::start(pool_settings, context).expect("workers start");
+                let settings = settings(revoke_drain);
+                let clients = Clients {
+                    consumer: fake.consumer(),
+                    dead_letters: fake.producer(),
+                };
+                let telemetry = Telemetry { metrics, health };
+                Poller::new(&settings, clients, pool, completions, shutdown, telemetry).run()
+            })
+        };
+        Self {
+            fake,
+            gate,
+            shutdown,
+            metrics,
+            thread: Some(thread),
+        }
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(
+                start.elapsed() < LIMIT,
+                "timed out waiting for {what}; calls: {:?}",
+                self.fake.state().calls
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits until the loop has taken every scripted step and handled the last one (it polled
+    /// again after it).
+    fn wait_script_taken(&self) {
+        self.wait_for("the script to be taken", |h| {
+            h.fake.state().script.is_empty()
+        });
+        let polls = self.fake.state().polls;
+        self.wait_for("one more poll", |h| h.fake.state().polls > polls + 1);
+    }
+
+    fn committed(&self, partition: i32) -> Option<i64> {
+        self.fake.state().committed.get(&partition).copied()
+    }
+
+    /// Events the workers applied (stale ones included), from the metrics.
+    fn applied(&self) -> u64 {
+        self.metrics
+            .render(None)
+            .lines()
+            .filter(|l| l.starts_with("courier_events_applied_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits for `n` more polls (each idle poll waits a few milliseconds).
+    fn wait_polls(&self, n: u64) {
+        let polls = self.fake.state().polls;
+        self.wait_for("more polls", |h| h.fake.state().polls > polls + n);
+    }
+
+    fn stop(self) -> (PollerExit, RunSummary) {
+        self.gate.set(None);
+        self.shutdown.trigger();
+        self.join()
+    }
+
+    fn join(mut self) -> (PollerExit, RunSummary) {
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the poller thread ends")
+    }
+}
+
+fn created(order: &str) -> String {
+    format!(r#"{{"order_id":"{order}","status":"created","created_at":"2025-08-06T12:00:00Z"}}"#)
+}
+
+fn records(partition: i32, offsets: std::ops::Range<i64>) -> Vec<Polled> {
+    offsets
+        .map(|o| Polled::Record {
+            partition,
+            offset: o,
+            value: created(&format!("p{partition}-o{o}")).into_bytes(),
+        })
+        .collect()
+}
+
+/// Commit points of `partition`, in the order they were committed.
+fn commits_of(calls: &[Call], partition: i32) -> Vec<i64> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Commit(points) => points.iter().find(|(p, _)| *p == partition).map(|x| x.1),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_poll_error_the_client_reconnects_and_redelivered_offsets_are_not_applied_twice() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(records(0, 0..5)));
+    fake.then(Step::Fail("poll failed: broker gone".into()));
+    // The rebuilt session starts again from the last commit (none): 0..5 come again, still in
+    // flight behind the closed gate, followed by new offsets.
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(records(0, 0..8)));
+    let h = Harness::start(fake, Duration::from_secs(5), false);
+    h.wait_script_taken();
+    assert_eq!(h.committed(0), None, "nothing finished, nothing committed");
+    h.gate.set(None);
+    h.wait_for("offset 8 committed", |h| h.committed(0) == Some(8));
+    let connects = h
+        .fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| **c == Call::Connect)
+        .count();
+    assert_eq!(connects, 2, "one connect, one after the poll error");
+    let (exit, summary) = h.stop();
+    assert_eq!(exit, PollerExit::Stopped);
+    // Each order applied once: a second application would show as `duplicate`.
+    assert_eq!(
+        summary.outcomes.into_iter().collect::<Vec<_>>(),
+        vec![("waiting", 8)]
+    );
+}
+
+#[test]
+fn a_revoked_partition_commits_only_its_finished_prefix_before_it_is_handed_back() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0, 1])]));
+    let mut first = records(0, 0..3);
+    first.extend(records(1, 0..2));
+    fake.then(Step::Deliver(first));
+    let h = Harness::start(fake, Duration::from_millis(200), true);
+    h.wait_for("the first commits", |h| {
+        h.committed(0) == Some(3) && h.committed(1) == Some(2)
+    });
+
+    // 0@3..6 stay in flight behind the gate; the revocation arrives with a record of the
+    // revoked partition after it (never routed) and one of partition 1.
+    h.gate.set(Some(0));
+    h.fake.then(Step::Deliver(records(0, 3..6)));
+    let mut revoke = vec![Polled::Revoked(vec![0])];
+    revoke.extend(records(0, 6..7));
+    revoke.extend(records(1, 2..3));
+    h.fake.then(Step::Deliver(revoke));
+    h.wait_for("partition 0 handed back", |h| {
+        h.fake.state().calls.contains(&Call::Release(vec![0]))
+    });
+    {
+        let calls = h.fake.state().calls.clone();
+        let release = calls
+            .iter()
+            .position(|c| *c == Call::Release(vec![0]))
+            .expect("released");
+        assert_eq!(commits_of(&calls[..release], 0), vec![3], "{calls:?}");
+    }
+
+    // Ours again at once, from the committed offset: 0@3..6 are received anew while their
+    // first copies still wait at the gate.
+    h.fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    h.fake.then(Step::Deliver(records(0, 3..6)));
+    h.wait_script_taken();
+    // The first copies finish now (1@2 is next in the queue and keeps the new copies waiting):
+    // their completions belong to the old assignment and must not move the commit point.
+    h.gate.set(Some(3));
+    h.wait_for("the first copies applied", |h| h.applied() == 8);
+    h.wait_polls(20); // many commit intervals
+    assert_eq!(h.committed(0), Some(3), "{:?}", h.fake.state().calls);
+
+    h.gate.set(None);
+    h.wait_for("everything committed", |h| {
+        h.committed(0) == Some(6) && h.committed(1) == Some(3)
+    });
+    let calls = h.fake.state().calls.clone();
+    assert_eq!(commits_of(&calls, 0), vec![3, 6], "{calls:?}");
+    let (_, summary) = h.stop();
+    // The late first copies were applied (outcome `waiting`), the new ones found them done.
+    assert_eq!(summary.outcomes.get("duplicate"), Some(&3));
+    assert_eq!(summary.outcomes.get("waiting"), Some(&9));
+    assert_eq!(summary.abandoned, 3);
+}
+
+#[test]
+fn events_of_a_revoked_partition_that_finish_within_the_bound_are_committed_first() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![1])]));
+    fake.then(Step::Deliver(records(1, 0..3)));
+    let h = Harness::start(fake, Duration::from_secs(30), false);
+    h.wait_script_taken();
+    h.fake.then(Step::Deliver(vec![Polled::Revoked(vec![1])]));
+    h.wait_for("the revocation to be taken", |h| {
+        h.fake.state().script.is_empty()
+    });
+    // The loop is draining partition 1 now: let its queued events through.
+    h.gate.set(None);
+    h.wait_for("partition 1 handed back", |h| {
+        h.fake.state().calls.contains(&Call::Release(vec![1]))
+    });
+    let calls = h.fake.state().calls.clone();
+    let release = calls
+        .iter()
+        .position(|c| *c == Call::Release(vec![1]))
+        .expect("released");
+    assert_eq!(calls[release - 1], Call::Commit(vec![(1, 3)]), "{calls:?}");
+    let (_, summary) = h.stop();
+    assert_eq!(summary.abandoned, 0);
+    assert_eq!(summary.outcomes.get("waiting"), Some(&3));
+}
+
+#[test]
+fn a_dead_letter_that_fails_to_send_holds_the_commit_until_it_is_sent() {
+    let fake = Fake::new();
+    fake.state().refuse_dead_letters = 2;
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let mut batch = records(0, 0..1);
+    batch.push(Polled::Record {
+        partition: 0,
+        offset: 1,
+        value: b"{not json".to_vec(),
+    });
+    batch.extend(records(0, 2..3));
+    fake.then(Step::Deliver(batch));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("offset 3 committed", |h| h.committed(0) == Some(3));
+    let calls = h.fake.state().calls.clone();
+    let sent = calls
+        .iter()
+        .position(|c| *c == Call::DeadLetter(0, 1))
+        .expect("dead-lettered");
+    assert!(
+        commits_of(&calls[..sent], 0).iter().all(|o| *o <= 1),
+        "committed past an unsent dead letter: {calls:?}"
+    );
+    assert_eq!(h.fake.state().dead_letters[0].reason, "invalid_json");
+    let (_, summary) = h.stop();
+    assert_eq!(summary.dead_letters.get("invalid_json"), Some(&1));
+}
+
+#[test]
+fn an_unreachable_broker_is_retried_and_a_misconfiguration_stops_the_loop() {
+    let fake = Fake::new();
+    fake.state().refuse_connects = 2;
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(records(0, 0..2)));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("offset 2 committed", |h| h.committed(0) == Some(2));
+    let (exit, _) = h.stop();
+    assert_eq!(exit, PollerExit::Stopped);
+
+    let fake = Fake::new();
+    fake.state().misconfigured = Some("KAFKA_PARTITIONS: partition 9 does not exist".into());
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    let (exit, _) = h.join();
+    assert_eq!(
+        exit,
+        PollerExit::Misconfigured("KAFKA_PARTITIONS: partition 9 does not exist".into())
+    );
+}

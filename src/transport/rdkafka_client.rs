@@ -1,0 +1,586 @@
+//! librdkafka behind the client seam (`KAFKA_CLIENT=rdkafka`), through the `rdkafka` crate's
+//! blocking `BaseConsumer` and `BaseProducer` (no async runtime). Instances join one consumer
+//! group with the cooperative-sticky assignor and Kafka moves partitions between them; records
+//! of aborted transactions are never delivered (read_committed); every codec decodes.
+//!
+//! Rebalances: librdkafka announces them inside `poll`. An assignment is taken at once (from
+//! the committed offsets). A revocation is only recorded there: the poller's loop gets it as
+//! [`Polled::Revoked`], lets the partition's events finish, commits its prefix and then calls
+//! [`ConsumerClient::release`], which hands the partition back (librdkafka's group waits for
+//! that call).
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+
+use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
+use super::dead_letter::DeadLetter;
+use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings};
+
+/// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
+const MAX_BATCH: usize = 2048;
+/// How long a metadata, offsets or commit request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
+/// assigned within this (plus a rebalance).
+const METADATA_REFRESH: Duration = Duration::from_secs(10);
+
+/// The connection settings every librdkafka client here shares: brokers, TLS, SASL, logging.
+pub fn client_config(brokers: &[String], access: &KafkaAccess, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers.join(","))
+        .set("client.id", client_id)
+        .set("security.protocol", access.security.protocol.as_str())
+        // An idle connection closed by the broker is normal; librdkafka reconnects by itself.
+        .set("log.connection.close", "false")
+        .set_log_level(RDKafkaLogLevel::Info);
+    if let Some(sasl) = &access.security.sasl {
+        config
+            .set("sasl.mechanism", sasl.mechanism.as_str())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password.expose());
+    }
+    if let Some(ca) = &access.security.ssl_ca_location {
+        config.set("ssl.ca.location", ca);
+    }
+    config
+}
+
+/// The consumer's settings: group, cooperative rebalancing, manual commits, read_committed, and
+/// a bounded prefetch.
+fn consumer_config(s: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(&s.brokers, &s.access, "service-courier");
+    let per_partition = s.fetch_max_bytes_per_partition.max(1024);
+    // One fetch response: at least the broker's default message size limit (librdkafka wants
+    // fetch.max.bytes >= message.max.bytes), a few partitions' worth at most.
+    let fetch_max = per_partition.max(1 << 20);
+    // The prefetch queue (all partitions together): two full fetches, at least 4 MiB. Its
+    // default is 64 MiB, which would set the peak RSS of a full drain.
+    let queued_kbytes = (2 * fetch_max / 1024).max(4096);
+    config
+        .set("group.id", &s.group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set(
+            "auto.offset.reset",
+            match s.fallback_offset {
+                FallbackOffset::Earliest => "earliest",
+                FallbackOffset::Latest => "latest",
+            },
+        )
+        .set(
+            "session.timeout.ms",
+            s.membership.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            s.fetch_max_wait.as_millis().to_string(),
+        )
+        .set("max.partition.fetch.bytes", per_partition.to_string())
+        .set("fetch.max.bytes", fetch_max.to_string())
+        .set("queued.max.messages.kbytes", queued_kbytes.to_string())
+        .set("queued.min.messages", "10000")
+        // With a small queue a full queue is common: fetch again soon after it drains, not 1 s
+        // later (librdkafka's default).
+        .set(
+            "fetch.queue.backoff.ms",
+            s.fetch_max_wait.as_millis().to_string(),
+        )
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            METADATA_REFRESH.as_millis().to_string(),
+        );
+    if let Some(id) = &s.membership.instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
+}
+
+/// librdkafka's log lines and errors, at levels that suit this service: its "errors" are mostly
+/// connection failures it retries by itself, so they are warnings here.
+fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            log::error!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+            log::warn!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        RDKafkaLogLevel::Notice => {
+            log::info!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+            log::debug!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+    }
+}
+
+/// A group change seen inside `poll`, for the loop.
+#[derive(Debug)]
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// The consumer's context: takes assignments, records revocations for the loop.
+#[derive(Default)]
+struct GroupContext {
+    /// Changes since the loop last looked.
+    changes: Mutex<Vec<Change>>,
+    /// Closing: revocations are handed back at once (the final commit is done).
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl GroupContext {
+    fn push(&self, change: Change) {
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(change);
+    }
+
+    fn take(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log::warn!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    let mut partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    partitions.sort_unstable();
+    partitions
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // No offsets in the list: each partition starts at the group's committed offset
+                // (or KAFKA_FALLBACK_OFFSET without one).
+                let taken = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match taken {
+                    Ok(()) => self.push(Change::Assigned(partitions_of(tpl))),
+                    Err(e) => log::error!("kafka: cannot take assigned partitions: {e}"),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = partitions_of(tpl);
+                if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Err(e) = hand_back(consumer, tpl) {
+                        log::warn!("kafka: handing back {partitions:?} while closing: {e}");
+                    }
+                } else {
+                    if consumer.assignment_lost() {
+                        log::warn!(
+                            "kafka: partitions {partitions:?} were lost (this member was \
+                             fenced out of the group); their commits will fail"
+                        );
+                    }
+                    self.push(Change::Revoked(partitions));
+                }
+            }
+            other => log::warn!("kafka: rebalance error: {}", RDKafkaErrorCode::from(other)),
+        }
+    }
+}
+
+/// Hands partitions back: incrementally under the cooperative protocol, all at once otherwise.
+fn hand_back(
+    consumer: &BaseConsumer<GroupContext>,
+    partitions: &TopicPartitionList,
+) -> Result<(), KafkaError> {
+    match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_unassign(partitions),
+        _ => consumer.unassign(),
+    }
+}
+
+/// A group member reading the order topic.
+pub struct RdkafkaConsumer {
+    settings: KafkaSettings,
+    consumer: Option<BaseConsumer<GroupContext>>,
+    /// Subscribed: the topic exists and the group is joined (or being joined).
+    subscribed: bool,
+}
+
+impl RdkafkaConsumer {
+    /// A member that joins on the loop's first call to `connect`.
+    pub fn new(settings: KafkaSettings) -> Self {
+        Self {
+            settings,
+            consumer: None,
+            subscribed: false,
+        }
+    }
+
+    fn consumer(&self) -> Result<&BaseConsumer<GroupContext>, ClientError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| ClientError("not connected".into()))
+    }
+
+    fn offsets(&self, points: &[(i32, i64)]) -> Result<TopicPartitionList, ClientError> {
+        let mut tpl = TopicPartitionList::new();
+        for &(partition, offset) in points {
+            tpl.add_partition_offset(&self.settings.topic, partition, Offset::Offset(offset))
+                .map_err(|e| ClientError(format!("offset {offset} of {partition}: {e}")))?;
+        }
+        Ok(tpl)
+    }
+}
+
+impl ConsumerClient for RdkafkaConsumer {
+    fn is_connected(&self) -> bool {
+        self.subscribed
+    }
+
+    /// Creates the consumer once, waits for the topic to exist, subscribes.
+    fn connect(&mut self) -> Result<(), ConnectError> {
+        if self.consumer.is_none() {
+            let consumer: BaseConsumer<GroupContext> = consumer_config(&self.settings)
+                .create_with_context(GroupContext::default())
+                .map_err(|e| {
+                    ConnectError::Misconfigured(format!("cannot create the rdkafka consumer: {e}"))
+                })?;
+            self.consumer = Some(consumer);
+        }
+        let s = &self.settings;
+        let consumer = self
+            .consumer
+            .as_ref()
+            .ok_or_else(|| ConnectError::Retry("the consumer is gone".into()))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&s.topic), REQUEST_TIMEOUT)
+            .map_err(|e| {
+                ConnectError::Retry(format!("cannot load metadata from {:?}: {e}", s.brokers))
+            })?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == s.topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Err(ConnectError::Retry(format!(
+                "topic {} does not exist (yet); waiting for it (create it with e.g. \
+                 scripts/kafka.sh topic {} 6)",
+                s.topic, s.topic
+            )));
+        }
+        consumer
+            .subscribe(&[&s.topic])
+            .map_err(|e| ConnectError::Retry(format!("cannot subscribe to {}: {e}", s.topic)))?;
+        log::info!(
+            "kafka: joined group {} for {} with librdkafka {} (cooperative-sticky{})",
+            s.group,
+            s.topic,
+            rdkafka::util::get_rdkafka_version().1,
+            s.membership
+                .instance_id
+                .as_deref()
+                .map(|id| format!(", static member {id}"))
+                .unwrap_or_default()
+        );
+        self.subscribed = true;
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
+        let consumer = self.consumer()?;
+        let mut polled = Vec::new();
+        let mut wait = timeout;
+        while polled.len() < MAX_BATCH {
+            let next = consumer.poll(wait);
+            wait = Duration::ZERO;
+            // Group changes happened before the record this poll returned.
+            let changes = consumer.context().take();
+            let changed = !changes.is_empty();
+            for change in changes {
+                polled.push(match change {
+                    Change::Assigned(p) => Polled::Assigned(p),
+                    Change::Revoked(p) => Polled::Revoked(p),
+                });
+            }
+            match next {
+                Some(Ok(m)) => polled.push(Polled::Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) if polled.is_empty() => {
+                    return Err(ClientError(format!(
+                        "consuming {}: {e}",
+                        self.settings.topic
+                    )))
+                }
+                Some(Err(e)) => {
+                    log::warn!("kafka: consuming {}: {e}", self.settings.topic);
+                    break;
+                }
+                None if !changed => break,
+                None => {}
+            }
+            // A revocation waits for the loop: hand it over now.
+            if polled.iter().any(|p| matches!(p, Polled::Revoked(_))) {
+                break;
+            }
+        }
+        Ok(polled)
+    }
+
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
+        let tpl = self.offsets(offsets)?;
+        self.consumer()?
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| {
+                ClientError(format!(
+                    "commit of {} offsets failed: {e}",
+                    self.settings.topic
+                ))
+            })
+    }
+
+    fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.settings.topic, *p);
+        }
+        hand_back(self.consumer()?, &tpl).map_err(|e| ClientError(e.to_string()))
+    }
+
+    fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
+        let consumer = self.consumer()?;
+        let assignment = consumer
+            .assignment()
+            .map_err(|e| ClientError(format!("assignment unavailable: {e}")))?;
+        let mut marks = Vec::new();
+        for e in assignment.elements() {
+            // Cheap: one ListOffsets request per owned partition every few seconds.
+            match consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)) {
+                Ok((_, high)) => marks.push((e.partition(), high)),
+                Err(err) => {
+                    return Err(ClientError(format!(
+                        "high watermark of {}/{} unavailable: {err}",
+                        e.topic(),
+                        e.partition()
+                    )))
+                }
+            }
+        }
+        Ok(marks)
+    }
+
+    fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {
+        let consumer = self.consumer()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.settings.topic, *p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, REQUEST_TIMEOUT)
+            .map_err(|e| ClientError(format!("committed offsets unavailable: {e}")))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Leaves the group: what is still assigned is handed back at once (the final commit is
+    /// done), then the consumer closes.
+    fn close(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            consumer
+                .context()
+                .closing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(consumer);
+        }
+        self.subscribed = false;
+    }
+}
+
+/// The producer's context: remembers the outcome of the last deliveries for `send`.
+#[derive(Default)]
+pub struct DeliveryContext {
+    failures: Mutex<Vec<String>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log::warn!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.to_string());
+        }
+    }
+}
+
+/// A blocking producer: `send` queues, `flush` waits for every delivery report.
+pub struct RdkafkaProducer {
+    producer: BaseProducer<DeliveryContext>,
+}
+
+impl RdkafkaProducer {
+    /// A producer with `acks` (`all` or `1`), giving up on a message after `timeout`.
+    pub fn new(
+        brokers: &[String],
+        access: &KafkaAccess,
+        client_id: &str,
+        acks: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let producer = client_config(brokers, access, client_id)
+            .set("acks", acks)
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryContext::default())
+            .map_err(|e| ClientError(format!("cannot create the rdkafka producer: {e}")))?;
+        Ok(Self { producer })
+    }
+
+    /// Sends `(key, value)` records to `topic` and waits until each is acknowledged (or failed).
+    pub fn send_all(
+        &self,
+        topic: &str,
+        records: &[(Option<&[u8]>, &[u8])],
+    ) -> Result<(), ClientError> {
+        for (key, value) in records {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(*value);
+            if let Some(k) = key {
+                record = record.key(*k);
+            }
+            let mut pending = record;
+            loop {
+                match self.producer.send(pending) {
+                    Ok(()) => break,
+                    // The local queue is full: serve delivery reports, then try again.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        self.producer.poll(Duration::from_millis(10));
+                        pending = back;
+                    }
+                    Err((e, _)) => return Err(ClientError(format!("producing to {topic}: {e}"))),
+                }
+            }
+        }
+        self.producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| ClientError(format!("producing to {topic}: {e}")))?;
+        let failures = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        match failures.first() {
+            None => Ok(()),
+            Some(e) => Err(ClientError(format!(
+                "producing to {topic}: {} of {} records failed: {e}",
+                failures.len(),
+                records.len()
+            ))),
+        }
+    }
+}
+
+/// The dead-letter topic through librdkafka (acks=all).
+pub struct RdkafkaDeadLetters {
+    topic: String,
+    brokers: Vec<String>,
+    access: KafkaAccess,
+    producer: Option<RdkafkaProducer>,
+}
+
+impl RdkafkaDeadLetters {
+    /// A producer for `topic`; connects on first use.
+    pub fn new(brokers: Vec<String>, access: KafkaAccess, topic: String) -> Self {
+        Self {
+            topic,
+            brokers,
+            access,
+            producer: None,
+        }
+    }
+}
+
+impl DeadLetterProducer for RdkafkaDeadLetters {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn send(&mut self, letter: &DeadLetter) -> Result<(), ClientError> {
+        let producer = match self.producer.as_ref() {
+            Some(p) => p,
+            None => self.producer.insert(RdkafkaProducer::new(
+                &self.brokers,
+                &self.access,
+                "service-courier-dlq",
+                "all",
+                Duration::from_secs(5),
+            )?),
+        };
+        producer.send_all(&self.topic, &[(None, &letter.to_json())])
+    }
+}
+
+/// The broker check for librdkafka: one metadata request (librdkafka negotiates protocol
+/// versions by itself). `Err` carries why no broker answered.
+pub fn check_metadata(brokers: &[String], access: &KafkaAccess) -> Result<usize, String> {
+    let consumer: BaseConsumer = client_config(brokers, access, "service-courier-check")
+        .create()
+        .map_err(|e| format!("cannot create the rdkafka client: {e}"))?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .map(|m| m.brokers().len())
+        .map_err(|e| format!("{brokers:?}: {e}"))
+}
