@@ -9,9 +9,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use service_courier::repository::{CourierRepository, PgRepository};
 
-use super::{create_topic, kafka_brokers, offsets, repo_root, unique, wait_until, Service, TestDb};
+use super::{create_topic, kafka_brokers, repo_root, unique, wait_until, Service, TestDb};
 
 /// Which Kafka client the spawned binary uses (`KAFKA_CLIENT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +110,8 @@ impl GroupStand {
 
     /// Per partition: (committed offset, or a negative "none", high watermark).
     pub fn offsets(&self) -> BTreeMap<i32, (i64, i64)> {
-        offsets(&self.brokers, &self.group, &self.topic)
+        group_offsets(&self.brokers, &self.group, &self.topic)
+            .unwrap_or_else(|e| panic!("offsets of {}: {e}", self.topic))
     }
 
     /// Waits until the group has committed every partition up to its high watermark, while
@@ -128,6 +132,53 @@ impl GroupStand {
             .map(|l| serde_json::from_str(l).expect("a dead letter is JSON"))
             .collect()
     }
+}
+
+/// Per partition of `topic` (as the broker knows it now, added partitions included): the
+/// group's committed offset (-1 when none) and the high watermark. Read with librdkafka, which
+/// speaks Kafka 3.x and 4.x alike (the `kafka` crate's ListOffsets v0 is gone from Kafka 4).
+/// The reader never joins the group: it only asks for the group's offsets.
+pub fn group_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>, String> {
+    let timeout = Duration::from_secs(15);
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = reader
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = reader
+        .committed_offsets(list, timeout)
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for p in partitions {
+        let (_, high) = reader
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| e.to_string())?;
+        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        };
+        out.insert(p, (done, high));
+    }
+    Ok(out)
 }
 
 /// Hires `n` couriers in one statement (ids 1..=n).
@@ -349,6 +400,15 @@ pub struct Samples {
     pub double_assigned: usize,
     /// Broken consistency (`Snapshot::check_consistency`), the first ones.
     pub broken: Vec<String>,
+}
+
+/// Sets its flag when dropped: stops a [`sample`] loop however the test's scope ends.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Reads a consistent snapshot of the database every ~150 ms until `stop`, counting couriers
