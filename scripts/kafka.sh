@@ -2,12 +2,18 @@
 # Run a throwaway single-node Apache Kafka (KRaft, broker+controller in one
 # JVM) on 127.0.0.1, from jars fetched off Maven Central (see kafka/pom.xml).
 #
-# Usage: scripts/kafka.sh start|stop|status|topic NAME PARTITIONS
+# Usage: scripts/kafka.sh start|stop|status
+#        scripts/kafka.sh topic NAME PARTITIONS
+#        scripts/kafka.sh partitions NAME PARTITIONS
+#        scripts/kafka.sh txproduce TOPIC < SCRIPT
 #
 # Environment:
-#   KAFKA_STATE_DIR      state dir (default: $REPO/.cache/kafka/run): config,
-#                        data, logs, pid, ports, env
-#   KAFKA_LIBS_DIR       jar cache (default: $REPO/.cache/kafka/libs)
+#   KAFKA_VERSION        Apache Kafka version (default: the state dir's, else
+#                        3.9.1); 3.x and 4.x both work (4.x logs with log4j2)
+#   KAFKA_STATE_DIR      state dir (default: $REPO/.cache/kafka/run for 3.9.1,
+#                        $REPO/.cache/kafka/run-VERSION for any other):
+#                        config, data, logs, pid, ports, env, version
+#   KAFKA_LIBS_DIR       jar cache (default: $REPO/.cache/kafka/libs-VERSION)
 #   KAFKA_PORT           force the client (PLAINTEXT) port
 #   KAFKA_CONTROLLER_PORT  force the controller port
 #   KAFKA_CREATE_TOPICS  0 = don't create the default topics on start
@@ -24,8 +30,28 @@ LOG_TAG=kafka
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 POM="$REPO/scripts/kafka/pom.xml"
-LIBS_DIR="${KAFKA_LIBS_DIR:-$REPO/.cache/kafka/libs}"
-STATE_DIR="${KAFKA_STATE_DIR:-$REPO/.cache/kafka/run}"
+DEFAULT_VERSION=3.9.1
+
+# The version: asked for > recorded in the given state dir (so `stop`, `topic`
+# ... on a 4.x state dir need no KAFKA_VERSION) > the default. The default
+# state dir of 3.9.1 keeps its old name, so existing setups carry on.
+if [ -n "${KAFKA_STATE_DIR:-}" ]; then
+  STATE_DIR="$KAFKA_STATE_DIR"
+  VERSION="${KAFKA_VERSION:-$(cat "$STATE_DIR/version" 2>/dev/null || echo "$DEFAULT_VERSION")}"
+else
+  VERSION="${KAFKA_VERSION:-$DEFAULT_VERSION}"
+  if [ "$VERSION" = "$DEFAULT_VERSION" ]; then
+    STATE_DIR="$REPO/.cache/kafka/run"
+  else
+    STATE_DIR="$REPO/.cache/kafka/run-$VERSION"
+  fi
+fi
+[[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] \
+  || die "KAFKA_VERSION must look like 3.9.1 or 4.1.1, got '$VERSION'"
+MAJOR="${VERSION%%.*}"
+[ "$MAJOR" -ge 3 ] || die "KAFKA_VERSION $VERSION: only 3.x and 4.x run in KRaft mode here"
+# One cache per version, so 3.9 and 4.x coexist.
+LIBS_DIR="${KAFKA_LIBS_DIR:-$REPO/.cache/kafka/libs-$VERSION}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT=45
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
@@ -36,15 +62,36 @@ DEFAULT_TOPICS=("order.status.changed:6" "order.status.changed.dlq:1")
 PROPS="$STATE_DIR/server.properties"
 PIDFILE="$STATE_DIR/kafka.pid"
 PORTSFILE="$STATE_DIR/ports"
+VERSIONFILE="$STATE_DIR/version"
 ENVFILE="$STATE_DIR/env"
 DATA_DIR="$STATE_DIR/data"
 LOG_DIR="$STATE_DIR/logs"
 
 # ---------------------------------------------------------------- jars ----
 
-# The jar cache is complete when its stamp holds the hash of the pom that
-# produced it, so editing the pom (e.g. a version bump) refreshes it.
-pom_hash() { sha256sum "$POM" | cut -d' ' -f1; }
+# Kafka 3.x logs through reload4j (log4j 1.x), 4.x through log4j2: the pom
+# profile that brings the binding, and the JVM flag that names the config.
+if [ "$MAJOR" -ge 4 ]; then
+  LOGGING=log4j2
+  BROKER_LOG_CONF="$STATE_DIR/log4j2.properties"
+  TOOLS_LOG_CONF="$STATE_DIR/tools-log4j2.properties"
+else
+  LOGGING=reload4j
+  BROKER_LOG_CONF="$STATE_DIR/log4j.properties"
+  TOOLS_LOG_CONF="$STATE_DIR/tools-log4j.properties"
+fi
+# log_config_flag FILE: the JVM flag that makes the logging backend read FILE.
+log_config_flag() {
+  if [ "$LOGGING" = log4j2 ]; then
+    echo "-Dlog4j2.configurationFile=$1"
+  else
+    echo "-Dlog4j.configuration=file:$1"
+  fi
+}
+
+# The jar cache is complete when its stamp holds the hash of the pom and the
+# version that produced it, so editing the pom refreshes it.
+pom_hash() { { cat "$POM"; echo "kafka.version=$VERSION"; } | sha256sum | cut -d' ' -f1; }
 
 ensure_libs() {
   local stamp="$LIBS_DIR/.complete" want tmp
@@ -54,19 +101,20 @@ ensure_libs() {
   fi
   command -v mvn >/dev/null 2>&1 || die "mvn not found: Maven is needed to fetch the Kafka jars"
   command -v java >/dev/null 2>&1 || die "java not found: a JDK/JRE 11+ is needed to run Kafka"
-  log "fetching Kafka jars into $LIBS_DIR (first run only; takes a minute or two)"
+  log "fetching Kafka $VERSION jars into $LIBS_DIR (first run only; takes a minute or two)"
   mkdir -p "$(dirname "$LIBS_DIR")"
   # Download next to the target and rename, so an interrupted run never
   # leaves a half-filled cache that looks complete.
   tmp="$(mktemp -d "$LIBS_DIR.tmp.XXXXXX")"
-  if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-      -DoutputDirectory="$tmp" >"$tmp.mvn.log" 2>&1; then
+  if ! mvn -q -B -Dstyle.color=never -f "$POM" -Dkafka.version="$VERSION" -P "$LOGGING" \
+      dependency:copy-dependencies -DoutputDirectory="$tmp" >"$tmp.mvn.log" 2>&1; then
     tail -n 40 "$tmp.mvn.log" >&2 || true
     rm -rf "$tmp" "$tmp.mvn.log"
-    die "mvn could not fetch the Kafka jars (see output above)"
+    die "mvn could not fetch the Kafka $VERSION jars (see output above)"
   fi
   rm -f "$tmp.mvn.log"
-  ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn ran but no kafka_2.13 jar arrived in $tmp"
+  ls "$tmp/kafka_2.13-$VERSION.jar" >/dev/null 2>&1 \
+    || die "mvn ran but kafka_2.13-$VERSION.jar did not arrive in $tmp"
   echo "$want" >"$tmp/.complete"
   rm -rf "$LIBS_DIR"
   mv "$tmp" "$LIBS_DIR"
@@ -76,8 +124,7 @@ ensure_libs() {
 # run_tool CLASS ARGS...: run a Kafka CLI class, logging WARN+ to stderr.
 run_tool() {
   local cls="$1"; shift
-  java -Xmx256m -cp "$LIBS_DIR/*" \
-    -Dlog4j.configuration="file:$STATE_DIR/tools-log4j.properties" \
+  java -Xmx256m -cp "$LIBS_DIR/*" "$(log_config_flag "$TOOLS_LOG_CONF")" \
     "$cls" "$@"
 }
 
@@ -154,9 +201,46 @@ num.recovery.threads.per.data.dir=1
 log.retention.hours=168
 EOF
 
-  # Broker log: everything INFO+ to logs/server.log (plus the state-change
-  # and controller loggers the stock config routes elsewhere, kept here).
-  cat >"$STATE_DIR/log4j.properties" <<EOF
+  write_log_config
+}
+
+# Broker log: everything INFO+ to logs/server.log (plus the state-change and
+# controller loggers the stock config routes elsewhere, kept here); CLI tools:
+# only warnings, to stderr. Same content in both backends' formats.
+write_log_config() {
+  if [ "$LOGGING" = log4j2 ]; then
+    cat >"$BROKER_LOG_CONF" <<EOF
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = $LOG_DIR/server.log
+appender.file.filePattern = $LOG_DIR/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+EOF
+    cat >"$TOOLS_LOG_CONF" <<'EOF'
+status = warn
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stderr.ref = stderr
+EOF
+  else
+    cat >"$BROKER_LOG_CONF" <<EOF
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.RollingFileAppender
 log4j.appender.file.File=$LOG_DIR/server.log
@@ -167,15 +251,14 @@ log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.request.logger=WARN
 log4j.logger.org.apache.kafka.clients=WARN
 EOF
-
-  # CLI tools: only warnings, to stderr.
-  cat >"$STATE_DIR/tools-log4j.properties" <<'EOF'
+    cat >"$TOOLS_LOG_CONF" <<'EOF'
 log4j.rootLogger=WARN, stderr
 log4j.appender.stderr=org.apache.log4j.ConsoleAppender
 log4j.appender.stderr.Target=System.err
 log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
 log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
 EOF
+  fi
 }
 
 format_storage() {
@@ -221,9 +304,27 @@ create_topic() {
   if [ -n "$out" ]; then log "$out"; else log "topic $name already exists"; fi
 }
 
+# check_version: refuse a state dir that holds another version's broker or
+# data (a downgrade cannot read newer metadata; a silent upgrade surprises).
+# State dirs from before versions were recorded hold 3.9.1.
+check_version() {
+  local had
+  if [ -f "$VERSIONFILE" ]; then
+    had="$(cat "$VERSIONFILE")"
+  elif [ -f "$DATA_DIR/meta.properties" ]; then
+    had="$DEFAULT_VERSION"
+  else
+    return 0
+  fi
+  [ "$had" = "$VERSION" ] \
+    || die "$STATE_DIR holds Kafka $had, not $VERSION: use another KAFKA_STATE_DIR (or remove it)"
+}
+
 cmd_start() {
   mkdir -p "$STATE_DIR" "$LOG_DIR" "$DATA_DIR"
+  check_version
   ensure_libs
+  echo "$VERSION" >"$VERSIONFILE"
 
   local pid
   if pid="$(running_pid)"; then
@@ -234,7 +335,7 @@ cmd_start() {
     write_config
     format_storage
 
-    log "starting broker on 127.0.0.1:$PORT (controller $CPORT), logs in $LOG_DIR"
+    log "starting Kafka $VERSION on 127.0.0.1:$PORT (controller $CPORT), logs in $LOG_DIR"
     local t0
     t0="$(now_s)"
     # setsid: own session, so the broker outlives this script and a Ctrl-C
@@ -244,7 +345,7 @@ cmd_start() {
     # shellcheck disable=SC2086
     setsid java $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
       -Djava.awt.headless=true \
-      -Dlog4j.configuration="file:$STATE_DIR/log4j.properties" \
+      "$(log_config_flag "$BROKER_LOG_CONF")" \
       -Dkafka.logs.dir="$LOG_DIR" \
       -cp "$LIBS_DIR/*" kafka.Kafka "$PROPS" \
       </dev/null >"$LOG_DIR/kafka.out" 2>&1 9>&- &
@@ -294,7 +395,7 @@ cmd_status() {
   local pid
   if pid="$(running_pid)"; then
     load_ports
-    echo "running: pid $pid, KAFKA_BROKERS=127.0.0.1:$PORT, state $STATE_DIR"
+    echo "running: Kafka $VERSION, pid $pid, KAFKA_BROKERS=127.0.0.1:$PORT, state $STATE_DIR"
   else
     echo "not running (state $STATE_DIR)"
     return 1
@@ -308,18 +409,64 @@ cmd_topic() {
   create_topic "$1" "$2"
 }
 
+cmd_partitions() {
+  [ $# -eq 2 ] || die "usage: $0 partitions NAME PARTITIONS"
+  [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "partitions must be a positive integer, got '$2'"
+  running_pid >/dev/null || die "no broker running from $STATE_DIR; run '$0 start' first"
+  load_ports
+  local out
+  if ! out="$(run_tool org.apache.kafka.tools.TopicCommand \
+      --bootstrap-server "127.0.0.1:$PORT" --alter --topic "$1" --partitions "$2" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    die "could not raise topic $1 to $2 partitions"
+  fi
+  log "topic $1 now has $2 partitions"
+}
+
+# txproduce TOPIC [TRANSACTIONAL_ID] < SCRIPT: run kafka/TxProducer.java (its
+# header describes SCRIPT), compiled once per source and version into the jar
+# cache. The broker is KAFKA_BROKERS when set, else this state dir's.
+cmd_txproduce() {
+  [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 txproduce TOPIC [TRANSACTIONAL_ID] < SCRIPT"
+  local src="$REPO/scripts/kafka/TxProducer.java" brokers classes tmp
+  ensure_libs
+  classes="$LIBS_DIR/txproducer-$(sha256sum "$src" | cut -c1-16)"
+  if [ ! -f "$classes/TxProducer.class" ]; then
+    command -v javac >/dev/null 2>&1 || die "javac not found: a JDK 11+ is needed for txproduce"
+    tmp="$(mktemp -d "$LIBS_DIR/txproducer.tmp.XXXXXX")"
+    javac -nowarn -cp "$LIBS_DIR/*" -d "$tmp" "$src" || { rm -rf "$tmp"; die "javac failed on $src"; }
+    # Another run may have compiled it meanwhile: keep the first, drop ours.
+    mv -T "$tmp" "$classes" 2>/dev/null || rm -rf "$tmp"
+  fi
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    brokers="$KAFKA_BROKERS"
+  else
+    running_pid >/dev/null || die "no broker running from $STATE_DIR and KAFKA_BROKERS is not set"
+    load_ports
+    brokers="127.0.0.1:$PORT"
+  fi
+  mkdir -p "$STATE_DIR"
+  [ -f "$TOOLS_LOG_CONF" ] || write_log_config
+  java -Xmx256m -cp "$classes:$LIBS_DIR/*" "$(log_config_flag "$TOOLS_LOG_CONF")" \
+    TxProducer "$brokers" "$@"
+}
+
 usage() {
   cat >&2 <<EOF
-usage: $0 start|stop|status|topic NAME PARTITIONS
-  start    fetch jars if needed, start (or reuse) the broker, create default topics
-  stop     stop the broker (SIGTERM, SIGKILL after ${STOP_TIMEOUT}s)
-  status   exit 0 if running, and print its address
-  topic    create a topic (no-op if it exists), replication factor 1
+usage: $0 start|stop|status|topic NAME PARTITIONS|partitions NAME PARTITIONS|txproduce TOPIC
+  start       fetch jars if needed, start (or reuse) the broker, create default topics
+  stop        stop the broker (SIGTERM, SIGKILL after ${STOP_TIMEOUT}s)
+  status      exit 0 if running, and print its version and address
+  topic       create a topic (no-op if it exists), replication factor 1
+  partitions  raise a topic's partition count
+  txproduce   commit and abort transactions of events read from stdin
+              (the script format is in scripts/kafka/TxProducer.java)
+Kafka version: KAFKA_VERSION (now $VERSION), state: $STATE_DIR
 EOF
   exit 2
 }
 
-# Serialise start/stop/topic on one state dir (e.g. two test jobs both
+# Serialise start/stop/topic/partitions on one state dir (e.g. two test jobs both
 # running `start`), bounded so a wedged holder can't hang CI.
 lock_state() {
   mkdir -p "$STATE_DIR"
@@ -329,7 +476,7 @@ lock_state() {
 }
 
 case "${1:-}" in
-  start | stop | topic) lock_state ;;
+  start | stop | topic | partitions) lock_state ;;
 esac
 
 case "${1:-}" in
@@ -337,5 +484,7 @@ case "${1:-}" in
   stop) shift; cmd_stop "$@" ;;
   status) shift; cmd_status "$@" ;;
   topic) shift; cmd_topic "$@" ;;
+  partitions) shift; cmd_partitions "$@" ;;
+  txproduce) shift; cmd_txproduce "$@" ;;
   *) usage ;;
 esac

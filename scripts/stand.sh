@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A local stand without Docker: PostgreSQL and Apache Kafka 3.9 (the project's scripts), the
+# A local stand without Docker: PostgreSQL and Apache Kafka (3.9 by default, KAFKA_VERSION for
+# another, e.g. 4.1.1; the project's scripts), the
 # service, and the simulator standing in for service-order, all on 127.0.0.1.
 #
 # Usage: scripts/stand.sh up|down|status
@@ -18,15 +19,28 @@
 #   STAND_RATE        simulator events per second, or "burst" (default 20)
 #   METRICS_ADDR      the service's /metrics, /healthz, /readyz (default 127.0.0.1:9464)
 #   HTTP_ADDR         the service's HTTP API and operator's page (default 127.0.0.1:8080)
+#   KAFKA_VERSION     the Apache Kafka to run (default 3.9.1; 4.x runs too), see scripts/kafka.sh
 #   PG_STATE_DIR, KAFKA_STATE_DIR  passed on to scripts/postgres.sh and scripts/kafka.sh
+#                     (default KAFKA_STATE_DIR: $STAND_DIR/kafka, or kafka-VERSION for a
+#                     KAFKA_VERSION other than 3.9.1)
 set -euo pipefail
 LOG_TAG=stand
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 STAND_DIR="${STAND_DIR:-$REPO/.cache/stand}"
 export PG_STATE_DIR="${PG_STATE_DIR:-$STAND_DIR/postgres}"
-export KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-$STAND_DIR/kafka}"
 STARTED="$STAND_DIR/started"   # one line per thing `up` started: postgres, kafka
+KAFKA_DIR_FILE="$STAND_DIR/kafka.dir"   # the Kafka state dir `up` used, for `down` and `status`
+if [ -z "${KAFKA_STATE_DIR:-}" ]; then
+  if [ -n "${KAFKA_VERSION:-}" ] && [ "$KAFKA_VERSION" != 3.9.1 ]; then
+    KAFKA_STATE_DIR="$STAND_DIR/kafka-$KAFKA_VERSION"
+  elif [ "${1:-}" != up ] && [ -f "$KAFKA_DIR_FILE" ]; then
+    KAFKA_STATE_DIR="$(cat "$KAFKA_DIR_FILE")"
+  else
+    KAFKA_STATE_DIR="$STAND_DIR/kafka"
+  fi
+fi
+export KAFKA_STATE_DIR
 
 # Alive and not a zombie (a finished simulator may wait for its reaper).
 pid_alive() {
@@ -49,6 +63,7 @@ cmd_up() {
   mkdir -p "$STAND_DIR"
   "$REPO/scripts/deps.sh"
   touch "$STARTED"
+  echo "$KAFKA_STATE_DIR" >"$KAFKA_DIR_FILE"
   if ! "$REPO/scripts/postgres.sh" status >/dev/null 2>&1; then
     "$REPO/scripts/postgres.sh" start
     grep -qx postgres "$STARTED" || echo postgres >>"$STARTED"
@@ -106,7 +121,7 @@ cmd_up() {
 
 The stand is up.
   PostgreSQL   $DATABASE_URL
-  Kafka        $KAFKA_BROKERS   (topics order.status.changed, order.status.changed.dlq)
+  Kafka        $KAFKA_BROKERS   Apache Kafka $(cat "$KAFKA_STATE_DIR/version" 2>/dev/null || echo 3.9.1) (topics order.status.changed, order.status.changed.dlq)
   service      pid $(cat "$STAND_DIR/service.pid"), log $STAND_DIR/service.log
                metrics and health: $(grep -o 'on http://[0-9.:]*' "$STAND_DIR/service.log" | tail -n1 | cut -c4-)/metrics, /healthz, /readyz
                operator's page and HTTP API: $(grep -o 'page at http://[0-9.:]*/' "$STAND_DIR/service.log" | tail -n1 | cut -c9-)
@@ -146,6 +161,7 @@ cmd_down() {
     grep -qx postgres "$STARTED" && "$REPO/scripts/postgres.sh" stop
     rm -f "$STARTED"
   fi
+  rm -f "$KAFKA_DIR_FILE"
   log "down"
 }
 

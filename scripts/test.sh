@@ -1,10 +1,32 @@
 #!/usr/bin/env bash
-# The test command: starts a throwaway PostgreSQL and a real Apache Kafka 3.9 broker (each in a
+# The test command. Starts a throwaway PostgreSQL and real Apache Kafka brokers (each in a
 # temporary state dir, on free ports of 127.0.0.1), runs `cargo test` against them with CI
-# semantics (a test that needs a missing service fails, never skips), then stops both.
+# semantics (a test that needs a missing service fails, never skips), then stops them.
 #
-# Usage: scripts/test.sh [extra cargo test arguments]
-# Reuses DATABASE_URL / KAFKA_BROKERS from the environment when both are already set.
+# Usage:
+#   scripts/test.sh              the matrix (what CI runs), one phase after another:
+#     1. suite/kafka-3.9.1/kafka          the whole suite, default client; kafka_groups in it
+#                                         runs each test with the client it names (scale-out
+#                                         and codecs with both, groups/transactions/added
+#                                         partitions with rdkafka)
+#     2. service/kafka-3.9.1/rdkafka      kafka_service and ops with KAFKA_CLIENT=rdkafka
+#     3. service/kafka-4.1.1/rdkafka+kafka  on a Kafka 4.x broker: kafka_service (end-to-end)
+#                                         with KAFKA_CLIENT=rdkafka, and kafka_groups; there
+#                                         the `kafka`-crate tests assert that the crate is
+#                                         refused (exit 3): Kafka 4 dropped the protocol
+#                                         versions it speaks (Produce v0, Fetch v0-v3)
+#   scripts/test.sh ARGS...      one run of `cargo test --all-targets ARGS` on Kafka
+#                                $KAFKA_VERSION (default 3.9.1), e.g. `--test kafka_groups`
+#
+# Environment:
+#   KAFKA_VERSION     the broker of a run with ARGS (default 3.9.1)
+#   KAFKA4_VERSION    the Kafka 4.x of the matrix (default 4.1.1)
+#   KAFKA_CLIENT      passed on to the tests (a run with ARGS)
+#   TEST_PHASES       the matrix phases to run (default "1 2 3"), e.g. "2 3"
+#   DATABASE_URL + KAFKA_BROKERS  both set: reuse those services for one run (no matrix)
+#
+# Every phase prints its name and, at the end, its wall time; a failed phase does not stop the
+# next ones, but the exit code is non-zero.
 set -euo pipefail
 LOG_TAG=test
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
@@ -12,13 +34,14 @@ cd "$REPO"
 
 "$REPO/scripts/deps.sh"
 
-started=()
+KAFKA4_VERSION="${KAFKA4_VERSION:-4.1.1}"
+started=()   # "kind:state dir" of every service this script started
 cleanup() {
-  local rc=$?
+  local rc=$? s
   for s in "${started[@]}"; do
     case "$s" in
-      kafka) KAFKA_STATE_DIR="$KAFKA_STATE_DIR" "$REPO/scripts/kafka.sh" stop >/dev/null 2>&1 || true ;;
-      postgres) PG_STATE_DIR="$PG_STATE_DIR" "$REPO/scripts/postgres.sh" stop >/dev/null 2>&1 || true ;;
+      kafka:*) KAFKA_STATE_DIR="${s#kafka:}" "$REPO/scripts/kafka.sh" stop >/dev/null 2>&1 || true ;;
+      postgres:*) PG_STATE_DIR="${s#postgres:}" "$REPO/scripts/postgres.sh" stop >/dev/null 2>&1 || true ;;
     esac
   done
   [ -n "${TEST_STATE_ROOT:-}" ] && rm -rf "$TEST_STATE_ROOT"
@@ -26,19 +49,113 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-if [ -z "${DATABASE_URL:-}" ] || [ -z "${KAFKA_BROKERS:-}" ]; then
-  TEST_STATE_ROOT="$(mktemp -d /tmp/service-courier-test.XXXXXX)"
-  chmod 755 "$TEST_STATE_ROOT"
-  export PG_STATE_DIR="$TEST_STATE_ROOT/postgres" KAFKA_STATE_DIR="$TEST_STATE_ROOT/kafka"
-  "$REPO/scripts/postgres.sh" start
-  started+=(postgres)
-  . "$PG_STATE_DIR/env"
-  "$REPO/scripts/kafka.sh" start
-  started+=(kafka)
-  . "$KAFKA_STATE_DIR/env"
-fi
-export DATABASE_URL KAFKA_BROKERS CI="${CI:-true}"
-log "DATABASE_URL=${DATABASE_URL%%\?*} KAFKA_BROKERS=$KAFKA_BROKERS"
+new_state_root() {
+  if [ -z "${TEST_STATE_ROOT:-}" ]; then
+    TEST_STATE_ROOT="$(mktemp -d /tmp/service-courier-test.XXXXXX)"
+    chmod 755 "$TEST_STATE_ROOT"
+  fi
+}
 
+start_postgres() {
+  new_state_root
+  export PG_STATE_DIR="$TEST_STATE_ROOT/postgres"
+  started+=("postgres:$PG_STATE_DIR")
+  "$REPO/scripts/postgres.sh" start
+  . "$PG_STATE_DIR/env"
+  export DATABASE_URL
+}
+
+# start_kafka VERSION: a broker of VERSION in a state dir of its own.
+start_kafka() {
+  new_state_root
+  local dir="$TEST_STATE_ROOT/kafka-$1"
+  started+=("kafka:$dir")
+  KAFKA_VERSION="$1" KAFKA_STATE_DIR="$dir" "$REPO/scripts/kafka.sh" start
+}
+
+# use_kafka VERSION: point the tests (KAFKA_BROKERS) and scripts/kafka.sh (KAFKA_STATE_DIR,
+# which records the version) at the broker of VERSION.
+use_kafka() {
+  export KAFKA_STATE_DIR="$TEST_STATE_ROOT/kafka-$1"
+  unset KAFKA_VERSION
+  . "$KAFKA_STATE_DIR/env"
+  export KAFKA_BROKERS
+}
+
+phases=()    # "name: result, seconds"
+failed=0
+# phase NAME CLIENT CARGO-TEST-ARGS...: one cargo test run, timed, with KAFKA_CLIENT=CLIENT.
+phase() {
+  local name="$1" client="$2" t0 rc=0
+  shift 2
+  case " $TEST_PHASES " in
+    *" ${name%% *} "*) ;;
+    *) log "== phase $name: skipped (TEST_PHASES=$TEST_PHASES)"; return 0 ;;
+  esac
+  log "== phase $name: KAFKA_BROKERS=$KAFKA_BROKERS KAFKA_CLIENT=$client: cargo test $*"
+  t0="$(now_s)"
+  KAFKA_CLIENT="$client" cargo test --locked --no-fail-fast "$@" || rc=$?
+  local took=$(($(now_s) - t0))
+  if [ "$rc" = 0 ]; then
+    phases+=("$name: ok, ${took}s")
+  else
+    phases+=("$name: FAILED (exit $rc), ${took}s")
+    failed=1
+  fi
+  log "== phase $name: ${phases[-1]#*: }"
+}
+
+export CI="${CI:-true}"
+TEST_PHASES="${TEST_PHASES:-1 2 3}"
+t_start="$(now_s)"
+
+if [ $# -gt 0 ] || { [ -n "${DATABASE_URL:-}" ] && [ -n "${KAFKA_BROKERS:-}" ]; }; then
+  # One run: the given services, or a fresh PostgreSQL and one broker of KAFKA_VERSION.
+  if [ -z "${DATABASE_URL:-}" ] || [ -z "${KAFKA_BROKERS:-}" ]; then
+    version="${KAFKA_VERSION:-3.9.1}"
+    start_postgres
+    start_kafka "$version"
+    use_kafka "$version"
+  fi
+  export DATABASE_URL KAFKA_BROKERS
+  log "DATABASE_URL=${DATABASE_URL%%\?*} KAFKA_BROKERS=$KAFKA_BROKERS"
+  cargo build --all-targets --locked
+  cargo test --all-targets --locked --no-fail-fast "$@"
+  exit 0
+fi
+
+# The matrix. The Kafka 4.x broker starts in the background while the 3.9 phases run (its
+# start-up overlaps with the build); phase 3 waits for it.
+start_postgres
+start_kafka 3.9.1
+kafka4_pid=
+if [[ " $TEST_PHASES " == *" 3 "* ]]; then
+  new_state_root
+  started+=("kafka:$TEST_STATE_ROOT/kafka-$KAFKA4_VERSION")
+  KAFKA_VERSION="$KAFKA4_VERSION" KAFKA_STATE_DIR="$TEST_STATE_ROOT/kafka-$KAFKA4_VERSION" \
+    "$REPO/scripts/kafka.sh" start >"$TEST_STATE_ROOT/kafka4-start.log" 2>&1 &
+  kafka4_pid=$!
+fi
+
+use_kafka 3.9.1
+log "DATABASE_URL=${DATABASE_URL%%\?*}"
 cargo build --all-targets --locked
-cargo test --all-targets --locked --no-fail-fast "$@"
+
+phase "1 suite/kafka-3.9.1/kafka" kafka --all-targets
+phase "2 service/kafka-3.9.1/rdkafka" rdkafka --test kafka_service --test ops
+
+if [ -z "$kafka4_pid" ]; then
+  log "== phase 3 service/kafka-$KAFKA4_VERSION: skipped (TEST_PHASES=$TEST_PHASES)"
+elif wait "$kafka4_pid"; then
+  cat "$TEST_STATE_ROOT/kafka4-start.log" >&2
+  use_kafka "$KAFKA4_VERSION"
+  phase "3 service/kafka-$KAFKA4_VERSION/rdkafka+kafka" rdkafka --test kafka_service --test kafka_groups
+else
+  cat "$TEST_STATE_ROOT/kafka4-start.log" >&2
+  phases+=("3 service/kafka-$KAFKA4_VERSION: FAILED (the broker did not start)")
+  failed=1
+fi
+
+log "== summary (wall time $(($(now_s) - t_start))s):"
+for p in "${phases[@]}"; do log "   $p"; done
+exit "$failed"

@@ -1,7 +1,8 @@
 //! docker-compose.yaml and the Dockerfile, checked without a Docker engine (none runs here): the
-//! YAML parses, every service of the stand is there and healthy-checked, the Kafka and
-//! ZooKeeper images are 3.x, every variable the compose file uses is in .env.sample, and the
-//! image runs as non-root.
+//! YAML parses, every service of the stand is there and healthy-checked, the default Kafka and
+//! ZooKeeper images are 3.x, the `kafka4` profile is Apache Kafka 4 in KRaft mode without
+//! ZooKeeper, the `observability` profile provisions Prometheus and Grafana, every variable the
+//! compose file uses is in .env.sample, and the image runs as non-root.
 
 use std::collections::BTreeSet;
 
@@ -295,6 +296,136 @@ fn observability_profile_provisions_prometheus_and_grafana() {
             panel["datasource"]["uid"], "prometheus",
             "{}",
             panel["title"]
+        );
+    }
+}
+
+/// Every service of the `kafka4` profile, and only those, carries the profile: a plain
+/// `docker compose up` never starts them.
+const KAFKA4_SERVICES: [&str; 3] = ["kafka4", "kafka4-init", "service-courier-kafka4"];
+
+/// The value of environment variable `var` of a service, as text (numbers included).
+fn env_text(service: &Yaml, var: &str) -> Option<String> {
+    match &service["environment"][var] {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_kafka4_profile_is_apache_kafka_4_in_kraft_mode_without_zookeeper() {
+    let doc = compose();
+    for name in KAFKA4_SERVICES {
+        let profiles = format!("{:?}", service(&doc, name)["profiles"]);
+        assert!(
+            profiles.contains("\"kafka4\""),
+            "{name}: profiles {profiles}"
+        );
+    }
+    let kafka4 = service(&doc, "kafka4");
+    for name in ["kafka4", "kafka4-init"] {
+        let image = text(&service(&doc, name)["image"], "image");
+        assert!(image.starts_with("apache/kafka:"), "{name} uses {image}");
+        assert_eq!(kafka_major(image), 4, "{name} uses {image}");
+    }
+    // KRaft: one node that is broker and controller, with a controller listener and quorum.
+    let roles = env_text(kafka4, "KAFKA_PROCESS_ROLES").expect("KAFKA_PROCESS_ROLES");
+    let mut roles: Vec<&str> = roles.split(',').map(str::trim).collect();
+    roles.sort_unstable();
+    assert_eq!(roles, ["broker", "controller"]);
+    let voters = env_text(kafka4, "KAFKA_CONTROLLER_QUORUM_VOTERS").expect("quorum voters");
+    let node = env_text(kafka4, "KAFKA_NODE_ID").expect("KAFKA_NODE_ID");
+    assert!(voters.starts_with(&format!("{node}@kafka4:")), "{voters}");
+    let controller_port = voters.rsplit(':').next().expect("a port");
+    let listeners = env_text(kafka4, "KAFKA_LISTENERS").expect("KAFKA_LISTENERS");
+    assert!(
+        listeners.contains(&format!("CONTROLLER://0.0.0.0:{controller_port}")),
+        "{listeners}"
+    );
+    assert_eq!(
+        env_text(kafka4, "KAFKA_CONTROLLER_LISTENER_NAMES").as_deref(),
+        Some("CONTROLLER")
+    );
+    // The cluster id is what `kafka-storage random-uuid` prints: 16 bytes in unpadded base64url.
+    let cluster = env_text(kafka4, "CLUSTER_ID").expect("CLUSTER_ID");
+    assert!(
+        cluster.len() == 22
+            && cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "CLUSTER_ID {cluster}"
+    );
+    // No ZooKeeper anywhere in the profile.
+    for name in KAFKA4_SERVICES {
+        let s = service(&doc, name);
+        assert!(env_text(s, "KAFKA_ZOOKEEPER_CONNECT").is_none(), "{name}");
+        assert!(s["depends_on"]["zookeeper"].is_badvalue(), "{name}");
+    }
+    assert!(!kafka4["healthcheck"]["test"].is_badvalue());
+    // The containers' address is the advertised internal listener, and the host's port is
+    // published.
+    let advertised = env_text(kafka4, "KAFKA_ADVERTISED_LISTENERS").expect("advertised");
+    assert!(
+        advertised.contains("INTERNAL://kafka4:29092"),
+        "{advertised}"
+    );
+    assert!(
+        advertised.contains("EXTERNAL://localhost:9094"),
+        "{advertised}"
+    );
+    assert_eq!(text(&kafka4["ports"][0], "port"), "9094:9094");
+
+    let init = format!("{:?}", service(&doc, "kafka4-init")["command"]);
+    assert!(
+        init.contains("kafka4:29092")
+            && init.contains("KAFKA_ORDER_TOPIC")
+            && init.contains("--partitions 6")
+            && init.contains("KAFKA_DLQ_TOPIC"),
+        "{init}"
+    );
+    let courier = service(&doc, "service-courier-kafka4");
+    assert_eq!(
+        text(&courier["environment"]["KAFKA_BROKERS"], "brokers"),
+        "kafka4:29092"
+    );
+    for (dep, condition) in [
+        ("kafka4", "service_healthy"),
+        ("postgres", "service_healthy"),
+        ("kafka4-init", "service_completed_successfully"),
+    ] {
+        assert_eq!(
+            text(&courier["depends_on"][dep]["condition"], dep),
+            condition,
+            "{dep}"
+        );
+    }
+    assert!(!courier["healthcheck"]["test"].is_badvalue());
+    // Both services can run at once: their published ports differ.
+    assert_ne!(
+        text(&courier["ports"][0], "port"),
+        text(&service(&doc, "service-courier")["ports"][0], "port")
+    );
+}
+
+#[test]
+fn services_outside_the_kafka4_profile_never_use_it() {
+    let doc = compose();
+    let services = doc["services"].as_hash().expect("services");
+    for (name, s) in services {
+        let name = name.as_str().expect("a service name");
+        if KAFKA4_SERVICES.contains(&name) {
+            continue;
+        }
+        let deps = format!("{:?}", s["depends_on"]);
+        assert!(
+            !deps.contains("kafka4"),
+            "{name} depends on the kafka4 profile: {deps}"
+        );
+        let brokers = format!("{:?}", s["environment"]["KAFKA_BROKERS"]);
+        assert!(
+            !brokers.contains("kafka4"),
+            "{name} uses Kafka 4: {brokers}"
         );
     }
 }

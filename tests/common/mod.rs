@@ -19,6 +19,7 @@ pub mod api;
 pub mod broker;
 pub mod database;
 pub mod events;
+pub mod groups;
 pub mod kafka;
 pub mod kafka_edge;
 pub mod private_pg;
