@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::scripts::env_file;
 use common::{repo_root, wait_until};
 
 fn stand(dir: &std::path::Path, action: &str, orders: u32) -> std::process::Output {
@@ -26,14 +27,6 @@ fn stand(dir: &std::path::Path, action: &str, orders: u32) -> std::process::Outp
         .env_remove("KAFKA_BROKERS")
         .output()
         .expect("stand.sh runs")
-}
-
-fn env_file(dir: &std::path::Path, name: &str) -> String {
-    let text = std::fs::read_to_string(dir.join("env")).expect("stand env file");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-        .expect("variable in env file")
-        .to_owned()
 }
 
 /// Whether a process runs (a zombie waiting for its reaper does not count).

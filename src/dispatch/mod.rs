@@ -329,7 +329,10 @@ mod tests {
     fn once_the_drain_budget_is_spent_queued_jobs_are_abandoned() {
         let (pool, rx, shutdown) = pool(1, 100, Duration::ZERO);
         shutdown.trigger();
-        std::thread::sleep(Duration::from_millis(5));
+        // The premise, waited for rather than slept for: the (zero) budget is spent.
+        while !shutdown.stopping_longer_than(Duration::ZERO) {
+            std::thread::yield_now();
+        }
         for i in 0..10 {
             let j = job(&format!("x{i}"), OrderStatus::Created, i);
             pool.queues[0].send(j).expect("queued");
