@@ -145,7 +145,8 @@ fn the_same_created_read_by_two_instances_at_once_is_applied_once_never_dead_let
     for n in 0..ORDERS + 20 {
         couriers::add(&db.repo, &courier(n, TransportType::Scooter), at(0)).expect("hire");
     }
-    // Each order's `created` on both partitions, as an unkeyed producer that retried would
+    // One transaction per event (BATCH_MAX=1), so the instances meet on many orders. Each
+    // order's `created` on both partitions, as an unkeyed producer that retried would
     // leave it; the two instances read one partition each, at the same time.
     let lines: Vec<String> = (0..ORDERS)
         .map(|i| event(&format!("d{i}"), "created", i64::from(i)).to_json())
@@ -157,14 +158,14 @@ fn the_same_created_read_by_two_instances_at_once_is_applied_once_never_dead_let
         &brokers,
         &topic,
         &group,
-        &[("KAFKA_PARTITIONS", "0")],
+        &[("KAFKA_PARTITIONS", "0"), ("BATCH_MAX", "1")],
     ));
     let mut second = Service::start(&env(
         &db,
         &brokers,
         &topic,
         &group,
-        &[("KAFKA_PARTITIONS", "1")],
+        &[("KAFKA_PARTITIONS", "1"), ("BATCH_MAX", "1")],
     ));
     wait_drained(&brokers, &group, &topic, &mut [&mut first, &mut second]);
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
