@@ -46,16 +46,24 @@ CREATE SEQUENCE IF NOT EXISTS orders_waiting_seq;
 
 -- When a waiting order was created (its `created` event's `created_at`): the queue serves the
 -- oldest order first, whatever order the events arrived in; `waiting_seq` (arrival) breaks ties.
-ALTER TABLE orders ADD COLUMN IF NOT EXISTS waiting_since TIMESTAMPTZ;
--- Orders that were waiting before this column existed keep their turn: they joined the queue no
--- later than when their row was last written.
-UPDATE orders SET waiting_since = updated_at
-WHERE waiting_seq IS NOT NULL AND waiting_since IS NULL;
+-- Each ALTER runs only when needed: ALTER TABLE takes a lock that would queue every running
+-- instance's transactions behind it, at every start.
 DO $$
 BEGIN
-    ALTER TABLE orders ADD CONSTRAINT orders_waiting_since_set
-        CHECK (waiting_seq IS NULL OR waiting_since IS NOT NULL);
-EXCEPTION WHEN duplicate_object THEN NULL;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'orders'
+                     AND column_name = 'waiting_since') THEN
+        ALTER TABLE orders ADD COLUMN waiting_since TIMESTAMPTZ;
+        -- Orders already waiting keep their turn: they joined the queue no later than when
+        -- their row was last written.
+        UPDATE orders SET waiting_since = updated_at WHERE waiting_seq IS NOT NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conname = 'orders_waiting_since_set'
+                     AND conrelid = 'orders'::regclass) THEN
+        ALTER TABLE orders ADD CONSTRAINT orders_waiting_since_set
+            CHECK (waiting_seq IS NULL OR waiting_since IS NOT NULL);
+    END IF;
 END
 $$;
 

@@ -347,3 +347,18 @@ fn loggers_for(level: log::LevelFilter) -> Vec<Box<dyn simplelog::SharedLogger>>
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_crates_log_at_info_at_most_unless_trace() {
+        use log::LevelFilter::*;
+        assert_eq!(others_level(Debug), Info);
+        assert_eq!(others_level(Info), Info);
+        assert_eq!(others_level(Warn), Warn);
+        assert_eq!(others_level(Trace), Trace);
+        assert_eq!(loggers_for(Debug).len(), 2);
+    }
+}

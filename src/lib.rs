@@ -17,8 +17,10 @@
 //!   input and commits each partition's finished prefix of offsets ([`transport::offsets`]).
 //! - [`dispatch`]: routes each event by `hash(order id)` to one worker's bounded queue, so an
 //!   order's events stay in order while the pool runs in parallel.
-//! - [`shutdown`]: SIGINT/SIGTERM stop polling; workers drain; final offsets are committed.
-//! - [`ops`]: `/metrics`, `/healthz`, `/readyz` and the watchdog.
+//! - [`shutdown`]: SIGINT/SIGTERM stop polling; workers drain for at most the drain budget,
+//!   whatever the database does; final offsets are committed.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, the watchdog (a stuck poller, or a worker stuck
+//!   inside one database call), and rate-limited log lines.
 //! - [`api`]: the course's courier HTTP API and the operator's page, for people (`HTTP_ADDR`).
 //! - [`app`]: the wiring, in one place. [`cli`]: the command line (run, migrate, couriers,
 //!   stats, simulate). [`simulate`]: a stand-in for service-order, off the event path.

@@ -83,8 +83,9 @@ fn a_scrambled_backlog_is_served_by_creation_time() {
     create_topic(&format!("{topic}.dlq"), 1);
     let group = unique("fifo-group");
     // 120 orders; order i was created at second (i * 37) mod 120, so arrival says nothing about
-    // creation; ties: orders "tie-a" then "tie-b" share a creation time and arrive in that order
-    // on one partition.
+    // creation. Ties: "tie-a" and "tie-b" share a creation time; "tie-b" arrives once everything
+    // before it is applied, so it is certainly later (events of one partition may be applied by
+    // different workers in any order).
     const N: i64 = 120;
     let mut created: BTreeMap<OrderId, i64> = BTreeMap::new();
     let mut by_partition: Vec<Vec<String>> = vec![Vec::new(); 3];
@@ -94,14 +95,20 @@ fn a_scrambled_backlog_is_served_by_creation_time() {
         created.insert(oid(&id), secs);
         by_partition[(i % 3) as usize].push(event(&id, "created", secs).to_json());
     }
-    for (id, secs) in [("tie-a", 605), ("tie-b", 605)] {
-        created.insert(oid(id), secs);
-        by_partition[1].push(event(id, "created", secs).to_json());
-    }
+    created.insert(oid("tie-a"), 605);
+    by_partition[1].push(event("tie-a", "created", 605).to_json());
     for (p, lines) in by_partition.iter().enumerate().rev() {
         kcat_produce_to(&brokers, &topic, p as i32, lines);
     }
     let mut service = Service::start(&env(&db, &brokers, &topic, &group, &[]));
+    wait_drained(&brokers, &group, &topic, &mut [&mut service]);
+    created.insert(oid("tie-b"), 605);
+    kcat_produce_to(
+        &brokers,
+        &topic,
+        0,
+        &[event("tie-b", "created", 605).to_json()],
+    );
     wait_drained(&brokers, &group, &topic, &mut [&mut service]);
 
     let mut oldest_first: Vec<(i64, OrderId)> =
@@ -145,7 +152,8 @@ fn the_same_created_read_by_two_instances_at_once_is_applied_once_never_dead_let
     for n in 0..ORDERS + 20 {
         couriers::add(&db.repo, &courier(n, TransportType::Scooter), at(0)).expect("hire");
     }
-    // Each order's `created` on both partitions, as an unkeyed producer that retried would
+    // One transaction per event (BATCH_MAX=1), so the instances meet on many orders. Each
+    // order's `created` on both partitions, as an unkeyed producer that retried would
     // leave it; the two instances read one partition each, at the same time.
     let lines: Vec<String> = (0..ORDERS)
         .map(|i| event(&format!("d{i}"), "created", i64::from(i)).to_json())
@@ -157,14 +165,14 @@ fn the_same_created_read_by_two_instances_at_once_is_applied_once_never_dead_let
         &brokers,
         &topic,
         &group,
-        &[("KAFKA_PARTITIONS", "0")],
+        &[("KAFKA_PARTITIONS", "0"), ("BATCH_MAX", "1")],
     ));
     let mut second = Service::start(&env(
         &db,
         &brokers,
         &topic,
         &group,
-        &[("KAFKA_PARTITIONS", "1")],
+        &[("KAFKA_PARTITIONS", "1"), ("BATCH_MAX", "1")],
     ));
     wait_drained(&brokers, &group, &topic, &mut [&mut first, &mut second]);
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));

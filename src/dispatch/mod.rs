@@ -465,6 +465,78 @@ mod tests {
         }
     }
 
+    /// A database that is down: every transaction fails as transient, and is counted.
+    struct DownRepository(std::sync::atomic::AtomicUsize);
+
+    impl crate::repository::CourierRepository for DownRepository {
+        fn transaction<T>(
+            &self,
+            _work: &mut dyn FnMut(&mut dyn crate::repository::StorageTx) -> Result<T, RepoError>,
+        ) -> Result<T, RepoError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(RepoError::Transient("down".into()))
+        }
+        fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
+            Err(RepoError::Transient("down".into()))
+        }
+        fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
+            Err(RepoError::Transient("down".into()))
+        }
+        fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
+            Err(RepoError::Transient("down".into()))
+        }
+        fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+            Err(RepoError::Transient("down".into()))
+        }
+    }
+
+    #[test]
+    fn stopping_with_the_database_down_tries_once_then_leaves_the_whole_queue() {
+        let (tx, rx) = unbounded();
+        let shutdown = Shutdown::new();
+        let processor = Arc::new(OrderEventProcessor::new(DownRepository(
+            std::sync::atomic::AtomicUsize::new(0),
+        )));
+        let context = WorkerContext {
+            processor: Arc::clone(&processor),
+            completions: tx,
+            shutdown: shutdown.clone(),
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(Health::new(Duration::from_secs(60))),
+        };
+        let settings = PoolSettings {
+            workers: 1,
+            capacity: 100,
+            drain_budget: Duration::from_secs(60),
+            batch_max: 16,
+        };
+        let pool = WorkerPool::start(settings, context).expect("start");
+        for i in 0..40 {
+            pool.submit(
+                job(&format!("q{i}"), OrderStatus::Created, i),
+                &shutdown,
+                || {},
+            )
+            .expect("queued");
+        }
+        let calls = || {
+            processor
+                .repository()
+                .0
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        while calls() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let before = calls();
+        shutdown.trigger();
+        pool.close_and_join();
+        // At most the attempt under way and the one retry that sees the stop: not one per job.
+        assert!(calls() - before <= 2, "{} more attempts", calls() - before);
+        let results: Vec<JobResult> = rx.try_iter().map(|c| c.result).collect();
+        assert_eq!(results, vec![JobResult::Abandoned; 40]);
+    }
+
     /// A pool over a [`PoisonedRepository`], and the ends of its gate.
     struct Gated {
         pool: WorkerPool,

@@ -1,6 +1,7 @@
-//! What an on-call engineer needs: Prometheus metrics, liveness and readiness, and a watchdog
-//! that exits when the poller is stuck (inside the `kafka` crate, say) so systemd or compose
-//! restarts the process; at-least-once delivery makes that safe.
+//! What an on-call engineer needs: Prometheus metrics, liveness and readiness, a watchdog that
+//! exits when the poller is stuck (inside the `kafka` crate, say) or a worker is stuck inside a
+//! database call, so systemd or compose restarts the process (at-least-once delivery makes that
+//! safe), and log lines that stay readable when the same problem repeats thousands of times.
 
 pub mod health;
 pub mod http;
