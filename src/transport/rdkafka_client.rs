@@ -26,7 +26,7 @@ use super::dead_letter::DeadLetter;
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
 
 /// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
-const MAX_BATCH: usize = 2048;
+const MAX_BATCH: usize = 512;
 /// How long a metadata, offsets or commit request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
