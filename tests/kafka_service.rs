@@ -550,8 +550,14 @@ fn an_incompatible_broker_is_refused_at_start() {
         service.log_text()
     );
     let log = service.log_text();
-    assert!(log.contains("Fetch v0 (broker: v4-v17)"), "{log}");
-    assert!(log.contains("Apache Kafka 3.9 or older"), "{log}");
+    if std::env::var("KAFKA_CLIENT").is_ok_and(|c| c == "rdkafka") {
+        // librdkafka needs other versions than the crate (Fetch v4+ is fine for it), but this
+        // broker lacks the consumer-group APIs, and the message names those instead.
+        assert!(log.contains("JoinGroup v5+ (broker: none)"), "{log}");
+    } else {
+        assert!(log.contains("Fetch v0 (broker: v4-v17)"), "{log}");
+        assert!(log.contains("Apache Kafka 3.9 or older"), "{log}");
+    }
 }
 
 #[test]

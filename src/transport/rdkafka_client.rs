@@ -23,10 +23,10 @@ use rdkafka::ClientContext;
 
 use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
 use super::dead_letter::DeadLetter;
-use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings};
+use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
 
 /// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
-const MAX_BATCH: usize = 2048;
+const MAX_BATCH: usize = 512;
 /// How long a metadata, offsets or commit request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
@@ -45,7 +45,14 @@ pub fn client_config(brokers: &[String], access: &KafkaAccess, client_id: &str) 
         .set_log_level(RDKafkaLogLevel::Info);
     if let Some(sasl) = &access.security.sasl {
         config
-            .set("sasl.mechanism", sasl.mechanism.as_str())
+            .set(
+                "sasl.mechanism",
+                match sasl.mechanism {
+                    SaslMechanism::Plain => "PLAIN",
+                    SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+                    SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+                },
+            )
             .set("sasl.username", &sasl.username)
             .set("sasl.password", sasl.password.expose());
     }
@@ -467,6 +474,8 @@ impl ProducerContext for DeliveryContext {
 /// A blocking producer: `send` queues, `flush` waits for every delivery report.
 pub struct RdkafkaProducer {
     producer: BaseProducer<DeliveryContext>,
+    /// How long a record may take to be acknowledged.
+    timeout: Duration,
 }
 
 impl RdkafkaProducer {
@@ -478,13 +487,30 @@ impl RdkafkaProducer {
         acks: &str,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        let millis = timeout.as_millis().to_string();
         let producer = client_config(brokers, access, client_id)
             .set("acks", acks)
-            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("message.timeout.ms", &millis)
+            // A missing topic fails the send within the timeout too (not after librdkafka's
+            // default 30 s wait for it to appear).
+            .set("topic.metadata.propagation.max.ms", &millis)
             .set("linger.ms", "5")
             .create_with_context(DeliveryContext::default())
             .map_err(|e| ClientError(format!("cannot create the rdkafka producer: {e}")))?;
-        Ok(Self { producer })
+        Ok(Self { producer, timeout })
+    }
+
+    /// Fails at once when `topic` does not exist (a send would wait out its whole timeout).
+    pub fn check_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|e| ClientError(format!("metadata of {topic}: {e}")))?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(ClientError(format!("topic {topic} does not exist"))),
+        }
     }
 
     /// Sends `(key, value)` records to `topic` and waits until each is acknowledged (or failed).
@@ -511,8 +537,10 @@ impl RdkafkaProducer {
                 }
             }
         }
+        // Every record is acknowledged or failed within its timeout; the margin covers the
+        // delivery reports' way back.
         self.producer
-            .flush(Duration::from_secs(60))
+            .flush(self.timeout + Duration::from_secs(5))
             .map_err(|e| ClientError(format!("producing to {topic}: {e}")))?;
         let failures = std::mem::take(
             &mut *self
@@ -539,6 +567,8 @@ pub struct RdkafkaDeadLetters {
     brokers: Vec<String>,
     access: KafkaAccess,
     producer: Option<RdkafkaProducer>,
+    /// The topic was seen to exist since the last failure.
+    topic_seen: bool,
 }
 
 impl RdkafkaDeadLetters {
@@ -549,6 +579,7 @@ impl RdkafkaDeadLetters {
             brokers,
             access,
             producer: None,
+            topic_seen: false,
         }
     }
 }
@@ -569,7 +600,14 @@ impl DeadLetterProducer for RdkafkaDeadLetters {
                 Duration::from_secs(5),
             )?),
         };
-        producer.send_all(&self.topic, &[(None, &letter.to_json())])
+        // After a failure (a missing topic, typically) ask first: the poller waits for this.
+        if !self.topic_seen {
+            producer.check_topic(&self.topic)?;
+            self.topic_seen = true;
+        }
+        let sent = producer.send_all(&self.topic, &[(None, &letter.to_json())]);
+        self.topic_seen = sent.is_ok();
+        sent
     }
 }
 
