@@ -33,6 +33,10 @@ pub struct Health {
     /// Per worker inside a database call: milliseconds since `started` when the call began. A
     /// frozen server can hold a call forever (no timeout fires when the server cannot answer).
     busy_since: Mutex<BTreeMap<usize, u64>>,
+    /// Partitions that cannot be read for now: partition -> (offset, cause).
+    stalled: Mutex<BTreeMap<i32, (i64, String)>>,
+    /// Why fetching is paused for unsent dead letters, while it is.
+    fetching_paused: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -48,6 +52,8 @@ impl Health {
             database_ready: AtomicBool::new(false),
             stall_after,
             busy_since: Mutex::new(BTreeMap::new()),
+            stalled: Mutex::new(BTreeMap::new()),
+            fetching_paused: Mutex::new(None),
         }
     }
 
@@ -111,6 +117,22 @@ impl Health {
             .map(|(w, d)| format!("worker {w} has been inside one database call for {d:?}"))
     }
 
+    /// A partition cannot be read from `offset`, for `cause`: `/healthz` says so until it
+    /// resumes.
+    pub fn partition_stalled(&self, partition: i32, offset: i64, cause: &str) {
+        lock(&self.stalled).insert(partition, (offset, cause.to_string()));
+    }
+
+    /// A stalled partition is read again (or its log was replaced).
+    pub fn partition_resumed(&self, partition: i32) {
+        lock(&self.stalled).remove(&partition);
+    }
+
+    /// Fetching is paused because dead letters cannot be sent (`Some(why)`), or flows again.
+    pub fn fetching_paused(&self, why: Option<String>) {
+        *lock(&self.fetching_paused) = why;
+    }
+
     /// How many events are in flight now.
     pub fn in_flight(&self, n: usize) {
         if self.in_flight.swap(n as u64, Ordering::Relaxed) == 0 && n > 0 {
@@ -149,6 +171,20 @@ impl Health {
             return Err(format!(
                 "workers finished no event for {workers:?} with {in_flight} in flight"
             ));
+        }
+        let stalled = lock(&self.stalled);
+        if !stalled.is_empty() {
+            let each: Vec<String> = stalled
+                .iter()
+                .map(|(p, (offset, cause))| {
+                    format!("partition {p} stalled at offset {offset}: {cause}")
+                })
+                .collect();
+            return Err(each.join("\n"));
+        }
+        drop(stalled);
+        if let Some(why) = lock(&self.fetching_paused).clone() {
+            return Err(why);
         }
         Ok(())
     }
@@ -203,6 +239,10 @@ impl Health {
             })
             .map(|_| ())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -299,6 +339,22 @@ mod tests {
         h.worker_idle(1);
         assert_eq!(h.liveness_at(31_001), Ok(()));
         assert_eq!(h.longest_busy_worker(), None);
+    }
+
+    #[test]
+    fn a_stalled_partition_and_paused_fetching_fail_liveness_with_the_reason() {
+        let h = Health::new(Duration::from_secs(60));
+        h.poller_beat();
+        h.partition_stalled(3, 17, "lz4");
+        assert!(h
+            .liveness()
+            .is_err_and(|e| e.contains("partition 3 stalled at offset 17: lz4")));
+        h.partition_resumed(3);
+        assert_eq!(h.liveness(), Ok(()));
+        h.fetching_paused(Some("fetching paused: 5 dead letters".into()));
+        assert!(h.liveness().is_err_and(|e| e.contains("fetching paused")));
+        h.fetching_paused(None);
+        assert_eq!(h.liveness(), Ok(()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -103,6 +103,13 @@ pub struct Metrics {
     queue_depths: Mutex<Vec<usize>>,
     db_errors: AtomicU64,
     db_retries: AtomicU64,
+    /// Per partition: whether it is stalled (cannot be read for now).
+    stalled: Mutex<BTreeMap<i32, bool>>,
+    /// Per partition: offsets that left the log before they were read.
+    skipped: Mutex<BTreeMap<i32, u64>>,
+    /// Dead letters not yet accepted by Kafka, and whether fetching is paused for them.
+    dead_letter_backlog: AtomicU64,
+    dead_letters_paused: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -117,6 +124,10 @@ impl Default for Metrics {
             queue_depths: Mutex::default(),
             db_errors: AtomicU64::new(0),
             db_retries: AtomicU64::new(0),
+            stalled: Mutex::default(),
+            skipped: Mutex::default(),
+            dead_letter_backlog: AtomicU64::new(0),
+            dead_letters_paused: AtomicBool::new(false),
         }
     }
 }
@@ -179,6 +190,24 @@ impl Metrics {
     /// A database call failed.
     pub fn db_error(&self) {
         self.db_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a partition is stalled (an undecodable batch, offsets that cannot be accounted
+    /// for): `courier_partition_stalled`.
+    pub fn partition_stalled(&self, partition: i32, stalled: bool) {
+        locked(&self.stalled).insert(partition, stalled);
+    }
+
+    /// Offsets of a partition that left the log before they were read.
+    pub fn offsets_skipped(&self, partition: i32, n: u64) {
+        *locked(&self.skipped).entry(partition).or_default() += n;
+    }
+
+    /// Dead letters held unsent, and whether fetching is paused for them.
+    pub fn dead_letter_backlog(&self, held: usize, paused: bool) {
+        self.dead_letter_backlog
+            .store(held as u64, Ordering::Relaxed);
+        self.dead_letters_paused.store(paused, Ordering::Relaxed);
     }
 
     /// A failed event is being retried.
@@ -293,6 +322,51 @@ impl Metrics {
             }
         }
 
+        let name = "courier_partition_stalled";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "1 while a partition cannot be read (see /healthz for the offset and cause).",
+        );
+        for (p, stalled) in locked(&self.stalled).iter() {
+            let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {}", u8::from(*stalled));
+        }
+        let name = "courier_offsets_skipped_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Offsets that left the log (retention, DeleteRecords, a skipped batch) before they were read.",
+        );
+        for (p, n) in locked(&self.skipped).iter() {
+            let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {n}");
+        }
+        let name = "courier_dead_letter_backlog";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "Dead letters not yet accepted by the dead-letter topic (their offsets stay uncommitted).",
+        );
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            self.dead_letter_backlog.load(Ordering::Relaxed)
+        );
+        let name = "courier_fetching_paused";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "1 while fetching is paused because too many dead letters are unsent.",
+        );
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            u8::from(self.dead_letters_paused.load(Ordering::Relaxed))
+        );
+
         let name = "courier_worker_queue_depth";
         header(
             &mut out,
@@ -349,6 +423,9 @@ mod tests {
         m.committed(2, 40);
         m.high_watermark(2, 45);
         m.queue_depths(vec![0, 3]);
+        m.partition_stalled(4, true);
+        m.offsets_skipped(1, 7);
+        m.dead_letter_backlog(12, true);
         let text = m.render(Some(FleetGauges {
             available: 1,
             busy: 2,
@@ -366,6 +443,10 @@ mod tests {
             "courier_consumer_lag{partition=\"2\"} 5",
             "courier_worker_queue_depth{worker=\"1\"} 3",
             "courier_orders_waiting 7",
+            "courier_partition_stalled{partition=\"4\"} 1",
+            "courier_offsets_skipped_total{partition=\"1\"} 7",
+            "courier_dead_letter_backlog 12",
+            "courier_fetching_paused 1",
             "courier_couriers{status=\"busy\"} 2",
         ] {
             assert!(

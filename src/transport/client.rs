@@ -30,6 +30,41 @@ pub enum Polled {
     /// and in-flight events finish within a bound, commits their finished prefix and then calls
     /// [`ConsumerClient::release`]; until then the group waits for them.
     Revoked(Vec<i32>),
+    /// This partition cannot be read from `offset` for now (an undecodable batch, or offsets the
+    /// client cannot account for): the loop reports it on `/healthz` and in
+    /// `courier_partition_stalled`, and logs it (rate-limited) with what to do. The client keeps
+    /// the other partitions flowing and retries this one now and then; it may send this again
+    /// for the same stall (the loop treats repeats as a reminder).
+    Stalled {
+        /// The partition.
+        partition: i32,
+        /// The first offset that cannot be read.
+        offset: i64,
+        /// Why, in words a person can act on.
+        cause: String,
+    },
+    /// A stalled partition is read again (the batch became readable, or the group's committed
+    /// offset was moved past it).
+    Resumed(i32),
+    /// Offsets `from..to` of this partition left the log (retention, DeleteRecords) before they
+    /// were read: reading resumes at `to`. The loop logs and counts them; they are gone.
+    Skipped {
+        /// The partition.
+        partition: i32,
+        /// The first offset skipped (the committed offset).
+        from: i64,
+        /// The offset reading resumes at (the log start).
+        to: i64,
+    },
+    /// The partition's log is a new one (the topic was deleted and created again): the loop must
+    /// forget every offset it tracks for it (and never commit one of them); records of the new
+    /// log follow from its start.
+    Recreated {
+        /// The partition.
+        partition: i32,
+        /// How it was detected.
+        reason: String,
+    },
 }
 
 /// Why connecting did not work.

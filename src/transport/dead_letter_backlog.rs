@@ -94,6 +94,26 @@ impl DeadLetterBacklog {
         Some(letter)
     }
 
+    /// The letters held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &DeadLetter> {
+        self.letters.iter()
+    }
+
+    /// Keeps only the letters `keep` accepts (those of partitions handed back are the next
+    /// owner's to produce again).
+    pub fn retain(&mut self, mut keep: impl FnMut(&DeadLetter) -> bool) {
+        let mut bytes = 0;
+        self.letters.retain(|l| {
+            let kept = keep(l);
+            if kept {
+                bytes += l.payload.len();
+            }
+            kept
+        });
+        self.bytes = bytes;
+        self.update();
+    }
+
     /// Letters held.
     pub fn len(&self) -> usize {
         self.letters.len()

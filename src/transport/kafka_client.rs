@@ -1,51 +1,668 @@
 //! The `kafka` crate behind the client seam (`KAFKA_CLIENT=kafka`, the default). The crate has
 //! no group membership: this instance reads a static share of the partitions (all of them,
 //! KAFKA_PARTITIONS, or INSTANCE_INDEX of INSTANCE_COUNT) and uses the group only to store
-//! offsets. Any failed call drops the consumer, and the poller's loop connects again: the crate
-//! keeps dead connections and never refreshes metadata on its own.
+//! offsets.
+//!
+//! It keeps each partition's next offset itself and fetches with the crate's low-level
+//! `KafkaClient` (the crate's `Consumer` fails every partition when one cannot be decoded, and
+//! drops messages silently: see `kafka_edge`). So it can:
+//! - isolate a partition holding a batch the crate cannot decode (lz4, zstd): stall it, report
+//!   it ([`Polled::Stalled`]), keep the others flowing, retry it every
+//!   [`STALL_RETRY_EVERY`], and resume when it reads again or the group's committed offset was
+//!   moved past it (README "Troubleshooting");
+//! - fill a jump in offsets (the crate drops uncompressed messages in front of a gzip/snappy
+//!   wrapper) with `kafka_edge::gap`, and stall rather than skip what it cannot explain;
+//! - refresh the metadata every [`METADATA_EVERY`] and start partitions added to the topic;
+//! - read the watermarks every [`WATERMARKS_EVERY`] (lag gauges, also while a partition is
+//!   stalled) and find a topic deleted and created again ([`Polled::Recreated`]);
+//! - say which offsets left the log before they were read ([`Polled::Skipped`]).
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use kafka::client::{FetchOffset, GroupOffsetStorage, KafkaClient};
-use kafka::consumer::Consumer;
+use kafka::client::{CommitOffset, FetchOffset, FetchPartition, GroupOffsetStorage, KafkaClient};
+use kafka::error::KafkaCode;
 
 use super::client::{ClientError, ConnectError, ConsumerClient, Polled};
+use super::kafka_edge::gap::fill_gap;
+use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
+use super::kafka_edge::read::{fetch_partition, OwnedMessage};
+use super::kafka_edge::watermarks::{
+    check_position, check_recreated, vanished_partitions, Resume, Seen, Watermarks,
+};
 use crate::config::{FallbackOffset, KafkaSettings};
 
-/// A consumer of the static share, rebuilt after any failure.
+/// How often the topic's partitions are read again (new partitions start within this).
+pub const METADATA_EVERY: Duration = Duration::from_secs(10);
+/// How often the watermarks (lag, recreated topics) are read.
+pub const WATERMARKS_EVERY: Duration = Duration::from_secs(5);
+/// How often a stalled partition is tried again.
+pub const STALL_RETRY_EVERY: Duration = Duration::from_secs(30);
+/// How often the watermarks are read while a partition's log is in doubt (its fetch failed).
+const SUSPECT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a partition is not fetched for now.
+#[derive(Debug, Clone)]
+struct Stall {
+    offset: i64,
+    retry_at: Instant,
+}
+
+/// What this client knows of one partition of its share.
+#[derive(Debug, Clone, Default)]
+struct Tracked {
+    /// The next offset to fetch: every offset below it was delivered to the loop (or left the
+    /// log and was reported skipped).
+    next: i64,
+    highest_received: Option<i64>,
+    /// The watermarks read last time.
+    marks: Option<Watermarks>,
+    /// The high watermark last seen (by a fetch or a watermark read), for the lag gauge.
+    high: Option<i64>,
+    /// The offset the group held when the partition was started, or the last this process
+    /// committed.
+    committed: Option<i64>,
+    stall: Option<Stall>,
+    /// Its fetch failed in a way a deleted topic causes: not fetched nor committed until its
+    /// watermarks and the group's offset have been checked.
+    suspect: bool,
+}
+
+/// A consumer of the static share with positions of its own.
 pub struct KafkaCrateConsumer {
     settings: KafkaSettings,
-    consumer: Option<Consumer>,
-    /// The share, resolved against the topic at the last connect.
-    partitions: Vec<i32>,
-    /// The next poll announces the share (after every connect).
-    announce: bool,
+    client: Option<KafkaClient>,
+    /// The partitions of the share started so far.
+    share: BTreeMap<i32, Tracked>,
+    /// The topic's partitions at the last metadata read.
+    known: Vec<i32>,
+    /// Ownership changes and records to hand out with the next poll.
+    pending: Vec<Polled>,
+    last_metadata: Instant,
+    last_marks: Option<Instant>,
+    /// One fetch's bytes per partition, and the most a single message may need.
+    fetch_bytes: i32,
+    fetch_limit: i32,
 }
 
 impl KafkaCrateConsumer {
     /// A client that connects on the loop's first call to `connect`.
     pub fn new(settings: KafkaSettings) -> Self {
+        let fetch_bytes = i32::try_from(settings.fetch_max_bytes_per_partition).unwrap_or(i32::MAX);
         Self {
             settings,
-            consumer: None,
-            partitions: Vec::new(),
-            announce: false,
+            client: None,
+            share: BTreeMap::new(),
+            known: Vec::new(),
+            pending: Vec::new(),
+            last_metadata: Instant::now(),
+            last_marks: None,
+            fetch_bytes,
+            // A message over the fetch size would block its partition: fetch that partition
+            // alone with up to this many bytes, so it can be dead-lettered as too large.
+            fetch_limit: fetch_bytes.saturating_mul(4).max(64 << 20),
         }
     }
 
-    fn consumer(&mut self) -> Result<&mut Consumer, ClientError> {
-        self.consumer
+    fn client(&mut self) -> Result<&mut KafkaClient, ClientError> {
+        self.client
             .as_mut()
             .ok_or_else(|| ClientError("not connected".into()))
+    }
+
+    /// Log start and high watermark of every partition of the topic.
+    fn watermarks(&mut self) -> Result<BTreeMap<i32, Watermarks>, ClientError> {
+        let topic = self.settings.topic.clone();
+        let client = self.client()?;
+        let read = |client: &mut KafkaClient, at: FetchOffset| {
+            client
+                .fetch_topic_offsets(&topic, at)
+                .map_err(|e| ClientError(format!("watermarks of {topic} unavailable: {e}")))
+        };
+        let starts = read(client, FetchOffset::Earliest)?;
+        let highs = read(client, FetchOffset::Latest)?;
+        Ok(starts
+            .into_iter()
+            .filter_map(|s| {
+                let high = highs.iter().find(|h| h.partition == s.partition)?.offset;
+                Some((
+                    s.partition,
+                    Watermarks {
+                        log_start: s.offset,
+                        high,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// The group's committed offsets of the topic (partitions without one left out).
+    fn group_offsets(&mut self) -> Result<BTreeMap<i32, i64>, ClientError> {
+        let (group, topic) = (self.settings.group.clone(), self.settings.topic.clone());
+        let committed = self
+            .client()?
+            .fetch_group_topic_offset(&group, &topic)
+            .map_err(|e| ClientError(format!("committed offsets unavailable: {e}")))?;
+        Ok(committed
+            .into_iter()
+            .filter(|c| c.offset >= 0)
+            .map(|c| (c.partition, c.offset))
+            .collect())
+    }
+
+    /// Starts these partitions of the share: from the group's committed offset (or the log
+    /// start, when it left the log), else from the earliest offset; KAFKA_FALLBACK_OFFSET=latest
+    /// applies only when the group has committed nothing for the topic at all (a partition no
+    /// member ever committed, beside others that were, is new data, not history).
+    fn start(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let marks = self.watermarks()?;
+        let group = self.group_offsets()?;
+        let fresh_group = group.is_empty();
+        let mut started = Vec::new();
+        for &p in partitions {
+            let Some(&now) = marks.get(&p) else {
+                log::debug!("kafka: no watermarks for partition {p} yet; starting it later");
+                continue;
+            };
+            let committed = group.get(&p).copied();
+            let next = match committed {
+                Some(c) => match check_position(c, now) {
+                    Resume::InLog(o) => o,
+                    Resume::LeftLog { from, to } => {
+                        self.pending.push(Polled::Skipped {
+                            partition: p,
+                            from,
+                            to,
+                        });
+                        to
+                    }
+                    r @ Resume::PastEnd { .. } => {
+                        log::error!("kafka: {}/{p}: {r}", self.settings.topic);
+                        r.offset()
+                    }
+                },
+                None if fresh_group && self.settings.fallback_offset == FallbackOffset::Latest => {
+                    now.high
+                }
+                None => now.log_start,
+            };
+            self.share.insert(
+                p,
+                Tracked {
+                    next,
+                    marks: Some(now),
+                    high: Some(now.high),
+                    committed,
+                    ..Tracked::default()
+                },
+            );
+            started.push(p);
+        }
+        if !started.is_empty() {
+            log::info!(
+                "kafka: consuming {} partitions {started:?} as group {}",
+                self.settings.topic,
+                self.settings.group
+            );
+            self.pending.push(Polled::Assigned(started));
+        }
+        Ok(())
+    }
+
+    /// Reads the topic's partitions again: starts new ones of the share; a topic with fewer
+    /// partitions than before was deleted and created again.
+    fn refresh_metadata(&mut self) -> Result<(), ClientError> {
+        self.last_metadata = Instant::now();
+        let topic = self.settings.topic.clone();
+        let client = self.client()?;
+        client
+            .load_metadata_all()
+            .map_err(|e| ClientError(format!("cannot load metadata: {e}")))?;
+        let now: Vec<i32> = match client.topics().partitions(&topic) {
+            Some(p) => p.iter().map(|p| p.id()).collect(),
+            None => {
+                log::warn!("kafka: topic {topic} is missing from the metadata (deleted?)");
+                for t in self.share.values_mut() {
+                    t.suspect = true;
+                }
+                return Ok(());
+            }
+        };
+        let vanished = vanished_partitions(&self.known, &now);
+        if !vanished.is_empty() {
+            let reason = format!(
+                "the topic has partitions {now:?}, fewer than before ({:?}): it was created again",
+                self.known
+            );
+            let marks = self.watermarks().unwrap_or_default();
+            let ours: Vec<i32> = self.share.keys().copied().collect();
+            for p in ours {
+                let m = marks.get(&p).copied();
+                self.recreated(p, reason.clone(), m);
+                if vanished.contains(&p) {
+                    self.share.remove(&p);
+                }
+            }
+        }
+        self.known.clone_from(&now);
+        let share = match self.settings.partitions.resolve(&now) {
+            Ok(share) => share,
+            Err(e) => {
+                log::warn!("kafka: partitions of {topic} now {now:?}: {e}");
+                return Ok(());
+            }
+        };
+        let added: Vec<i32> = share
+            .into_iter()
+            .filter(|p| !self.share.contains_key(p))
+            .collect();
+        if !added.is_empty() {
+            log::info!("kafka: partitions {added:?} of {topic} appeared; starting them");
+        }
+        self.start(&added)
+    }
+
+    /// Forgets a partition's log: reading starts again at the new log's start.
+    fn recreated(&mut self, partition: i32, reason: String, marks: Option<Watermarks>) {
+        let was_stalled = self
+            .share
+            .get(&partition)
+            .is_some_and(|t| t.stall.is_some());
+        if was_stalled {
+            self.pending.push(Polled::Resumed(partition));
+        }
+        self.share.insert(
+            partition,
+            Tracked {
+                next: marks.map_or(0, |m| m.log_start),
+                marks,
+                high: marks.map(|m| m.high),
+                ..Tracked::default()
+            },
+        );
+        self.pending.push(Polled::Recreated { partition, reason });
+    }
+
+    /// Reads the watermarks (lag) and the group's offsets, and finds recreated logs.
+    fn check_logs(&mut self) {
+        let suspect = self.share.values().any(|t| t.suspect);
+        let every = if suspect {
+            SUSPECT_CHECK_EVERY
+        } else {
+            WATERMARKS_EVERY
+        };
+        if self.last_marks.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        self.last_marks = Some(Instant::now());
+        if suspect {
+            if let Ok(client) = self.client() {
+                if let Err(e) = client.load_metadata_all() {
+                    log::debug!("kafka: cannot load metadata: {e}");
+                    return;
+                }
+            }
+        }
+        let (marks, group) = match (self.watermarks(), self.group_offsets()) {
+            (Ok(m), Ok(g)) => (m, g),
+            (Err(e), _) | (_, Err(e)) => {
+                log::debug!("kafka: {e}");
+                return;
+            }
+        };
+        let ours: Vec<i32> = self.share.keys().copied().collect();
+        for p in ours {
+            let Some(&now) = marks.get(&p) else { continue };
+            let Some(t) = self.share.get_mut(&p) else {
+                continue;
+            };
+            let seen = Seen {
+                highest_received: t.highest_received,
+                previous: t.marks,
+                committed: t.committed,
+            };
+            match check_recreated(seen, now, group.get(&p).copied()) {
+                Some(why) => self.recreated(p, why.to_string(), Some(now)),
+                None => {
+                    t.marks = Some(now);
+                    t.high = Some(now.high);
+                    t.suspect = false;
+                }
+            }
+        }
+    }
+
+    /// Marks a partition stalled at `offset`.
+    fn stall(&mut self, partition: i32, offset: i64, cause: String) {
+        if let Some(t) = self.share.get_mut(&partition) {
+            t.next = offset;
+            t.stall = Some(Stall {
+                offset,
+                retry_at: Instant::now() + STALL_RETRY_EVERY,
+            });
+        }
+        self.pending.push(Polled::Stalled {
+            partition,
+            offset,
+            cause,
+        });
+    }
+
+    /// Tries the stalled partitions that are due: resumed when the group's committed offset
+    /// was moved past the stall (an operator skipped the batch), or when it reads again.
+    fn retry_stalled(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(i32, i64)> = self
+            .share
+            .iter()
+            .filter_map(|(p, t)| {
+                t.stall
+                    .as_ref()
+                    .filter(|s| s.retry_at <= now)
+                    .map(|s| (*p, s.offset))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let group = match self.group_offsets() {
+            Ok(g) => g,
+            Err(e) => {
+                log::debug!("kafka: {e}");
+                BTreeMap::new()
+            }
+        };
+        let topic = self.settings.topic.clone();
+        for (p, offset) in due {
+            if let Some(&moved) = group.get(&p).filter(|c| **c > offset) {
+                log::warn!(
+                    "kafka: {topic}/{p}: the group's committed offset was moved to {moved}, past \
+                     the stall at {offset}; resuming there"
+                );
+                if let Some(t) = self.share.get_mut(&p) {
+                    t.stall = None;
+                    t.next = moved;
+                    t.committed = Some(moved);
+                }
+                self.pending.push(Polled::Skipped {
+                    partition: p,
+                    from: offset,
+                    to: moved,
+                });
+                self.pending.push(Polled::Resumed(p));
+                continue;
+            }
+            let limit = self.fetch_limit;
+            let Ok(client) = self.client() else { return };
+            let probe = probe_partitions(client, &topic, &BTreeMap::from([(p, offset)]), limit);
+            match probe.first().map(|pr| &pr.state) {
+                Some(ProbeState::Readable { .. }) | Some(ProbeState::OnlyMarkers { .. }) => {
+                    if let Some(t) = self.share.get_mut(&p) {
+                        t.stall = None;
+                    }
+                    self.pending.push(Polled::Resumed(p));
+                }
+                Some(ProbeState::Undecodable { cause, at }) => {
+                    let cause = format!("{}; {UNDECODABLE_ADVICE}", cause.cause());
+                    self.stall(p, *at, cause);
+                }
+                Some(ProbeState::Failed(_)) | None => {
+                    if let Some(s) = self.share.get_mut(&p).and_then(|t| t.stall.as_mut()) {
+                        s.retry_at = now + STALL_RETRY_EVERY;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands out `messages` of `partition` (in offset order, from its next offset on), first
+    /// filling a jump in offsets the crate may have left; stalls the partition at an offset
+    /// the gap filling could not account for.
+    fn deliver(&mut self, partition: i32, messages: Vec<OwnedMessage>) {
+        let Some(first) = messages.first().map(|m| m.offset) else {
+            return;
+        };
+        let Some(next) = self.share.get(&partition).map(|t| t.next) else {
+            return;
+        };
+        let topic = self.settings.topic.clone();
+        let mut ordered = Vec::new();
+        if first > next {
+            let limit = self.fetch_limit;
+            let Ok(client) = self.client() else { return };
+            match fill_gap(client, &topic, partition, next, first, limit) {
+                Ok(fill) => {
+                    if !fill.messages.is_empty() {
+                        log::warn!(
+                            "kafka: {topic}/{partition}: offsets {next}..{} were missing from a \
+                             fetch (the kafka crate drops uncompressed messages in front of a \
+                             compressed batch); read again: {fill}",
+                            first - 1
+                        );
+                    }
+                    ordered.extend(fill.messages);
+                }
+                Err(gap) => {
+                    let (stuck, cause) = (gap.stuck_at, gap.to_string());
+                    self.push_records(partition, gap.recovered.messages);
+                    self.stall(partition, stuck, cause);
+                    return;
+                }
+            }
+        }
+        ordered.extend(messages);
+        self.push_records(partition, ordered);
+    }
+
+    fn push_records(&mut self, partition: i32, messages: Vec<OwnedMessage>) {
+        let Some(t) = self.share.get_mut(&partition) else {
+            return;
+        };
+        for m in messages {
+            if m.offset < t.next {
+                continue;
+            }
+            t.next = m.offset + 1;
+            t.highest_received = Some(m.offset);
+            self.pending.push(Polled::Record {
+                partition,
+                offset: m.offset,
+                value: m.value,
+            });
+        }
+    }
+
+    /// Finds the partitions that cannot be decoded among `partitions` (partition -> next
+    /// offset), reads what precedes the bad batch, and stalls them. Returns how many stalled.
+    fn isolate(&mut self, partitions: BTreeMap<i32, i64>) -> usize {
+        let topic = self.settings.topic.clone();
+        let limit = self.fetch_limit;
+        let Ok(client) = self.client() else { return 0 };
+        let probes = probe_partitions(client, &topic, &partitions, limit);
+        let mut stalled = 0;
+        for probe in probes {
+            let ProbeState::Undecodable { cause, at } = probe.state else {
+                continue;
+            };
+            stalled += 1;
+            let p = probe.partition;
+            if at > probe.offset {
+                // The messages in front of the bad batch can be read.
+                let Ok(client) = self.client() else {
+                    return stalled;
+                };
+                match fill_gap(client, &topic, p, probe.offset, at, limit) {
+                    Ok(fill) => self.push_records(p, fill.messages),
+                    Err(gap) => {
+                        let (stuck, cause) = (gap.stuck_at, gap.to_string());
+                        self.push_records(p, gap.recovered.messages);
+                        self.stall(p, stuck, cause);
+                        continue;
+                    }
+                }
+            }
+            self.stall(p, at, format!("{}; {UNDECODABLE_ADVICE}", cause.cause()));
+        }
+        stalled
+    }
+
+    /// The committed offset left the log (or the log is a new one): say so and move on.
+    fn out_of_range(&mut self, partition: i32) {
+        let marks = match self.watermarks() {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!("kafka: {e}");
+                return;
+            }
+        };
+        let (Some(&now), Some(next)) = (
+            marks.get(&partition),
+            self.share.get(&partition).map(|t| t.next),
+        ) else {
+            return;
+        };
+        match check_position(next, now) {
+            Resume::LeftLog { from, to } => {
+                self.pending.push(Polled::Skipped {
+                    partition,
+                    from,
+                    to,
+                });
+                if let Some(t) = self.share.get_mut(&partition) {
+                    t.next = to;
+                    t.marks = Some(now);
+                }
+            }
+            r @ Resume::PastEnd { .. } => self.recreated(partition, r.to_string(), Some(now)),
+            Resume::InLog(_) => {}
+        }
+    }
+
+    /// One fetch of every partition of the share that is not stalled nor in doubt.
+    fn fetch(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let active: BTreeMap<i32, i64> = self
+            .share
+            .iter()
+            .filter(|(_, t)| t.stall.is_none() && !t.suspect)
+            .map(|(p, t)| (*p, t.next))
+            .collect();
+        if active.is_empty() {
+            std::thread::sleep(timeout);
+            return Ok(());
+        }
+        let topic = self.settings.topic.clone();
+        let requests: Vec<FetchPartition<'_>> = active
+            .iter()
+            .map(|(p, o)| FetchPartition::new(&topic, *p, *o).with_max_bytes(self.fetch_bytes))
+            .collect();
+        type Answer = Result<(i64, Vec<OwnedMessage>), Option<KafkaCode>>;
+        let mut answers: Vec<(i32, Answer)> = Vec::new();
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| ClientError("not connected".into()))?;
+        match client.fetch_messages(&requests) {
+            Ok(responses) => {
+                for t in responses.iter().flat_map(|r| r.topics()) {
+                    if t.topic() != topic {
+                        continue;
+                    }
+                    for part in t.partitions() {
+                        let p = part.partition();
+                        let from = active.get(&p).copied().unwrap_or(0);
+                        let answer = match part.data() {
+                            Ok(d) => Ok((
+                                d.highwatermark_offset(),
+                                d.messages()
+                                    .iter()
+                                    .filter(|m| m.offset >= from)
+                                    .map(|m| OwnedMessage {
+                                        offset: m.offset,
+                                        key: m.key.to_vec(),
+                                        value: m.value.to_vec(),
+                                    })
+                                    .collect(),
+                            )),
+                            Err(e) => Err(match &*e {
+                                kafka::Error::Kafka(code) => Some(*code),
+                                _ => None,
+                            }),
+                        };
+                        answers.push((p, answer));
+                    }
+                }
+            }
+            Err(kafka::Error::UnsupportedCompression) => {
+                // One partition holds an lz4 batch and the whole answer failed: find it.
+                if self.isolate(active) == 0 {
+                    return Err(ClientError(format!(
+                        "a fetch of {topic} could not be decoded, and no partition alone fails"
+                    )));
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                self.client = None;
+                return Err(ClientError(format!(
+                    "fetch from {topic} failed: {e}; reconnecting"
+                )));
+            }
+        }
+        for (p, answer) in answers {
+            match answer {
+                Ok((high, messages)) => {
+                    if let Some(t) = self.share.get_mut(&p) {
+                        t.high = Some(high);
+                    }
+                    let next = active.get(&p).copied().unwrap_or(0);
+                    if messages.is_empty() && next < high {
+                        self.fetch_alone(p, next);
+                    } else {
+                        self.deliver(p, messages);
+                    }
+                }
+                // The crate names codes up to 35; from a 3.x broker the one it cannot name on
+                // a Fetch v0 is UNSUPPORTED_COMPRESSION_TYPE (a zstd batch).
+                Err(Some(KafkaCode::Unknown)) => {
+                    self.isolate(BTreeMap::from([(p, active.get(&p).copied().unwrap_or(0))]));
+                }
+                Err(Some(KafkaCode::OffsetOutOfRange)) => self.out_of_range(p),
+                Err(code) => {
+                    log::debug!("kafka: fetch of {topic}/{p}: {code:?}; checking its log");
+                    if let Some(t) = self.share.get_mut(&p) {
+                        t.suspect = true;
+                    }
+                    self.last_metadata = Instant::now() - METADATA_EVERY;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing came back although offsets remain: a message larger than one fetch, or only
+    /// transaction markers. Fetch the partition alone with room for the largest message.
+    fn fetch_alone(&mut self, partition: i32, next: i64) {
+        let topic = self.settings.topic.clone();
+        let limit = self.fetch_limit;
+        let Ok(client) = self.client() else { return };
+        match fetch_partition(client, &topic, partition, next, limit) {
+            Ok(read) => self.deliver(partition, read.messages),
+            Err(e) => log::debug!("kafka: {topic}/{partition}@{next}: {e}"),
+        }
     }
 }
 
 impl ConsumerClient for KafkaCrateConsumer {
     fn is_connected(&self) -> bool {
-        self.consumer.is_some()
+        self.client.is_some()
     }
 
-    /// Builds a consumer on a fresh client: metadata loaded, topic and partitions checked.
+    /// Builds a fresh client: metadata loaded, topic and partitions checked; partitions of the
+    /// share not started yet start from the group's committed offsets. Partitions already
+    /// started keep their positions (nothing delivered is fetched twice).
     fn connect(&mut self) -> Result<(), ConnectError> {
         let s = &self.settings;
         let mut client = KafkaClient::new(s.brokers.clone());
@@ -53,6 +670,12 @@ impl ConsumerClient for KafkaCrateConsumer {
         // The crate retries coordinator errors for two minutes by default; fail fast and let our
         // own backoff (which watches for shutdown) retry instead.
         client.set_retry_max_attempts(20);
+        client.set_group_offset_storage(Some(GroupOffsetStorage::Kafka));
+        client
+            .set_fetch_max_wait_time(s.fetch_max_wait)
+            .map_err(|e| ConnectError::Misconfigured(format!("KAFKA_FETCH_MAX_WAIT_MS: {e}")))?;
+        client.set_fetch_min_bytes(1);
+        client.set_fetch_max_bytes_per_partition(self.fetch_bytes);
         client.load_metadata_all().map_err(|e| {
             ConnectError::Retry(format!("cannot load metadata from {:?}: {e}", s.brokers))
         })?;
@@ -66,81 +689,80 @@ impl ConsumerClient for KafkaCrateConsumer {
                 )))
             }
         };
-        let partitions = s
+        let share = s
             .partitions
             .resolve(&existing)
             .map_err(|e| ConnectError::Misconfigured(format!("{e} (topic {})", s.topic)))?;
-        let fetch = i32::try_from(s.fetch_max_bytes_per_partition).unwrap_or(i32::MAX);
-        let consumer = Consumer::from_client(client)
-            .with_group(s.group.clone())
-            .with_offset_storage(Some(GroupOffsetStorage::Kafka))
-            .with_topic_partitions(s.topic.clone(), &partitions)
-            .with_fallback_offset(match s.fallback_offset {
-                FallbackOffset::Earliest => FetchOffset::Earliest,
-                FallbackOffset::Latest => FetchOffset::Latest,
-            })
-            .with_fetch_max_wait_time(s.fetch_max_wait)
-            .with_fetch_min_bytes(1)
-            .with_fetch_max_bytes_per_partition(fetch)
-            // A message over the fetch size would block its partition: let the crate grow the
-            // fetch for that partition until it arrives, so it can be dead-lettered as too large.
-            .with_retry_max_bytes_limit(fetch.saturating_mul(4).max(64 << 20))
-            .create()
-            .map_err(|e| ConnectError::Retry(format!("cannot create the consumer: {e}")))?;
-        log::info!(
-            "kafka: consuming {} partitions {partitions:?} as group {}",
-            s.topic,
-            s.group
-        );
-        self.consumer = Some(consumer);
-        self.partitions = partitions;
-        self.announce = true;
+        self.client = Some(client);
+        self.known = existing;
+        self.last_metadata = Instant::now();
+        let new: Vec<i32> = share
+            .into_iter()
+            .filter(|p| !self.share.contains_key(p))
+            .collect();
+        if let Err(e) = self.start(&new) {
+            self.client = None;
+            return Err(ConnectError::Retry(e.to_string()));
+        }
         Ok(())
     }
 
-    /// One fetch (the broker holds it up to KAFKA_FETCH_MAX_WAIT_MS; `timeout` is not used).
-    fn poll(&mut self, _timeout: Duration) -> Result<Vec<Polled>, ClientError> {
-        let mut polled = Vec::new();
-        if std::mem::take(&mut self.announce) {
-            polled.push(Polled::Assigned(self.partitions.clone()));
+    /// Metadata and watermark checks when due, stalled partitions retried when due, then one
+    /// fetch of the others (the broker holds it up to KAFKA_FETCH_MAX_WAIT_MS).
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
+        if self.client.is_none() {
+            return Err(ClientError("not connected".into()));
         }
-        let topic = self.settings.topic.clone();
-        match self.consumer()?.poll() {
-            Ok(sets) => {
-                for set in sets.iter() {
-                    for m in set.messages() {
-                        polled.push(Polled::Record {
-                            partition: set.partition(),
-                            offset: m.offset,
-                            value: m.value.to_vec(),
-                        });
-                    }
-                }
-                Ok(polled)
+        let result = (|| {
+            if self.last_metadata.elapsed() >= METADATA_EVERY {
+                self.refresh_metadata()?;
             }
+            self.check_logs();
+            self.retry_stalled();
+            self.fetch(timeout)
+        })();
+        match result {
+            Ok(()) => Ok(std::mem::take(&mut self.pending)),
             Err(e) => {
-                self.consumer = None;
-                Err(ClientError(format!(
-                    "poll failed on {topic}: {e}; rebuilding the consumer"
-                )))
+                // What was gathered stays for the next poll: its positions have moved on.
+                self.client = None;
+                Err(e)
             }
         }
     }
 
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
-        let topic = self.settings.topic.clone();
-        let consumer = self.consumer()?;
-        for &(partition, next) in offsets {
-            if let Err(e) = consumer.consume_message(&topic, partition, next - 1) {
-                log::warn!("kafka: cannot mark {topic}/{partition}@{}: {e}", next - 1);
+        let (group, topic) = (self.settings.group.clone(), self.settings.topic.clone());
+        // Never a partition whose log is in doubt: the offset may belong to a deleted topic.
+        let points: Vec<(i32, i64)> = offsets
+            .iter()
+            .copied()
+            .filter(|(p, _)| self.share.get(p).is_some_and(|t| !t.suspect))
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        let commits: Vec<CommitOffset<'_>> = points
+            .iter()
+            .map(|(p, o)| CommitOffset::new(&topic, *p, *o))
+            .collect();
+        let result = self.client()?.commit_offsets(&group, &commits);
+        match result {
+            Ok(()) => {
+                for (p, o) in points {
+                    if let Some(t) = self.share.get_mut(&p) {
+                        t.committed = Some(o);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.client = None;
+                Err(ClientError(format!(
+                    "commit of {topic} offsets failed: {e}; reconnecting"
+                )))
             }
         }
-        consumer.commit_consumed().map_err(|e| {
-            self.consumer = None;
-            ClientError(format!(
-                "commit of {topic} offsets failed: {e}; rebuilding the consumer"
-            ))
-        })
     }
 
     /// Nothing to hand back: the share is static.
@@ -148,34 +770,26 @@ impl ConsumerClient for KafkaCrateConsumer {
         Ok(())
     }
 
+    /// The high watermarks last seen (read every few seconds by `poll`, also for stalled
+    /// partitions).
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
-        let topic = self.settings.topic.clone();
-        let offsets = self
-            .consumer()?
-            .client_mut()
-            .fetch_topic_offsets(&topic, FetchOffset::Latest)
-            .map_err(|e| ClientError(format!("high watermarks unavailable: {e}")))?;
-        Ok(offsets
-            .into_iter()
-            .map(|o| (o.partition, o.offset))
+        Ok(self
+            .share
+            .iter()
+            .filter_map(|(p, t)| t.high.map(|h| (*p, h)))
             .collect())
     }
 
     fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {
-        let (group, topic) = (self.settings.group.clone(), self.settings.topic.clone());
-        let client = self.consumer()?.client_mut();
-        client.set_group_offset_storage(Some(GroupOffsetStorage::Kafka));
-        let committed = client
-            .fetch_group_topic_offset(&group, &topic)
-            .map_err(|e| ClientError(format!("committed offsets unavailable: {e}")))?;
-        Ok(committed
+        let wanted: BTreeSet<i32> = partitions.iter().copied().collect();
+        Ok(self
+            .group_offsets()?
             .into_iter()
-            .filter(|c| c.offset >= 0 && partitions.contains(&c.partition))
-            .map(|c| (c.partition, c.offset))
+            .filter(|(p, _)| wanted.contains(p))
             .collect())
     }
 
     fn close(&mut self) {
-        self.consumer = None;
+        self.client = None;
     }
 }

@@ -4,7 +4,7 @@
 //! a partition is handed back to the group, and at shutdown. The client sits behind
 //! [`ConsumerClient`]; whichever it is, redelivered offsets are recognised and not applied twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::client::{ConnectError, ConsumerClient, DeadLetterProducer, Polled};
 use super::dead_letter::DeadLetter;
+use super::dead_letter_backlog::{
+    BacklogState, DeadLetterBacklog, DEFAULT_MAX_BYTES, DEFAULT_MAX_LETTERS,
+};
 use super::decode::decode;
 use super::offsets::OffsetTracker;
 use crate::config::KafkaSettings;
@@ -92,11 +95,16 @@ pub struct Poller<'a> {
     stale: HashSet<(i32, i64)>,
     dead_letters: Box<dyn DeadLetterProducer>,
     /// Dead letters not yet accepted by Kafka: their offsets stay uncommitted until they are.
-    unsent: VecDeque<DeadLetter>,
+    /// Past its bound, fetching pauses (memory stays bounded while the topic is unreachable).
+    unsent: DeadLetterBacklog,
+    /// Whether fetching was paused for unsent dead letters at the last look.
+    fetching_paused: bool,
     next_dead_letter_try: Instant,
     dead_letter_backoff: Backoff,
     /// Dead letters are logged once per reason, then summarised at most once a minute.
     dead_letter_log: LogThrottle,
+    /// Stalled partitions are logged once, then at most once a minute each kind.
+    stall_log: LogThrottle,
     summary: RunSummary,
     last_commit: Instant,
     last_progress: (Instant, u64),
@@ -133,11 +141,16 @@ impl<'a> Poller<'a> {
             tracker: OffsetTracker::new(),
             stale: HashSet::new(),
             dead_letters: clients.dead_letters,
-            unsent: VecDeque::new(),
+            unsent: DeadLetterBacklog::new(DEFAULT_MAX_LETTERS, DEFAULT_MAX_BYTES),
+            fetching_paused: false,
             next_dead_letter_try: Instant::now(),
             dead_letter_backoff: Backoff::new(Duration::from_secs(10)),
             dead_letter_log: LogThrottle::new(
                 "dead letters",
+                crate::ops::log_throttle::SUMMARY_EVERY,
+            ),
+            stall_log: LogThrottle::new(
+                "stalled-partition reports",
                 crate::ops::log_throttle::SUMMARY_EVERY,
             ),
             summary: RunSummary::default(),
@@ -160,15 +173,15 @@ impl<'a> Poller<'a> {
             self.take_completions();
             self.send_dead_letters();
             self.dead_letter_log.tick();
+            self.stall_log.tick();
             self.commit_if_due();
             self.log_progress();
             self.observe();
             if !self.client.is_connected() {
                 match self.client.connect() {
-                    Ok(()) => {
-                        self.health.kafka_ready(true);
-                        backoff.reset();
-                    }
+                    // The backoff is reset by a poll that works, not by a connect: a client
+                    // that connects and then fails every poll backs off all the same.
+                    Ok(()) => self.health.kafka_ready(true),
                     Err(ConnectError::Misconfigured(m)) => break PollerExit::Misconfigured(m),
                     Err(ConnectError::Retry(m)) => {
                         let delay = backoff.next_delay();
@@ -177,6 +190,10 @@ impl<'a> Poller<'a> {
                         continue;
                     }
                 }
+            }
+            if self.backlog_pauses_fetching() {
+                self.pause(Duration::from_millis(200));
+                continue;
             }
             match self.client.poll(POLL_WAIT) {
                 Ok(polled) => {
@@ -196,6 +213,20 @@ impl<'a> Poller<'a> {
                             } => self.receive(partition, offset, &value),
                             Polled::Assigned(partitions) => self.assigned(&partitions),
                             Polled::Revoked(partitions) => self.revoke(&partitions),
+                            Polled::Stalled {
+                                partition,
+                                offset,
+                                cause,
+                            } => self.stalled(partition, offset, &cause),
+                            Polled::Resumed(partition) => self.resumed(partition),
+                            Polled::Skipped {
+                                partition,
+                                from,
+                                to,
+                            } => self.skipped(partition, from, to),
+                            Polled::Recreated { partition, reason } => {
+                                self.recreated(partition, &reason)
+                            }
                         }
                     }
                 }
@@ -240,6 +271,133 @@ impl<'a> Poller<'a> {
         }
     }
 
+    /// Whether unsent dead letters hold fetching back; reports changes on `/healthz` and in the
+    /// gauges. Letters keep being sent (with backoff) and commits keep going meanwhile.
+    fn backlog_pauses_fetching(&mut self) -> bool {
+        let state = self.unsent.state();
+        let paused = matches!(state, BacklogState::Paused { .. });
+        self.metrics.dead_letter_backlog(self.unsent.len(), paused);
+        if paused != self.fetching_paused {
+            self.fetching_paused = paused;
+            if paused {
+                log::error!(
+                    "kafka: {state} ({}); fetching resumes once half of them are sent",
+                    self.dead_letters.topic()
+                );
+                self.health.fetching_paused(Some(format!(
+                    "{state} (dead-letter topic {})",
+                    self.dead_letters.topic()
+                )));
+            } else {
+                log::info!("kafka: dead letters are being sent again; fetching resumes");
+                self.health.fetching_paused(None);
+            }
+        }
+        paused
+    }
+
+    /// A partition cannot be read from `offset`: shown on `/healthz` and in the gauge, logged
+    /// once and then at most once a minute, with what to do.
+    fn stalled(&mut self, partition: i32, offset: i64, cause: &str) {
+        self.health.partition_stalled(partition, offset, cause);
+        self.metrics.partition_stalled(partition, true);
+        let topic = &self.settings.topic;
+        self.stall_log.note(
+            "partition stalled",
+            log::Level::Error,
+            format!(
+                "kafka: partition {topic}/{partition} is stalled at offset {offset}: {cause}. \
+                 The other partitions go on; this one is retried every few seconds. To read it, \
+                 set KAFKA_CLIENT=rdkafka, or skip the batch: kafka-consumer-groups.sh \
+                 --bootstrap-server <broker> --group {} --topic {topic}:{partition} \
+                 --reset-offsets --to-offset <first offset after the batch> --execute \
+                 (README \"Troubleshooting\")",
+                self.settings.group
+            ),
+        );
+    }
+
+    /// A stalled partition reads again.
+    fn resumed(&mut self, partition: i32) {
+        self.health.partition_resumed(partition);
+        self.metrics.partition_stalled(partition, false);
+        log::warn!(
+            "kafka: partition {}/{partition} is read again",
+            self.settings.topic
+        );
+    }
+
+    /// Offsets `from..to` left the log before they were read: gone; say which and count them.
+    fn skipped(&mut self, partition: i32, from: i64, to: i64) {
+        let n = (to - from).max(0) as u64;
+        if n == 0 {
+            return;
+        }
+        self.metrics.offsets_skipped(partition, n);
+        log::error!(
+            "kafka: offsets {from}..{} of {}/{partition} left the log before they were read \
+             (retention, DeleteRecords or a skipped batch): {n} offsets skipped; reading from {to}",
+            to - 1,
+            self.settings.topic
+        );
+    }
+
+    /// The partition's log is a new one: let its events in flight finish (bounded), then
+    /// forget every offset tracked for it, uncommitted: none of them may be committed on the
+    /// new log, whose offsets start again.
+    fn recreated(&mut self, partition: i32, reason: &str) {
+        log::error!(
+            "kafka: partition {}/{partition} is a new log ({reason}): the topic was deleted and \
+             created again. Its tracking is reset and it is read from the new log's start; \
+             offsets of the old log are never committed",
+            self.settings.topic
+        );
+        self.health.partition_resumed(partition);
+        self.metrics.partition_stalled(partition, false);
+        self.drain(&[partition]);
+        let held: HashSet<i64> = self
+            .unsent
+            .iter()
+            .filter(|l| l.partition == partition)
+            .map(|l| l.offset)
+            .collect();
+        for offset in self.tracker.forget(partition) {
+            if !held.contains(&offset) {
+                self.stale.insert((partition, offset));
+            }
+        }
+        // Letters of the old log are still sent, but they no longer mark anything finished.
+        for offset in held {
+            self.stale.insert((partition, offset));
+        }
+        self.metrics.forget_partition(partition);
+    }
+
+    /// Gives the queued and in-flight events of `partitions` up to SHUTDOWN_DRAIN_MS to
+    /// finish.
+    fn drain(&mut self, partitions: &[i32]) {
+        let open =
+            |t: &OffsetTracker| -> usize { partitions.iter().map(|p| t.in_flight_of(*p)).sum() };
+        let deadline = Instant::now() + self.settings.revoke_drain;
+        loop {
+            self.take_completions();
+            self.send_dead_letters();
+            let now = Instant::now();
+            if open(&self.tracker) == 0 || now >= deadline {
+                break;
+            }
+            self.health.poller_beat();
+            match self
+                .completions
+                .recv_timeout((deadline - now).min(Duration::from_millis(50)))
+            {
+                Ok(done) => self.complete(done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
     /// Partitions now ours: route their records; start their committed-offset gauges (and so
     /// the lag) from what the group has committed.
     fn assigned(&mut self, partitions: &[i32]) {
@@ -273,31 +431,16 @@ impl<'a> Poller<'a> {
         for p in partitions {
             self.owned.remove(p);
         }
-        let open =
-            |t: &OffsetTracker| -> usize { partitions.iter().map(|p| t.in_flight_of(*p)).sum() };
-        let deadline = Instant::now() + self.settings.revoke_drain;
+        let open: usize = partitions
+            .iter()
+            .map(|p| self.tracker.in_flight_of(*p))
+            .sum();
         log::info!(
-            "kafka: partitions {partitions:?} of {} revoked; finishing their {} events in flight",
+            "kafka: partitions {partitions:?} of {} revoked; finishing their {open} events in \
+             flight",
             self.settings.topic,
-            open(&self.tracker)
         );
-        loop {
-            self.take_completions();
-            self.send_dead_letters();
-            let now = Instant::now();
-            if open(&self.tracker) == 0 || now >= deadline {
-                break;
-            }
-            self.health.poller_beat();
-            match self
-                .completions
-                .recv_timeout((deadline - now).min(Duration::from_millis(50)))
-            {
-                Ok(done) => self.complete(done),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
+        self.drain(partitions);
         let ready: Vec<(i32, i64)> = self
             .tracker
             .ready_to_commit()
@@ -352,11 +495,23 @@ impl<'a> Poller<'a> {
                     payload: value.to_vec(),
                     received: Instant::now(),
                 };
-                // Refused only when stopping: the offset stays open, so it is never committed.
+                // Refused when stopping, or when the worker's queue is gone (a worker that
+                // died): either way the offset stays open, so it is never committed and the
+                // event is read again after a restart. Only the second is worth a word.
                 let health = &self.health;
-                let _ = self
+                let refused = self
                     .pool
                     .submit(job, &self.shutdown, || health.poller_beat());
+                if refused.is_err() && !self.shutdown.is_shutdown() {
+                    self.summary.abandoned += 1;
+                    log::error!(
+                        "event at {}/{partition}@{offset} refused by the worker pool (its worker \
+                         is gone); its offset stays uncommitted, so {} is not committed past it \
+                         and the event is read again after a restart",
+                        self.settings.topic,
+                        self.settings.topic
+                    );
+                }
             }
             Err(bad) => {
                 self.dead_letter_log.note(
@@ -368,7 +523,7 @@ impl<'a> Poller<'a> {
                         self.dead_letters.topic()
                     ),
                 );
-                self.unsent.push_back(DeadLetter::new(
+                self.unsent.push(DeadLetter::new(
                     bad.code(),
                     bad.to_string(),
                     &self.settings.topic,
@@ -427,7 +582,7 @@ impl<'a> Poller<'a> {
                         self.dead_letters.topic()
                     ),
                 );
-                self.unsent.push_back(DeadLetter::new(
+                self.unsent.push(DeadLetter::new(
                     "processing_failed",
                     e.to_string(),
                     &self.settings.topic,
@@ -451,7 +606,10 @@ impl<'a> Poller<'a> {
                 Ok(()) => {
                     *self.summary.dead_letters.entry(letter.reason).or_default() += 1;
                     self.metrics.dead_lettered(letter.reason);
-                    self.tracker.finish(letter.partition, letter.offset);
+                    // A letter of a log that was replaced marks nothing of the new one.
+                    if !self.stale.remove(&(letter.partition, letter.offset)) {
+                        self.tracker.finish(letter.partition, letter.offset);
+                    }
                     self.unsent.pop_front();
                     self.dead_letter_backoff.reset();
                 }

@@ -20,6 +20,7 @@ use crate::repository::{
 };
 use crate::shutdown::Shutdown;
 use crate::transport::client::Polled;
+use crate::transport::dead_letter_backlog::DEFAULT_MAX_LETTERS;
 use crate::transport::fake::{Call, Fake, Step};
 use crate::usecase::OrderEventProcessor;
 
@@ -415,4 +416,130 @@ fn an_unreachable_broker_is_retried_and_a_misconfiguration_stops_the_loop() {
         exit,
         PollerExit::Misconfigured("KAFKA_PARTITIONS: partition 9 does not exist".into())
     );
+}
+
+/// The value of one gauge or counter line, from the metrics.
+fn metric(h: &Harness, line_start: &str) -> Option<u64> {
+    h.metrics
+        .render(None)
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_stalled_partition_shows_in_the_gauge_until_it_resumes_and_skipped_offsets_are_counted() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![
+        Polled::Assigned(vec![0, 1]),
+        Polled::Stalled {
+            partition: 1,
+            offset: 4,
+            cause: "a record batch compressed with lz4".into(),
+        },
+    ]));
+    fake.then(Step::Deliver(records(0, 0..2)));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("offset 2 of the healthy partition committed", |h| {
+        h.committed(0) == Some(2)
+    });
+    assert_eq!(
+        metric(&h, "courier_partition_stalled{partition=\"1\"}"),
+        Some(1)
+    );
+    h.fake.then(Step::Deliver(vec![
+        Polled::Skipped {
+            partition: 1,
+            from: 4,
+            to: 9,
+        },
+        Polled::Resumed(1),
+    ]));
+    h.fake.then(Step::Deliver(records(1, 9..10)));
+    h.wait_for("the resumed partition committed", |h| {
+        h.committed(1) == Some(10)
+    });
+    assert_eq!(
+        metric(&h, "courier_partition_stalled{partition=\"1\"}"),
+        Some(0)
+    );
+    assert_eq!(
+        metric(&h, "courier_offsets_skipped_total{partition=\"1\"}"),
+        Some(5)
+    );
+    h.stop();
+}
+
+#[test]
+fn a_recreated_log_is_read_from_its_start_and_no_offset_of_the_old_log_is_committed() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    // Three events of the old log, still queued (the gate is closed) when the log is replaced.
+    fake.then(Step::Deliver(records(0, 0..3)));
+    let h = Harness::start(fake, Duration::from_millis(100), false);
+    h.wait_script_taken();
+    let mut new_log = vec![Polled::Recreated {
+        partition: 0,
+        reason: "the high watermark is 2 but offset 2 was already received".into(),
+    }];
+    new_log.extend(records(0, 0..2).into_iter().map(|r| match r {
+        Polled::Record {
+            partition, offset, ..
+        } => Polled::Record {
+            partition,
+            offset,
+            value: created(&format!("new-{offset}")).into_bytes(),
+        },
+        other => other,
+    }));
+    h.fake.then(Step::Deliver(new_log));
+    h.wait_script_taken();
+    h.gate.set(None);
+    h.wait_for("all five events applied", |h| h.applied() == 5);
+    h.wait_for("the new log committed", |h| h.committed(0) == Some(2));
+    h.wait_polls(20);
+    let calls = h.fake.state().calls.clone();
+    assert!(
+        commits_of(&calls, 0).iter().all(|o| *o <= 2),
+        "an offset of the old log was committed: {calls:?}"
+    );
+    assert_eq!(h.committed(0), Some(2));
+    h.stop();
+}
+
+#[test]
+fn unsent_dead_letters_past_the_bound_pause_fetching_until_they_are_sent() {
+    let fake = Fake::new();
+    fake.state().refuse_dead_letters = u32::MAX;
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let bad: Vec<Polled> = (0..DEFAULT_MAX_LETTERS as i64)
+        .map(|o| Polled::Record {
+            partition: 0,
+            offset: o,
+            value: b"{not json".to_vec(),
+        })
+        .collect();
+    fake.then(Step::Deliver(bad));
+    let after = DEFAULT_MAX_LETTERS as i64;
+    fake.then(Step::Deliver(records(0, after..after + 1)));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("fetching paused", |h| {
+        metric(h, "courier_fetching_paused") == Some(1)
+    });
+    let polls = h.fake.state().polls;
+    assert_eq!(
+        metric(&h, "courier_dead_letter_backlog"),
+        Some(DEFAULT_MAX_LETTERS as u64)
+    );
+    // While paused, no poll: the event after the letters stays in the script.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.fake.state().polls, polls, "polled while paused");
+    assert_eq!(h.committed(0), None);
+    h.fake.state().refuse_dead_letters = 0;
+    h.wait_for("every letter sent and the next event committed", |h| {
+        h.committed(0) == Some(after + 1)
+    });
+    assert_eq!(metric(&h, "courier_fetching_paused"), Some(0));
+    assert_eq!(h.fake.state().dead_letters.len(), DEFAULT_MAX_LETTERS);
+    h.stop();
 }
