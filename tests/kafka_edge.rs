@@ -14,6 +14,8 @@ use kafka::client::FetchOffset;
 use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
 use service_courier::transport::kafka_edge::probe::{probe_partitions, ProbeState, Undecodable};
+use service_courier::transport::kafka_edge::read::read_watermarks;
+use service_courier::transport::kafka_edge::watermarks::Watermarks;
 
 /// The largest fetch the gap filling may use (the service's default fetch size).
 const MAX_FETCH: i32 = 1 << 20;
@@ -173,9 +175,19 @@ fn transaction_markers_are_explained_as_offsets_without_messages() {
         .to_string()
         .contains("offsets 6..6 hold transaction markers"));
     kcat_produce_batch(&brokers, &topic, 0, "none", &tx("c", 1)); // 7
-    assert_eq!(watermarks(&brokers, &topic, 0), (0, 8));
-
     let mut c = client(&brokers);
+    let marks = read_watermarks(&mut c, &topic).expect("watermarks");
+    assert_eq!(
+        marks,
+        BTreeMap::from([(
+            0,
+            Watermarks {
+                log_start: 0,
+                high: 8
+            }
+        )])
+    );
+
     let fill = fill_gap(&mut c, &topic, 0, 0, 8, MAX_FETCH).expect("accounted for");
     eprintln!("0..8: {fill}");
     let offsets: Vec<i64> = fill.messages.iter().map(|m| m.offset).collect();
