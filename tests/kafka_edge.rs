@@ -8,14 +8,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::kafka_edge::{client, kcat_produce_batch, produce_transaction, watermarks};
+use common::kafka_edge::{
+    client, delete_records, kcat_produce_batch, produce_transaction, watermarks,
+};
 use common::{create_topic, kafka_brokers, unique};
 use kafka::client::FetchOffset;
 use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
 use service_courier::transport::kafka_edge::probe::{probe_partitions, ProbeState, Undecodable};
 use service_courier::transport::kafka_edge::read::read_watermarks;
-use service_courier::transport::kafka_edge::watermarks::Watermarks;
+use service_courier::transport::kafka_edge::watermarks::{check_position, Resume, Watermarks};
 
 /// The largest fetch the gap filling may use (the service's default fetch size).
 const MAX_FETCH: i32 = 1 << 20;
@@ -292,4 +294,61 @@ fn an_lz4_batch_is_named_with_its_partition_and_offset() {
 #[test]
 fn a_zstd_batch_is_named_not_reported_as_unknown() {
     undecodable_partition_is_named("zstd", Undecodable::Zstd, "compressed with zstd");
+}
+
+#[test]
+fn a_committed_offset_that_left_the_log_is_named_where_the_crate_skips_silently() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("edge-reset");
+    let group = unique("group");
+    create_topic(&topic, 1);
+    let values: Vec<String> = (0..10).map(|n| format!("v{n}")).collect();
+    kcat_produce_batch(&brokers, &topic, 0, "none", &values);
+    let mut c = client(&brokers);
+    c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
+    c.commit_offset(&group, &topic, 0, 2).expect("commit 2");
+    // Retention (here DeleteRecords) removes offsets 0..5 before the group reads on.
+    delete_records(&brokers, &topic, 0, 6);
+
+    let marks = read_watermarks(&mut c, &topic).expect("watermarks")[&0];
+    assert_eq!(
+        marks,
+        Watermarks {
+            log_start: 6,
+            high: 10
+        }
+    );
+    let resume = check_position(2, marks);
+    assert_eq!(resume, Resume::LeftLog { from: 2, to: 6 });
+    assert_eq!(resume.skipped(), 4);
+    assert!(
+        resume
+            .to_string()
+            .contains("skipping offsets 2..5 (4 offsets)"),
+        "{resume}"
+    );
+
+    // What the check is for: the crate's consumer falls back to the log start without a word.
+    let mut consumer = Consumer::from_hosts(vec![brokers.clone()])
+        .with_group(group.clone())
+        .with_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka))
+        .with_topic_partitions(topic.clone(), &[0])
+        .with_fallback_offset(FetchOffset::Earliest)
+        .create()
+        .expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        assert!(Instant::now() < deadline, "nothing polled from {topic}");
+        let sets = consumer.poll().expect("poll");
+        if let Some(m) = sets
+            .iter()
+            .flat_map(|s| s.messages().first().map(|m| m.offset))
+            .next()
+        {
+            break m;
+        }
+    };
+    assert_eq!(first, 6, "the crate resumed elsewhere than the log start");
 }

@@ -110,3 +110,38 @@ pub fn produce_transaction(brokers: &str, topic: &str, transactional_id: &str, v
         .commit_transaction(Duration::from_secs(60))
         .expect("commit");
 }
+
+/// Deletes the records of `topic`/`partition` below `offset` (Kafka's DeleteRecords, as
+/// retention would): the log start moves to `offset`.
+pub fn delete_records(brokers: &str, topic: &str, partition: i32, offset: i64) {
+    let libs = std::env::var("KAFKA_LIBS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| super::repo_root().join(".cache/kafka/libs"));
+    let spec = std::env::temp_dir().join(format!("{}.json", super::unique("delete-records")));
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"partitions":[{{"topic":"{topic}","partition":{partition},"offset":{offset}}}],"version":1}}"#
+        ),
+    )
+    .expect("write the offsets file");
+    let out = Command::new("java")
+        .arg("-Xmx256m")
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .args([
+            "org.apache.kafka.tools.DeleteRecordsCommand",
+            "--bootstrap-server",
+            brokers,
+        ])
+        .arg("--offset-json-file")
+        .arg(&spec)
+        .output()
+        .expect("java runs the Kafka tools (scripts/kafka.sh fetched them)");
+    let _ = std::fs::remove_file(&spec);
+    assert!(
+        out.status.success(),
+        "DeleteRecords failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
