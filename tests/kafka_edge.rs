@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::kafka_edge::{
-    client, delete_records, kcat_produce_batch, produce_transaction, watermarks,
+    client, delete_records, delete_topic, kcat_produce_batch, produce_transaction, watermarks,
 };
 use common::{create_topic, kafka_brokers, unique};
 use kafka::client::FetchOffset;
@@ -17,7 +17,9 @@ use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
 use service_courier::transport::kafka_edge::probe::{probe_partitions, ProbeState, Undecodable};
 use service_courier::transport::kafka_edge::read::read_watermarks;
-use service_courier::transport::kafka_edge::watermarks::{check_position, Resume, Watermarks};
+use service_courier::transport::kafka_edge::watermarks::{
+    check_position, check_recreated, Recreated, Resume, Seen, Watermarks,
+};
 
 /// The largest fetch the gap filling may use (the service's default fetch size).
 const MAX_FETCH: i32 = 1 << 20;
@@ -351,4 +353,62 @@ fn a_committed_offset_that_left_the_log_is_named_where_the_crate_skips_silently(
         }
     };
     assert_eq!(first, 6, "the crate resumed elsewhere than the log start");
+}
+
+#[test]
+fn a_topic_recreated_and_refilled_past_its_old_end_is_detected() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("edge-recreate");
+    let group = unique("group");
+    create_topic(&topic, 1);
+    let old: Vec<String> = (0..10).map(|n| format!("old{n}")).collect();
+    kcat_produce_batch(&brokers, &topic, 0, "none", &old);
+    let mut c = client(&brokers);
+    c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
+    c.commit_offset(&group, &topic, 0, 10).expect("commit 10");
+    let before = read_watermarks(&mut c, &topic).expect("watermarks")[&0];
+    let seen = Seen {
+        highest_received: Some(9),
+        previous: Some(before),
+        committed: Some(10),
+    };
+
+    delete_topic(&brokers, &topic);
+    create_topic(&topic, 1);
+    let new: Vec<String> = (0..20).map(|n| format!("new{n}")).collect();
+    kcat_produce_batch(&brokers, &topic, 0, "none", &new);
+
+    let mut c = client(&brokers);
+    c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
+    let now = read_watermarks(&mut c, &topic).expect("watermarks")[&0];
+    assert_eq!(
+        now,
+        Watermarks {
+            log_start: 0,
+            high: 20
+        }
+    );
+    // The watermarks alone look like growth ...
+    assert_eq!(check_recreated(seen, now, Some(10)), None);
+    // ... but deleting the topic deleted the group's offsets for it.
+    let mut group_committed = Some(10);
+    common::wait_until(
+        Duration::from_secs(60),
+        "the group's offset deleted",
+        || {
+            group_committed = c
+                .fetch_group_topic_offset(&group, &topic)
+                .expect("group offsets")
+                .iter()
+                .find(|p| p.partition == 0 && p.offset >= 0)
+                .map(|p| p.offset);
+            group_committed.is_none()
+        },
+    );
+    assert_eq!(
+        check_recreated(seen, now, group_committed),
+        Some(Recreated::CommitVanished { committed: 10 })
+    );
 }
