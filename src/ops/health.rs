@@ -319,8 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_stuck_in_one_database_call_is_unhealthy_at_half_the_threshold_and_a_stall_at_it(
-    ) {
+    fn a_worker_stuck_in_one_database_call_is_unhealthy_at_half_the_threshold_and_a_stall_at_it() {
         let h = health(Duration::from_secs(60));
         h.busy_marks().insert(1, 1_000);
         h.poller_beat.store(31_001, Ordering::Relaxed);

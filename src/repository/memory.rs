@@ -267,10 +267,8 @@ impl MemoryState {
         } else {
             None
         };
-        self.orders.insert(
-            order.clone(),
-            OrderRow { state, waiting_seq },
-        );
+        self.orders
+            .insert(order.clone(), OrderRow { state, waiting_seq });
     }
 }
 

@@ -203,6 +203,7 @@ pub fn run_briefly(env: &[(&str, &str)]) -> (Option<i32>, String) {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("METRICS_ADDR", "")
+        .env("HTTP_ADDR", "")
         .envs(env.iter().copied())
         .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .stdout(Stdio::null())

@@ -36,6 +36,7 @@ impl Service {
         }
         // Several services run at once in tests: each takes a free port for its endpoint.
         cmd.env("METRICS_ADDR", "127.0.0.1:0");
+        cmd.env("HTTP_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
