@@ -111,11 +111,29 @@ pub fn produce_transaction(brokers: &str, topic: &str, transactional_id: &str, v
         .expect("commit");
 }
 
-/// Runs a Kafka command-line tool class with the jars scripts/kafka.sh fetched.
+/// Runs a Kafka command-line tool class with the jars scripts/kafka.sh fetched (its cache is one
+/// folder per version, `.cache/kafka/libs-VERSION`; the admin tools of any version will do).
 fn kafka_tool(class: &str, args: &[&str]) -> Output {
     let libs = std::env::var("KAFKA_LIBS_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| super::repo_root().join(".cache/kafka/libs"));
+        .unwrap_or_else(|_| {
+            let cache = super::repo_root().join(".cache/kafka");
+            let preferred = cache.join("libs-3.9.1");
+            if preferred.join(".complete").exists() {
+                return preferred;
+            }
+            std::fs::read_dir(&cache)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("libs-"))
+                        && p.join(".complete").exists()
+                })
+                .unwrap_or(preferred)
+        });
     Command::new("java")
         .arg("-Xmx256m")
         .arg("-cp")
