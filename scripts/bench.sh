@@ -5,6 +5,8 @@
 #      topic, BENCH_COURIERS couriers;
 #   2. drain it with the release binary for each worker count in BENCH_WORKERS, BENCH_RUNS
 #      times each (fresh database, fresh consumer group): events/s, CPU seconds, peak RSS;
+#      then the same with BENCH_DEFAULT_WORKERS for every other client in BENCH_CLIENTS
+#      (KAFKA_CLIENT; the first drains used the default, kafka);
 #   3. SIGTERM under full load: time to exit, and a restart that finishes the backlog;
 #   4. a steady phase at STEADY_RATE events/s for STEADY_SECS: event-to-commit latency p50/p99
 #      (the simulator stamps created_at at send; the service's courier_event_age_seconds);
@@ -25,6 +27,7 @@ RUNS="${BENCH_RUNS:-3}"
 WORKER_SET="${BENCH_WORKERS:-1 2 4 8}"
 BATCH="${BENCH_BATCH_MAX:-256}"
 DEFAULT_WORKERS="${BENCH_DEFAULT_WORKERS:-4}"
+CLIENTS="${BENCH_CLIENTS:-kafka rdkafka}"
 STEADY_RATE="${STEADY_RATE:-2000}"
 STEADY_SECS="${STEADY_SECS:-20}"
 DIR="${BENCH_DIR:-$REPO/.cache/bench}"
@@ -117,6 +120,28 @@ for w in $WORKER_SET; do
 done
 if [ -n "${PROFILER:-}" ]; then wait "$PROFILER" || true; fi
 
+# 2b. The other clients, with the default worker count (the kafka rows are the drains above).
+declare -A CRATE CCPU CRSS
+CRATE[kafka]="${RATE[$DEFAULT_WORKERS]:-}"; CCPU[kafka]="${CPU[$DEFAULT_WORKERS]:-}"
+CRSS[kafka]="${RSS[$DEFAULT_WORKERS]:-}"
+for client in $CLIENTS; do
+  # The kafka drains above are reused when they ran with the default worker count.
+  [ "$client" = kafka ] && [ -n "${CRATE[kafka]}" ] && continue
+  for r in $(seq 1 "$RUNS"); do
+    reset_db
+    t0=$(date +%s.%N)
+    start_service "$DEFAULT_WORKERS" "bench-$client-$r-$RANDOM" KAFKA_CLIENT="$client"
+    wait_committed "$TOTAL"
+    t1=$(date +%s.%N)
+    cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVICE_PID/stat")
+    rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$SERVICE_PID/status")
+    stop_service
+    rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
+    CRATE[$client]+="$rate "; CCPU[$client]+="$cpu "; CRSS[$client]+="$rss "
+    log "drain: KAFKA_CLIENT=$client, $DEFAULT_WORKERS workers, run $r: $rate events/s, cpu ${cpu}s, peak RSS ${rss} MB"
+  done
+done
+
 # 3. SIGTERM under full load, then a restart that finishes.
 reset_db
 group="bench-sigterm-$RANDOM"
@@ -179,6 +204,17 @@ for w in $WORKER_SET; do
   m=$(echo "${RSS[$w]}" | tr ' ' '\n' | grep . | median)
   ratio=$(awk -v a="$r" -v b="${CEIL[$w]}" 'BEGIN {printf "%.2f", a / b}')
   printf '| %s | %s | %s | %.1f | %s | %sx |\n' "$w" "$r" "$c" "$m" "${CEIL[$w]}" "$ratio"
+done
+echo
+printf '| KAFKA_CLIENT (%s workers) | drain events/s | CPU s | peak RSS MB | vs kafka |\n' "$DEFAULT_WORKERS"
+printf '|---|---:|---:|---:|---:|\n'
+base=$(echo "${CRATE[kafka]:-}" | tr ' ' '\n' | grep . | median)
+for client in $CLIENTS; do
+  r=$(echo "${CRATE[$client]:-}" | tr ' ' '\n' | grep . | median)
+  c=$(echo "${CCPU[$client]:-}" | tr ' ' '\n' | grep . | median)
+  m=$(echo "${CRSS[$client]:-}" | tr ' ' '\n' | grep . | median)
+  ratio=$(awk -v a="$r" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')
+  printf '| %s | %s | %s | %.1f | %sx |\n' "$client" "$r" "$c" "$m" "$ratio"
 done
 echo
 echo "steady phase: $STEADY_RATE events/s for ${STEADY_SECS}s ($STEADY_N events): event-to-commit p50 ${P50} ms, p99 ${P99} ms"

@@ -98,17 +98,6 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
-impl SaslMechanism {
-    /// librdkafka's `sasl.mechanism` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::ScramSha256 => "SCRAM-SHA-256",
-            Self::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
 /// A secret (KAFKA_SASL_PASSWORD): shown as `<redacted>` by `Debug`, so no log line, error or
 /// debug print of the settings can leak it; only the client configuration reads it.
 #[derive(Clone, PartialEq, Eq)]
@@ -370,37 +359,43 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 })
             }
         };
-        let security = self.security()?;
-        if client == ClientKind::Kafka && security.protocol != SecurityProtocol::Plaintext {
+        let protocol = self.security_protocol()?;
+        if client == ClientKind::Kafka && protocol != SecurityProtocol::Plaintext {
             return Err(ConfigError {
                 variable: "KAFKA_SECURITY_PROTOCOL",
                 problem: format!(
                     "{} needs KAFKA_CLIENT=rdkafka (the `kafka` crate is built without TLS \
                      and SASL)",
-                    security.protocol.as_str()
+                    protocol.as_str()
                 ),
             });
         }
+        let security = self.security(protocol)?;
         Ok(KafkaAccess { client, security })
     }
 
-    fn security(&self) -> Result<SecuritySettings, ConfigError> {
-        let protocol = match self
-            .raw("KAFKA_SECURITY_PROTOCOL")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("plaintext") => SecurityProtocol::Plaintext,
-            Some("ssl") => SecurityProtocol::Ssl,
-            Some("sasl_plaintext") => SecurityProtocol::SaslPlaintext,
-            Some("sasl_ssl") => SecurityProtocol::SaslSsl,
-            Some(v) => {
-                return Err(ConfigError {
-                    variable: "KAFKA_SECURITY_PROTOCOL",
-                    problem: format!("{v:?} is not plaintext, ssl, sasl_plaintext or sasl_ssl"),
-                })
-            }
-        };
+    fn security_protocol(&self) -> Result<SecurityProtocol, ConfigError> {
+        Ok(
+            match self
+                .raw("KAFKA_SECURITY_PROTOCOL")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("plaintext") => SecurityProtocol::Plaintext,
+                Some("ssl") => SecurityProtocol::Ssl,
+                Some("sasl_plaintext") => SecurityProtocol::SaslPlaintext,
+                Some("sasl_ssl") => SecurityProtocol::SaslSsl,
+                Some(v) => {
+                    return Err(ConfigError {
+                        variable: "KAFKA_SECURITY_PROTOCOL",
+                        problem: format!("{v:?} is not plaintext, ssl, sasl_plaintext or sasl_ssl"),
+                    })
+                }
+            },
+        )
+    }
+
+    fn security(&self, protocol: SecurityProtocol) -> Result<SecuritySettings, ConfigError> {
         let needs = |variable: &'static str, what: &str| ConfigError {
             variable,
             problem: format!("{what} (KAFKA_SECURITY_PROTOCOL={})", protocol.as_str()),
@@ -408,12 +403,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         let sasl = if protocol.uses_sasl() {
             let mechanism = match self
                 .raw("KAFKA_SASL_MECHANISM")
-                .map(|v| v.to_ascii_uppercase())
+                .map(|v| v.to_ascii_lowercase())
                 .as_deref()
             {
-                Some("PLAIN") => SaslMechanism::Plain,
-                Some("SCRAM-SHA-256") => SaslMechanism::ScramSha256,
-                Some("SCRAM-SHA-512") => SaslMechanism::ScramSha512,
+                Some("plain") => SaslMechanism::Plain,
+                Some("scram-sha-256") => SaslMechanism::ScramSha256,
+                Some("scram-sha-512") => SaslMechanism::ScramSha512,
                 Some(v) => {
                     return Err(ConfigError {
                         variable: "KAFKA_SASL_MECHANISM",
@@ -851,6 +846,169 @@ mod tests {
         ] {
             assert!(with(&bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn the_kafka_crate_is_the_default_client() {
+        let s = with(&[]).expect("valid");
+        assert_eq!(s.kafka.access.client, ClientKind::Kafka);
+        assert_eq!(
+            s.kafka.access.security.protocol,
+            SecurityProtocol::Plaintext
+        );
+        assert_eq!(s.kafka.access.security.sasl, None);
+        assert_eq!(s.kafka.membership.session_timeout, Duration::from_secs(45));
+        assert_eq!(s.kafka.membership.instance_id, None);
+        assert_eq!(s.kafka.revoke_drain, s.shutdown_drain);
+        let s = with(&[("KAFKA_CLIENT", "RdKafka")]).expect("valid");
+        assert_eq!(s.kafka.access.client, ClientKind::Rdkafka);
+    }
+
+    /// A file that exists, as a CA bundle stand-in.
+    const SOME_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+
+    #[test]
+    fn rdkafka_takes_group_and_security_settings() {
+        let s = with(&[
+            ("KAFKA_CLIENT", "rdkafka"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "10000"),
+            ("KAFKA_GROUP_INSTANCE_ID", "courier-1"),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "courier"),
+            ("KAFKA_SASL_PASSWORD", " hunter2 "),
+            ("KAFKA_SSL_CA_LOCATION", SOME_FILE),
+        ])
+        .expect("valid");
+        let k = &s.kafka;
+        assert_eq!(k.membership.session_timeout, Duration::from_secs(10));
+        assert_eq!(k.membership.instance_id.as_deref(), Some("courier-1"));
+        assert_eq!(k.access.security.protocol, SecurityProtocol::SaslSsl);
+        let sasl = k.access.security.sasl.as_ref().expect("sasl");
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+        assert_eq!(sasl.username, "courier");
+        assert_eq!(
+            sasl.password.expose(),
+            " hunter2 ",
+            "a password is taken as given"
+        );
+        assert_eq!(
+            k.access.security.ssl_ca_location.as_deref(),
+            Some(SOME_FILE)
+        );
+        let s = with(&[
+            ("KAFKA_CLIENT", "rdkafka"),
+            ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+        ])
+        .expect("TLS with the system's CA store");
+        assert_eq!(s.kafka.access.security.ssl_ca_location, None);
+    }
+
+    #[test]
+    fn bad_kafka_client_settings_name_their_variable() {
+        let rd = ("KAFKA_CLIENT", "rdkafka");
+        let sasl = [
+            rd,
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD", "p"),
+        ];
+        let without = |name: &str| -> Vec<(&'static str, &'static str)> {
+            sasl.iter().copied().filter(|(k, _)| *k != name).collect()
+        };
+        let cases: Vec<(Vec<(&'static str, &'static str)>, &str)> = vec![
+            (vec![("KAFKA_CLIENT", "librdkafka")], "KAFKA_CLIENT"),
+            (
+                vec![rd, ("KAFKA_SECURITY_PROTOCOL", "tls")],
+                "KAFKA_SECURITY_PROTOCOL",
+            ),
+            (
+                vec![rd, ("KAFKA_SESSION_TIMEOUT_MS", "10s")],
+                "KAFKA_SESSION_TIMEOUT_MS",
+            ),
+            (
+                vec![rd, ("KAFKA_SESSION_TIMEOUT_MS", "5")],
+                "KAFKA_SESSION_TIMEOUT_MS",
+            ),
+            (without("KAFKA_SASL_MECHANISM"), "KAFKA_SASL_MECHANISM"),
+            (without("KAFKA_SASL_USERNAME"), "KAFKA_SASL_USERNAME"),
+            (without("KAFKA_SASL_PASSWORD"), "KAFKA_SASL_PASSWORD"),
+            (
+                [
+                    &without("KAFKA_SASL_MECHANISM")[..],
+                    &[("KAFKA_SASL_MECHANISM", "GSSAPI")],
+                ]
+                .concat(),
+                "KAFKA_SASL_MECHANISM",
+            ),
+            // Credentials or a CA with a protocol that does not use them.
+            (
+                vec![rd, ("KAFKA_SASL_PASSWORD", "p")],
+                "KAFKA_SASL_PASSWORD",
+            ),
+            (
+                vec![rd, ("KAFKA_SSL_CA_LOCATION", SOME_FILE)],
+                "KAFKA_SSL_CA_LOCATION",
+            ),
+            (
+                vec![
+                    rd,
+                    ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+                    ("KAFKA_SSL_CA_LOCATION", "/no/such/ca.pem"),
+                ],
+                "KAFKA_SSL_CA_LOCATION",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let err = with(&vars).expect_err(&format!("{vars:?} must fail"));
+            assert_eq!(err.variable, variable, "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_client_refuses_the_other_ones_settings() {
+        // The static split is the `kafka` crate's; the group assigns partitions for rdkafka.
+        for (var, value) in [
+            ("KAFKA_PARTITIONS", "0,2"),
+            ("INSTANCE_INDEX", "0"),
+            ("INSTANCE_COUNT", "2"),
+        ] {
+            let err = with(&[("KAFKA_CLIENT", "rdkafka"), (var, value)]).expect_err(var);
+            assert_eq!(err.variable, var, "{err}");
+            assert!(err.problem.contains("KAFKA_CLIENT=kafka only"), "{err}");
+        }
+        // Group membership and TLS/SASL are librdkafka's (the crate is built without TLS).
+        for (var, value) in [
+            ("KAFKA_SESSION_TIMEOUT_MS", "10000"),
+            ("KAFKA_GROUP_INSTANCE_ID", "a"),
+            ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext"),
+        ] {
+            let err = with(&[("KAFKA_CLIENT", "kafka"), (var, value)]).expect_err(var);
+            assert_eq!(err.variable, var, "{err}");
+        }
+        assert!(with(&[("KAFKA_SECURITY_PROTOCOL", "plaintext")]).is_ok());
+    }
+
+    #[test]
+    fn the_sasl_password_never_shows() {
+        let secret = "pa55-w0rd-xyz";
+        let vars = [
+            ("KAFKA_CLIENT", "rdkafka"),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("KAFKA_SASL_USERNAME", "u"),
+            ("KAFKA_SASL_PASSWORD", secret),
+        ];
+        let s = with(&vars).expect("valid");
+        let shown = format!("{s:?} {:?} {:#?}", s.kafka, s.kafka.access);
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        // Errors found after the password was read do not carry it either.
+        let err =
+            with(&[&vars[..], &[("KAFKA_SSL_CA_LOCATION", "/nope")]].concat()).expect_err("bad CA");
+        assert!(!format!("{err} {err:?}").contains(secret));
     }
 
     #[test]

@@ -288,7 +288,14 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
         .collect();
     crate_produce(&stand.brokers, &stand.topic, &values);
 
-    let mut service = stand.start();
+    let mut env = stand.env();
+    if std::env::var("KAFKA_CLIENT").is_ok_and(|c| c == "rdkafka") {
+        // librdkafka prefetches the whole backlog, and the workers applied all of it within the
+        // one-second drain budget of the stop, leaving nothing after the commit point to test.
+        // Without a budget, the stop leaves the queued events behind, as this test needs.
+        env.push(("SHUTDOWN_DRAIN_MS", "0".into()));
+    }
+    let mut service = Service::start(&env);
     wait_until(Duration::from_secs(60), "some progress", || {
         stand.snapshot().orders.len() > 300
     });
@@ -505,8 +512,14 @@ fn an_incompatible_broker_is_refused_at_start() {
         service.log_text()
     );
     let log = service.log_text();
-    assert!(log.contains("Fetch v0 (broker: v4-v17)"), "{log}");
-    assert!(log.contains("Apache Kafka 3.9 or older"), "{log}");
+    if std::env::var("KAFKA_CLIENT").is_ok_and(|c| c == "rdkafka") {
+        // librdkafka needs other versions than the crate (Fetch v4+ is fine for it), but this
+        // broker lacks the consumer-group APIs, and the message names those instead.
+        assert!(log.contains("JoinGroup v5+ (broker: none)"), "{log}");
+    } else {
+        assert!(log.contains("Fetch v0 (broker: v4-v17)"), "{log}");
+        assert!(log.contains("Apache Kafka 3.9 or older"), "{log}");
+    }
 }
 
 #[test]

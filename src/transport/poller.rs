@@ -176,6 +176,11 @@ impl<'a> Poller<'a> {
                     backoff.reset();
                     self.health.kafka_ready(true);
                     for p in polled {
+                        // Stopping: route no more (each refused job would wait for a full
+                        // queue first); what is left is read again after the restart.
+                        if self.shutdown.is_shutdown() {
+                            break;
+                        }
                         match p {
                             Polled::Record {
                                 partition,

@@ -23,10 +23,10 @@ use rdkafka::ClientContext;
 
 use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
 use super::dead_letter::DeadLetter;
-use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings};
+use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
 
 /// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
-const MAX_BATCH: usize = 2048;
+const MAX_BATCH: usize = 512;
 /// How long a metadata, offsets or commit request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
@@ -45,7 +45,14 @@ pub fn client_config(brokers: &[String], access: &KafkaAccess, client_id: &str) 
         .set_log_level(RDKafkaLogLevel::Info);
     if let Some(sasl) = &access.security.sasl {
         config
-            .set("sasl.mechanism", sasl.mechanism.as_str())
+            .set(
+                "sasl.mechanism",
+                match sasl.mechanism {
+                    SaslMechanism::Plain => "PLAIN",
+                    SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+                    SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+                },
+            )
             .set("sasl.username", &sasl.username)
             .set("sasl.password", sasl.password.expose());
     }
@@ -234,6 +241,11 @@ pub struct RdkafkaConsumer {
     consumer: Option<BaseConsumer<GroupContext>>,
     /// Subscribed: the topic exists and the group is joined (or being joined).
     subscribed: bool,
+    /// A fatal error (e.g. another member took this KAFKA_GROUP_INSTANCE_ID): the consumer is
+    /// unusable; once its partitions are handed back it is dropped and the loop joins again.
+    fenced: bool,
+    /// The partitions announced to the loop as assigned and not yet as revoked.
+    announced: std::collections::BTreeSet<i32>,
 }
 
 impl RdkafkaConsumer {
@@ -243,7 +255,22 @@ impl RdkafkaConsumer {
             settings,
             consumer: None,
             subscribed: false,
+            fenced: false,
+            announced: Default::default(),
         }
+    }
+
+    /// Leaves the group and drops the consumer; the loop connects again.
+    fn drop_consumer(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            consumer
+                .context()
+                .closing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(consumer);
+        }
+        self.subscribed = false;
+        self.fenced = false;
     }
 
     fn consumer(&self) -> Result<&BaseConsumer<GroupContext>, ClientError> {
@@ -317,7 +344,11 @@ impl ConsumerClient for RdkafkaConsumer {
     }
 
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
-        let consumer = self.consumer()?;
+        let consumer = self
+            .consumer
+            .as_ref()
+            .ok_or_else(|| ClientError("not connected".into()))?;
+        let mut fatal = false;
         let mut polled = Vec::new();
         let mut wait = timeout;
         while polled.len() < MAX_BATCH {
@@ -328,8 +359,16 @@ impl ConsumerClient for RdkafkaConsumer {
             let changed = !changes.is_empty();
             for change in changes {
                 polled.push(match change {
-                    Change::Assigned(p) => Polled::Assigned(p),
-                    Change::Revoked(p) => Polled::Revoked(p),
+                    Change::Assigned(p) => {
+                        self.announced.extend(p.iter().copied());
+                        Polled::Assigned(p)
+                    }
+                    Change::Revoked(p) => {
+                        for partition in &p {
+                            self.announced.remove(partition);
+                        }
+                        Polled::Revoked(p)
+                    }
                 });
             }
             match next {
@@ -339,6 +378,16 @@ impl ConsumerClient for RdkafkaConsumer {
                     value: m.payload().unwrap_or_default().to_vec(),
                 }),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    // Every partition is lost: the loop forgets them (their unfinished events
+                    // stay uncommitted), and `release` then drops this consumer.
+                    log::error!(
+                        "kafka: fatal consumer error ({code}); leaving the group and joining \
+                         again"
+                    );
+                    fatal = true;
+                    break;
+                }
                 Some(Err(e)) if polled.is_empty() => {
                     return Err(ClientError(format!(
                         "consuming {}: {e}",
@@ -357,6 +406,15 @@ impl ConsumerClient for RdkafkaConsumer {
                 break;
             }
         }
+        if fatal {
+            let lost: Vec<i32> = std::mem::take(&mut self.announced).into_iter().collect();
+            self.fenced = true;
+            if lost.is_empty() {
+                self.drop_consumer();
+            } else {
+                polled.push(Polled::Revoked(lost));
+            }
+        }
         Ok(polled)
     }
 
@@ -373,6 +431,10 @@ impl ConsumerClient for RdkafkaConsumer {
     }
 
     fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        if self.fenced {
+            self.drop_consumer();
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(&self.settings.topic, *p);
@@ -424,14 +486,7 @@ impl ConsumerClient for RdkafkaConsumer {
     /// Leaves the group: what is still assigned is handed back at once (the final commit is
     /// done), then the consumer closes.
     fn close(&mut self) {
-        if let Some(consumer) = self.consumer.take() {
-            consumer
-                .context()
-                .closing
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            drop(consumer);
-        }
-        self.subscribed = false;
+        self.drop_consumer();
     }
 }
 
@@ -467,6 +522,8 @@ impl ProducerContext for DeliveryContext {
 /// A blocking producer: `send` queues, `flush` waits for every delivery report.
 pub struct RdkafkaProducer {
     producer: BaseProducer<DeliveryContext>,
+    /// How long a record may take to be acknowledged.
+    timeout: Duration,
 }
 
 impl RdkafkaProducer {
@@ -478,13 +535,30 @@ impl RdkafkaProducer {
         acks: &str,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        let millis = timeout.as_millis().to_string();
         let producer = client_config(brokers, access, client_id)
             .set("acks", acks)
-            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("message.timeout.ms", &millis)
+            // A missing topic fails the send within the timeout too (not after librdkafka's
+            // default 30 s wait for it to appear).
+            .set("topic.metadata.propagation.max.ms", &millis)
             .set("linger.ms", "5")
             .create_with_context(DeliveryContext::default())
             .map_err(|e| ClientError(format!("cannot create the rdkafka producer: {e}")))?;
-        Ok(Self { producer })
+        Ok(Self { producer, timeout })
+    }
+
+    /// Fails at once when `topic` does not exist (a send would wait out its whole timeout).
+    pub fn check_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|e| ClientError(format!("metadata of {topic}: {e}")))?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(ClientError(format!("topic {topic} does not exist"))),
+        }
     }
 
     /// Sends `(key, value)` records to `topic` and waits until each is acknowledged (or failed).
@@ -511,8 +585,10 @@ impl RdkafkaProducer {
                 }
             }
         }
+        // Every record is acknowledged or failed within its timeout; the margin covers the
+        // delivery reports' way back.
         self.producer
-            .flush(Duration::from_secs(60))
+            .flush(self.timeout + Duration::from_secs(5))
             .map_err(|e| ClientError(format!("producing to {topic}: {e}")))?;
         let failures = std::mem::take(
             &mut *self
@@ -539,6 +615,8 @@ pub struct RdkafkaDeadLetters {
     brokers: Vec<String>,
     access: KafkaAccess,
     producer: Option<RdkafkaProducer>,
+    /// The topic was seen to exist since the last failure.
+    topic_seen: bool,
 }
 
 impl RdkafkaDeadLetters {
@@ -549,6 +627,7 @@ impl RdkafkaDeadLetters {
             brokers,
             access,
             producer: None,
+            topic_seen: false,
         }
     }
 }
@@ -569,7 +648,14 @@ impl DeadLetterProducer for RdkafkaDeadLetters {
                 Duration::from_secs(5),
             )?),
         };
-        producer.send_all(&self.topic, &[(None, &letter.to_json())])
+        // After a failure (a missing topic, typically) ask first: the poller waits for this.
+        if !self.topic_seen {
+            producer.check_topic(&self.topic)?;
+            self.topic_seen = true;
+        }
+        let sent = producer.send_all(&self.topic, &[(None, &letter.to_json())]);
+        self.topic_seen = sent.is_ok();
+        sent
     }
 }
 

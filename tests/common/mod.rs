@@ -299,7 +299,7 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `service-courier run` with `env` (nothing inherited but PATH and HOME).
+    /// Starts `service-courier run` with `env` (nothing inherited but PATH and KAFKA_CLIENT).
     pub fn start(env: &[(&str, String)]) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let log = dir.join(format!("{}.log", unique("service")));
@@ -313,6 +313,11 @@ impl Service {
             .stderr(file);
         // Several services run at once in tests: each takes a free port for its endpoint.
         cmd.env("METRICS_ADDR", "127.0.0.1:0");
+        // The Kafka client under test (`KAFKA_CLIENT=rdkafka scripts/test.sh ...`) reaches
+        // every service; a test's own `env` still wins.
+        if let Ok(client) = std::env::var("KAFKA_CLIENT") {
+            cmd.env("KAFKA_CLIENT", client);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
