@@ -241,6 +241,11 @@ pub struct RdkafkaConsumer {
     consumer: Option<BaseConsumer<GroupContext>>,
     /// Subscribed: the topic exists and the group is joined (or being joined).
     subscribed: bool,
+    /// A fatal error (e.g. another member took this KAFKA_GROUP_INSTANCE_ID): the consumer is
+    /// unusable; once its partitions are handed back it is dropped and the loop joins again.
+    fenced: bool,
+    /// The partitions announced to the loop as assigned and not yet as revoked.
+    announced: std::collections::BTreeSet<i32>,
 }
 
 impl RdkafkaConsumer {
@@ -250,7 +255,22 @@ impl RdkafkaConsumer {
             settings,
             consumer: None,
             subscribed: false,
+            fenced: false,
+            announced: Default::default(),
         }
+    }
+
+    /// Leaves the group and drops the consumer; the loop connects again.
+    fn drop_consumer(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            consumer
+                .context()
+                .closing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(consumer);
+        }
+        self.subscribed = false;
+        self.fenced = false;
     }
 
     fn consumer(&self) -> Result<&BaseConsumer<GroupContext>, ClientError> {
@@ -324,7 +344,11 @@ impl ConsumerClient for RdkafkaConsumer {
     }
 
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
-        let consumer = self.consumer()?;
+        let consumer = self
+            .consumer
+            .as_ref()
+            .ok_or_else(|| ClientError("not connected".into()))?;
+        let mut fatal = false;
         let mut polled = Vec::new();
         let mut wait = timeout;
         while polled.len() < MAX_BATCH {
@@ -335,8 +359,16 @@ impl ConsumerClient for RdkafkaConsumer {
             let changed = !changes.is_empty();
             for change in changes {
                 polled.push(match change {
-                    Change::Assigned(p) => Polled::Assigned(p),
-                    Change::Revoked(p) => Polled::Revoked(p),
+                    Change::Assigned(p) => {
+                        self.announced.extend(p.iter().copied());
+                        Polled::Assigned(p)
+                    }
+                    Change::Revoked(p) => {
+                        for partition in &p {
+                            self.announced.remove(partition);
+                        }
+                        Polled::Revoked(p)
+                    }
                 });
             }
             match next {
@@ -346,6 +378,16 @@ impl ConsumerClient for RdkafkaConsumer {
                     value: m.payload().unwrap_or_default().to_vec(),
                 }),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    // Every partition is lost: the loop forgets them (their unfinished events
+                    // stay uncommitted), and `release` then drops this consumer.
+                    log::error!(
+                        "kafka: fatal consumer error ({code}); leaving the group and joining \
+                         again"
+                    );
+                    fatal = true;
+                    break;
+                }
                 Some(Err(e)) if polled.is_empty() => {
                     return Err(ClientError(format!(
                         "consuming {}: {e}",
@@ -364,6 +406,15 @@ impl ConsumerClient for RdkafkaConsumer {
                 break;
             }
         }
+        if fatal {
+            let lost: Vec<i32> = std::mem::take(&mut self.announced).into_iter().collect();
+            self.fenced = true;
+            if lost.is_empty() {
+                self.drop_consumer();
+            } else {
+                polled.push(Polled::Revoked(lost));
+            }
+        }
         Ok(polled)
     }
 
@@ -380,6 +431,10 @@ impl ConsumerClient for RdkafkaConsumer {
     }
 
     fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        if self.fenced {
+            self.drop_consumer();
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(&self.settings.topic, *p);
@@ -431,14 +486,7 @@ impl ConsumerClient for RdkafkaConsumer {
     /// Leaves the group: what is still assigned is handed back at once (the final commit is
     /// done), then the consumer closes.
     fn close(&mut self) {
-        if let Some(consumer) = self.consumer.take() {
-            consumer
-                .context()
-                .closing
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            drop(consumer);
-        }
-        self.subscribed = false;
+        self.drop_consumer();
     }
 }
 

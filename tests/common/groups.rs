@@ -181,6 +181,39 @@ pub fn group_offsets(
     Ok(out)
 }
 
+/// Produces raw values, optionally keyed, with librdkafka's producer: the same job as the
+/// `kafka`-crate `crate_produce`, on Kafka 3.x and 4.x alike (Kafka 4 refuses the crate's
+/// Produce v0).
+pub fn rdkafka_produce(brokers: &str, topic: &str, values: &[(Option<String>, Vec<u8>)]) {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("log_level", "3")
+        .create()
+        .expect("producer");
+    for (key, value) in values {
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(value.as_slice());
+        if let Some(k) = key {
+            record = record.key(k.as_str());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(100));
+                    record = back;
+                }
+                Err((e, _)) => panic!("produce to {topic}: {e}"),
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("flush to {topic}: {e}"));
+}
+
 /// Hires `n` couriers in one statement (ids 1..=n).
 pub fn hire(db: &TestDb, n: u32) {
     db.client()
