@@ -153,7 +153,7 @@ fn every_status_alias_and_bad_payload_kind_through_kcat_and_the_crate() {
     lines.extend(bad_lines.iter().map(|(_, l)| l.clone()));
     kcat_produce(&stand.brokers, &stand.topic, &lines);
     // Payloads a text line can't carry, through the crate's producer.
-    crate_produce(
+    rdkafka_produce(
         &stand.brokers,
         &stand.topic,
         &[
@@ -308,7 +308,7 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
         .query_one("SELECT pg_backend_pid()", &[])
         .expect("pid")
         .get(0);
-    crate_produce(&stand.brokers, &stand.topic, &values);
+    rdkafka_produce(&stand.brokers, &stand.topic, &values);
     let mut watcher = stand.db.client();
     wait_until(
         Duration::from_secs(60),

@@ -181,9 +181,8 @@ pub fn group_offsets(
     Ok(out)
 }
 
-/// Produces raw values, optionally keyed, with librdkafka's producer: the same job as the
-/// `kafka`-crate `crate_produce`, on Kafka 3.x and 4.x alike (Kafka 4 refuses the crate's
-/// Produce v0).
+/// Produces raw values, optionally keyed, with librdkafka's producer, on Kafka 3.x and 4.x
+/// alike (Kafka 4 refuses the `kafka` crate's Produce v0).
 pub fn rdkafka_produce(brokers: &str, topic: &str, values: &[(Option<String>, Vec<u8>)]) {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

@@ -44,29 +44,6 @@ fn kcat_produce_args(brokers: &str, topic: &str, args: &[&str], lines: &[String]
     assert!(child.wait().expect("kcat").success(), "kcat -P failed");
 }
 
-/// Produces raw values with the `kafka` crate's producer, optionally keyed (the crate's hash
-/// picks the partition).
-pub fn crate_produce(brokers: &str, topic: &str, values: &[(Option<String>, Vec<u8>)]) {
-    use kafka::producer::{Producer, Record, RequiredAcks};
-    let mut p = Producer::from_hosts(brokers.split(',').map(str::to_owned).collect())
-        .with_ack_timeout(Duration::from_secs(10))
-        .with_required_acks(RequiredAcks::All)
-        .create()
-        .expect("producer");
-    for chunk in values.chunks(500) {
-        let records: Vec<Record<'_, &[u8], &[u8]>> = chunk
-            .iter()
-            .map(|(k, v)| Record {
-                key: k.as_deref().map_or(&[][..], str::as_bytes),
-                value: v.as_slice(),
-                topic,
-                partition: -1,
-            })
-            .collect();
-        p.send_all(&records).expect("produce");
-    }
-}
-
 /// Produces values to explicit partitions with the `kafka` crate (acks from all replicas).
 /// Returns, in order, the (partition, offset) each value got.
 pub fn produce_to(brokers: &str, topic: &str, values: &[(i32, Vec<u8>)]) -> Vec<(i32, i64)> {
@@ -153,27 +130,9 @@ pub fn try_offsets(
     group: &str,
     topic: &str,
 ) -> Result<BTreeMap<i32, (i64, i64)>, String> {
-    use kafka::client::{FetchOffset, GroupOffsetStorage, KafkaClient};
-    let mut c = KafkaClient::new(brokers.split(',').map(str::to_owned).collect());
-    c.set_group_offset_storage(Some(GroupOffsetStorage::Kafka));
-    c.set_retry_max_attempts(5);
-    c.load_metadata_all().map_err(|e| e.to_string())?;
-    let latest = c
-        .fetch_topic_offsets(topic, FetchOffset::Latest)
-        .map_err(|e| e.to_string())?;
-    let committed = c
-        .fetch_group_topic_offset(group, topic)
-        .map_err(|e| e.to_string())?;
-    Ok(latest
-        .iter()
-        .map(|l| {
-            let done = committed
-                .iter()
-                .find(|c| c.partition == l.partition)
-                .map_or(NO_COMMIT, |c| c.offset.max(NO_COMMIT));
-            (l.partition, (done, l.offset))
-        })
-        .collect())
+    // librdkafka reads them on Kafka 3.x and 4.x alike (Kafka 4 dropped the `kafka` crate's
+    // ListOffsets v0 and OffsetCommit v1).
+    super::groups::group_offsets(brokers, group, topic)
 }
 
 /// Events not yet committed, summed over partitions (a partition never committed counts from

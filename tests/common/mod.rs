@@ -30,9 +30,10 @@ pub mod wait;
 pub use broker::{create_topic, kafka_brokers, OwnBroker, PrivateBroker, Stack};
 pub use database::{database_url, OwnPostgres, TestDb};
 pub use events::{at, courier, event, oid, repo_root, unique};
+pub use groups::rdkafka_produce;
 pub use kafka::{
-    backlog, crate_produce, drained, kcat_consume_all, kcat_consume_positions, kcat_produce,
-    kcat_produce_to, offsets, produce_to, try_offsets, wait_drained, NO_COMMIT,
+    backlog, drained, kcat_consume_all, kcat_consume_positions, kcat_produce, kcat_produce_to,
+    offsets, produce_to, try_offsets, wait_drained, NO_COMMIT,
 };
 pub use service::{http_get, Instance, Service};
 pub use wait::{wait_for, wait_until};
