@@ -116,8 +116,16 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
         reason: args.reason,
         since: args.since,
     };
-    let outcome = KafkaDeadLetterLog::connect(brokers, &args.dlq_topic, &args.topic, &group)
-        .and_then(|mut log| dlq_replay::replay(&mut log, &filter, &args.topic, args.dry_run));
+    let outcome = match KafkaDeadLetterLog::connect(brokers, &args.dlq_topic, &args.topic, &group) {
+        Ok(mut log) => dlq_replay::replay(&mut log, &filter, &args.topic, args.dry_run),
+        Err(error) => Err(dlq_replay::ReplayFailure {
+            done: dlq_replay::ReplayReport {
+                dry_run: args.dry_run,
+                ..Default::default()
+            },
+            error,
+        }),
+    };
     match outcome {
         Ok(report) => {
             for u in &report.not_replayable {
@@ -132,10 +140,11 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(failure) => {
             eprintln!(
-                "error: dlq replay from {} to {}: {e}",
-                args.dlq_topic, args.topic
+                "error: dlq replay from {} to {} (group {group}) stopped: {}; settled before \
+                 that: {}",
+                args.dlq_topic, args.topic, failure.error, failure.done
             );
             ExitCode::from(EXIT_FAILURE)
         }

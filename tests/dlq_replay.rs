@@ -117,6 +117,15 @@ fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_
     );
     assert_eq!(kcat_consume_all(&brokers, &topic).len(), 8);
 
+    // A dead-letter topic that does not exist: exit 1, saying so.
+    let mut missing = dlq_env.clone();
+    missing.retain(|(k, _)| *k != "KAFKA_DLQ_TOPIC");
+    missing.push(("KAFKA_DLQ_TOPIC", format!("{dlq}.missing")));
+    let out = run_binary(&["dlq", "replay"], &missing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
     // A bad --since is a usage error.
     let out = run_binary(&["dlq", "replay", "--since", "yesterday"], &dlq_env);
     assert_eq!(out.status.code(), Some(2));

@@ -8,12 +8,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::kafka_edge::{client, kcat_produce_batch, produce_transaction, watermarks};
+use common::kafka_edge::{
+    client, delete_records, delete_topic, kcat_produce_batch, produce_transaction, watermarks,
+};
 use common::{create_topic, kafka_brokers, unique};
 use kafka::client::FetchOffset;
 use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
 use service_courier::transport::kafka_edge::probe::{probe_partitions, ProbeState, Undecodable};
+use service_courier::transport::kafka_edge::read::read_watermarks;
+use service_courier::transport::kafka_edge::watermarks::{
+    check_position, check_recreated, Recreated, Resume, Seen, Watermarks,
+};
 
 /// The largest fetch the gap filling may use (the service's default fetch size).
 const MAX_FETCH: i32 = 1 << 20;
@@ -173,9 +179,19 @@ fn transaction_markers_are_explained_as_offsets_without_messages() {
         .to_string()
         .contains("offsets 6..6 hold transaction markers"));
     kcat_produce_batch(&brokers, &topic, 0, "none", &tx("c", 1)); // 7
-    assert_eq!(watermarks(&brokers, &topic, 0), (0, 8));
-
     let mut c = client(&brokers);
+    let marks = read_watermarks(&mut c, &topic).expect("watermarks");
+    assert_eq!(
+        marks,
+        BTreeMap::from([(
+            0,
+            Watermarks {
+                log_start: 0,
+                high: 8
+            }
+        )])
+    );
+
     let fill = fill_gap(&mut c, &topic, 0, 0, 8, MAX_FETCH).expect("accounted for");
     eprintln!("0..8: {fill}");
     let offsets: Vec<i64> = fill.messages.iter().map(|m| m.offset).collect();
@@ -280,4 +296,119 @@ fn an_lz4_batch_is_named_with_its_partition_and_offset() {
 #[test]
 fn a_zstd_batch_is_named_not_reported_as_unknown() {
     undecodable_partition_is_named("zstd", Undecodable::Zstd, "compressed with zstd");
+}
+
+#[test]
+fn a_committed_offset_that_left_the_log_is_named_where_the_crate_skips_silently() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("edge-reset");
+    let group = unique("group");
+    create_topic(&topic, 1);
+    let values: Vec<String> = (0..10).map(|n| format!("v{n}")).collect();
+    kcat_produce_batch(&brokers, &topic, 0, "none", &values);
+    let mut c = client(&brokers);
+    c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
+    c.commit_offset(&group, &topic, 0, 2).expect("commit 2");
+    // Retention (here DeleteRecords) removes offsets 0..5 before the group reads on.
+    delete_records(&brokers, &topic, 0, 6);
+
+    let marks = read_watermarks(&mut c, &topic).expect("watermarks")[&0];
+    assert_eq!(
+        marks,
+        Watermarks {
+            log_start: 6,
+            high: 10
+        }
+    );
+    let resume = check_position(2, marks);
+    assert_eq!(resume, Resume::LeftLog { from: 2, to: 6 });
+    assert_eq!(resume.skipped(), 4);
+    assert!(
+        resume
+            .to_string()
+            .contains("skipping offsets 2..5 (4 offsets)"),
+        "{resume}"
+    );
+
+    // What the check is for: the crate's consumer falls back to the log start without a word.
+    let mut consumer = Consumer::from_hosts(vec![brokers.clone()])
+        .with_group(group.clone())
+        .with_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka))
+        .with_topic_partitions(topic.clone(), &[0])
+        .with_fallback_offset(FetchOffset::Earliest)
+        .create()
+        .expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        assert!(Instant::now() < deadline, "nothing polled from {topic}");
+        let sets = consumer.poll().expect("poll");
+        if let Some(m) = sets
+            .iter()
+            .flat_map(|s| s.messages().first().map(|m| m.offset))
+            .next()
+        {
+            break m;
+        }
+    };
+    assert_eq!(first, 6, "the crate resumed elsewhere than the log start");
+}
+
+#[test]
+fn a_topic_recreated_and_refilled_past_its_old_end_is_detected() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let topic = unique("edge-recreate");
+    let group = unique("group");
+    create_topic(&topic, 1);
+    let old: Vec<String> = (0..10).map(|n| format!("old{n}")).collect();
+    kcat_produce_batch(&brokers, &topic, 0, "none", &old);
+    let mut c = client(&brokers);
+    c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
+    c.commit_offset(&group, &topic, 0, 10).expect("commit 10");
+    let before = read_watermarks(&mut c, &topic).expect("watermarks")[&0];
+    let seen = Seen {
+        highest_received: Some(9),
+        previous: Some(before),
+        committed: Some(10),
+    };
+
+    delete_topic(&brokers, &topic);
+    create_topic(&topic, 1);
+    let new: Vec<String> = (0..20).map(|n| format!("new{n}")).collect();
+    kcat_produce_batch(&brokers, &topic, 0, "none", &new);
+
+    let mut c = client(&brokers);
+    c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
+    let now = read_watermarks(&mut c, &topic).expect("watermarks")[&0];
+    assert_eq!(
+        now,
+        Watermarks {
+            log_start: 0,
+            high: 20
+        }
+    );
+    // The watermarks alone look like growth ...
+    assert_eq!(check_recreated(seen, now, Some(10)), None);
+    // ... but deleting the topic deleted the group's offsets for it.
+    let mut group_committed = Some(10);
+    common::wait_until(
+        Duration::from_secs(60),
+        "the group's offset deleted",
+        || {
+            group_committed = c
+                .fetch_group_topic_offset(&group, &topic)
+                .expect("group offsets")
+                .iter()
+                .find(|p| p.partition == 0 && p.offset >= 0)
+                .map(|p| p.offset);
+            group_committed.is_none()
+        },
+    );
+    assert_eq!(
+        check_recreated(seen, now, group_committed),
+        Some(Recreated::CommitVanished { committed: 10 })
+    );
 }

@@ -110,3 +110,64 @@ pub fn produce_transaction(brokers: &str, topic: &str, transactional_id: &str, v
         .commit_transaction(Duration::from_secs(60))
         .expect("commit");
 }
+
+/// Runs a Kafka command-line tool class with the jars scripts/kafka.sh fetched.
+fn kafka_tool(class: &str, args: &[&str]) -> Output {
+    let libs = std::env::var("KAFKA_LIBS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| super::repo_root().join(".cache/kafka/libs"));
+    Command::new("java")
+        .arg("-Xmx256m")
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .arg(class)
+        .args(args)
+        .output()
+        .expect("java runs the Kafka tools (scripts/kafka.sh fetched them)")
+}
+
+/// Deletes a topic and waits until the broker no longer lists it.
+pub fn delete_topic(brokers: &str, topic: &str) {
+    let out = kafka_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", brokers, "--delete", "--topic", topic],
+    );
+    assert!(
+        out.status.success(),
+        "deleting {topic} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    super::wait_until(std::time::Duration::from_secs(60), "the topic gone", || {
+        let mut c = KafkaClient::new(brokers.split(',').map(str::to_owned).collect());
+        c.load_metadata_all().is_ok() && !c.topics().contains(topic)
+    });
+}
+
+/// Deletes the records of `topic`/`partition` below `offset` (Kafka's DeleteRecords, as
+/// retention would): the log start moves to `offset`.
+pub fn delete_records(brokers: &str, topic: &str, partition: i32, offset: i64) {
+    let spec = std::env::temp_dir().join(format!("{}.json", super::unique("delete-records")));
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"partitions":[{{"topic":"{topic}","partition":{partition},"offset":{offset}}}],"version":1}}"#
+        ),
+    )
+    .expect("write the offsets file");
+    let spec_path = spec.to_string_lossy().into_owned();
+    let out = kafka_tool(
+        "org.apache.kafka.tools.DeleteRecordsCommand",
+        &[
+            "--bootstrap-server",
+            brokers,
+            "--offset-json-file",
+            &spec_path,
+        ],
+    );
+    let _ = std::fs::remove_file(&spec);
+    assert!(
+        out.status.success(),
+        "DeleteRecords failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -162,6 +162,16 @@ impl fmt::Display for ReplayReport {
     }
 }
 
+/// A replay that stopped on a Kafka failure: what was settled (published and committed)
+/// before it, and the failure. The letters after the last commit are offered again next time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayFailure {
+    /// What was settled before the failure.
+    pub done: ReplayReport,
+    /// The failure.
+    pub error: String,
+}
+
 /// Replays every letter after the committed position, chunk by chunk: publish the chunk's
 /// replayable payloads, then commit past the chunk. Dry: decide only.
 pub fn replay(
@@ -169,12 +179,30 @@ pub fn replay(
     filter: &ReplayFilter,
     order_topic: &str,
     dry_run: bool,
-) -> Result<ReplayReport, String> {
-    let mut report = ReplayReport {
+) -> Result<ReplayReport, ReplayFailure> {
+    let mut done = ReplayReport {
         dry_run,
         ..ReplayReport::default()
     };
-    while let Some(chunk) = log.next_chunk()? {
+    loop {
+        let mut chunk_report = done.clone();
+        match replay_chunk(log, filter, order_topic, &mut chunk_report) {
+            Ok(true) => done = chunk_report,
+            Ok(false) => return Ok(done),
+            Err(error) => return Err(ReplayFailure { done, error }),
+        }
+    }
+}
+
+/// Settles the next chunk into `report`; `false` when there is none.
+fn replay_chunk(
+    log: &mut dyn DeadLetterLog,
+    filter: &ReplayFilter,
+    order_topic: &str,
+    report: &mut ReplayReport,
+) -> Result<bool, String> {
+    let dry_run = report.dry_run;
+    if let Some(chunk) = log.next_chunk()? {
         let mut payloads = Vec::new();
         for letter in &chunk.letters {
             match judge(&letter.value, filter, order_topic) {
@@ -189,14 +217,15 @@ pub fn replay(
         }
         report.replayed += payloads.len();
         if dry_run {
-            continue;
+            return Ok(true);
         }
         if !payloads.is_empty() {
             log.publish(&payloads)?;
         }
         log.commit(chunk.partition, chunk.next)?;
+        return Ok(true);
     }
-    Ok(report)
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -339,6 +368,35 @@ mod tests {
             self.committed = next;
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_failed_publish_reports_what_was_settled_before_it() {
+        struct Failing(FakeLog);
+        impl DeadLetterLog for Failing {
+            fn next_chunk(&mut self) -> Result<Option<Chunk>, String> {
+                self.0.next_chunk()
+            }
+            fn publish(&mut self, payloads: &[Vec<u8>]) -> Result<(), String> {
+                if self.0.published.len() >= 2 {
+                    return Err("broker gone".into());
+                }
+                self.0.publish(payloads)
+            }
+            fn commit(&mut self, partition: i32, next: i64) -> Result<(), String> {
+                self.0.commit(partition, next)
+            }
+        }
+        let at = "2026-01-01T00:00:00Z";
+        let mut log = Failing(FakeLog {
+            letters: (0..4).map(|n| text("x", at, &n.to_string())).collect(),
+            ..FakeLog::default()
+        });
+        let failure = replay(&mut log, &ReplayFilter::default(), ORDERS, false)
+            .expect_err("the second chunk fails");
+        assert_eq!(failure.done.replayed, 2, "the first chunk, committed");
+        assert_eq!(failure.error, "broker gone");
+        assert_eq!(log.0.committed, 2);
     }
 
     #[test]

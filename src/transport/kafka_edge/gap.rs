@@ -12,13 +12,19 @@
 //! offset [`GapError::stuck_at`] names.
 //!
 //! Why small fetches prove absence: Kafka 3.9 answers a Fetch v0 by slicing `max_bytes` of the
-//! log and down-converting the complete record batches in the slice to message format v0
-//! (the first converted batch is sent whole even when it outgrows `max_bytes`; later ones are
-//! cut at the advertised size and a cut message is padding the crate ignores). A slice too
-//! small for the first batch returns nothing. So growing `max_bytes` one byte at a time adds
-//! at most one batch; at the smallest size that returns anything, the answer is exactly the
-//! first batch holding an offset at or after the fetch offset, and whatever lies between the
-//! fetch offset and its first message is not in the log.
+//! log from the batch holding the fetch offset and down-converting the complete record batches
+//! in the slice to message format v0 (measured with raw Fetch v0 requests): the first converted
+//! batch is sent whole even when it outgrows `max_bytes` (5 messages, 160 bytes, for
+//! `max_bytes` 150); later ones are cut at the slice's size, and the cut message (or an
+//! offset -1 filler) is padding the crate skips. A slice too small for the first batch returns
+//! nothing. Transaction markers are dropped. So growing `max_bytes` one byte at a time adds at
+//! most one batch; at the smallest size that returns anything, the answer is exactly the first
+//! batch holding an offset at or after the fetch offset, and whatever lies between the fetch
+//! offset and its first message is not in the log.
+//!
+//! Two more things the broker does: a fetch that starts on a transaction marker gets the next
+//! batch's messages twice in one answer (so offsets are taken once here), and an uncompressed
+//! batch is converted to single messages while a gzip, snappy or lz4 batch becomes one wrapper.
 
 use std::fmt;
 use std::ops::Range;
@@ -235,5 +241,42 @@ fn describe(e: &ReadError) -> String {
             "a batch compressed with lz4, which the kafka crate cannot decode".into()
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_absent_ranges_merge_and_read_as_inclusive_offsets() {
+        let mut fill = GapFill::default();
+        fill.absent_range(3..4);
+        fill.absent_range(4..6);
+        fill.absent_range(6..6); // empty: ignored
+        fill.absent_range(9..10);
+        assert_eq!(fill.absent, vec![3..6, 9..10]);
+        fill.messages.push(OwnedMessage {
+            offset: 7,
+            key: vec![],
+            value: b"v".to_vec(),
+        });
+        assert_eq!(
+            fill.to_string(),
+            "recovered 1 messages; explained: no message at offsets 3..5, 9..9"
+        );
+    }
+
+    #[test]
+    fn a_gap_error_names_the_offset_not_to_commit_past() {
+        let e = GapError {
+            stuck_at: 12,
+            recovered: GapFill::default(),
+            cause: "timeout".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "offsets from 12 on could not be read again (timeout); do not commit past 12"
+        );
     }
 }

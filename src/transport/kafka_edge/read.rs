@@ -2,10 +2,13 @@
 //! borrow its response) and a failure that says whether the broker refused the partition, the
 //! crate could not decode the answer, or the request itself failed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use kafka::client::{FetchPartition, KafkaClient};
+use kafka::client::{FetchOffset, FetchPartition, KafkaClient};
 use kafka::error::KafkaCode;
+
+use super::watermarks::Watermarks;
 
 /// A message read back from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,4 +102,27 @@ pub fn fetch_partition(
         });
     }
     Err(ReadError::NoLeader)
+}
+
+/// Every partition's watermarks (ListOffsets earliest and latest), for the decisions of
+/// [`super::watermarks`]. A partition missing from either answer is left out.
+pub fn read_watermarks(
+    client: &mut KafkaClient,
+    topic: &str,
+) -> Result<BTreeMap<i32, Watermarks>, kafka::Error> {
+    let starts = client.fetch_topic_offsets(topic, FetchOffset::Earliest)?;
+    let ends = client.fetch_topic_offsets(topic, FetchOffset::Latest)?;
+    Ok(starts
+        .iter()
+        .filter_map(|s| {
+            let end = ends.iter().find(|e| e.partition == s.partition)?;
+            Some((
+                s.partition,
+                Watermarks {
+                    log_start: s.offset,
+                    high: end.offset,
+                },
+            ))
+        })
+        .collect())
 }
