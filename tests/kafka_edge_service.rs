@@ -219,7 +219,7 @@ fn an_undecodable_batch_stalls_only_its_partition_is_reported_and_resumes_once_s
     // The operator skips the batch with the documented command; the service resumes.
     let skipped_at = Instant::now();
     let partition = format!("{}:0", stand.topic);
-    kafka_tool(
+    let reset = kafka_tool(
         "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
         &[
             "--bootstrap-server",
@@ -233,6 +233,12 @@ fn an_undecodable_batch_stalls_only_its_partition_is_reported_and_resumes_once_s
             "5",
             "--execute",
         ],
+    );
+    let said = String::from_utf8_lossy(&reset.stdout).to_string();
+    assert!(
+        said.contains("NEW-OFFSET") && !said.contains("Error"),
+        "the reset did not happen: {said}{}",
+        String::from_utf8_lossy(&reset.stderr)
     );
     stand.wait_applied(&mut service, "the events after the skipped batch", &after);
     wait_until(LONG, "/healthz back to 200", || {
