@@ -395,25 +395,13 @@ impl KafkaCrateConsumer {
                 self.pending.push(Polled::Resumed(p));
                 continue;
             }
-            let limit = self.fetch_limit;
-            let Ok(client) = self.client() else { return };
-            let probe = probe_partitions(client, &topic, &BTreeMap::from([(p, offset)]), limit);
-            match probe.first().map(|pr| &pr.state) {
-                Some(ProbeState::Readable { .. }) | Some(ProbeState::OnlyMarkers { .. }) => {
-                    if let Some(t) = self.share.get_mut(&p) {
-                        t.stall = None;
-                    }
-                    self.pending.push(Polled::Resumed(p));
-                }
-                Some(ProbeState::Undecodable { cause, at }) => {
-                    let cause = format!("{}; {UNDECODABLE_ADVICE}", cause.cause());
-                    self.stall(p, *at, cause);
-                }
-                Some(ProbeState::Failed(_)) | None => {
-                    if let Some(s) = self.share.get_mut(&p).and_then(|t| t.stall.as_mut()) {
-                        s.retry_at = now + STALL_RETRY_EVERY;
-                    }
-                }
+            // Probed again from the stall: what precedes a bad batch is read, the batch (if
+            // still there) stalls it again; a partition that reads is fetched with the others.
+            if let Some(t) = self.share.get_mut(&p) {
+                t.stall = None;
+            }
+            if self.isolate(BTreeMap::from([(p, offset)])) == 0 {
+                self.pending.push(Polled::Resumed(p));
             }
         }
     }

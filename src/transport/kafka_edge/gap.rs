@@ -161,7 +161,14 @@ fn first_batch_from(
     let mut empty_at = 0;
     let mut size = FIRST_FETCH_BYTES.min(max_bytes);
     let found = loop {
-        let read = fetch(size)?;
+        let read = match fetch(size) {
+            Ok(read) => read,
+            // The slice reached a batch that cannot be decoded (lz4, zstd): the batches in
+            // front of it can still be read in a smaller fetch.
+            Err(cause) => {
+                return first_batch_before_failure(&mut fetch, offset, empty_at, size, cause)
+            }
+        };
         if !read.messages.is_empty() {
             break read.messages;
         }
@@ -196,6 +203,36 @@ fn first_batch_from(
         }
     }
     Ok(best)
+}
+
+/// A fetch of `failed_at` bytes from `offset` failed and one of `empty_at` returned nothing:
+/// the smallest size between them that returns messages returns the first batch alone (in
+/// front of the undecodable one). When no size does, the batch at `offset` itself cannot be
+/// read: `cause`.
+fn first_batch_before_failure(
+    fetch: &mut impl FnMut(i32) -> Result<super::read::PartitionRead, String>,
+    offset: i64,
+    empty_at: i32,
+    failed_at: i32,
+    cause: String,
+) -> Result<Vec<OwnedMessage>, String> {
+    let (mut lo, mut hi) = (empty_at, failed_at);
+    let mut best: Option<Vec<OwnedMessage>> = None;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fetch(mid) {
+            Ok(read) if read.messages.is_empty() => lo = mid,
+            Ok(read) => {
+                hi = mid;
+                best = Some(read.messages);
+            }
+            Err(_) => hi = mid,
+        }
+    }
+    match best {
+        Some(found) if found.first().is_some_and(|m| m.offset >= offset) => Ok(found),
+        _ => Err(cause),
+    }
 }
 
 fn describe(e: &ReadError) -> String {

@@ -543,3 +543,33 @@ fn unsent_dead_letters_past_the_bound_pause_fetching_until_they_are_sent() {
     assert_eq!(h.fake.state().dead_letters.len(), DEFAULT_MAX_LETTERS);
     h.stop();
 }
+
+#[test]
+fn a_client_that_connects_and_then_fails_every_poll_backs_off_further_each_time() {
+    // Each failed poll drops the session and the loop connects again at once; the connect
+    // must not reset the backoff, or the client is rebuilt every 100 ms forever.
+    let fake = Fake::new();
+    for _ in 0..4 {
+        fake.then(Step::Fail("fetch failed".into()));
+    }
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(records(0, 0..1)));
+    let started = Instant::now();
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("offset 1 committed", |h| h.committed(0) == Some(1));
+    // 100 + 200 + 400 + 800 ms at least (a lower bound: a slow machine only adds to it).
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "backed off only {:?} over four failed polls",
+        started.elapsed()
+    );
+    let connects = h
+        .fake
+        .state()
+        .calls
+        .iter()
+        .filter(|c| **c == Call::Connect)
+        .count();
+    assert_eq!(connects, 5, "one connect per failed poll, and the first");
+    h.stop();
+}
