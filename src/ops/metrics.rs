@@ -180,6 +180,13 @@ impl Metrics {
     /// A partition was handed to another instance: its gauges are that instance's now.
     pub fn forget_partition(&self, partition: i32) {
         locked(&self.partitions).remove(&partition);
+        locked(&self.stalled).remove(&partition);
+    }
+
+    /// A partition became ours: its `courier_partition_stalled` series exists from now on (0
+    /// until it stalls), so dashboards and alerts see every partition, not only stalled ones.
+    pub fn partition_owned(&self, partition: i32) {
+        locked(&self.stalled).entry(partition).or_insert(false);
     }
 
     /// The current depth of each worker's queue.

@@ -370,7 +370,9 @@ impl<'a> Poller<'a> {
         for offset in held {
             self.stale.insert((partition, offset));
         }
+        // Still ours, on a new log: its gauges start again.
         self.metrics.forget_partition(partition);
+        self.metrics.partition_owned(partition);
     }
 
     /// Gives the queued and in-flight events of `partitions` up to SHUTDOWN_DRAIN_MS to
@@ -408,6 +410,9 @@ impl<'a> Poller<'a> {
             .collect();
         if !new.is_empty() {
             self.owned.extend(new.iter().copied());
+            for &p in &new {
+                self.metrics.partition_owned(p);
+            }
             log::info!(
                 "kafka: assigned partitions {new:?} of {}; now reading {:?}",
                 self.settings.topic,
