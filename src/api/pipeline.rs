@@ -14,7 +14,8 @@ use crate::shutdown::Shutdown;
 /// The rate is taken over this window.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
-/// A partition with lag whose committed offset has not moved for this long is stalled.
+/// A partition with lag whose committed offset has not moved for this long is stalled (besides
+/// those the poller reports stalled: `courier_partition_stalled`).
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// One partition, as `GET /partitions` shows it.
@@ -24,7 +25,8 @@ pub struct PartitionState {
     pub committed_offset: Option<i64>,
     pub high_watermark: Option<i64>,
     pub lag: Option<i64>,
-    /// Lag above zero and no commit for [`STALL_AFTER`].
+    /// Reported stalled by the poller (an undecodable batch, offsets it cannot account for), or
+    /// lag above zero and no commit for [`STALL_AFTER`].
     pub stalled: bool,
     /// Seconds since the committed offset last moved (or since the service started).
     pub seconds_since_commit: u64,
@@ -90,6 +92,7 @@ impl Pipeline {
     pub fn partitions(&self, metrics: &Metrics) -> Vec<PartitionState> {
         let s = self.lock();
         let now = Instant::now();
+        let reported = metrics.stalled_partitions();
         metrics
             .partition_readings()
             .into_iter()
@@ -105,7 +108,8 @@ impl Pipeline {
                     committed_offset: p.committed,
                     high_watermark: p.high_watermark,
                     lag,
-                    stalled: lag.is_some_and(|l| l > 0) && since >= STALL_AFTER,
+                    stalled: reported.contains(&p.partition)
+                        || (lag.is_some_and(|l| l > 0) && since >= STALL_AFTER),
                     seconds_since_commit: since.as_secs(),
                 }
             })
@@ -161,6 +165,11 @@ mod tests {
         // Once it moves, it is not.
         m.committed(0, 15);
         p.sample(&m);
+        assert!(!p.partitions(&m)[0].stalled);
+        // Reported stalled by the poller: stalled at once, whatever the commits do.
+        m.partition_stalled(0, true);
+        assert!(p.partitions(&m)[0].stalled);
+        m.partition_stalled(0, false);
         assert!(!p.partitions(&m)[0].stalled);
     }
 }

@@ -237,6 +237,15 @@ impl Metrics {
         locked(&self.dead_letters).clone()
     }
 
+    /// The partitions the poller reports stalled now (`courier_partition_stalled` 1).
+    pub fn stalled_partitions(&self) -> Vec<i32> {
+        locked(&self.stalled)
+            .iter()
+            .filter(|(_, stalled)| **stalled)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Each partition's offsets, by partition.
     pub fn partition_readings(&self) -> Vec<PartitionReading> {
         locked(&self.partitions)
