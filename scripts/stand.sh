@@ -19,7 +19,9 @@
 #   STAND_RATE        simulator events per second, or "burst" (default 20)
 #   METRICS_ADDR      the service's /metrics, /healthz, /readyz (default 127.0.0.1:9464)
 #   HTTP_ADDR         the service's HTTP API and operator's page (default 127.0.0.1:8080)
-#   KAFKA_VERSION     the Apache Kafka to run (default 3.9.1; 4.x runs too), see scripts/kafka.sh
+#   KAFKA_VERSION     the Apache Kafka to run (default 3.9.1; 4.x runs too, with
+#                     KAFKA_CLIENT=rdkafka unless set), see scripts/kafka.sh
+#   KAFKA_CLIENT      the service's Kafka client (default kafka; rdkafka on Kafka 4.x)
 #   PG_STATE_DIR, KAFKA_STATE_DIR  passed on to scripts/postgres.sh and scripts/kafka.sh
 #                     (default KAFKA_STATE_DIR: $STAND_DIR/kafka, or kafka-VERSION for a
 #                     KAFKA_VERSION other than 3.9.1)
@@ -89,6 +91,15 @@ cmd_up() {
   "$bin" migrate >/dev/null
   if [ "$("$bin" couriers list | wc -l)" -le 1 ]; then
     "$bin" couriers seed --count "${STAND_COURIERS:-20}"
+  fi
+
+  # Kafka 4 dropped the protocol versions the `kafka` crate speaks (README "Choosing a Kafka
+  # client"): on 4.x the stand uses librdkafka unless KAFKA_CLIENT says otherwise.
+  local version
+  version="$(cat "$KAFKA_STATE_DIR/version" 2>/dev/null || echo 3.9.1)"
+  if [ -z "${KAFKA_CLIENT:-}" ] && [ "${version%%.*}" -ge 4 ]; then
+    export KAFKA_CLIENT=rdkafka
+    log "Kafka $version: KAFKA_CLIENT=rdkafka for the service and the simulator"
   fi
 
   if pid_alive "$STAND_DIR/service.pid"; then
