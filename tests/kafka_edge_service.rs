@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -116,17 +115,7 @@ fn created(orders: &[String]) -> Vec<String> {
 /// A Kafka command-line tool (the jars `scripts/kafka.sh` fetched): its output, asserted
 /// successful.
 fn kafka_tool(class: &str, args: &[&str]) -> Output {
-    let libs = std::env::var("KAFKA_LIBS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".cache/kafka/libs"));
-    let out = Command::new("java")
-        .arg("-Xmx256m")
-        .arg("-cp")
-        .arg(format!("{}/*", libs.display()))
-        .arg(class)
-        .args(args)
-        .output()
-        .expect("java runs");
+    let out = kafka_edge::kafka_tool(class, args);
     assert!(
         out.status.success(),
         "{class} {args:?} failed: {}{}",

@@ -113,7 +113,7 @@ pub fn produce_transaction(brokers: &str, topic: &str, transactional_id: &str, v
 
 /// Runs a Kafka command-line tool class with the jars scripts/kafka.sh fetched (its cache is one
 /// folder per version, `.cache/kafka/libs-VERSION`; the admin tools of any version will do).
-fn kafka_tool(class: &str, args: &[&str]) -> Output {
+pub fn kafka_tool(class: &str, args: &[&str]) -> Output {
     let libs = std::env::var("KAFKA_LIBS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
