@@ -103,8 +103,19 @@ fn rfc3339(s: &str) -> Result<chrono::DateTime<Utc>, String> {
 /// Runs `dlq replay`: prints how many letters were replayed, skipped by the filter and not
 /// replayable (each with its position and why); exit 1 when Kafka fails.
 pub fn run_dlq(command: DlqCommand) -> ExitCode {
-    use crate::transport::dlq_replay::{self, kafka::KafkaDeadLetterLog, ReplayFilter};
+    use crate::config::ClientKind;
+    use crate::transport::dlq_replay::{
+        self, kafka::KafkaDeadLetterLog, rdkafka::RdkafkaDeadLetterLog, ReplayFilter,
+    };
     let DlqCommand::Replay(args) = command;
+    // KAFKA_CLIENT and the security settings, as `run` reads them.
+    let access = match crate::config::from_process_env().kafka_access() {
+        Ok(access) => access,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let brokers: Vec<String> = args
         .brokers
         .split(',')
@@ -116,8 +127,15 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
         reason: args.reason,
         since: args.since,
     };
-    let outcome = match KafkaDeadLetterLog::connect(brokers, &args.dlq_topic, &args.topic, &group) {
-        Ok(mut log) => dlq_replay::replay(&mut log, &filter, &args.topic, args.dry_run),
+    let (dlq, topic) = (&args.dlq_topic, &args.topic);
+    let replayed = match access.client {
+        ClientKind::Kafka => KafkaDeadLetterLog::connect(brokers, dlq, topic, &group)
+            .map(|mut log| dlq_replay::replay(&mut log, &filter, topic, args.dry_run)),
+        ClientKind::Rdkafka => RdkafkaDeadLetterLog::connect(brokers, access, dlq, topic, &group)
+            .map(|mut log| dlq_replay::replay(&mut log, &filter, topic, args.dry_run)),
+    };
+    let outcome = match replayed {
+        Ok(outcome) => outcome,
         Err(error) => Err(dlq_replay::ReplayFailure {
             done: dlq_replay::ReplayReport {
                 dry_run: args.dry_run,

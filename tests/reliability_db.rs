@@ -133,9 +133,11 @@ fn sigterm_while_postgres_is_down_exits_within_the_drain_budget_and_loses_nothin
     hire(&pg, COURIERS);
     let env = stand.env(&pg, &[("SHUTDOWN_DRAIN_MS", "1000")]);
     let mut service = Service::start(&env);
-    wait_until(Duration::from_secs(60), "the consumer", || {
-        service.log_text().contains("kafka: consuming")
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the consumer to own both partitions",
+        || service.owned_partitions() == 2,
+    );
 
     pg.crash();
     stand.produce_created(0, ORDERS);

@@ -2,7 +2,8 @@
 //! client's protocol), poll, decode, hand events to the dispatch layer, dead-letter bad ones,
 //! and commit offsets only behind events whose transactions committed. The poller's loop is
 //! written once against the client seam (`client`); `kafka_client` implements it with the
-//! `kafka` crate.
+//! `kafka` crate, `rdkafka_client` with librdkafka (`topic_id` reads what it needs beyond the
+//! `rdkafka` crate's API).
 
 pub mod broker;
 pub mod client;
@@ -17,5 +18,6 @@ pub mod kafka_edge;
 pub mod offsets;
 mod poller;
 pub mod rdkafka_client;
+pub mod topic_id;
 
 pub use poller::{Clients, Poller, PollerExit, RunSummary, Telemetry};

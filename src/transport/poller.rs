@@ -26,6 +26,8 @@ use crate::shutdown::{Backoff, Shutdown};
 /// KAFKA_FETCH_MAX_WAIT_MS at the broker instead). Short, so commits, gauges and a stop request
 /// are never far away.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Longest the loop spends sending held dead letters before it polls and commits again.
+const DEAD_LETTER_SLICE: Duration = Duration::from_secs(1);
 
 /// How the poller ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -602,11 +604,18 @@ impl<'a> Poller<'a> {
     }
 
     /// Sends waiting dead letters; on failure keeps them (and their offsets open) for later.
+    /// Each letter sent is progress for the watchdog; after DEAD_LETTER_SLICE the loop gets
+    /// its turn (commits, shutdown, polls), and the rest go on the next time round.
     fn send_dead_letters(&mut self) {
         if self.unsent.is_empty() || Instant::now() < self.next_dead_letter_try {
             return;
         }
+        let started = Instant::now();
         while let Some(letter) = self.unsent.front() {
+            if started.elapsed() >= DEAD_LETTER_SLICE {
+                return;
+            }
+            self.health.poller_beat();
             match self.dead_letters.send(letter) {
                 Ok(()) => {
                     *self.summary.dead_letters.entry(letter.reason).or_default() += 1;

@@ -8,9 +8,20 @@
 //! [`Polled::Revoked`], lets the partition's events finish, commits its prefix and then calls
 //! [`ConsumerClient::release`], which hands the partition back (librdkafka's group waits for
 //! that call).
+//!
+//! Where a partition starts is decided here, not left to librdkafka's `auto.offset.reset`: at
+//! the group's committed offset; at the log's start when that offset left the log (the skipped
+//! offsets are reported, [`Polled::Skipped`]) or lies past the log's end (a new log,
+//! [`Polled::Recreated`]); without a commit, at `KAFKA_FALLBACK_OFFSET`, except that a
+//! partition no member ever committed beside others that were is new data and starts at its
+//! log's start. While reading, an offset lower than the last one read means the log was
+//! replaced (the topic deleted and created again): reported as [`Polled::Recreated`]; a jump
+//! forward past the log's start means offsets left the log unread: reported as
+//! [`Polled::Skipped`] (README "Delivery semantics").
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -23,12 +34,19 @@ use rdkafka::ClientContext;
 
 use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
 use super::dead_letter::DeadLetter;
+use super::topic_id::{self, TopicId};
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
 
 /// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
 const MAX_BATCH: usize = 512;
+/// Most error reports taken from librdkafka's queue in one poll (an outage leaves many).
+const MAX_ERRORS_PER_POLL: usize = 1000;
+/// How long the metadata request after error reports may take: are the brokers back?
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a metadata, offsets or commit request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the topic's id is read: a topic deleted and created again is found within this.
+const TOPIC_ID_CHECK: Duration = Duration::from_secs(5);
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
 /// assigned within this (plus a rebalance).
 const METADATA_REFRESH: Duration = Duration::from_secs(10);
@@ -74,18 +92,16 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
     // default is 64 MiB, which would set the peak RSS of a full drain.
     let queued_kbytes = (2 * fetch_max / 1024).max(4096);
     config
+        // Only reached when a position leaves the log while reading (retention, or the topic
+        // deleted and created again): read what the log still has, reported by `poll`. The
+        // start of an assigned partition, KAFKA_FALLBACK_OFFSET included, is set explicitly
+        // (`Start`).
+        .set("auto.offset.reset", "earliest")
         .set("group.id", &s.group)
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set(
-            "auto.offset.reset",
-            match s.fallback_offset {
-                FallbackOffset::Earliest => "earliest",
-                FallbackOffset::Latest => "latest",
-            },
-        )
         .set(
             "session.timeout.ms",
             s.membership.session_timeout.as_millis().to_string(),
@@ -133,16 +149,102 @@ fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
+/// Where a newly assigned partition starts reading, decided from the group's committed offsets
+/// and the partition's log (its start and end offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// At the group's committed offset.
+    Committed(i64),
+    /// Nothing committed for it: at the log's start or end (KAFKA_FALLBACK_OFFSET); always at
+    /// its start when the group committed other partitions of the topic (a partition added to
+    /// the topic holds new data, not history).
+    Uncommitted(i64),
+    /// The committed offset left the log (retention, DeleteRecords): at the log's start;
+    /// offsets `committed..log_start` are gone unread.
+    LeftTheLog { committed: i64, log_start: i64 },
+    /// The committed offset lies past the log's end: the log is a new one (the topic was deleted
+    /// and created again, or the log truncated): at its start.
+    PastTheEnd {
+        committed: i64,
+        log_start: i64,
+        log_end: i64,
+    },
+}
+
+impl Start {
+    /// The start of one partition: `committed` is the group's offset for it, `(log_start,
+    /// log_end)` its watermarks, `group_committed` whether the group committed any partition of
+    /// the topic.
+    fn decide(
+        committed: Option<i64>,
+        (log_start, log_end): (i64, i64),
+        group_committed: bool,
+        fallback: FallbackOffset,
+    ) -> Self {
+        match committed {
+            Some(c) if c < log_start => Start::LeftTheLog {
+                committed: c,
+                log_start,
+            },
+            Some(c) if c > log_end => Start::PastTheEnd {
+                committed: c,
+                log_start,
+                log_end,
+            },
+            Some(c) => Start::Committed(c),
+            None if group_committed => Start::Uncommitted(log_start),
+            None => Start::Uncommitted(match fallback {
+                FallbackOffset::Earliest => log_start,
+                FallbackOffset::Latest => log_end,
+            }),
+        }
+    }
+
+    /// The offset reading starts at.
+    fn offset(self) -> i64 {
+        match self {
+            Start::Committed(o) | Start::Uncommitted(o) => o,
+            Start::LeftTheLog { log_start, .. } | Start::PastTheEnd { log_start, .. } => log_start,
+        }
+    }
+
+    /// What the loop must hear about it besides the assignment.
+    fn report(self, partition: i32) -> Option<Polled> {
+        match self {
+            Start::Committed(_) | Start::Uncommitted(_) => None,
+            Start::LeftTheLog {
+                committed,
+                log_start,
+            } => Some(Polled::Skipped {
+                partition,
+                from: committed,
+                to: log_start,
+            }),
+            Start::PastTheEnd {
+                committed, log_end, ..
+            } => Some(Polled::Recreated {
+                partition,
+                reason: format!(
+                    "the group's committed offset {committed} lies past the log's end {log_end}"
+                ),
+            }),
+        }
+    }
+}
+
 /// A group change seen inside `poll`, for the loop.
 #[derive(Debug)]
 enum Change {
-    Assigned(Vec<i32>),
+    /// Partitions taken, with where each starts (empty when it could not be decided: then
+    /// librdkafka starts them at the committed offset, else at the log's start).
+    Assigned(Vec<i32>, Vec<(i32, Start)>),
     Revoked(Vec<i32>),
 }
 
 /// The consumer's context: takes assignments, records revocations for the loop.
-#[derive(Default)]
 struct GroupContext {
+    /// Where partitions without a committed offset start (KAFKA_FALLBACK_OFFSET).
+    fallback: FallbackOffset,
     /// Changes since the loop last looked.
     changes: Mutex<Vec<Change>>,
     /// Closing: revocations are handed back at once (the final commit is done).
@@ -150,6 +252,60 @@ struct GroupContext {
 }
 
 impl GroupContext {
+    fn new(fallback: FallbackOffset) -> Self {
+        Self {
+            fallback,
+            changes: Mutex::default(),
+            closing: Default::default(),
+        }
+    }
+
+    /// Where each partition of `tpl` starts: one metadata request, one committed-offsets
+    /// request for every partition of the topic, one watermarks request per assigned partition.
+    fn starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Result<Vec<(i32, Start)>, KafkaError> {
+        let Some(topic) = tpl.elements().first().map(|e| e.topic().to_owned()) else {
+            return Ok(Vec::new());
+        };
+        let metadata = consumer.fetch_metadata(Some(&topic), REQUEST_TIMEOUT)?;
+        let mut all: std::collections::BTreeSet<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        all.extend(partitions_of(tpl));
+        let mut everything = TopicPartitionList::new();
+        for p in &all {
+            everything.add_partition(&topic, *p);
+        }
+        let committed: HashMap<i32, i64> = consumer
+            .committed_offsets(everything, REQUEST_TIMEOUT)?
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        let group_committed = !committed.is_empty();
+        let mut starts = Vec::new();
+        for p in partitions_of(tpl) {
+            let marks = consumer.fetch_watermarks(&topic, p, REQUEST_TIMEOUT)?;
+            let start = Start::decide(
+                committed.get(&p).copied(),
+                marks,
+                group_committed,
+                self.fallback,
+            );
+            starts.push((p, start));
+        }
+        Ok(starts)
+    }
+
     fn push(&self, change: Change) {
         self.changes
             .lock()
@@ -191,15 +347,36 @@ impl ConsumerContext for GroupContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                // No offsets in the list: each partition starts at the group's committed offset
-                // (or KAFKA_FALLBACK_OFFSET without one).
+                // Each partition starts where `Start` says; if that cannot be found out now,
+                // librdkafka starts it at the committed offset, else at the log's start
+                // (auto.offset.reset): nothing is skipped either way.
+                let starts = match self.starts(consumer, tpl) {
+                    Ok(starts) => starts,
+                    Err(e) => {
+                        log::warn!(
+                            "kafka: cannot read the committed offsets and watermarks of \
+                             assigned partitions {:?} ({e}); they start at the committed \
+                             offset, or at the log's start without one",
+                            partitions_of(tpl)
+                        );
+                        Vec::new()
+                    }
+                };
+                if let Some(topic) = tpl.elements().first().map(|e| e.topic().to_owned()) {
+                    for (p, start) in &starts {
+                        let offset = Offset::Offset(start.offset());
+                        if let Err(e) = tpl.set_partition_offset(&topic, *p, offset) {
+                            log::warn!("kafka: start of partition {p}: {e}");
+                        }
+                    }
+                }
                 let taken = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
                 };
                 match taken {
-                    Ok(()) => self.push(Change::Assigned(partitions_of(tpl))),
+                    Ok(()) => self.push(Change::Assigned(partitions_of(tpl), starts)),
                     Err(e) => log::error!("kafka: cannot take assigned partitions: {e}"),
                 }
             }
@@ -246,6 +423,12 @@ pub struct RdkafkaConsumer {
     fenced: bool,
     /// The partitions announced to the loop as assigned and not yet as revoked.
     announced: std::collections::BTreeSet<i32>,
+    /// The offset expected next on each partition read: a record below it means a new log, one
+    /// above it may mean offsets that left the log unread.
+    next: HashMap<i32, i64>,
+    /// The topic's id when last read, and when that was.
+    topic_id: Option<TopicId>,
+    topic_id_read: Option<Instant>,
 }
 
 impl RdkafkaConsumer {
@@ -257,6 +440,9 @@ impl RdkafkaConsumer {
             subscribed: false,
             fenced: false,
             announced: Default::default(),
+            next: HashMap::new(),
+            topic_id: None,
+            topic_id_read: None,
         }
     }
 
@@ -271,6 +457,89 @@ impl RdkafkaConsumer {
         }
         self.subscribed = false;
         self.fenced = false;
+        self.next.clear();
+    }
+
+    /// Reads the topic's id when due. A new id means the topic was deleted and created again:
+    /// every partition owned is reported as a new log and read again from its start (events of
+    /// the new log already read come again; the handlers are idempotent).
+    fn check_topic_id(&mut self) -> Vec<Polled> {
+        if self
+            .topic_id_read
+            .is_some_and(|at| at.elapsed() < TOPIC_ID_CHECK)
+        {
+            return Vec::new();
+        }
+        self.topic_id_read = Some(Instant::now());
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Vec::new();
+        };
+        let topic = &self.settings.topic;
+        let now = match topic_id::read(consumer.client(), topic, Duration::from_secs(2)) {
+            Ok(id) => id,
+            Err(e) => {
+                log::debug!("kafka: the id of topic {topic} is unavailable: {e}");
+                return Vec::new();
+            }
+        };
+        let before = self.topic_id.replace(now);
+        let Some(before) = before.filter(|b| *b != now) else {
+            return Vec::new();
+        };
+        let mut reports = Vec::new();
+        for &partition in &self.announced {
+            self.next.remove(&partition);
+            if let Err(e) = consumer.seek(topic, partition, Offset::Beginning, REQUEST_TIMEOUT) {
+                log::warn!("kafka: cannot move {topic}/{partition} to its new log's start: {e}");
+            }
+            reports.push(Polled::Recreated {
+                partition,
+                reason: format!("the topic's id changed from {before} to {now}"),
+            });
+        }
+        reports
+    }
+
+    /// The reports a record at `offset` of `partition` calls for before it is handed on: the
+    /// log was replaced (the offset went back), or offsets left it unread (the offset jumped
+    /// past the log's start). A jump the log's start does not explain is a transaction marker,
+    /// an aborted transaction or compaction: nothing is missing.
+    fn check_position(
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+        next: Option<i64>,
+        partition: i32,
+        offset: i64,
+    ) -> Option<Polled> {
+        let expected = next?;
+        if offset < expected {
+            return Some(Polled::Recreated {
+                partition,
+                reason: format!(
+                    "offset {offset} was read after offset {}: the log started again",
+                    expected - 1
+                ),
+            });
+        }
+        if offset == expected {
+            return None;
+        }
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(2)) {
+            Ok((log_start, _)) if log_start > expected => Some(Polled::Skipped {
+                partition,
+                from: expected,
+                to: log_start.min(offset),
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                log::warn!(
+                    "kafka: {topic}/{partition} jumped from offset {expected} to {offset}; its \
+                     log start is unavailable ({e}), so whether offsets left the log unread is \
+                     unknown"
+                );
+                None
+            }
+        }
     }
 
     fn consumer(&self) -> Result<&BaseConsumer<GroupContext>, ClientError> {
@@ -298,7 +567,7 @@ impl ConsumerClient for RdkafkaConsumer {
     fn connect(&mut self) -> Result<(), ConnectError> {
         if self.consumer.is_none() {
             let consumer: BaseConsumer<GroupContext> = consumer_config(&self.settings)
-                .create_with_context(GroupContext::default())
+                .create_with_context(GroupContext::new(self.settings.fallback_offset))
                 .map_err(|e| {
                     ConnectError::Misconfigured(format!("cannot create the rdkafka consumer: {e}"))
                 })?;
@@ -344,12 +613,16 @@ impl ConsumerClient for RdkafkaConsumer {
     }
 
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
+        let mut polled = self.check_topic_id();
         let consumer = self
             .consumer
             .as_ref()
             .ok_or_else(|| ClientError("not connected".into()))?;
         let mut fatal = false;
-        let mut polled = Vec::new();
+        let mut revoked = false;
+        let mut errors = 0;
+        let mut last_error = None;
+
         let mut wait = timeout;
         while polled.len() < MAX_BATCH {
             let next = consumer.poll(wait);
@@ -358,25 +631,52 @@ impl ConsumerClient for RdkafkaConsumer {
             let changes = consumer.context().take();
             let changed = !changes.is_empty();
             for change in changes {
-                polled.push(match change {
-                    Change::Assigned(p) => {
+                match change {
+                    Change::Assigned(p, starts) => {
                         self.announced.extend(p.iter().copied());
-                        Polled::Assigned(p)
+                        for partition in &p {
+                            self.next.remove(partition);
+                        }
+                        polled.push(Polled::Assigned(p));
+                        for (partition, start) in starts {
+                            self.next.insert(partition, start.offset());
+                            if let Start::Uncommitted(offset) = start {
+                                log::info!(
+                                    "kafka: {}/{partition} has no committed offset; reading \
+                                     from offset {offset}",
+                                    self.settings.topic
+                                );
+                            }
+                            polled.extend(start.report(partition));
+                        }
                     }
                     Change::Revoked(p) => {
                         for partition in &p {
                             self.announced.remove(partition);
+                            self.next.remove(partition);
                         }
-                        Polled::Revoked(p)
+                        revoked = true;
+                        polled.push(Polled::Revoked(p));
                     }
-                });
+                }
             }
             match next {
-                Some(Ok(m)) => polled.push(Polled::Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    value: m.payload().unwrap_or_default().to_vec(),
-                }),
+                Some(Ok(m)) => {
+                    let (partition, offset) = (m.partition(), m.offset());
+                    polled.extend(Self::check_position(
+                        consumer,
+                        &self.settings.topic,
+                        self.next.get(&partition).copied(),
+                        partition,
+                        offset,
+                    ));
+                    self.next.insert(partition, offset + 1);
+                    polled.push(Polled::Record {
+                        partition,
+                        offset,
+                        value: m.payload().unwrap_or_default().to_vec(),
+                    });
+                }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     // Every partition is lost: the loop forgets them (their unfinished events
@@ -388,25 +688,40 @@ impl ConsumerClient for RdkafkaConsumer {
                     fatal = true;
                     break;
                 }
-                Some(Err(e)) if polled.is_empty() => {
-                    return Err(ClientError(format!(
-                        "consuming {}: {e}",
-                        self.settings.topic
-                    )))
-                }
+                // librdkafka queues one of these per failed connection attempt and recovers
+                // by itself: drain them here, so that a backlog left by an outage never delays
+                // reading (one per poll, each followed by the loop's backoff, took minutes).
                 Some(Err(e)) => {
-                    log::warn!("kafka: consuming {}: {e}", self.settings.topic);
-                    break;
+                    errors += 1;
+                    last_error = Some(e);
+                    if errors >= MAX_ERRORS_PER_POLL {
+                        break;
+                    }
                 }
                 None if !changed => break,
                 None => {}
             }
             // A revocation waits for the loop: hand it over now.
-            if polled.iter().any(|p| matches!(p, Polled::Revoked(_))) {
+            if revoked {
                 break;
             }
         }
+        if let (Some(e), true) = (last_error, polled.is_empty()) {
+            // Old news or a broker that is down? One metadata request tells: only when no
+            // broker answers is it the loop's business (it backs off and /readyz says so).
+            if let Err(now) = consumer.fetch_metadata(Some(&self.settings.topic), PROBE_TIMEOUT) {
+                return Err(ClientError(format!(
+                    "consuming {}: {e}; no broker answers ({now})",
+                    self.settings.topic
+                )));
+            }
+            log::debug!(
+                "kafka: {errors} errors reported by librdkafka since the last poll (the last: \
+                 {e}); the brokers answer again"
+            );
+        }
         if fatal {
+            self.next.clear();
             let lost: Vec<i32> = std::mem::take(&mut self.announced).into_iter().collect();
             self.fenced = true;
             if lost.is_empty() {
@@ -561,6 +876,26 @@ impl RdkafkaProducer {
         }
     }
 
+    /// Waits until every record sent is acknowledged or failed: each is, within its timeout;
+    /// the margin covers the delivery reports' way back. Not `flush` with that timeout: the
+    /// `rdkafka` crate then serves delivery reports in polls that last 100 ms whatever comes,
+    /// which made every single-record send (a dead letter) take over 100 ms. A flush with no
+    /// wait sends what lingers at once; short polls take the reports as they come.
+    fn wait_delivered(&self, topic: &str) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.timeout + Duration::from_secs(5);
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    self.producer.poll(Duration::from_millis(1));
+                }
+                Err(e) => return Err(ClientError(format!("producing to {topic}: {e}"))),
+            }
+        }
+    }
+
     /// Sends `(key, value)` records to `topic` and waits until each is acknowledged (or failed).
     pub fn send_all(
         &self,
@@ -585,11 +920,7 @@ impl RdkafkaProducer {
                 }
             }
         }
-        // Every record is acknowledged or failed within its timeout; the margin covers the
-        // delivery reports' way back.
-        self.producer
-            .flush(self.timeout + Duration::from_secs(5))
-            .map_err(|e| ClientError(format!("producing to {topic}: {e}")))?;
+        self.wait_delivered(topic)?;
         let failures = std::mem::take(
             &mut *self
                 .producer
@@ -669,4 +1000,65 @@ pub fn check_metadata(brokers: &[String], access: &KafkaAccess) -> Result<usize,
         .fetch_metadata(None, Duration::from_secs(5))
         .map(|m| m.brokers().len())
         .map_err(|e| format!("{brokers:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EARLIEST: FallbackOffset = FallbackOffset::Earliest;
+    const LATEST: FallbackOffset = FallbackOffset::Latest;
+
+    #[test]
+    fn a_committed_offset_inside_the_log_is_where_reading_starts() {
+        for c in [5, 10, 20] {
+            assert_eq!(
+                Start::decide(Some(c), (5, 20), true, LATEST),
+                Start::Committed(c)
+            );
+        }
+        assert_eq!(Start::Committed(7).report(0), None);
+    }
+
+    #[test]
+    fn a_committed_offset_that_left_the_log_is_reported_skipped_up_to_the_log_start() {
+        let start = Start::decide(Some(10), (15, 20), true, EARLIEST);
+        assert_eq!(start.offset(), 15);
+        assert_eq!(
+            start.report(3),
+            Some(Polled::Skipped {
+                partition: 3,
+                from: 10,
+                to: 15
+            })
+        );
+    }
+
+    #[test]
+    fn a_committed_offset_past_the_log_end_means_a_new_log_read_from_its_start() {
+        let start = Start::decide(Some(30), (0, 12), true, LATEST);
+        assert_eq!(start.offset(), 0);
+        assert!(matches!(
+            start.report(0),
+            Some(Polled::Recreated { partition: 0, reason }) if reason.contains("30")
+        ));
+    }
+
+    #[test]
+    fn without_a_commit_the_fallback_applies_only_to_a_group_that_committed_nothing() {
+        assert_eq!(
+            Start::decide(None, (4, 9), false, EARLIEST),
+            Start::Uncommitted(4)
+        );
+        assert_eq!(
+            Start::decide(None, (4, 9), false, LATEST),
+            Start::Uncommitted(9)
+        );
+        // A partition added to a topic the group reads: new data, from its start.
+        assert_eq!(
+            Start::decide(None, (4, 9), true, LATEST),
+            Start::Uncommitted(4)
+        );
+        assert_eq!(Start::Uncommitted(4).report(1), None);
+    }
 }

@@ -67,16 +67,20 @@ impl ApiStand {
     }
 
     /// Runs `service-courier simulate` against its topic in the background.
+    /// With the run's KAFKA_CLIENT, as the service has (on Kafka 4 only `rdkafka` produces).
     pub fn simulate(&self, orders: usize, rate: f64, seed: u64) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_service-courier"))
-            .args(["simulate", "--orders", &orders.to_string()])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_service-courier"));
+        cmd.args(["simulate", "--orders", &orders.to_string()])
             .args(["--rate", &rate.to_string(), "--seed", &seed.to_string()])
             .args(["--concurrency", "20"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KAFKA_BROKERS", &self.brokers)
-            .env("KAFKA_ORDER_TOPIC", &self.topic)
-            .stdout(Stdio::null())
+            .env("KAFKA_ORDER_TOPIC", &self.topic);
+        if let Ok(client) = std::env::var("KAFKA_CLIENT") {
+            cmd.env("KAFKA_CLIENT", client);
+        }
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("simulate starts")

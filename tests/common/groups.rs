@@ -26,6 +26,15 @@ pub enum Client {
 }
 
 impl Client {
+    /// The client of this test run: `KAFKA_CLIENT` as `scripts/test.sh` sets it per phase
+    /// (`Service::start` hands it to the binary), `kafka` when unset (the binary's default).
+    pub fn of_run() -> Self {
+        match std::env::var("KAFKA_CLIENT").as_deref() {
+            Ok("rdkafka") => Client::Rdkafka,
+            _ => Client::Kafka,
+        }
+    }
+
     /// The value of `KAFKA_CLIENT`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -53,27 +53,36 @@ pub fn client(brokers: &str) -> KafkaClient {
     c
 }
 
-/// (log start, high watermark) of one partition.
+/// (log start, high watermark) of one partition, read with librdkafka (Kafka 3.x and 4.x).
 pub fn watermarks(brokers: &str, topic: &str, partition: i32) -> (i64, i64) {
-    let mut c = client(brokers);
-    let mut at = |o: FetchOffset| {
-        c.fetch_topic_offsets(topic, o)
-            .expect("list offsets")
-            .iter()
-            .find(|p| p.partition == partition)
-            .map(|p| p.offset)
-            .expect("partition listed")
-    };
-    (at(FetchOffset::Earliest), at(FetchOffset::Latest))
+    try_watermarks(brokers, topic, partition)
+        .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"))
 }
 
-/// Runs the binary with `args` and `env` only (plus PATH): its output.
+/// [`watermarks`], or why they cannot be read now (e.g. a topic still being created).
+pub fn try_watermarks(brokers: &str, topic: &str, partition: i32) -> Result<(i64, i64), String> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer
+        .fetch_watermarks(topic, partition, std::time::Duration::from_secs(10))
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the binary with `args` and `env` only (plus PATH, and the run's KAFKA_CLIENT as the
+/// service gets it from `Service::start`; `env` wins): its output.
 pub fn run_binary(args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_service-courier"));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(env!("CARGO_TARGET_TMPDIR"));
+    if let Ok(client) = std::env::var("KAFKA_CLIENT") {
+        cmd.env("KAFKA_CLIENT", client);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -30,7 +30,7 @@ pub mod wait;
 pub use broker::{create_topic, kafka_brokers, OwnBroker, PrivateBroker, Stack};
 pub use database::{database_url, OwnPostgres, TestDb};
 pub use events::{at, courier, event, oid, repo_root, unique};
-pub use groups::rdkafka_produce;
+pub use groups::{rdkafka_produce, Client};
 pub use kafka::{
     backlog, drained, kcat_consume_all, kcat_consume_positions, kcat_produce, kcat_produce_to,
     offsets, produce_to, try_offsets, wait_drained, NO_COMMIT,

@@ -60,6 +60,16 @@ impl Service {
         http_get(&self.http_addr(), path)
     }
 
+    /// How many partitions it owns now: one `courier_partition_stalled` series each in
+    /// /metrics.
+    pub fn owned_partitions(&self) -> usize {
+        self.get("/metrics")
+            .1
+            .lines()
+            .filter(|l| l.starts_with("courier_partition_stalled{"))
+            .count()
+    }
+
     /// What it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -6,10 +6,11 @@
 //! replayable (a payload cut to fit the envelope, or none); a crash between a publish and its
 //! commit publishes that chunk again, which the idempotent handlers absorb.
 //!
-//! The decisions are here; the Kafka I/O is behind [`DeadLetterLog`] (`kafka`: the `kafka`
-//! crate), so another client can take its place.
+//! The decisions are here; the Kafka I/O is behind [`DeadLetterLog`], one per client
+//! (KAFKA_CLIENT): `kafka` (the `kafka` crate) and `rdkafka` (librdkafka).
 
 pub mod kafka;
+pub mod rdkafka;
 
 use std::fmt;
 
