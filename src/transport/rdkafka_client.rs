@@ -17,7 +17,9 @@
 //! log's start. While reading, an offset lower than the last one read means the log was
 //! replaced (the topic deleted and created again): reported as [`Polled::Recreated`]; a jump
 //! forward past the log's start means offsets left the log unread: reported as
-//! [`Polled::Skipped`] (README "Delivery semantics").
+//! [`Polled::Skipped`]. A new log already written past the old position shows neither; the
+//! topic's id (`topic_id`), read every few seconds, does, and the partitions are then read
+//! again from the new log's start (README "Delivery semantics").
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
