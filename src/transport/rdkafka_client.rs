@@ -26,7 +26,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -34,6 +34,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use super::bounded_commit;
 use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
 use super::dead_letter::DeadLetter;
 use super::topic_id::{self, TopicId};
@@ -45,6 +46,8 @@ const MAX_BATCH: usize = 512;
 const MAX_ERRORS_PER_POLL: usize = 1000;
 /// How long the metadata request after error reports may take: are the brokers back?
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a commit may take before the loop goes on without it (its offsets stay open).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a metadata, offsets or commit request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the topic's id is read: a topic deleted and created again is found within this.
@@ -392,7 +395,8 @@ impl ConsumerContext for GroupContext {
                     if consumer.assignment_lost() {
                         log::warn!(
                             "kafka: partitions {partitions:?} were lost (this member was \
-                             fenced out of the group); their commits will fail"
+                             fenced out of the group, or the topic is gone); their events in \
+                             flight stay uncommitted"
                         );
                     }
                     self.push(Change::Revoked(partitions));
@@ -735,16 +739,20 @@ impl ConsumerClient for RdkafkaConsumer {
         Ok(polled)
     }
 
+    /// Synchronous, and bounded by COMMIT_TIMEOUT (librdkafka alone would wait for an
+    /// unreachable coordinator as long as it takes); not tried at all for partitions this
+    /// member lost (the group refuses the commit).
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
         let tpl = self.offsets(offsets)?;
-        self.consumer()?
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| {
-                ClientError(format!(
-                    "commit of {} offsets failed: {e}",
-                    self.settings.topic
-                ))
-            })
+        let consumer = self.consumer()?;
+        let topic = &self.settings.topic;
+        if consumer.assignment_lost() {
+            return Err(ClientError(format!(
+                "{topic} offsets not committed: this member lost its partitions"
+            )));
+        }
+        bounded_commit::commit(consumer.client(), &tpl, COMMIT_TIMEOUT)
+            .map_err(|e| ClientError(format!("commit of {topic} offsets failed: {e}")))
     }
 
     fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError> {

@@ -2,18 +2,19 @@
 //! at a time with a `BaseConsumer` assigned to it (no group membership: the replay group only
 //! stores offsets), from the group's committed offset to the end the partition had when the
 //! replay began; publishes with the service's blocking producer (all in-sync replicas) and
-//! commits synchronously.
+//! commits synchronously, within a bound.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{Chunk, DeadLetterLog, StoredLetter};
 use crate::config::KafkaAccess;
+use crate::transport::bounded_commit;
 use crate::transport::rdkafka_client::{client_config, RdkafkaProducer};
 
 /// Most letters in one chunk (each chunk is published, then committed).
@@ -213,8 +214,7 @@ impl DeadLetterLog for RdkafkaDeadLetterLog {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.dlq_topic, partition, Offset::Offset(next))
             .map_err(|e| format!("{}/{partition}@{next}: {e}", self.dlq_topic))?;
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
+        bounded_commit::commit(self.consumer.client(), &tpl, REQUEST_TIMEOUT)
             .map_err(|e| format!("cannot commit {}/{partition}@{next}: {e}", self.dlq_topic))
     }
 }

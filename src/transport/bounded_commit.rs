@@ -1,0 +1,93 @@
+//! A synchronous offset commit with a time bound, for librdkafka. The `rdkafka` crate's
+//! synchronous commit waits as long as librdkafka does, and with the group coordinator
+//! unreachable (a broker restart) that was 45 s and more: the watchdog ended the service, and a
+//! stop would have waited the same. Here the commit is sent with librdkafka's
+//! `rd_kafka_commit_queue` to a queue of its own, and its result waited for up to a bound. A
+//! commit not confirmed in time is an error to the caller (its offsets stay open: at worst the
+//! events come again); if it lands later, it lands. The unsafe code is kept here.
+
+use std::time::Duration;
+
+use rdkafka::bindings as rd;
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::TopicPartitionList;
+
+/// Frees what the C API handed out, on every path out of [`commit`].
+struct Owned<T> {
+    ptr: *mut T,
+    free: unsafe extern "C" fn(*mut T),
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: `ptr` came from the matching librdkafka constructor and is freed once.
+            unsafe { (self.free)(self.ptr) }
+        }
+    }
+}
+
+/// Commits `offsets` for the consumer's group and waits up to `limit` for the group
+/// coordinator's answer; `Err` says why it is not confirmed (refused, or no answer in time).
+pub fn commit<C: ClientContext>(
+    client: &Client<C>,
+    offsets: &TopicPartitionList,
+    limit: Duration,
+) -> Result<(), String> {
+    let millis = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the client and the offset list are valid for the call (librdkafka copies the
+    // list); the queue is ours and freed by its guard (librdkafka keeps its own reference for a
+    // reply still on its way); the event is read before its guard frees it; every pointer from
+    // librdkafka is checked for null before use.
+    unsafe {
+        let queue = Owned {
+            ptr: rd::rd_kafka_queue_new(client.native_ptr()),
+            free: rd::rd_kafka_queue_destroy,
+        };
+        if queue.ptr.is_null() {
+            return Err("librdkafka could not allocate a queue".into());
+        }
+        let sent = rd::rd_kafka_commit_queue(
+            client.native_ptr(),
+            offsets.ptr(),
+            queue.ptr,
+            None,
+            std::ptr::null_mut(),
+        );
+        if sent != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(name(sent));
+        }
+        let event = Owned {
+            ptr: rd::rd_kafka_queue_poll(queue.ptr, millis),
+            free: rd::rd_kafka_event_destroy,
+        };
+        if event.ptr.is_null() {
+            return Err(format!("not confirmed within {limit:?}"));
+        }
+        let error = rd::rd_kafka_event_error(event.ptr);
+        if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(name(error));
+        }
+        // Each partition has its own outcome too.
+        let list = rd::rd_kafka_event_topic_partition_list(event.ptr);
+        if !list.is_null() {
+            let list = &*list;
+            for i in 0..usize::try_from(list.cnt).unwrap_or(0) {
+                let element = &*list.elems.add(i);
+                if element.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    return Err(format!(
+                        "partition {}: {}",
+                        element.partition,
+                        name(element.err)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka's name for an error code.
+fn name(code: rd::rd_kafka_resp_err_t) -> String {
+    rdkafka::error::RDKafkaErrorCode::from(code).to_string()
+}
