@@ -554,6 +554,11 @@ fn inject(fault: Fault, stream: &Stream, service: &mut Instance, rng: &mut Rng, 
             std::thread::sleep(Duration::from_millis(rng.below(3_000) as u64));
             service.assert_alive();
             let attempts = stack.kafka.start_again();
+            // The broker answers before its partition has a leader again; the next events are
+            // produced once it has (else the producer is refused: NotLeaderForPartition).
+            wait_until(Duration::from_secs(120), "the topic's leader back", || {
+                common::kafka_edge::try_watermarks(&stack.brokers(), stream.topic, 0).is_ok()
+            });
             s.broker_down.push(down.elapsed().as_secs_f64());
             println!(
                 "    broker down {:.1}s (started again at attempt {attempts})",
