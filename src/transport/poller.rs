@@ -476,7 +476,8 @@ impl<'a> Poller<'a> {
         if abandoned > 0 {
             self.summary.abandoned += abandoned;
             log::warn!(
-                "kafka: {abandoned} events of partitions {partitions:?} were unfinished after                  {:?}; handed back uncommitted (the next owner reads them again)",
+                "kafka: {abandoned} events of partitions {partitions:?} were unfinished after \
+                 {:?}; handed back uncommitted (the next owner reads them again)",
                 self.settings.revoke_drain
             );
         }
