@@ -12,20 +12,7 @@ use rdkafka::bindings as rd;
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::TopicPartitionList;
 
-/// Frees what the C API handed out, on every path out of [`commit`].
-struct Owned<T> {
-    ptr: *mut T,
-    free: unsafe extern "C" fn(*mut T),
-}
-
-impl<T> Drop for Owned<T> {
-    fn drop(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: `ptr` came from the matching librdkafka constructor and is freed once.
-            unsafe { (self.free)(self.ptr) }
-        }
-    }
-}
+use super::librdkafka_owned::Owned;
 
 /// Commits `offsets` for the consumer's group and waits up to `limit` for the group
 /// coordinator's answer; `Err` says why it is not confirmed (refused, or no answer in time).

@@ -16,6 +16,7 @@ pub mod dlq_replay;
 pub(crate) mod fake;
 pub mod kafka_client;
 pub mod kafka_edge;
+mod librdkafka_owned;
 pub mod offsets;
 mod poller;
 pub mod rdkafka_client;

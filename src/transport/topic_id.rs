@@ -11,6 +11,8 @@ use std::time::Duration;
 use rdkafka::bindings as rd;
 use rdkafka::client::{Client, ClientContext};
 
+use super::librdkafka_owned::Owned;
+
 /// A topic id: the 128 bits of the broker's UUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicId {
@@ -21,21 +23,6 @@ pub struct TopicId {
 impl fmt::Display for TopicId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}{:016x}", self.high as u64, self.low as u64)
-    }
-}
-
-/// Frees what the C API handed out, on every path out of [`read`].
-struct Owned<T> {
-    ptr: *mut T,
-    free: unsafe extern "C" fn(*mut T),
-}
-
-impl<T> Drop for Owned<T> {
-    fn drop(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: `ptr` came from the matching librdkafka constructor and is freed once.
-            unsafe { (self.free)(self.ptr) }
-        }
     }
 }
 
