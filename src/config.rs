@@ -283,7 +283,8 @@ impl PartitionSelection {
                     Err(ConfigError {
                         variable: "INSTANCE_INDEX",
                         problem: format!(
-                            "instance {index} of {count} gets no partition: the topic has only                              {} (use fewer instances or more partitions)",
+                            "instance {index} of {count} gets no partition: the topic has only \
+                             {} (use fewer instances or more partitions)",
                             existing.len()
                         ),
                     })
@@ -322,6 +323,26 @@ pub struct Settings {
     /// API_TOKEN: when set, mutating API routes need `Authorization: Bearer <token>`. A secret:
     /// never printed, never logged.
     pub api_token: Option<String>,
+    /// DEADLINE_CHECK_MS and DEADLINE_POLICY: what the deadline pass does, and how often.
+    pub deadlines: DeadlineSettings,
+}
+
+/// What happens to a delivery whose deadline has passed (README "The rules").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlinePolicy {
+    /// The course's rule: the delivery is completed at its deadline and the courier freed.
+    Complete,
+    /// Nothing changes; overdue deliveries are only counted and shown.
+    Report,
+}
+
+/// The deadline pass's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineSettings {
+    /// DEADLINE_POLICY: `complete` (default) or `report`.
+    pub policy: DeadlinePolicy,
+    /// DEADLINE_CHECK_MS: how often the pass runs (it also runs at start).
+    pub check_every: Duration,
 }
 
 /// Reads variables through a lookup function, so tests need not touch the process environment.
@@ -640,8 +661,26 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 "error, warn, info, debug or trace",
             )?,
             metrics_addr: listen_addr(self, "METRICS_ADDR", "127.0.0.1:9464")?,
-            http_addr: listen_addr(self, "HTTP_ADDR", "127.0.0.1:8080")?,
+            http_addr: listen_addr(self, "HTTP_ADDR", DEFAULT_HTTP_ADDR)?,
             api_token: api_token(self)?,
+            deadlines: DeadlineSettings {
+                policy: match self.raw("DEADLINE_POLICY").map(|v| v.to_ascii_lowercase()) {
+                    None => DeadlinePolicy::Complete,
+                    Some(v) if v == "complete" => DeadlinePolicy::Complete,
+                    Some(v) if v == "report" => DeadlinePolicy::Report,
+                    Some(v) => {
+                        return Err(ConfigError {
+                            variable: "DEADLINE_POLICY",
+                            problem: format!("{v:?} is not complete or report"),
+                        })
+                    }
+                },
+                check_every: Duration::from_millis(self.bounded(
+                    "DEADLINE_CHECK_MS",
+                    10_000,
+                    100..=3_600_000,
+                )?),
+            },
             watchdog: match self.bounded("WATCHDOG_SECS", 60, 0..=86_400)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
@@ -656,6 +695,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(settings)
     }
 }
+
+/// HTTP_ADDR's default. Port 8090: the course's stack takes 8080 and 8083 (service-order),
+/// 9092 (Kafka), 9090 (Prometheus) and 3000 (Grafana).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8090";
 
 /// The process environment (after `.env` was loaded).
 pub fn from_process_env() -> Env<impl Fn(&str) -> Option<String>> {
@@ -968,9 +1011,24 @@ mod tests {
     }
 
     #[test]
+    fn deadline_policy_and_interval() {
+        let s = with(&[]).expect("valid");
+        assert_eq!(s.deadlines.policy, DeadlinePolicy::Complete);
+        assert_eq!(s.deadlines.check_every, Duration::from_secs(10));
+        let s = with(&[("DEADLINE_POLICY", "Report"), ("DEADLINE_CHECK_MS", "250")])
+            .expect("valid");
+        assert_eq!(s.deadlines.policy, DeadlinePolicy::Report);
+        assert_eq!(s.deadlines.check_every, Duration::from_millis(250));
+        for (name, bad) in [("DEADLINE_POLICY", "ignore"), ("DEADLINE_CHECK_MS", "5")] {
+            let err = with(&[(name, bad)]).expect_err("bad");
+            assert_eq!(err.variable, name);
+        }
+    }
+
+    #[test]
     fn http_address_and_token() {
         let s = with(&[]).expect("valid");
-        assert_eq!(s.http_addr.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(s.http_addr.as_deref(), Some("127.0.0.1:8090"));
         assert_eq!(s.api_token, None);
         let s = with(&[("HTTP_ADDR", ""), ("API_TOKEN", "0123456789abcdef")]).expect("valid");
         assert_eq!(s.http_addr, None);
