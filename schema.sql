@@ -90,5 +90,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS courier_orders_one_active_per_courier
     ON courier_orders (courier_id)
     WHERE completed_at IS NULL;
 
+-- What ended a completed delivery: 'event' (a completed or delivered event) or 'deadline' (the
+-- deadline pass, DEADLINE_POLICY=complete). NULL while active. Added only when missing, like the
+-- columns above; deliveries completed before it existed were all completed by events.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'courier_orders'
+                     AND column_name = 'completed_by') THEN
+        ALTER TABLE courier_orders ADD COLUMN completed_by TEXT
+            CHECK (completed_by IN ('event', 'deadline'));
+        UPDATE courier_orders SET completed_by = 'event' WHERE completed_at IS NOT NULL;
+    END IF;
+END
+$$;
+
 -- Dropped: no query needs it beside the index above, and every insert and update paid for it.
 DROP INDEX IF EXISTS courier_orders_by_courier;

@@ -1015,8 +1015,8 @@ mod tests {
         let s = with(&[]).expect("valid");
         assert_eq!(s.deadlines.policy, DeadlinePolicy::Complete);
         assert_eq!(s.deadlines.check_every, Duration::from_secs(10));
-        let s = with(&[("DEADLINE_POLICY", "Report"), ("DEADLINE_CHECK_MS", "250")])
-            .expect("valid");
+        let s =
+            with(&[("DEADLINE_POLICY", "Report"), ("DEADLINE_CHECK_MS", "250")]).expect("valid");
         assert_eq!(s.deadlines.policy, DeadlinePolicy::Report);
         assert_eq!(s.deadlines.check_every, Duration::from_millis(250));
         for (name, bad) in [("DEADLINE_POLICY", "ignore"), ("DEADLINE_CHECK_MS", "5")] {

@@ -438,8 +438,9 @@ mod tests {
             o: &OrderId,
             c: crate::domain::CourierId,
             at: chrono::DateTime<chrono::Utc>,
+            by: crate::domain::CompletedBy,
         ) -> Result<(), RepoError> {
-            self.0.finish_delivery(o, c, at)
+            self.0.finish_delivery(o, c, at, by)
         }
         fn drop_delivery(
             &mut self,

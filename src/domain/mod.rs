@@ -8,4 +8,4 @@ mod order;
 
 pub use courier::{CourierId, CourierStatus, NewCourier, ParseCourierError, Phone, TransportType};
 pub use event::{BadEvent, OrderEvent};
-pub use order::{OrderId, OrderStatus, ParseOrderError, StatusFamily};
+pub use order::{CompletedBy, OrderId, OrderStatus, ParseOrderError, StatusFamily};

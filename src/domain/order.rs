@@ -72,6 +72,37 @@ impl fmt::Display for OrderId {
     }
 }
 
+/// What ended a delivery that counts: an order event (`completed`, `delivered`), or the deadline
+/// pass at the delivery's deadline (README "The rules", `DEADLINE_POLICY=complete`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompletedBy {
+    /// A `completed` or `delivered` event.
+    Event,
+    /// The deadline pass: the delivery was still active at its deadline.
+    Deadline,
+}
+
+impl CompletedBy {
+    /// The spelling stored in `courier_orders.completed_by` and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+impl std::str::FromStr for CompletedBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "event" => Ok(Self::Event),
+            "deadline" => Ok(Self::Deadline),
+            other => Err(format!("completed_by {other:?} is not event or deadline")),
+        }
+    }
+}
+
 /// What happens to couriers for a status: the factory maps each family to one handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatusFamily {

@@ -12,7 +12,7 @@ use super::{
     DeliveryView, FleetGauges, OrderState, OrderView, QueueView, RepoError, Snapshot, StorageTx,
     WaitingOrder,
 };
-use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 
 /// The fake repository. Cheap to create; starts empty.
 #[derive(Debug, Default)]
@@ -331,15 +331,18 @@ impl StorageTx for MemoryState {
                 courier.id
             )));
         }
+        let deadline = at + courier.transport.delivery_window();
         row.view.status = CourierStatus::Busy;
         row.view.active_order = Some(order.clone());
+        row.view.deadline = Some(deadline);
         self.deliveries.insert(
             order.clone(),
             DeliveryView {
                 courier: courier.id,
                 assigned_at: at,
-                deadline: at + courier.transport.delivery_window(),
+                deadline,
                 completed_at: None,
+                completed_by: None,
             },
         );
         self.put_order(order, OrderState::Assigned(courier.id), at);
@@ -351,22 +354,27 @@ impl StorageTx for MemoryState {
         order: &OrderId,
         courier: CourierId,
         at: DateTime<Utc>,
+        by: CompletedBy,
     ) -> Result<(), RepoError> {
         let delivery = self
             .deliveries
             .get_mut(order)
             .ok_or_else(|| RepoError::Permanent(format!("order {order} has no delivery")))?;
         delivery.completed_at = Some(at);
+        delivery.completed_by = Some(by);
         let row = self.courier_mut(courier)?;
         row.view.completed_deliveries += 1;
         row.view.active_order = None;
+        row.view.deadline = None;
         self.put_order(order, OrderState::Completed(Some(courier)), at);
         Ok(())
     }
 
     fn drop_delivery(&mut self, order: &OrderId, at: DateTime<Utc>) -> Result<(), RepoError> {
         if let Some(d) = self.deliveries.remove(order) {
-            self.courier_mut(d.courier)?.view.active_order = None;
+            let row = self.courier_mut(d.courier)?;
+            row.view.active_order = None;
+            row.view.deadline = None;
         }
         self.put_order(order, OrderState::Cancelled, at);
         Ok(())
@@ -414,6 +422,7 @@ impl StorageTx for MemoryState {
                     transport: courier.transport,
                     completed_deliveries: 0,
                     active_order: None,
+                    deadline: None,
                 },
                 available_since: at,
             },

@@ -10,7 +10,9 @@ mod views;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
+use crate::domain::{
+    CompletedBy, CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType,
+};
 
 pub use error::RepoError;
 pub use memory::MemoryRepository;
@@ -84,6 +86,8 @@ pub struct CourierView {
     pub completed_deliveries: i64,
     /// The order they carry now, if any.
     pub active_order: Option<OrderId>,
+    /// When that order is due (its delivery's deadline), if they carry one.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// Courier and queue figures, for the metrics endpoint.
@@ -225,13 +229,14 @@ pub trait StorageTx {
         at: DateTime<Utc>,
     ) -> Result<(), RepoError>;
 
-    /// The delivery is done: stamped, counted for the courier, the order completed. The
-    /// courier's status is left to the caller.
+    /// The delivery is done: stamped (when, and what ended it), counted for the courier, the
+    /// order completed. The courier's status is left to the caller.
     fn finish_delivery(
         &mut self,
         order: &OrderId,
         courier: CourierId,
         at: DateTime<Utc>,
+        by: CompletedBy,
     ) -> Result<(), RepoError>;
 
     /// The delivery disappears and the order is cancelled. The courier's status is left to the

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use super::{CourierView, OrderState};
-use crate::domain::{CourierId, CourierStatus, OrderId};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, OrderId};
 
 /// One row of `courier_orders`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct DeliveryView {
     pub deadline: DateTime<Utc>,
     /// When it was delivered; `None` while active.
     pub completed_at: Option<DateTime<Utc>>,
+    /// What completed it; `None` while active.
+    pub completed_by: Option<CompletedBy>,
 }
 
 /// Everything that is stored, ordered so two snapshots compare with `==`.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{handover, Outcome};
-use crate::domain::OrderId;
+use crate::domain::{CompletedBy, OrderId};
 use crate::repository::{OrderState, RepoError, StorageTx};
 
 /// Completes an order, counting the delivery and releasing the courier.
@@ -20,7 +20,7 @@ pub fn handle(
             Ok(Outcome::Completed(None))
         }
         OrderState::Assigned(courier) => {
-            tx.finish_delivery(order, courier, at)?;
+            tx.finish_delivery(order, courier, at, CompletedBy::Event)?;
             let release = handover::release(tx, courier, at)?;
             Ok(Outcome::Completed(Some(release)))
         }

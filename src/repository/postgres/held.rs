@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CourierId, CourierStatus, OrderId, TransportType};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, OrderId, TransportType};
 use crate::repository::{CourierRecord, OrderState, RepoError};
 
 /// An order row as this transaction sees it.
@@ -71,6 +71,7 @@ enum DeliveryChange {
     Complete {
         courier: CourierId,
         at: DateTime<Utc>,
+        by: CompletedBy,
     },
     /// An existing row disappears.
     Delete,
@@ -87,6 +88,8 @@ pub(super) struct NewDelivery {
     pub deadline: DateTime<Utc>,
     /// When it was completed, if already.
     pub completed_at: Option<DateTime<Utc>>,
+    /// What completed it, if already.
+    pub completed_by: Option<CompletedBy>,
 }
 
 /// How far the rows locked up front answer a kind of pick without asking the database.
@@ -138,13 +141,26 @@ pub(super) enum Pick<T> {
 /// When a waiting order was created (`None` when it is not waiting).
 pub(super) type WaitingSince = Option<DateTime<Utc>>;
 
+/// An active delivery to stamp completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Completion {
+    /// Which order's delivery.
+    pub order: OrderId,
+    /// The courier who carried it (the row must still be theirs).
+    pub courier: CourierId,
+    /// When it was completed.
+    pub at: DateTime<Utc>,
+    /// What completed it.
+    pub by: CompletedBy,
+}
+
 /// Net changes, ready to be written as arrays.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
     /// `courier_orders` rows to delete.
     pub deleted: Vec<OrderId>,
-    /// Active deliveries to stamp completed: order, courier, when.
-    pub completed: Vec<(OrderId, CourierId, DateTime<Utc>)>,
+    /// Active deliveries to stamp completed.
+    pub completed: Vec<Completion>,
     /// Deliveries to insert.
     pub inserted: Vec<(OrderId, NewDelivery)>,
     /// Couriers to write: id, status, completed deliveries, available since.
@@ -367,6 +383,7 @@ impl HeldRows {
                 assigned_at: at,
                 deadline: at + transport.delivery_window(),
                 completed_at: None,
+                completed_by: None,
             }),
         );
         Ok(())
@@ -378,6 +395,7 @@ impl HeldRows {
         id: &OrderId,
         courier: CourierId,
         at: DateTime<Utc>,
+        by: CompletedBy,
     ) -> Result<(), RepoError> {
         let order = self.order_mut(id)?;
         if order.state != OrderState::Assigned(courier) {
@@ -392,10 +410,13 @@ impl HeldRows {
         held.record.active_order = None;
         held.dirty = true;
         match self.deliveries.get_mut(id) {
-            Some(DeliveryChange::Insert(new)) => new.completed_at = Some(at),
+            Some(DeliveryChange::Insert(new)) => {
+                new.completed_at = Some(at);
+                new.completed_by = Some(by);
+            }
             _ => {
                 self.deliveries
-                    .insert(id.clone(), DeliveryChange::Complete { courier, at });
+                    .insert(id.clone(), DeliveryChange::Complete { courier, at, by });
             }
         }
         Ok(())
@@ -445,8 +466,13 @@ impl HeldRows {
         for (id, change) in std::mem::take(&mut self.deliveries) {
             match change {
                 DeliveryChange::Insert(new) => changes.inserted.push((id, new)),
-                DeliveryChange::Complete { courier, at } => {
-                    changes.completed.push((id, courier, at))
+                DeliveryChange::Complete { courier, at, by } => {
+                    changes.completed.push(Completion {
+                        order: id,
+                        courier,
+                        at,
+                        by,
+                    })
                 }
                 DeliveryChange::Delete => changes.deleted.push(id),
             }
@@ -620,7 +646,7 @@ mod tests {
         assert!(rows
             .start_delivery(&id("gone"), CourierId(1), TransportType::Car, at(10))
             .is_err());
-        rows.finish_delivery(&id("done"), CourierId(1), at(20))
+        rows.finish_delivery(&id("done"), CourierId(1), at(20), CompletedBy::Event)
             .expect("finish");
         rows.start_delivery(&id("gone"), CourierId(1), TransportType::Car, at(30))
             .expect("start");

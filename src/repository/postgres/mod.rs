@@ -24,7 +24,7 @@ use super::{
     CourierDelivery, CourierPatch, CourierRemoval, CourierRepository, CourierView, DeliveryView,
     FleetGauges, OrderState, OrderView, QueueView, RepoError, Snapshot, StorageTx,
 };
-use crate::domain::{CourierId, OrderId, Phone, TransportType};
+use crate::domain::{CompletedBy, CourierId, OrderId, Phone, TransportType};
 use crate::shutdown::Shutdown;
 
 /// The schema, embedded so `migrate` needs no file next to the binary.
@@ -215,26 +215,27 @@ impl CourierRepository for PgRepository {
 
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         self.read_whole_tables(|tx| {
-        let couriers = tx
-            .query(COURIERS, &[])
-            .map_err(classify)?
-            .iter()
-            .map(courier_view)
-            .collect::<Result<_, _>>()?;
-        let mut orders = std::collections::BTreeMap::new();
-        for row in tx
+            let couriers = tx
+                .query(COURIERS, &[])
+                .map_err(classify)?
+                .iter()
+                .map(courier_view)
+                .collect::<Result<_, _>>()?;
+            let mut orders = std::collections::BTreeMap::new();
+            for row in tx
+                .query(
+                    "SELECT order_id, state, courier_id FROM orders WHERE state <> 'unseen'",
+                    &[],
+                )
+                .map_err(classify)?
+            {
+                orders.insert(order_id(&row, 0)?, order_state(&row, 1, 2)?);
+            }
+            let mut deliveries = std::collections::BTreeMap::new();
+            for row in tx
             .query(
-                "SELECT order_id, state, courier_id FROM orders WHERE state <> 'unseen'",
-                &[],
-            )
-            .map_err(classify)?
-        {
-            orders.insert(order_id(&row, 0)?, order_state(&row, 1, 2)?);
-        }
-        let mut deliveries = std::collections::BTreeMap::new();
-        for row in tx
-            .query(
-                "SELECT order_id, courier_id, assigned_at, deadline, completed_at FROM courier_orders",
+                "SELECT order_id, courier_id, assigned_at, deadline, completed_at, completed_by \
+                 FROM courier_orders",
                 &[],
             )
             .map_err(classify)?
@@ -246,25 +247,26 @@ impl CourierRepository for PgRepository {
                     assigned_at: get(&row, 2)?,
                     deadline: get(&row, 3)?,
                     completed_at: get(&row, 4)?,
+                    completed_by: completed_by(&row, 5)?,
                 },
             );
         }
-        let waiting = tx
-            .query(
-                "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL \
+            let waiting = tx
+                .query(
+                    "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL \
                  ORDER BY waiting_since, waiting_seq",
-                &[],
-            )
-            .map_err(classify)?
-            .iter()
-            .map(|r| order_id(r, 0))
-            .collect::<Result<_, _>>()?;
-        Ok(Snapshot {
-            couriers,
-            orders,
-            deliveries,
-            waiting,
-        })
+                    &[],
+                )
+                .map_err(classify)?
+                .iter()
+                .map(|r| order_id(r, 0))
+                .collect::<Result<_, _>>()?;
+            Ok(Snapshot {
+                couriers,
+                orders,
+                deliveries,
+                waiting,
+            })
         })
     }
 
@@ -370,14 +372,16 @@ impl PgRepository {
 }
 
 const COURIERS: &str = "
-    SELECT c.id, c.name, c.phone, c.status, c.transport_type, c.completed_deliveries, co.order_id
+    SELECT c.id, c.name, c.phone, c.status, c.transport_type, c.completed_deliveries, co.order_id,
+           co.deadline
     FROM couriers c
     LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
     ORDER BY c.id";
 
 /// One courier, as in [`COURIERS`].
 const COURIERS_WHERE: &str = "
-    SELECT c.id, c.name, c.phone, c.status, c.transport_type, c.completed_deliveries, co.order_id
+    SELECT c.id, c.name, c.phone, c.status, c.transport_type, c.completed_deliveries, co.order_id,
+           co.deadline
     FROM couriers c
     LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
     WHERE c.id = $1";
@@ -454,5 +458,13 @@ fn courier_view(row: &Row) -> Result<CourierView, RepoError> {
         active_order: get::<Option<String>>(row, 6)?
             .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
             .transpose()?,
+        deadline: get(row, 7)?,
     })
+}
+
+/// The `completed_by` column at `i`: what ended a delivery, `None` while active.
+fn completed_by(row: &Row, i: usize) -> Result<Option<CompletedBy>, RepoError> {
+    get::<Option<&str>>(row, i)?
+        .map(|s| s.parse().map_err(bad_row))
+        .transpose()
 }

@@ -3,7 +3,9 @@
 
 use postgres::Transaction;
 
-use super::{classify, courier_view, get, order_id, order_state, PgRepository, COURIERS_WHERE};
+use super::{
+    classify, completed_by, courier_view, get, order_id, order_state, PgRepository, COURIERS_WHERE,
+};
 use crate::domain::{CourierId, OrderId};
 use crate::repository::{
     CourierDelivery, CourierPatch, CourierRemoval, CourierView, DeliveryView, OrderView, QueueView,
@@ -21,7 +23,7 @@ impl PgRepository {
     pub(super) fn read_order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError> {
         const SQL: &str = "
             SELECT o.state, o.courier_id, co.courier_id, co.assigned_at, co.deadline,
-                   co.completed_at
+                   co.completed_at, co.completed_by
             FROM orders o
             LEFT JOIN courier_orders co ON co.order_id = o.order_id
             WHERE o.order_id = $1 AND o.state <> 'unseen'";
@@ -35,6 +37,7 @@ impl PgRepository {
                     assigned_at: get(&row, 3)?,
                     deadline: get(&row, 4)?,
                     completed_at: get(&row, 5)?,
+                    completed_by: completed_by(&row, 6)?,
                 }),
                 None => None,
             };
@@ -51,7 +54,7 @@ impl PgRepository {
         limit: usize,
     ) -> Result<Vec<CourierDelivery>, RepoError> {
         const SQL: &str = "
-            SELECT order_id, assigned_at, deadline, completed_at
+            SELECT order_id, assigned_at, deadline, completed_at, completed_by
             FROM courier_orders
             WHERE courier_id = $1
             ORDER BY assigned_at DESC, order_id DESC
@@ -69,6 +72,7 @@ impl PgRepository {
                             assigned_at: get(row, 1)?,
                             deadline: get(row, 2)?,
                             completed_at: get(row, 3)?,
+                            completed_by: completed_by(row, 4)?,
                         },
                     })
                 })

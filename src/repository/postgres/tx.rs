@@ -16,7 +16,7 @@ use postgres::{Row, Statement};
 
 use super::held::{Changes, Coverage, HeldRows, Pick};
 use super::{bad_row, classify, get, order_id, order_state, parse_col};
-use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 use crate::repository::{BatchOutline, CourierRecord, OrderState, RepoError, StorageTx};
 
 /// Locks orders by id. An order without a row is new: it is inserted when the changes are
@@ -81,8 +81,9 @@ const WRITE_CHANGES: &str = "
         DELETE FROM courier_orders WHERE order_id = ANY ($1::text[])
         RETURNING 1
     ), finished AS (
-        UPDATE courier_orders co SET completed_at = f.at
-        FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS f (order_id, courier_id, at)
+        UPDATE courier_orders co SET completed_at = f.at, completed_by = f.by
+        FROM unnest($2::text[], $3::int8[], $4::timestamptz[], $24::text[])
+             AS f (order_id, courier_id, at, by)
         WHERE co.order_id = f.order_id AND co.courier_id = f.courier_id
           -- Not written `IS NULL`, which would invite the one-active-per-courier index.
           AND co.completed_at IS NOT DISTINCT FROM NULL
@@ -118,9 +119,10 @@ const WRITE_CHANGES: &str = "
         WHERE o.order_id = u.id
         RETURNING 1
     ), delivered AS (
-        INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline, completed_at)
+        INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline, completed_at,
+                                    completed_by)
         SELECT * FROM unnest($17::text[], $18::int8[], $19::timestamptz[], $20::timestamptz[],
-                             $21::timestamptz[])
+                             $21::timestamptz[], $25::text[])
         -- Reading these counts runs the deletes and completions to the end before the first
         -- row is inserted: a courier's previous delivery stops being active first.
         WHERE (SELECT count(*) FROM dropped) >= 0 AND (SELECT count(*) FROM finished) >= 0
@@ -191,9 +193,10 @@ impl<'a> PgTx<'a> {
 
     fn write_changes(&mut self, c: &Changes) -> Result<(), RepoError> {
         let dropped: Vec<&str> = c.deleted.iter().map(OrderId::as_str).collect();
-        let finished_orders: Vec<&str> = c.completed.iter().map(|d| d.0.as_str()).collect();
-        let finished_couriers: Vec<i64> = c.completed.iter().map(|d| (d.1).0).collect();
-        let finished_at: Vec<DateTime<Utc>> = c.completed.iter().map(|d| d.2).collect();
+        let finished_orders: Vec<&str> = c.completed.iter().map(|d| d.order.as_str()).collect();
+        let finished_couriers: Vec<i64> = c.completed.iter().map(|d| d.courier.0).collect();
+        let finished_at: Vec<DateTime<Utc>> = c.completed.iter().map(|d| d.at).collect();
+        let finished_by: Vec<&str> = c.completed.iter().map(|d| d.by.as_str()).collect();
         let courier_ids: Vec<i64> = c.couriers.iter().map(|k| (k.0).0).collect();
         let courier_statuses: Vec<&str> = c.couriers.iter().map(|k| k.1.as_str()).collect();
         let courier_completed: Vec<i64> = c.couriers.iter().map(|k| k.2).collect();
@@ -215,6 +218,11 @@ impl<'a> PgTx<'a> {
         let deadlines: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.deadline).collect();
         let completed: Vec<Option<DateTime<Utc>>> =
             c.inserted.iter().map(|d| d.1.completed_at).collect();
+        let completed_by: Vec<Option<&str>> = c
+            .inserted
+            .iter()
+            .map(|d| d.1.completed_by.map(CompletedBy::as_str))
+            .collect();
         let rows = self
             .query(
                 WRITE_CHANGES,
@@ -242,6 +250,8 @@ impl<'a> PgTx<'a> {
                     &completed,
                     &order_since,
                     &new_since,
+                    &finished_by,
+                    &completed_by,
                 ],
             )
             // Two transactions that both found an order new (its `created` read by two instances
@@ -467,9 +477,10 @@ impl StorageTx for PgTx<'_> {
         order: &OrderId,
         courier: CourierId,
         at: DateTime<Utc>,
+        by: CompletedBy,
     ) -> Result<(), RepoError> {
         self.held_courier(courier)?;
-        self.held.finish_delivery(order, courier, at)
+        self.held.finish_delivery(order, courier, at, by)
     }
 
     fn drop_delivery(&mut self, order: &OrderId, _at: DateTime<Utc>) -> Result<(), RepoError> {
