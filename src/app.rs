@@ -9,7 +9,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 
 use crate::api;
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
-use crate::config::{self, ClientKind, KafkaSettings, Settings};
+use crate::config::{self, ClientKind, DeadlinePolicy, DeadlineSettings, KafkaSettings, Settings};
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
 use crate::ops::{http, Health, Metrics};
 use crate::repository::{CourierRepository, PgRepository};
@@ -125,6 +125,16 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         Arc::new(OrderEventProcessor::new(repo).with_pairing_requests(pairing_requests));
     if let Err(e) = start_pairing(Arc::clone(&processor), pairing_inbox, shutdown.clone()) {
         log::error!("cannot start the pairing thread: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let deadlines = DeadlinePass {
+        processor: Arc::clone(&processor),
+        settings: settings.deadlines,
+        batch_max: settings.batch_max,
+        metrics: Arc::clone(&metrics),
+    };
+    if let Err(e) = deadlines.start(shutdown.clone()) {
+        log::error!("cannot start the deadline thread: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
     let context = WorkerContext {
@@ -248,6 +258,87 @@ fn start_pairing(
             }
         })
         .map(|_| ())
+}
+
+/// The deadline pass's thread (see `usecase::deadline`): at start, then every
+/// `DEADLINE_CHECK_MS`, completes the deliveries past their deadline (`DEADLINE_POLICY=complete`)
+/// in rounds of at most `BATCH_MAX`, and counts those still overdue for
+/// `courier_deliveries_overdue`.
+struct DeadlinePass {
+    processor: Arc<OrderEventProcessor<PgRepository>>,
+    settings: DeadlineSettings,
+    batch_max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl DeadlinePass {
+    fn start(self, shutdown: Shutdown) -> std::io::Result<()> {
+        log::info!(
+            "deadlines: {} every {:?}",
+            match self.settings.policy {
+                DeadlinePolicy::Complete => "overdue deliveries are completed at their deadline",
+                DeadlinePolicy::Report => "overdue deliveries are only reported",
+            },
+            self.settings.check_every
+        );
+        std::thread::Builder::new()
+            .name("deadlines".into())
+            .spawn(move || loop {
+                self.run_once();
+                if !shutdown.sleep(self.settings.check_every) {
+                    return;
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// One pass. Failures are logged and left to the next pass: nothing here is an event's.
+    fn run_once(&self) {
+        let now = chrono::Utc::now();
+        if self.settings.policy == DeadlinePolicy::Complete {
+            let (mut completed, mut took) = (0, 0);
+            loop {
+                match self.processor.complete_overdue(now, self.batch_max) {
+                    Ok(round) => {
+                        for c in &round {
+                            log::debug!(
+                                "order {}: deadline {} passed, completed by the deadline pass; {}",
+                                c.order,
+                                c.deadline.to_rfc3339(),
+                                match &c.release.took {
+                                    Some(next) => format!(
+                                        "courier {} took waiting order {next}",
+                                        c.release.courier
+                                    ),
+                                    None => format!("courier {} freed", c.release.courier),
+                                }
+                            );
+                        }
+                        completed += round.len();
+                        took += round.iter().filter(|c| c.release.took.is_some()).count();
+                        self.metrics.deadline_completions(round.len() as u64);
+                        if round.len() < self.batch_max {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("deadline pass: completing overdue deliveries failed: {e}");
+                        break;
+                    }
+                }
+            }
+            if completed > 0 {
+                log::info!(
+                    "deadline pass: {completed} deliveries completed at their deadline; their \
+                     couriers were freed ({took} took a waiting order)"
+                );
+            }
+        }
+        match self.processor.repository().count_overdue(now) {
+            Ok(n) => self.metrics.overdue_deliveries(n.max(0) as u64),
+            Err(e) => log::debug!("deadline pass: counting overdue deliveries failed: {e}"),
+        }
+    }
 }
 
 /// Waits until PostgreSQL answers, then applies the schema. `false` if stopped meanwhile.

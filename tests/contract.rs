@@ -4,7 +4,7 @@
 mod common;
 
 use common::{at, courier, event, oid};
-use service_courier::domain::{CourierId, CourierStatus, OrderEvent, TransportType};
+use service_courier::domain::{CompletedBy, CourierId, CourierStatus, OrderEvent, TransportType};
 use service_courier::repository::{
     CourierRepository, MemoryRepository, OrderState, RepoError, Snapshot,
 };
@@ -367,6 +367,86 @@ fn one_batch_frees_and_reassigns_a_courier_twice<R: CourierRepository>(repo: R) 
     assert!(!s.deliveries.contains_key(&oid("c")));
 }
 
+/// The deadline pass (README "The rules"): overdue deliveries, earliest deadline first and at
+/// most `limit` a round, are completed at their deadline; their couriers take the oldest
+/// waiting orders, stamped with the pass's clock; events complete with `completed_by = event`.
+fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRepository>(repo: R) {
+    let car = hire(&repo, 1, TransportType::Car, 0);
+    let scooter = hire(&repo, 2, TransportType::Scooter, 1);
+    let foot = hire(&repo, 3, TransportType::OnFoot, 2);
+    let p = OrderEventProcessor::new(repo);
+    assert_eq!(apply(&p, event("c", "created", 10)), Outcome::Assigned(car));
+    assert_eq!(
+        apply(&p, event("s", "created", 10)),
+        Outcome::Assigned(scooter)
+    );
+    assert_eq!(
+        apply(&p, event("f", "created", 10)),
+        Outcome::Assigned(foot)
+    );
+    assert_eq!(apply(&p, event("w2", "created", 30)), Outcome::Waiting);
+    assert_eq!(apply(&p, event("w1", "created", 20)), Outcome::Waiting);
+    assert_eq!(
+        apply(&p, event("f", "delivered", 100)),
+        Outcome::Completed(freed(foot, Some("w1")))
+    );
+
+    // Nothing is due before the car's 5 minutes.
+    assert!(p
+        .complete_overdue(at(10 + 299), 10)
+        .expect("pass")
+        .is_empty());
+    // Both due at 16 min: one a round, the earliest deadline first.
+    let first = p.complete_overdue(at(16 * 60), 1).expect("pass");
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (
+            first[0].order.clone(),
+            first[0].deadline,
+            first[0].release.clone()
+        ),
+        (
+            oid("c"),
+            at(10 + 5 * 60),
+            Release {
+                courier: car,
+                took: Some(oid("w2"))
+            }
+        )
+    );
+    let second = p.complete_overdue(at(16 * 60), 10).expect("pass");
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        second[0].release,
+        Release {
+            courier: scooter,
+            took: None
+        }
+    );
+    assert!(p
+        .complete_overdue(at(16 * 60), 10)
+        .expect("pass")
+        .is_empty());
+
+    let s = snap(&p);
+    s.check_invariants().expect("invariants");
+    let by = |o: &str| s.deliveries[&oid(o)].completed_by;
+    assert_eq!(by("c"), Some(CompletedBy::Deadline));
+    assert_eq!(by("s"), Some(CompletedBy::Deadline));
+    assert_eq!(by("f"), Some(CompletedBy::Event));
+    assert_eq!(by("w2"), None);
+    assert_eq!(s.deliveries[&oid("s")].completed_at, Some(at(10 + 15 * 60)));
+    assert_eq!(s.deliveries[&oid("w2")].assigned_at, at(16 * 60));
+    assert_eq!(s.orders[&oid("c")], OrderState::Completed(Some(car)));
+    assert_eq!(status_of(&p, scooter), CourierStatus::Available);
+    assert_eq!(s.statistics()[&car], 1);
+    // Terminal states win: a later event of a deadline-completed order does nothing.
+    assert_eq!(apply(&p, event("c", "cancelled", 2000)), Outcome::Duplicate);
+    assert_eq!(snap(&p), s);
+    assert_eq!(p.repository().count_overdue(at(16 * 60)).expect("count"), 0);
+    assert_eq!(p.repository().count_overdue(at(10_000)).expect("count"), 2);
+}
+
 macro_rules! contract {
     ($($rule:ident),* $(,)?) => {
         mod memory {
@@ -398,4 +478,5 @@ contract!(
     cancelled_leaves_no_delivery_and_completed_counts,
     progress_statuses_are_ignored_and_store_nothing,
     one_batch_frees_and_reassigns_a_courier_twice,
+    the_deadline_pass_completes_overdue_deliveries_at_their_deadline,
 );

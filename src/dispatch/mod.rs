@@ -378,6 +378,9 @@ mod tests {
         fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
             self.inner.fleet()
         }
+        fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
+            self.inner.count_overdue(now)
+        }
         fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
             self.inner.has_waiting_beside_available()
         }
@@ -424,6 +427,13 @@ mod tests {
         }
         fn next_waiting_order(&mut self) -> Result<Option<OrderId>, RepoError> {
             self.0.next_waiting_order()
+        }
+        fn lock_overdue_deliveries(
+            &mut self,
+            now: chrono::DateTime<chrono::Utc>,
+            limit: usize,
+        ) -> Result<Vec<crate::repository::OverdueDelivery>, RepoError> {
+            self.0.lock_overdue_deliveries(now, limit)
         }
         fn start_delivery(
             &mut self,
@@ -484,6 +494,9 @@ mod tests {
             Err(RepoError::Transient("down".into()))
         }
         fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
+            Err(RepoError::Transient("down".into()))
+        }
+        fn count_overdue(&self, _: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
             Err(RepoError::Transient("down".into()))
         }
         fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {

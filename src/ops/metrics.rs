@@ -110,6 +110,10 @@ pub struct Metrics {
     /// Dead letters not yet accepted by Kafka, and whether fetching is paused for them.
     dead_letter_backlog: AtomicU64,
     dead_letters_paused: AtomicBool,
+    /// Active deliveries past their deadline, as the deadline pass last counted them.
+    overdue: AtomicU64,
+    /// Deliveries the deadline pass completed.
+    deadline_completions: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -128,6 +132,8 @@ impl Default for Metrics {
             skipped: Mutex::default(),
             dead_letter_backlog: AtomicU64::new(0),
             dead_letters_paused: AtomicBool::new(false),
+            overdue: AtomicU64::new(0),
+            deadline_completions: AtomicU64::new(0),
         }
     }
 }
@@ -215,6 +221,16 @@ impl Metrics {
         self.dead_letter_backlog
             .store(held as u64, Ordering::Relaxed);
         self.dead_letters_paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Active deliveries whose deadline has passed, as just counted: `courier_deliveries_overdue`.
+    pub fn overdue_deliveries(&self, n: u64) {
+        self.overdue.store(n, Ordering::Relaxed);
+    }
+
+    /// The deadline pass completed `n` deliveries: `courier_deadline_completions_total`.
+    pub fn deadline_completions(&self, n: u64) {
+        self.deadline_completions.fetch_add(n, Ordering::Relaxed);
     }
 
     /// A failed event is being retried.
@@ -408,6 +424,27 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{status=\"{status}\"}} {n}");
             }
         }
+
+        let name = "courier_deliveries_overdue";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "Active deliveries whose deadline has passed (the deadline pass's last count).",
+        );
+        let _ = writeln!(out, "{name} {}", self.overdue.load(Ordering::Relaxed));
+        let name = "courier_deadline_completions_total";
+        header(
+            &mut out,
+            name,
+            "counter",
+            "Deliveries completed at their deadline by the deadline pass (DEADLINE_POLICY=complete).",
+        );
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            self.deadline_completions.load(Ordering::Relaxed)
+        );
 
         let name = "courier_db_errors_total";
         header(&mut out, name, "counter", "Failed database calls.");

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     CourierDelivery, CourierPatch, CourierRecord, CourierRemoval, CourierRepository, CourierView,
-    DeliveryView, FleetGauges, OrderState, OrderView, QueueView, RepoError, Snapshot, StorageTx,
-    WaitingOrder,
+    DeliveryView, FleetGauges, OrderState, OrderView, OverdueDelivery, QueueView, RepoError,
+    Snapshot, StorageTx, WaitingOrder,
 };
 use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 
@@ -104,6 +104,16 @@ impl CourierRepository for MemoryRepository {
 
     fn fleet(&self) -> Result<FleetGauges, RepoError> {
         Ok(self.lock().fleet())
+    }
+
+    fn count_overdue(&self, now: DateTime<Utc>) -> Result<i64, RepoError> {
+        let state = self.lock();
+        let n = state
+            .deliveries
+            .values()
+            .filter(|d| d.completed_at.is_none() && d.deadline <= now)
+            .count();
+        Ok(n as i64)
     }
 
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
@@ -298,6 +308,26 @@ impl StorageTx for MemoryState {
             .min_by_key(|c| (c.view.completed_deliveries, c.available_since, c.view.id))
             .map(|c| c.view.id);
         Ok(best.and_then(|id| self.record(id)))
+    }
+
+    fn lock_overdue_deliveries(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OverdueDelivery>, RepoError> {
+        let mut overdue: Vec<OverdueDelivery> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.completed_at.is_none() && d.deadline <= now)
+            .map(|(order, d)| OverdueDelivery {
+                order: order.clone(),
+                courier: d.courier,
+                deadline: d.deadline,
+            })
+            .collect();
+        overdue.sort_by(|a, b| (a.deadline, &a.order).cmp(&(b.deadline, &b.order)));
+        overdue.truncate(limit);
+        Ok(overdue)
     }
 
     fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError> {

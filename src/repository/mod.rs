@@ -121,6 +121,9 @@ pub trait CourierRepository: Send + Sync {
     /// Couriers by status and the length of the queue.
     fn fleet(&self) -> Result<FleetGauges, RepoError>;
 
+    /// How many active deliveries are past their deadline at `now` (as committed).
+    fn count_overdue(&self, now: DateTime<Utc>) -> Result<i64, RepoError>;
+
     /// Whether some order waits while some courier is available (as committed): one cheap
     /// read that spares the pairing pass a transaction when, as usual, there is nothing to pair.
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError>;
@@ -186,6 +189,17 @@ pub struct BatchOutline {
     pub releases: usize,
 }
 
+/// An active delivery whose deadline has passed, found and locked by the deadline pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverdueDelivery {
+    /// The order, locked (its state is read with [`StorageTx::lock_order`] without a round trip).
+    pub order: OrderId,
+    /// The courier who carries it.
+    pub courier: CourierId,
+    /// When it was due: what its completion is stamped with.
+    pub deadline: DateTime<Utc>,
+}
+
 /// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.
 pub trait StorageTx {
     /// Locks up front what `outline` says the steps after it will touch. Only an optimisation:
@@ -212,6 +226,15 @@ pub trait StorageTx {
     /// Locks and returns the best available courier that no one else holds: fewest completed
     /// deliveries, then the one available longest, then the lowest id.
     fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError>;
+
+    /// Locks up to `limit` active deliveries whose deadline is at or before `now`, earliest
+    /// deadline first, skipping orders another transaction holds (an event of that order is
+    /// being applied: the next pass looks again). Their orders are locked as by `lock_order`.
+    fn lock_overdue_deliveries(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OverdueDelivery>, RepoError>;
 
     /// Locks a courier row.
     fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError>;

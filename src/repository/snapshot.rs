@@ -66,6 +66,19 @@ impl Snapshot {
         let mut completed_by_courier: BTreeMap<CourierId, i64> = BTreeMap::new();
         for (order, d) in &self.deliveries {
             let state = self.orders.get(order);
+            if d.completed_at.is_some() != d.completed_by.is_some() {
+                return Err(format!(
+                    "delivery of {order} completed at {:?} by {:?}",
+                    d.completed_at, d.completed_by
+                ));
+            }
+            // The deadline pass stamps its completions with the deadline.
+            if d.completed_by == Some(CompletedBy::Deadline) && d.completed_at != Some(d.deadline) {
+                return Err(format!(
+                    "delivery of {order} completed by its deadline {} at {:?}",
+                    d.deadline, d.completed_at
+                ));
+            }
             match d.completed_at {
                 None => {
                     active_by_courier.entry(d.courier).or_default().push(order);
@@ -122,6 +135,14 @@ impl Snapshot {
                     .and_then(|v| v.first().copied())
             {
                 return Err(format!("courier {} reports a wrong active order", c.id));
+            }
+            let due = c
+                .active_order
+                .as_ref()
+                .and_then(|o| self.deliveries.get(o))
+                .map(|d| d.deadline);
+            if c.deadline != due {
+                return Err(format!("courier {} reports a wrong deadline", c.id));
             }
             let done = completed_by_courier.get(&c.id).copied().unwrap_or(0);
             if c.completed_deliveries != done {

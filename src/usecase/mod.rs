@@ -1,16 +1,19 @@
 //! What an order event does to couriers. The [`factory`] maps a status to one handler per
 //! status family (`assign`, `cancel`, `complete`, `ignore`); each runs in one storage
-//! transaction and returns a typed [`Outcome`]. Nothing here knows about Kafka.
+//! transaction and returns a typed [`Outcome`]. The [`deadline`] pass completes deliveries that
+//! outlived their deadline. Nothing here knows about Kafka.
 
 mod assign;
 mod cancel;
 mod complete;
 pub mod couriers;
+pub mod deadline;
 pub mod factory;
 mod handover;
 mod ignore;
 mod outcome;
 
+pub use deadline::DeadlineCompletion;
 pub use outcome::{Outcome, Release};
 
 use crossbeam_channel::Sender;
@@ -113,14 +116,37 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
             may_leave_a_gap(factory::StatusHandler::for_status(e.status), outcome)
         });
         if let Some((event, _)) = gap {
-            match &self.pairing_requests {
-                Some(requests) => {
-                    let _ = requests.try_send(());
-                }
-                None => self.pair_waiting(event.created_at),
-            }
+            self.ask_for_pairing(event.created_at);
         }
         Ok(outcomes)
+    }
+
+    /// One round of the deadline pass's work (see [`deadline`]): completes up to `limit`
+    /// deliveries due at or before `now` in one transaction. The caller repeats while a round
+    /// comes back full.
+    pub fn complete_overdue(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeadlineCompletion>, RepoError> {
+        let completed = self
+            .repository
+            .transaction(&mut |tx| deadline::complete_overdue(tx, now, limit))?;
+        // A courier freed with no order to take may have missed one that waited meanwhile.
+        if completed.iter().any(|c| c.release.took.is_none()) {
+            self.ask_for_pairing(now);
+        }
+        Ok(completed)
+    }
+
+    /// Asks for the pairing pass: of the pairing thread when there is one, else runs it here.
+    fn ask_for_pairing(&self, at: chrono::DateTime<chrono::Utc>) {
+        match &self.pairing_requests {
+            Some(requests) => {
+                let _ = requests.try_send(());
+            }
+            None => self.pair_waiting(at),
+        }
     }
 }
 

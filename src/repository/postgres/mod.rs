@@ -274,21 +274,20 @@ impl CourierRepository for PgRepository {
         self.read_fleet()
     }
 
+    fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
+        // Active deliveries are one per busy courier: the partial index
+        // `courier_orders_one_active_per_courier` holds exactly them.
+        const SQL: &str = "
+            SELECT count(*) FROM courier_orders WHERE completed_at IS NULL AND deadline <= $1";
+        let row = self.query_one_prepared(SQL, &[&now])?;
+        get(&row, 0)
+    }
+
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
         const SQL: &str = "
             SELECT EXISTS (SELECT 1 FROM couriers WHERE status = 'available')
                AND EXISTS (SELECT 1 FROM orders WHERE waiting_seq IS NOT NULL)";
-        let mut conn = self.connection()?;
-        let PgConnection { client, statements } = &mut *conn;
-        let stmt = match statements.get(SQL) {
-            Some(s) => s.clone(),
-            None => {
-                let s = client.prepare(SQL).map_err(classify)?;
-                statements.insert(SQL, s.clone());
-                s
-            }
-        };
-        let row = client.query_one(&stmt, &[]).map_err(classify)?;
+        let row = self.query_one_prepared(SQL, &[])?;
         get(&row, 0)
     }
 
@@ -327,6 +326,26 @@ impl CourierRepository for PgRepository {
 }
 
 impl PgRepository {
+    /// One row of a small read outside any transaction, its statement prepared once per
+    /// connection.
+    fn query_one_prepared(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Row, RepoError> {
+        let mut conn = self.connection()?;
+        let PgConnection { client, statements } = &mut *conn;
+        let stmt = match statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = client.prepare(sql).map_err(classify)?;
+                statements.insert(sql, s.clone());
+                s
+            }
+        };
+        client.query_one(&stmt, params).map_err(classify)
+    }
+
     fn read_fleet(&self) -> Result<FleetGauges, RepoError> {
         const SQL: &str = "
             SELECT count(*) FILTER (WHERE status = 'available'),

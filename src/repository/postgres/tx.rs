@@ -17,7 +17,9 @@ use postgres::{Row, Statement};
 use super::held::{Changes, Coverage, HeldRows, Pick};
 use super::{bad_row, classify, get, order_id, order_state, parse_col};
 use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
-use crate::repository::{BatchOutline, CourierRecord, OrderState, RepoError, StorageTx};
+use crate::repository::{
+    BatchOutline, CourierRecord, OrderState, OverdueDelivery, RepoError, StorageTx,
+};
 
 /// Locks orders by id. An order without a row is new: it is inserted when the changes are
 /// written, and if another transaction inserted it in the meantime, that write fails as a
@@ -131,6 +133,19 @@ const WRITE_CHANGES: &str = "
     SELECT (SELECT count(*) FROM dropped), (SELECT count(*) FROM finished),
            (SELECT count(*) FROM couriers_set), (SELECT count(*) FROM orders_set),
            (SELECT count(*) FROM orders_new), (SELECT count(*) FROM delivered)";
+
+/// Locks the orders of up to `$2` active deliveries due at or before `$1`, earliest first,
+/// skipping orders another transaction holds. `o.state = 'assigned'` is checked again on the
+/// locked row's newest version, so an order an event completed or cancelled meanwhile is left
+/// out. The active deliveries are read through `courier_orders_one_active_per_courier`.
+const LOCK_OVERDUE: &str = "
+    SELECT o.order_id, o.state, o.courier_id, o.waiting_seq, o.waiting_since, co.deadline
+    FROM courier_orders co
+    JOIN orders o ON o.order_id = co.order_id
+    WHERE co.completed_at IS NULL AND co.deadline <= $1 AND o.state = 'assigned'
+    ORDER BY co.deadline, co.order_id
+    LIMIT $2
+    FOR UPDATE OF o SKIP LOCKED";
 
 /// Hires a courier, paused.
 const INSERT_COURIER: &str = "
@@ -438,6 +453,29 @@ impl StorageTx for PgTx<'_> {
                     .and_then(|id| self.held.courier(*id).cloned()))
             }
         }
+    }
+
+    fn lock_overdue_deliveries(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OverdueDelivery>, RepoError> {
+        self.flush()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query(LOCK_OVERDUE, &[&now, &limit])?;
+        let mut overdue = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let order = self.hold_order_row(row, 0)?;
+            let Some(OrderState::Assigned(courier)) = self.held.order(&order).cloned() else {
+                return Err(bad_row(format!("overdue order {order} is not assigned")));
+            };
+            overdue.push(OverdueDelivery {
+                order,
+                courier,
+                deadline: get(row, 5)?,
+            });
+        }
+        Ok(overdue)
     }
 
     fn lock_courier(&mut self, id: CourierId) -> Result<Option<CourierRecord>, RepoError> {

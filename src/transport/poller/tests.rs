@@ -74,6 +74,9 @@ impl CourierRepository for Gated {
     fn fleet(&self) -> Result<FleetGauges, RepoError> {
         self.inner.fleet()
     }
+    fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
+        self.inner.count_overdue(now)
+    }
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
         self.inner.has_waiting_beside_available()
     }
