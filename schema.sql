@@ -92,7 +92,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS courier_orders_one_active_per_courier
 
 -- What ended a completed delivery: 'event' (a completed or delivered event) or 'deadline' (the
 -- deadline pass, DEADLINE_POLICY=complete). NULL while active. Added only when missing, like the
--- columns above; deliveries completed before it existed were all completed by events.
+-- columns above; deliveries completed before it existed were all completed by events. (A
+-- column added with a constant or now() as its default costs no table rewrite.)
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
@@ -101,6 +102,15 @@ BEGIN
         ALTER TABLE courier_orders ADD COLUMN completed_by TEXT
             CHECK (completed_by IN ('event', 'deadline'));
         UPDATE courier_orders SET completed_by = 'event' WHERE completed_at IS NOT NULL;
+    END IF;
+    -- When the service made the assignment, by the database's clock (`assigned_at` is the
+    -- event's time). The deadline pass completes a delivery only once the courier has also held
+    -- it for its whole window by this clock: when a backlog is drained, `assigned_at` may be
+    -- long past, and the order's own `cancelled` or `completed` is still on its way.
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'courier_orders'
+                     AND column_name = 'assigned_on') THEN
+        ALTER TABLE courier_orders ADD COLUMN assigned_on TIMESTAMPTZ NOT NULL DEFAULT now();
     END IF;
 END
 $$;

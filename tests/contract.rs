@@ -370,34 +370,41 @@ fn one_batch_frees_and_reassigns_a_courier_twice<R: CourierRepository>(repo: R) 
 /// The deadline pass (README "The rules"): overdue deliveries, earliest deadline first and at
 /// most `limit` a round, are completed at their deadline; their couriers take the oldest
 /// waiting orders, stamped with the pass's clock; events complete with `completed_by = event`.
+/// Overdue means past the deadline and held for the whole window since the store made the
+/// assignment (its own clock: the times here are relative to now).
 fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRepository>(repo: R) {
+    // Whole seconds: PostgreSQL keeps microseconds.
+    let start =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - 60, 0).expect("a time");
+    let t = |secs: i64| start + chrono::Duration::seconds(secs);
+    let ev = |id: &str, status: &str, secs: i64| OrderEvent {
+        created_at: t(secs),
+        ..event(id, status, 0)
+    };
     let car = hire(&repo, 1, TransportType::Car, 0);
     let scooter = hire(&repo, 2, TransportType::Scooter, 1);
     let foot = hire(&repo, 3, TransportType::OnFoot, 2);
     let p = OrderEventProcessor::new(repo);
-    assert_eq!(apply(&p, event("c", "created", 10)), Outcome::Assigned(car));
+    assert_eq!(apply(&p, ev("c", "created", 10)), Outcome::Assigned(car));
     assert_eq!(
-        apply(&p, event("s", "created", 10)),
+        apply(&p, ev("s", "created", 10)),
         Outcome::Assigned(scooter)
     );
+    assert_eq!(apply(&p, ev("f", "created", 10)), Outcome::Assigned(foot));
+    assert_eq!(apply(&p, ev("w2", "created", 30)), Outcome::Waiting);
+    assert_eq!(apply(&p, ev("w1", "created", 20)), Outcome::Waiting);
     assert_eq!(
-        apply(&p, event("f", "created", 10)),
-        Outcome::Assigned(foot)
-    );
-    assert_eq!(apply(&p, event("w2", "created", 30)), Outcome::Waiting);
-    assert_eq!(apply(&p, event("w1", "created", 20)), Outcome::Waiting);
-    assert_eq!(
-        apply(&p, event("f", "delivered", 100)),
+        apply(&p, ev("f", "delivered", 40)),
         Outcome::Completed(freed(foot, Some("w1")))
     );
 
     // Nothing is due before the car's 5 minutes.
     assert!(p
-        .complete_overdue(at(10 + 299), 10)
+        .complete_overdue(t(10 + 4 * 60), 10)
         .expect("pass")
         .is_empty());
-    // Both due at 16 min: one a round, the earliest deadline first.
-    let first = p.complete_overdue(at(16 * 60), 1).expect("pass");
+    // Both due at 17 min: one a round, the earliest deadline first.
+    let first = p.complete_overdue(t(17 * 60), 1).expect("pass");
     assert_eq!(first.len(), 1);
     assert_eq!(
         (
@@ -407,14 +414,14 @@ fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRe
         ),
         (
             oid("c"),
-            at(10 + 5 * 60),
+            t(10 + 5 * 60),
             Release {
                 courier: car,
                 took: Some(oid("w2"))
             }
         )
     );
-    let second = p.complete_overdue(at(16 * 60), 10).expect("pass");
+    let second = p.complete_overdue(t(17 * 60), 10).expect("pass");
     assert_eq!(second.len(), 1);
     assert_eq!(
         second[0].release,
@@ -423,10 +430,7 @@ fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRe
             took: None
         }
     );
-    assert!(p
-        .complete_overdue(at(16 * 60), 10)
-        .expect("pass")
-        .is_empty());
+    assert!(p.complete_overdue(t(17 * 60), 10).expect("pass").is_empty());
 
     let s = snap(&p);
     s.check_invariants().expect("invariants");
@@ -435,16 +439,17 @@ fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRe
     assert_eq!(by("s"), Some(CompletedBy::Deadline));
     assert_eq!(by("f"), Some(CompletedBy::Event));
     assert_eq!(by("w2"), None);
-    assert_eq!(s.deliveries[&oid("s")].completed_at, Some(at(10 + 15 * 60)));
-    assert_eq!(s.deliveries[&oid("w2")].assigned_at, at(16 * 60));
+    assert_eq!(s.deliveries[&oid("s")].completed_at, Some(t(10 + 15 * 60)));
+    assert_eq!(s.deliveries[&oid("w2")].assigned_at, t(17 * 60));
     assert_eq!(s.orders[&oid("c")], OrderState::Completed(Some(car)));
     assert_eq!(status_of(&p, scooter), CourierStatus::Available);
     assert_eq!(s.statistics()[&car], 1);
     // Terminal states win: a later event of a deadline-completed order does nothing.
-    assert_eq!(apply(&p, event("c", "cancelled", 2000)), Outcome::Duplicate);
+    assert_eq!(apply(&p, ev("c", "cancelled", 2000)), Outcome::Duplicate);
     assert_eq!(snap(&p), s);
-    assert_eq!(p.repository().count_overdue(at(16 * 60)).expect("count"), 0);
-    assert_eq!(p.repository().count_overdue(at(10_000)).expect("count"), 2);
+    assert_eq!(p.repository().count_overdue(t(17 * 60)).expect("count"), 0);
+    // w1 (foot, 30 min from 40 s) and w2 (car, 5 min from 17 min).
+    assert_eq!(p.repository().count_overdue(t(60 * 60)).expect("count"), 2);
 }
 
 macro_rules! contract {

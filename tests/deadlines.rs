@@ -22,7 +22,8 @@ fn line(order: &str, status: &str, ago: i64) -> String {
     format!(r#"{{"order_id":"{order}","status":"{status}","created_at":"{at}"}}"#)
 }
 
-/// Moves the active deliveries of `orders` an hour back: their deadlines have passed.
+/// Moves the active deliveries of `orders` an hour back, as if the hour had passed: the
+/// deadline, and the time the service made the assignment.
 fn overdue(db: &TestDb, orders: &[&str]) {
     let ids: Vec<String> = orders.iter().map(|o| o.to_string()).collect();
     let moved = db
@@ -30,7 +31,8 @@ fn overdue(db: &TestDb, orders: &[&str]) {
         .execute(
             "UPDATE courier_orders
              SET assigned_at = assigned_at - interval '1 hour',
-                 deadline = deadline - interval '1 hour'
+                 deadline = deadline - interval '1 hour',
+                 assigned_on = assigned_on - interval '1 hour'
              WHERE order_id = ANY($1) AND completed_at IS NULL",
             &[&ids],
         )

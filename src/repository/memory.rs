@@ -43,6 +43,23 @@ struct MemoryState {
     next_courier_id: i64,
     /// The last place in the waiting queue handed out.
     next_waiting_seq: u64,
+    /// When each delivery was assigned by the wall clock (PostgreSQL: `assigned_on`).
+    assigned_on: HashMap<OrderId, DateTime<Utc>>,
+}
+
+impl MemoryState {
+    /// Whether an active delivery is overdue at `now` (see
+    /// `StorageTx::lock_overdue_deliveries`).
+    fn overdue(&self, order: &OrderId, d: &DeliveryView, now: DateTime<Utc>) -> bool {
+        let held_since = self
+            .assigned_on
+            .get(order)
+            .copied()
+            .unwrap_or(d.assigned_at);
+        d.completed_at.is_none()
+            && d.deadline <= now
+            && held_since + (d.deadline - d.assigned_at) <= now
+    }
 }
 
 impl MemoryRepository {
@@ -110,8 +127,8 @@ impl CourierRepository for MemoryRepository {
         let state = self.lock();
         let n = state
             .deliveries
-            .values()
-            .filter(|d| d.completed_at.is_none() && d.deadline <= now)
+            .iter()
+            .filter(|(order, d)| state.overdue(order, d, now))
             .count();
         Ok(n as i64)
     }
@@ -318,7 +335,7 @@ impl StorageTx for MemoryState {
         let mut overdue: Vec<OverdueDelivery> = self
             .deliveries
             .iter()
-            .filter(|(_, d)| d.completed_at.is_none() && d.deadline <= now)
+            .filter(|(order, d)| self.overdue(order, d, now))
             .map(|(order, d)| OverdueDelivery {
                 order: order.clone(),
                 courier: d.courier,
@@ -362,6 +379,8 @@ impl StorageTx for MemoryState {
             )));
         }
         let deadline = at + courier.transport.delivery_window();
+        self.assigned_on.insert(order.clone(), Utc::now());
+        let row = self.courier_mut(courier.id)?;
         row.view.status = CourierStatus::Busy;
         row.view.active_order = Some(order.clone());
         row.view.deadline = Some(deadline);

@@ -121,7 +121,8 @@ pub trait CourierRepository: Send + Sync {
     /// Couriers by status and the length of the queue.
     fn fleet(&self) -> Result<FleetGauges, RepoError>;
 
-    /// How many active deliveries are past their deadline at `now` (as committed).
+    /// How many active deliveries are overdue at `now` (as committed; see
+    /// [`StorageTx::lock_overdue_deliveries`]).
     fn count_overdue(&self, now: DateTime<Utc>) -> Result<i64, RepoError>;
 
     /// Whether some order waits while some courier is available (as committed): one cheap
@@ -227,9 +228,12 @@ pub trait StorageTx {
     /// deliveries, then the one available longest, then the lowest id.
     fn take_available_courier(&mut self) -> Result<Option<CourierRecord>, RepoError>;
 
-    /// Locks up to `limit` active deliveries whose deadline is at or before `now`, earliest
-    /// deadline first, skipping orders another transaction holds (an event of that order is
-    /// being applied: the next pass looks again). Their orders are locked as by `lock_order`.
+    /// Locks up to `limit` overdue deliveries, earliest deadline first, skipping orders another
+    /// transaction holds (an event of that order is being applied: the next pass looks again).
+    /// Their orders are locked as by `lock_order`. Overdue at `now`: the deadline is at or
+    /// before `now`, and the courier has held the order for its whole window by the store's own
+    /// clock since the assignment was made (when a backlog is drained, `assigned_at`, the
+    /// event's time, may be long past while the order's `cancelled` is still on its way).
     fn lock_overdue_deliveries(
         &mut self,
         now: DateTime<Utc>,

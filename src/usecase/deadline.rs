@@ -73,8 +73,11 @@ mod tests {
         OrderId::parse(s).expect("order id")
     }
 
+    /// Minutes from when the tests started: the store stamps when it made each assignment with
+    /// the wall clock, and the pass waits a whole window of that too.
     fn at(minutes: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_754_481_600 + minutes * 60, 0).expect("time")
+        static START: std::sync::OnceLock<DateTime<Utc>> = std::sync::OnceLock::new();
+        *START.get_or_init(Utc::now) + chrono::Duration::minutes(minutes)
     }
 
     fn hire(repo: &MemoryRepository, phone: &str, transport: TransportType) -> CourierId {
@@ -157,6 +160,31 @@ mod tests {
             .transaction(&mut |tx| complete_overdue(tx, at(30), 10))
             .expect("pass");
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_assigned_late_from_a_backlog_waits_its_whole_window() {
+        let repo = MemoryRepository::new();
+        hire(&repo, "+79990000005", TransportType::Car);
+        // An hour-old `created` from a backlog: its deadline passed long ago, but its own
+        // `cancelled` may be right behind it.
+        apply(&repo, StatusHandler::Assign, "late", at(-60));
+        let early = repo
+            .transaction(&mut |tx| complete_overdue(tx, at(1), 10))
+            .expect("pass");
+        assert!(early.is_empty());
+        assert_eq!(repo.count_overdue(at(1)).expect("count"), 0);
+        apply(&repo, StatusHandler::Cancel, "late", at(-59));
+        let after = repo.snapshot().expect("snapshot");
+        assert_eq!(after.orders[&order("late")], OrderState::Cancelled);
+        assert!(after.statistics().values().all(|n| *n == 0));
+        // Held for its whole window since: completed at its (event-time) deadline.
+        apply(&repo, StatusHandler::Assign, "late-2", at(-60));
+        assert_eq!(repo.count_overdue(at(6)).expect("count"), 1);
+        let done = repo
+            .transaction(&mut |tx| complete_overdue(tx, at(6), 10))
+            .expect("pass");
+        assert_eq!(done[0].deadline, at(-55));
     }
 
     #[test]

@@ -134,15 +134,17 @@ const WRITE_CHANGES: &str = "
            (SELECT count(*) FROM couriers_set), (SELECT count(*) FROM orders_set),
            (SELECT count(*) FROM orders_new), (SELECT count(*) FROM delivered)";
 
-/// Locks the orders of up to `$2` active deliveries due at or before `$1`, earliest first,
-/// skipping orders another transaction holds. `o.state = 'assigned'` is checked again on the
-/// locked row's newest version, so an order an event completed or cancelled meanwhile is left
-/// out. The active deliveries are read through `courier_orders_one_active_per_courier`.
+/// Locks the orders of up to `$2` overdue deliveries at `$1` (see `OVERDUE`), earliest deadline
+/// first, skipping orders another transaction holds. `o.state = 'assigned'` is checked again on
+/// the locked row's newest version, so an order an event completed or cancelled meanwhile is
+/// left out.
 const LOCK_OVERDUE: &str = "
     SELECT o.order_id, o.state, o.courier_id, o.waiting_seq, o.waiting_since, co.deadline
     FROM courier_orders co
     JOIN orders o ON o.order_id = co.order_id
-    WHERE co.completed_at IS NULL AND co.deadline <= $1 AND o.state = 'assigned'
+    WHERE co.completed_at IS NULL AND co.deadline <= $1
+      AND co.assigned_on + (co.deadline - co.assigned_at) <= $1
+      AND o.state = 'assigned'
     ORDER BY co.deadline, co.order_id
     LIMIT $2
     FOR UPDATE OF o SKIP LOCKED";
