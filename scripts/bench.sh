@@ -37,7 +37,9 @@ BIN="$REPO/target/release/service-courier"
 mkdir -p "$DIR"
 
 "$REPO/scripts/deps.sh"
-cargo build --release --locked -q
+# Cargo's progress to stderr: stdout keeps only the benchmark's figures.
+log "building the release binary (the first build takes a few minutes: librdkafka is compiled from C)"
+cargo build --release --locked >&2
 "$REPO/scripts/postgres.sh" start >/dev/null
 KAFKA_CREATE_TOPICS=0 "$REPO/scripts/kafka.sh" start >/dev/null
 . "$PG_STATE_DIR/env"

@@ -113,6 +113,9 @@ fn long_running_services_have_health_checks_and_the_order_matters() {
     );
 }
 
+/// The commit of service-order the course's stand uses.
+const SERVICE_ORDER_COMMIT: &str = "4700d07";
+
 #[test]
 fn service_order_is_the_course_repository_on_8083() {
     let doc = compose();
@@ -121,6 +124,26 @@ fn service_order_is_the_course_repository_on_8083() {
     assert!(
         context.contains("github.com/Avito-courses/service-order"),
         "{context}"
+    );
+    // Pinned, never the moving HEAD: either a `#ref` fragment with the full SHA (the only
+    // commit form a fragment takes), or the `commit` query, which takes the short one.
+    let pinned = match context.split_once('#') {
+        Some((_, fragment)) => {
+            let sha = fragment.split(':').next().unwrap_or_default();
+            sha.len() == 40
+                && sha.starts_with(SERVICE_ORDER_COMMIT)
+                && sha.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => context.split_once('?').is_some_and(|(_, query)| {
+            query.split('&').any(|kv| {
+                kv == format!("commit={SERVICE_ORDER_COMMIT}")
+                    || kv == format!("checksum={SERVICE_ORDER_COMMIT}")
+            })
+        }),
+    };
+    assert!(
+        pinned,
+        "service-order is not pinned to {SERVICE_ORDER_COMMIT}: {context}"
     );
     assert_eq!(text(&order["ports"][0], "port"), "8083:8080");
     for var in ["KAFKA_BROKERS", "KAFKA_ORDER_TOPIC"] {
@@ -211,7 +234,7 @@ fn observability_profile_provisions_prometheus_and_grafana() {
     let courier = service(&doc, "service-courier");
     assert_eq!(
         text(&courier["environment"]["HTTP_ADDR"], "HTTP_ADDR"),
-        "0.0.0.0:8080"
+        "0.0.0.0:8090"
     );
     let ports: Vec<&str> = courier["ports"]
         .as_vec()
@@ -220,8 +243,13 @@ fn observability_profile_provisions_prometheus_and_grafana() {
         .map(|p| text(p, "port"))
         .collect();
     assert!(
-        ports.contains(&"8080:8080"),
+        ports.contains(&"8090:8090"),
         "API port not published: {ports:?}"
+    );
+    // 8080 is service-order's (inside its container; the course's stack on the host).
+    assert!(
+        !ports.iter().any(|p| p.starts_with("8080:")),
+        "service-courier takes 8080: {ports:?}"
     );
 
     let mounts = |name: &str| -> Vec<(String, String)> {
@@ -401,11 +429,43 @@ fn the_kafka4_profile_is_apache_kafka_4_in_kraft_mode_without_zookeeper() {
         );
     }
     assert!(!courier["healthcheck"]["test"].is_badvalue());
-    // Both services can run at once: their published ports differ.
-    assert_ne!(
-        text(&courier["ports"][0], "port"),
-        text(&service(&doc, "service-courier")["ports"][0], "port")
+    // Both services can run at once: no host port of one is the other's, and none is
+    // service-order's.
+    let host_ports = |s: &Yaml| -> Vec<String> {
+        s["ports"]
+            .as_vec()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                text(p, "port")
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let kafka4_ports = host_ports(courier);
+    let default_ports = host_ports(service(&doc, "service-courier"));
+    let order_ports = host_ports(service(&doc, "service-order"));
+    for port in &kafka4_ports {
+        assert!(
+            !default_ports.contains(port) && !order_ports.contains(port),
+            "host port {port} of service-courier-kafka4 is taken: {default_ports:?} {order_ports:?}"
+        );
+    }
+    // Its HTTP API and operator's page, on 8091 from the host.
+    assert_eq!(
+        env_text(courier, "HTTP_ADDR").as_deref(),
+        Some("0.0.0.0:8090")
     );
+    let ports: Vec<&str> = courier["ports"]
+        .as_vec()
+        .expect("ports")
+        .iter()
+        .map(|p| text(p, "port"))
+        .collect();
+    assert!(ports.contains(&"8091:8090"), "{ports:?}");
 }
 
 #[test]

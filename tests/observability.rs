@@ -253,7 +253,7 @@ fn dashboard_and_alerts_evaluate_against_the_live_service_and_forced_alerts_fire
         .iter()
         .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
         .collect();
-    assert_eq!(rules.len(), 6, "{groups}");
+    assert_eq!(rules.len(), 7, "{groups}");
     wait_until(Duration::from_secs(30), "every rule evaluated", || {
         prom.api("/api/v1/rules")["groups"][0]["rules"]
             .as_array()
