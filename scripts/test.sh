@@ -17,7 +17,7 @@
 #                                         `kafka`-crate tests assert that the crate is refused
 #                                         (exit 3): Kafka 4 dropped the protocol versions it
 #                                         speaks (Produce v0, Fetch v0-v3)
-#   scripts/test.sh ARGS...      one run of `cargo test --all-targets ARGS` on Kafka
+#   scripts/test.sh ARGS...      one run of `cargo test ARGS` on Kafka
 #                                $KAFKA_VERSION (default 3.9.1), e.g. `--test kafka_groups`
 #
 # Environment:
@@ -122,7 +122,13 @@ if [ $# -gt 0 ] || { [ -n "${DATABASE_URL:-}" ] && [ -n "${KAFKA_BROKERS:-}" ]; 
   export DATABASE_URL KAFKA_BROKERS
   log "DATABASE_URL=${DATABASE_URL%%\?*} KAFKA_BROKERS=$KAFKA_BROKERS"
   cargo build --all-targets --locked
-  cargo test --all-targets --locked --no-fail-fast "$@"
+  # With ARGS (`--test NAME`, `--lib`, a filter…) exactly what they select: `--all-targets`
+  # beside `--test NAME` would run every target.
+  if [ $# -gt 0 ]; then
+    cargo test --locked --no-fail-fast "$@"
+  else
+    cargo test --all-targets --locked --no-fail-fast
+  fi
   exit 0
 fi
 
