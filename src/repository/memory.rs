@@ -127,8 +127,8 @@ impl CourierRepository for MemoryRepository {
         let state = self.lock();
         let n = state
             .deliveries
-            .iter()
-            .filter(|(order, d)| state.overdue(order, d, now))
+            .values()
+            .filter(|d| d.completed_at.is_none() && d.deadline <= now)
             .count();
         Ok(n as i64)
     }

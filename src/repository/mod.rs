@@ -121,7 +121,8 @@ pub trait CourierRepository: Send + Sync {
     /// Couriers by status and the length of the queue.
     fn fleet(&self) -> Result<FleetGauges, RepoError>;
 
-    /// How many active deliveries are overdue at `now` (as committed; see
+    /// How many active deliveries are past their deadline at `now` (as committed). The deadline
+    /// pass completes those of them the courier has also held for a whole window (see
     /// [`StorageTx::lock_overdue_deliveries`]).
     fn count_overdue(&self, now: DateTime<Utc>) -> Result<i64, RepoError>;
 

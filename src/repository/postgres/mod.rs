@@ -275,12 +275,10 @@ impl CourierRepository for PgRepository {
     }
 
     fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
-        // As `StorageTx::lock_overdue_deliveries` finds them. Active deliveries are one per busy
-        // courier: the partial index `courier_orders_one_active_per_courier` holds exactly them.
+        // Active deliveries are one per busy courier: the partial index
+        // `courier_orders_one_active_per_courier` holds exactly them.
         const SQL: &str = "
-            SELECT count(*) FROM courier_orders
-            WHERE completed_at IS NULL AND deadline <= $1
-              AND assigned_on + (deadline - assigned_at) <= $1";
+            SELECT count(*) FROM courier_orders WHERE completed_at IS NULL AND deadline <= $1";
         let row = self.query_one_prepared(SQL, &[&now])?;
         get(&row, 0)
     }
