@@ -6,6 +6,7 @@ mod assign;
 mod cancel;
 mod complete;
 pub mod couriers;
+pub mod delivery;
 pub mod factory;
 mod handover;
 mod ignore;
