@@ -58,7 +58,7 @@ pub fn serve<R: CourierRepository + 'static>(
     shutdown: Shutdown,
 ) -> Result<SocketAddr, String> {
     let listener = listener::Listener::bind(addr, shutdown.clone())
-        .map_err(|e| format!("HTTP_ADDR: cannot listen on {addr}: {e}"))?;
+        .map_err(|e| crate::ops::http::bind_error("HTTP_ADDR", addr, &e))?;
     let api = Arc::new(api);
     pipeline::start_sampler(
         Arc::clone(&api.pipeline),
