@@ -1,6 +1,7 @@
 //! Request and response bodies. The course's routes keep the course's shapes (a courier is
 //! `{id, name, phone, status, transport_type}`; creating one answers `{id, message}`), so a
-//! client written for the Go service works unchanged. Unknown request fields are refused.
+//! client written for the Go service works unchanged. Unknown request fields are ignored, as
+//! Go's encoding/json ignores them; a known field of the wrong type is refused (400).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,6 @@ use crate::repository::{CourierView, DeliveryView, OrderState, OrderView, Waitin
 
 /// `POST /courier`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateCourier {
     /// 1 to 100 characters.
     pub name: String,
@@ -24,7 +24,6 @@ pub struct CreateCourier {
 
 /// `PUT /courier`: only the given fields change.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateCourier {
     /// Which courier.
     pub id: i64,
