@@ -208,6 +208,13 @@ fn every_error_has_its_status_code_and_a_json_message() {
         (
             "POST",
             "/courier".into(),
+            Some(r#"["Ann","+79990000007",null,"car"]"#.into()),
+            400,
+        ),
+        ("PUT", "/courier".into(), Some(format!("[{id}]")), 400),
+        (
+            "POST",
+            "/courier".into(),
             Some(ANN.replace("+79990000001", "8999")),
             400,
         ),

@@ -234,6 +234,12 @@ fn authorize<R>(api: &Api<R>, request: &Request) -> Result<(), ApiError> {
 
 fn parse_body<T: DeserializeOwned>(request: &mut Request) -> Result<T, ApiError> {
     let body = read_body(request)?;
+    // serde would read an array as a struct's fields in order; a body must be an object.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::bad_request(
+            "invalid JSON: the body must be one JSON object",
+        ));
+    }
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
