@@ -9,8 +9,9 @@ use service_courier::domain::{CourierId, CourierStatus, Phone, TransportType};
 use service_courier::repository::{
     CourierPatch, CourierRemoval, CourierRepository, MemoryRepository, OrderState, RepoError,
 };
-use service_courier::usecase::couriers;
+use service_courier::usecase::delivery::{self, AssignError, UnassignError};
 use service_courier::usecase::OrderEventProcessor;
+use service_courier::usecase::{couriers, Release};
 
 fn hire<R: CourierRepository>(repo: &R, n: u32, t: TransportType, secs: i64) -> CourierId {
     couriers::add(repo, &courier(n, t), at(secs))
@@ -206,6 +207,116 @@ fn a_paused_hire_takes_nothing_until_resumed<R: CourierRepository>(repo: R) {
     assert_eq!(repo.queue(10).expect("read").count, 0);
 }
 
+fn assigning_by_hand_ranks_couriers_as_created_does<R: CourierRepository>(repo: R) {
+    let veteran = hire(&repo, 1, TransportType::Car, 0);
+    let fresh = hire(&repo, 2, TransportType::OnFoot, 1);
+    let p = OrderEventProcessor::new(repo);
+    apply(&p, "old", "created", 2);
+    apply(&p, "old", "completed", 3);
+    let repo = p.repository();
+    // Fewest completed deliveries first: the fresh courier, though the veteran waited longer.
+    let a = delivery::assign(repo, &oid("h1"), at(10)).expect("assigned");
+    assert_eq!((a.courier, a.transport), (fresh, TransportType::OnFoot));
+    assert_eq!(
+        (a.assigned_at, a.deadline),
+        (at(10), at(10) + chrono::Duration::minutes(30))
+    );
+    let o = repo.order(&oid("h1")).expect("read").expect("h1");
+    assert_eq!(o.state, OrderState::Assigned(fresh));
+    assert_eq!(o.delivery.map(|d| d.deadline), Some(a.deadline));
+    assert_eq!(
+        delivery::assign(repo, &oid("h1"), at(11)),
+        Err(AssignError::AlreadyAssigned(fresh))
+    );
+    assert_eq!(
+        delivery::assign(repo, &oid("h2"), at(12)).map(|a| a.courier),
+        Ok(veteran)
+    );
+    // Nobody free: refused, and the order is not even remembered.
+    assert_eq!(
+        delivery::assign(repo, &oid("h3"), at(13)),
+        Err(AssignError::NoAvailableCourier)
+    );
+    assert_eq!(repo.order(&oid("h3")).expect("read"), None);
+    assert_eq!(repo.queue(10).expect("read").count, 0);
+    assert_eq!(
+        delivery::assign(repo, &oid("old"), at(14)),
+        Err(AssignError::Ended(OrderState::Completed(Some(veteran))))
+    );
+    repo.snapshot()
+        .expect("snapshot")
+        .check_invariants()
+        .expect("invariants");
+}
+
+fn a_waiting_order_may_be_assigned_by_hand<R: CourierRepository>(repo: R) {
+    let c = hire(&repo, 1, TransportType::Scooter, 0);
+    // Waiting beside a free courier: the moment between two crossed commits that the pairing
+    // pass closes. The route may close it too.
+    repo.transaction(&mut |tx| {
+        tx.lock_order(&oid("w"))?;
+        tx.set_order_state(&oid("w"), &OrderState::Waiting, at(1))
+    })
+    .expect("waiting");
+    assert_eq!(repo.queue(10).expect("read").count, 1);
+    let a = delivery::assign(&repo, &oid("w"), at(2)).expect("assigned");
+    assert_eq!(a.courier, c);
+    assert_eq!(repo.queue(10).expect("read").count, 0);
+    repo.snapshot()
+        .expect("snapshot")
+        .check_invariants()
+        .expect("invariants");
+}
+
+fn unassigning_by_hand_is_a_cancellation<R: CourierRepository>(repo: R) {
+    let c = hire(&repo, 1, TransportType::Car, 0);
+    let p = OrderEventProcessor::new(repo);
+    let repo = p.repository();
+    delivery::assign(repo, &oid("x"), at(1)).expect("assigned");
+    apply(&p, "y", "created", 2);
+    assert_eq!(
+        delivery::unassign(repo, &oid("x"), at(3)),
+        Ok(Release {
+            courier: c,
+            took: Some(oid("y"))
+        })
+    );
+    let x = repo.order(&oid("x")).expect("read").expect("x");
+    assert_eq!((x.state, x.delivery), (OrderState::Cancelled, None));
+    assert_eq!(
+        repo.order(&oid("y")).expect("read").map(|o| o.state),
+        Some(OrderState::Assigned(c))
+    );
+    assert_eq!(
+        delivery::unassign(repo, &oid("x"), at(4)),
+        Err(UnassignError::NoDelivery(OrderState::Cancelled))
+    );
+    apply(&p, "x", "cancelled", 5);
+    apply(&p, "y", "completed", 6);
+    assert_eq!(
+        delivery::unassign(repo, &oid("y"), at(7)),
+        Err(UnassignError::Completed)
+    );
+    // Freed with nothing waiting: available again.
+    delivery::assign(repo, &oid("z"), at(8)).expect("assigned");
+    assert_eq!(
+        delivery::unassign(repo, &oid("z"), at(9)),
+        Ok(Release {
+            courier: c,
+            took: None
+        })
+    );
+    let view = repo.courier(c).expect("read").expect("c");
+    assert_eq!(
+        (view.status, view.completed_deliveries),
+        (CourierStatus::Available, 1)
+    );
+    repo.snapshot()
+        .expect("snapshot")
+        .check_invariants()
+        .expect("invariants");
+}
+
 macro_rules! contract {
     ($($rule:ident),* $(,)?) => {
         mod memory {
@@ -228,4 +339,7 @@ contract!(
     a_courier_is_read_and_patched,
     a_courier_carrying_an_order_is_not_removed,
     a_paused_hire_takes_nothing_until_resumed,
+    assigning_by_hand_ranks_couriers_as_created_does,
+    a_waiting_order_may_be_assigned_by_hand,
+    unassigning_by_hand_is_a_cancellation,
 );

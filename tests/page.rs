@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::api::ApiStand;
-use common::{in_ci, kcat_produce, repo_root, unique, wait_until};
+use common::api::{api_addr, call, ApiStand};
+use common::private_pg::PrivatePg;
+use common::{in_ci, kcat_produce, repo_root, unique, wait_until, Service};
 use serde_json::Value;
 
 /// Runs headless Chromium on `url` with a fresh profile: `--dump-dom` (returns the DOM) or a
@@ -176,6 +177,48 @@ fn the_page_shows_what_the_json_routes_say() {
     // Once the traffic has stopped and settled, the page and the routes agree on every number.
     let _ = sim.kill();
     let _ = sim.wait();
+    // One long-overdue delivery. Only a `created` event that finds a courier free stamps the
+    // assignment with its own `created_at` (2025 here); a courier who takes a waiting order
+    // stamps the wall clock. So: the traffic's last events applied, every waiting order
+    // cancelled, a courier hired (free), and then late-1's `created`.
+    wait_until(
+        Duration::from_secs(60),
+        "the traffic's events applied",
+        || stand.json("/pipeline")["lag_total"] == 0,
+    );
+    wait_until(Duration::from_secs(120), "the queue emptied", || {
+        let queue = stand.json("/queue?limit=1000");
+        let cancels: Vec<String> = queue["orders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["order_id"].as_str())
+            .map(|id| {
+                format!(
+                    r#"{{"order_id":"{id}","status":"cancelled","created_at":"2025-08-06T12:00:00Z"}}"#
+                )
+            })
+            .collect();
+        if !cancels.is_empty() {
+            kcat_produce(&stand.brokers, &stand.topic, &cancels);
+        }
+        queue["count"] == 0
+    });
+    let late =
+        r#"{"name":"Late","phone":"+79993000099","status":"available","transport_type":"car"}"#;
+    assert_eq!(stand.call("POST", "/courier", Some(late)).0, 201);
+    kcat_produce(
+        &stand.brokers,
+        &stand.topic,
+        &[
+            r#"{"order_id":"late-1","status":"created","created_at":"2025-08-06T12:00:00Z"}"#
+                .into(),
+        ],
+    );
+    wait_until(Duration::from_secs(60), "late-1 assigned", || {
+        let (code, text) = stand.call("GET", "/orders/late-1", None);
+        code == 200 && text.contains(r#""state":"assigned""#)
+    });
     wait_until(
         Duration::from_secs(60),
         "offsets committed and the rate at zero",
@@ -203,6 +246,15 @@ fn the_page_shows_what_the_json_routes_say() {
         assert_eq!(number(&by_id(&dom, id)), json_number(want), "#{id}");
     }
     assert_eq!(json_number(&pipe["dead_letters_total"]), Some(2.0));
+    // Overdue: the tile counts the rows the page marks, and no fewer than /stats counted just
+    // before (no delivery ends without traffic; more may fall due in between, none fewer).
+    let overdue_rows = dom.matches("data-overdue=\"true\"").count();
+    let tile = number(&by_id(&dom, "overdue-deliveries"));
+    assert_eq!(tile, Some(overdue_rows as f64), "#overdue-deliveries");
+    assert!(overdue_rows >= 1, "late-1 is overdue");
+    let stats_after = stand.json("/stats");
+    assert!(json_number(&stats_after["overdue_deliveries"]) >= tile);
+    assert!(json_number(&stats["overdue_deliveries"]) <= tile);
     assert_eq!(json_number(&stats["paused"]), Some(1.0));
     assert!(json_number(&stats["completed_deliveries"]).is_some_and(|n| n > 0.0));
 
@@ -224,6 +276,24 @@ fn the_page_shows_what_the_json_routes_say() {
             number(&cell(row, "completed")),
             json_number(&c["completed_deliveries"])
         );
+        // The deadline column: the courier's deadline, marked once it has passed.
+        let deadline = c["deadline"].as_str().unwrap_or_default();
+        assert!(
+            row.contains(&format!("data-deadline=\"{deadline}\"")),
+            "{row}"
+        );
+        if c["active_order"] == "late-1" {
+            assert!(row.contains("data-overdue=\"true\""), "{row}");
+            assert!(row.contains("overdue deadline"), "not highlighted: {row}");
+            // A deadline not today shows its date: `2025-08-06 12:05:00`.
+            assert_eq!(
+                cell(row, "deadline"),
+                format!("{} {}", &deadline[..10], &deadline[11..19])
+            );
+        }
+        if deadline.is_empty() {
+            assert!(row.contains("data-overdue=\"false\""), "{row}");
+        }
         // Pause for the working, resume for the paused (no token is set).
         let button = if c["status"] == "paused" {
             "resume"
@@ -257,4 +327,93 @@ fn the_page_shows_what_the_json_routes_say() {
         let row = &reasons[d["reason"].as_str().unwrap_or_default()];
         assert_eq!(number(&cell(row, "count")), json_number(&d["count"]));
     }
+}
+
+#[test]
+fn with_the_database_down_the_page_says_so_and_keeps_the_pipeline_figures() {
+    let have = Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have || !in_ci(),
+        "chromium is not installed: run scripts/deps.sh"
+    );
+    if !have {
+        eprintln!("SKIPPED: chromium is not installed; run scripts/deps.sh");
+        return;
+    }
+    let Some(brokers) = common::kafka_brokers() else {
+        return;
+    };
+    if common::database_url().is_none() {
+        return;
+    }
+    let pg = PrivatePg::start("page-pg-down");
+    let topic = unique("page-db");
+    common::create_topic(&topic, 1);
+    common::create_topic(&format!("{topic}.dlq"), 1);
+    let service = Service::start(&[
+        ("DATABASE_URL", pg.url.clone()),
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("KAFKA_ORDER_TOPIC", topic.clone()),
+        ("KAFKA_DLQ_TOPIC", format!("{topic}.dlq")),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("KAFKA_COMMIT_INTERVAL_MS", "200".into()),
+    ]);
+    let addr = api_addr(&service);
+    // The API listens before the schema is applied: wait for a database-backed route.
+    wait_until(Duration::from_secs(60), "the database ready", || {
+        call(&addr, "GET", "/stats", &[], None).0 == 200
+    });
+    let ann = r#"{"name":"Ann","phone":"+79993000001","transport_type":"car"}"#;
+    assert_eq!(
+        call(&addr, "POST", "/courier", &[], Some(ann.as_bytes())).0,
+        201
+    );
+    kcat_produce(
+        &brokers,
+        &topic,
+        &[
+            r#"{"order_id":"o-1","status":"created","created_at":"2025-08-06T12:00:00Z"}"#.into(),
+            "not json".into(),
+        ],
+    );
+    let get = |path: &str| call(&addr, "GET", path, &[], None);
+    wait_until(
+        Duration::from_secs(60),
+        "both events applied, offsets committed",
+        || {
+            let (_, text) = get("/pipeline");
+            let p: Value = serde_json::from_str(&text).unwrap_or_default();
+            p["events_consumed_total"] == 2 && p["dead_letters_total"] == 1 && p["lag_total"] == 0
+        },
+    );
+    let url = format!("http://{addr}/");
+    let up = chromium(&url, None);
+    assert!(up.contains("data-loaded=\"1\""), "{up}");
+    assert_eq!(by_id(&up, "couriers-busy"), "1");
+
+    pg.crash();
+    wait_until(
+        Duration::from_secs(60),
+        "/stats and /queue answer 503",
+        || get("/stats").0 == 503 && get("/queue?limit=20").0 == 503,
+    );
+    assert_eq!(get("/pipeline").0, 200);
+    let down = chromium(&url, None);
+    assert!(down.contains("data-loaded=\"partial\""), "{down}");
+    assert_eq!(by_id(&down, "flow-state"), "DATABASE UNREACHABLE", "{down}");
+    assert!(by_id(&down, "flow-why").starts_with("database unreachable"));
+    // The pipeline's figures are still shown; the database's are a dash, never stale.
+    assert_eq!(by_id(&down, "dead-letters-total"), "1");
+    assert_eq!(by_id(&down, "lag-total"), "0");
+    assert!(number(&by_id(&down, "events-per-second")).is_some());
+    assert_eq!(rows(&down, "data-partition").len(), 1);
+    assert_eq!(rows(&down, "data-reason").len(), 1);
+    for id in ["couriers-busy", "waiting-orders", "overdue-deliveries"] {
+        assert_eq!(by_id(&down, id), "–", "#{id}");
+    }
+    assert!(rows(&down, "data-courier-id").is_empty());
+    assert!(down.contains(">database unreachable</td>"), "{down}");
 }

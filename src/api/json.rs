@@ -1,6 +1,7 @@
 //! Request and response bodies. The course's routes keep the course's shapes (a courier is
 //! `{id, name, phone, status, transport_type}`; creating one answers `{id, message}`), so a
-//! client written for the Go service works unchanged. Unknown request fields are refused.
+//! client written for the Go service works unchanged. Unknown request fields are ignored, as
+//! Go's encoding/json ignores them; a known field of the wrong type is refused (400).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,6 @@ use crate::repository::{CourierView, DeliveryView, OrderState, OrderView, Waitin
 
 /// `POST /courier`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateCourier {
     /// 1 to 100 characters.
     pub name: String,
@@ -24,7 +24,6 @@ pub struct CreateCourier {
 
 /// `PUT /courier`: only the given fields change.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateCourier {
     /// Which courier.
     pub id: i64,
@@ -36,6 +35,32 @@ pub struct UpdateCourier {
     pub status: Option<String>,
     /// New transport.
     pub transport_type: Option<String>,
+}
+
+/// `POST /delivery/assign` and `/delivery/unassign`. `order_id` is kept loose so that it is
+/// read as events read it: a string, or a JSON integer taken as its decimal string.
+#[derive(Debug, Deserialize)]
+pub struct DeliveryRequest {
+    /// Which order; checked by `OrderId::parse`.
+    #[serde(default)]
+    pub order_id: Option<serde_json::Value>,
+}
+
+/// `POST /delivery/assign`: the course's answer.
+#[derive(Debug, Serialize)]
+pub struct Assigned {
+    pub courier_id: i64,
+    pub order_id: String,
+    pub transport_type: &'static str,
+    pub delivery_deadline: DateTime<Utc>,
+}
+
+/// `POST /delivery/unassign`: the course's answer (`status` is always `unassigned`).
+#[derive(Debug, Serialize)]
+pub struct Unassigned {
+    pub order_id: String,
+    pub status: &'static str,
+    pub courier_id: i64,
 }
 
 /// A courier, as the course's service shows one.
@@ -77,6 +102,8 @@ pub struct CourierStats {
     pub transport_type: &'static str,
     pub completed_deliveries: i64,
     pub active_order: Option<String>,
+    /// When the active order is due; null when they carry none.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 impl From<&CourierView> for CourierStats {
@@ -88,6 +115,7 @@ impl From<&CourierView> for CourierStats {
             transport_type: c.transport.as_str(),
             completed_deliveries: c.completed_deliveries,
             active_order: c.active_order.as_ref().map(|o| o.to_string()),
+            deadline: c.deadline,
         }
     }
 }
@@ -102,6 +130,8 @@ pub struct Stats {
     pub paused: usize,
     pub completed_deliveries: i64,
     pub waiting_orders: i64,
+    /// Couriers carrying an order whose deadline has passed (by the service's clock now).
+    pub overdue_deliveries: usize,
 }
 
 /// `GET /orders/{order_id}`.
@@ -113,6 +143,8 @@ pub struct Order {
     pub assigned_at: Option<DateTime<Utc>>,
     pub deadline: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// What completed the delivery: `event` or `deadline`; null while active or without one.
+    pub completed_by: Option<&'static str>,
 }
 
 impl Order {
@@ -129,6 +161,7 @@ impl Order {
             assigned_at: d.map(|d| d.assigned_at),
             deadline: d.map(|d| d.deadline),
             completed_at: d.and_then(|d| d.completed_at),
+            completed_by: d.and_then(|d| d.completed_by).map(|b| b.as_str()),
         }
     }
 }

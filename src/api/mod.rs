@@ -7,6 +7,7 @@
 //! at `/` (`page.html`, embedded in the binary).
 //!
 //! - [`routes`]: method and path to a handler; each handler returns a [`reply::Reply`].
+//! - [`delivery`]: the course's assign and unassign, over `usecase::delivery`.
 //! - [`json`]: request and response shapes (the course's shapes where it has them).
 //! - [`reply`]: replies and `{"error": "..."}` with its status code.
 //! - [`request`]: what is read from a request, with bounds: body size, time, the bearer token.
@@ -19,6 +20,7 @@
 //! short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds a
 //! handler (see [`routes::handle`]).
 
+mod delivery;
 mod json;
 mod listener;
 pub mod pipeline;
@@ -58,7 +60,7 @@ pub fn serve<R: CourierRepository + 'static>(
     shutdown: Shutdown,
 ) -> Result<SocketAddr, String> {
     let listener = listener::Listener::bind(addr, shutdown.clone())
-        .map_err(|e| format!("HTTP_ADDR: cannot listen on {addr}: {e}"))?;
+        .map_err(|e| crate::ops::http::bind_error("HTTP_ADDR", addr, &e))?;
     let api = Arc::new(api);
     pipeline::start_sampler(
         Arc::clone(&api.pipeline),

@@ -5,6 +5,9 @@ use serde::Serialize;
 
 use crate::repository::RepoError;
 
+/// The challenge of a 401: the scheme and the realm the token belongs to.
+pub const BEARER_CHALLENGE: &str = r#"Bearer realm="service-courier""#;
+
 /// A response before it is written.
 #[derive(Debug)]
 pub struct Reply {
@@ -50,6 +53,8 @@ pub struct ApiError {
     pub status: u16,
     /// Said to the client as `{"error": message}`.
     pub message: String,
+    /// Headers the status calls for: `Allow` on 405, `WWW-Authenticate` on 401.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -68,6 +73,25 @@ impl ApiError {
         Self::new(409, message)
     }
 
+    /// 401, with the challenge RFC 7235 asks for.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, message).with_header("WWW-Authenticate", BEARER_CHALLENGE.into())
+    }
+
+    /// 405, with the `Allow` header RFC 9110 asks for (`allowed`: "GET, HEAD").
+    pub fn method_not_allowed(method: impl std::fmt::Display, allowed: &'static str) -> Self {
+        Self::new(
+            405,
+            format!("method {method} not allowed here; allowed: {allowed}"),
+        )
+        .with_header("Allow", allowed.into())
+    }
+
+    /// Any other status with a message (408, 413).
+    pub fn status(status: u16, message: impl Into<String>) -> Self {
+        Self::new(status, message)
+    }
+
     /// 500. The detail goes to the log, not to the client.
     pub fn internal(detail: String) -> Self {
         log::error!("api: {detail}");
@@ -78,7 +102,13 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -101,6 +131,8 @@ impl From<ApiError> for Reply {
         struct Body<'a> {
             error: &'a str,
         }
-        Reply::json(e.status, &Body { error: &e.message })
+        let mut reply = Reply::json(e.status, &Body { error: &e.message });
+        reply.headers.extend(e.headers);
+        reply
     }
 }

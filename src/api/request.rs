@@ -45,25 +45,22 @@ pub fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> 
 }
 
 fn too_large() -> ApiError {
-    ApiError {
-        status: 413,
-        message: format!("body over {} KiB", MAX_BODY / 1024),
-    }
+    ApiError::status(413, format!("body over {} KiB", MAX_BODY / 1024))
 }
 
 fn too_slow() -> ApiError {
-    ApiError {
-        status: 408,
-        message: "the body did not arrive in time".into(),
-    }
+    ApiError::status(408, "the body did not arrive in time")
 }
 
-/// Whether `header` (an `Authorization` value) carries `token` as a bearer token. The
+/// Whether `header` (an `Authorization` value) carries `token` as a bearer token. The scheme
+/// is case-insensitive (`bearer`, `BEARER`: RFC 7235 section 2.1); the token is not, and the
 /// comparison takes the same time wherever the first difference is.
 pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
     let given = header
-        .and_then(|h| h.trim().strip_prefix("Bearer "))
         .map(str::trim)
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim())
         .unwrap_or("");
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
@@ -118,6 +115,22 @@ mod tests {
         assert!(!bearer_matches(Some("0123456789abcdef"), t));
         assert!(!bearer_matches(None, t));
         assert!(!bearer_matches(Some("Bearer "), t));
+        assert!(!bearer_matches(Some("Bearer"), t));
+        assert!(!bearer_matches(Some("Basic 0123456789abcdef"), t));
+        assert!(!bearer_matches(Some("Bearer0123456789abcdef"), t));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        let t = "s3cret-Token";
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(bearer_matches(Some(&format!("{scheme} s3cret-Token")), t));
+            assert!(!bearer_matches(Some(&format!("{scheme} s3cret-token")), t));
+            assert!(!bearer_matches(Some(&format!("{scheme} S3CRET-TOKEN")), t));
+        }
+        // Whitespace around the header and between scheme and token is not part of either.
+        assert!(bearer_matches(Some("  bearer   s3cret-Token  "), t));
+        assert!(!bearer_matches(Some("bearers s3cret-Token"), t));
     }
 
     #[test]

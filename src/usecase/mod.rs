@@ -8,6 +8,7 @@ mod cancel;
 mod complete;
 pub mod couriers;
 pub mod deadline;
+pub mod delivery;
 pub mod factory;
 mod handover;
 mod ignore;

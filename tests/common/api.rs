@@ -123,6 +123,19 @@ pub fn call(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> (u16, String) {
+    let (code, _, body) = call_with_head(addr, method, path, headers, body);
+    (code, body)
+}
+
+/// Like [`call`], with the response's head too: (status code, head, body). Header names in the
+/// head keep the server's spelling; use [`header`] to read one.
+pub fn call_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).expect("API reachable");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -143,11 +156,27 @@ pub fn call(
         // A peer that refuses a large body may close early: that is an answer too.
         let _ = stream.write_all(b);
     }
-    read_response(&mut stream)
+    read_response_with_head(&mut stream)
+}
+
+/// The value of header `name` (case-insensitive) in a response head.
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
 }
 
 /// Reads a whole response until the server closes: (status code, body).
 pub fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let (code, _, body) = read_response_with_head(stream);
+    (code, body)
+}
+
+/// Reads a whole response until the server closes: (status code, head, body).
+pub fn read_response_with_head(stream: &mut TcpStream) -> (u16, String, String) {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -156,9 +185,9 @@ pub fn read_response(stream: &mut TcpStream) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .unwrap_or((text.clone(), String::new()));
+    (code, head, body)
 }
