@@ -325,6 +325,9 @@ pub struct Settings {
     pub api_token: Option<String>,
     /// DEADLINE_CHECK_MS and DEADLINE_POLICY: what the deadline pass does, and how often.
     pub deadlines: DeadlineSettings,
+    /// MIGRATE_ON_START: whether `run` applies the migrations a database lacks (the default),
+    /// or exits 2 and leaves them to `service-courier migrate` (a rollout that migrates first).
+    pub migrate_on_start: bool,
 }
 
 /// What happens to a delivery whose deadline has passed (README "The rules").
@@ -685,6 +688,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            migrate_on_start: self.or("MIGRATE_ON_START", true, "true or false")?,
         };
         if settings.kafka.dlq_topic == settings.kafka.topic {
             return Err(ConfigError {

@@ -31,7 +31,7 @@ pub fn database_url() -> Option<String> {
 /// A PostgreSQL repository in a fresh schema of its own, dropped at the end of the test, so
 /// tests run in parallel without seeing each other.
 pub struct TestDb {
-    /// The repository, migrated.
+    /// The repository (migrated, unless made by [`TestDb::empty`]).
     pub repo: PgRepository,
     /// The schema's name.
     pub schema: String,
@@ -48,6 +48,13 @@ impl TestDb {
     /// A migrated repository with a pool of `pool_size`, or `None` when skipping (see
     /// [`database_url`]).
     pub fn new(pool_size: u32) -> Option<Self> {
+        let db = Self::empty(pool_size)?;
+        db.repo.migrate().expect("the migrations apply");
+        Some(db)
+    }
+
+    /// Like [`TestDb::new`], but the schema is left empty: no migration has run.
+    pub fn empty(pool_size: u32) -> Option<Self> {
         let url = database_url()?;
         let base: postgres::Config = url.parse().expect("DATABASE_URL parses");
         let schema = format!(
@@ -65,7 +72,6 @@ impl TestDb {
         let mut config = base.clone();
         config.options(&format!("-c search_path={schema}"));
         let repo = PgRepository::new(config.clone(), pool_size);
-        repo.migrate().expect("schema.sql applies");
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
         Some(Self {
