@@ -9,11 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{database_url, Service, TestDb};
+use common::{PrivateDatabase, Service, TestDb};
 use service_courier::repository::postgres::{MigrateReport, MIGRATIONS};
 use service_courier::repository::PgRepository;
 use sha2::{Digest, Sha256};
@@ -407,90 +406,11 @@ fn run_with_migrate_on_start_false_refuses_a_database_that_is_behind() {
     assert!(untouched, "run changed the schema although told not to");
 }
 
-/// A database of the test's own (event triggers are per database), dropped at the end.
-struct PrivateDb {
-    name: String,
-    admin: postgres::Config,
-    /// A keyword/value connection string for it.
-    url: String,
-}
-
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-
-impl PrivateDb {
-    fn new() -> Option<Self> {
-        let admin: postgres::Config = database_url()?.parse().expect("DATABASE_URL parses");
-        let name = format!(
-            "mig_{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::Relaxed)
-        );
-        admin
-            .connect(postgres::NoTls)
-            .expect("connect")
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create database");
-        let host = match admin.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            other => panic!("DATABASE_URL names no TCP host: {other:?}"),
-        };
-        let mut url = format!(
-            "host={host} port={} user={} dbname={name}",
-            admin.get_ports().first().copied().unwrap_or(5432),
-            admin.get_user().unwrap_or("postgres"),
-        );
-        if let Some(pw) = admin.get_password() {
-            url.push_str(&format!(" password={}", String::from_utf8_lossy(pw)));
-        }
-        Some(Self { name, admin, url })
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect")
-    }
-
-    /// Logs every DDL command run in this database from now on into `public.ddl_log`
-    /// (`ddl_command_start` fires before a command runs, even one that then finds it has
-    /// nothing to do, like `CREATE INDEX IF NOT EXISTS` on an existing index).
-    fn log_ddl(&self) {
-        self.client()
-            .batch_execute(
-                "CREATE TABLE public.ddl_log (tag TEXT NOT NULL, query TEXT);
-                 CREATE FUNCTION public.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
-                 BEGIN
-                     INSERT INTO public.ddl_log (tag, query) VALUES (tg_tag, current_query());
-                 END
-                 $$;
-                 CREATE EVENT TRIGGER log_ddl ON ddl_command_start
-                     EXECUTE FUNCTION public.log_ddl();",
-            )
-            .expect("event trigger (needs a superuser)");
-    }
-
-    fn ddl_logged(&self) -> Vec<(String, String)> {
-        self.client()
-            .query("SELECT tag, coalesce(query, '') FROM public.ddl_log", &[])
-            .expect("ddl_log")
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    }
-}
-
-impl Drop for PrivateDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.admin.connect(postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
-
 #[test]
 fn run_migrates_a_fresh_database_and_executes_no_ddl_once_it_is_current() {
-    let Some(db) = PrivateDb::new() else { return };
+    let Some(db) = PrivateDatabase::new() else {
+        return;
+    };
     let mut first = service(&db.url, &[]);
     first.wait_for_log(Duration::from_secs(60), "schema at migration 2");
     assert!(first.log_text().contains("0002_deadlines.sql applied"));
@@ -517,7 +437,9 @@ fn run_migrates_a_fresh_database_and_executes_no_ddl_once_it_is_current() {
 
 #[test]
 fn todays_schema_sql_is_recorded_at_2_without_touching_its_tables() {
-    let Some(db) = PrivateDb::new() else { return };
+    let Some(db) = PrivateDatabase::new() else {
+        return;
+    };
     db.client()
         .batch_execute(TODAYS_SCHEMA)
         .expect("48988f2's schema.sql");
