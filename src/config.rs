@@ -901,6 +901,7 @@ mod tests {
             ("DB_POOL_SIZE", "1000"),
             ("LOG_LEVEL", "loud"),
             ("DATABASE_URL", "not a url"),
+            ("MIGRATE_ON_START", "yes"),
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).expect_err(&format!("{var}={value} must fail"));
@@ -910,6 +911,13 @@ mod tests {
             .settings()
             .expect_err("no brokers");
         assert_eq!(err.variable, "KAFKA_BROKERS");
+    }
+
+    #[test]
+    fn migrate_on_start_defaults_to_true() {
+        assert!(with(&[]).expect("valid").migrate_on_start);
+        let off = with(&[("MIGRATE_ON_START", "false")]).expect("valid");
+        assert!(!off.migrate_on_start);
     }
 
     #[test]

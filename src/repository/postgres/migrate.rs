@@ -90,9 +90,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// The settings of a migration's transaction, all `LOCAL`: they end with it. A DDL statement
 /// waits at most 5 s for its table lock and then fails (and is retried): while it waits, every
 /// later statement on that table waits behind it. No statement timeout: a migration may rewrite
-/// a large table, and DB_STATEMENT_TIMEOUT_MS is meant for events.
+/// a large table, and DB_STATEMENT_TIMEOUT_MS is meant for events. The planner's whole-table
+/// strategies come back (the pool's connections turn them off, see `PLANNER_OPTIONS`): a
+/// backfill reads every row.
 const TX_SETTINGS: &str = "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = 0; \
-                           SET LOCAL client_min_messages = warning";
+                           SET LOCAL client_min_messages = warning; \
+                           SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; \
+                           SET LOCAL enable_mergejoin = on";
 
 /// The advisory lock's key: [`MIGRATION_LOCK`] mixed with the current schema, so migrators of
 /// different schemas (the tests' private ones) do not wait for each other.
