@@ -1,5 +1,5 @@
 //! Wiring, in one place: settings → logger → signals → endpoints (metrics, API) → PostgreSQL
-//! (wait, migrate) → broker check → worker pool → poller. Returns the process exit code.
+//! (wait, migrations) → broker check → worker pool → poller. Returns the process exit code.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{self, ClientKind, DeadlinePolicy, DeadlineSettings, KafkaSettings, Settings};
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
 use crate::ops::{http, Health, Metrics};
-use crate::repository::{CourierRepository, PgRepository};
+use crate::repository::postgres::{MigrateError, MigrateReport, SchemaStatus};
+use crate::repository::{CourierRepository, PgRepository, RepoError};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::transport::broker::{self, ProbeError};
 use crate::transport::dead_letter::DeadLetterQueue;
@@ -100,8 +101,13 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         }
         log::info!("watchdog: exits if the poller makes no progress for {stall:?}");
     }
-    if !wait_for_database(&repo, shutdown, &health) {
-        return ExitCode::SUCCESS;
+    match wait_for_database(&repo, shutdown, &health, settings.migrate_on_start) {
+        Ok(true) => {}
+        Ok(false) => return ExitCode::SUCCESS,
+        Err(refused) => {
+            log::error!("postgres: {refused}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     }
     health.database_ready(true);
     match wait_for_broker(&settings.kafka, shutdown, &health) {
@@ -341,24 +347,115 @@ impl DeadlinePass {
     }
 }
 
-/// Waits until PostgreSQL answers, then applies the schema. `false` if stopped meanwhile.
-fn wait_for_database(repo: &PgRepository, shutdown: &Shutdown, health: &Health) -> bool {
+/// Waits until PostgreSQL answers and its schema is current: one read of `schema_migrations`,
+/// and no lock nor DDL when nothing is missing. A database that lacks migrations is migrated
+/// first, unless `migrate_on_start` is off. `Ok(false)` if stopped meanwhile; `Err` when a
+/// person must act (exit 2): migrations to apply with `migrate_on_start` off, a changed
+/// migration file, an unrecognised schema.
+fn wait_for_database(
+    repo: &PgRepository,
+    shutdown: &Shutdown,
+    health: &Health,
+    migrate_on_start: bool,
+) -> Result<bool, String> {
     let mut backoff = Backoff::new(Duration::from_secs(10));
     loop {
-        match repo.ping().and_then(|()| repo.migrate()) {
-            Ok(()) => {
-                log::info!("postgres: connected to {}, schema applied", repo.target());
-                return true;
+        let problem = match schema_step(repo, health, migrate_on_start) {
+            SchemaStep::Ready(version) => {
+                log::info!(
+                    "postgres: connected to {}, schema at migration {version}",
+                    repo.target()
+                );
+                return Ok(true);
             }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                log::warn!("postgres: {e}; retrying in {delay:?}");
-                if !shutdown.sleep(delay) {
-                    return false;
-                }
-                health.poller_beat();
-            }
+            SchemaStep::Refuse(why) => return Err(why),
+            SchemaStep::Retry(why) => why,
+        };
+        let delay = backoff.next_delay();
+        log::warn!("postgres: {problem}; retrying in {delay:?}");
+        if !shutdown.sleep(delay) {
+            return Ok(false);
         }
+        health.poller_beat();
+    }
+}
+
+/// One attempt of [`wait_for_database`].
+enum SchemaStep {
+    /// The schema is current, at this migration.
+    Ready(i32),
+    /// Worth another try (the database is unreachable, busy, …).
+    Retry(String),
+    /// A person must act.
+    Refuse(String),
+}
+
+fn schema_step(repo: &PgRepository, health: &Health, migrate_on_start: bool) -> SchemaStep {
+    let sorted = |e: MigrateError| {
+        if e.needs_a_person() {
+            SchemaStep::Refuse(e.to_string())
+        } else {
+            SchemaStep::Retry(e.to_string())
+        }
+    };
+    if let Err(e) = repo.ping() {
+        return SchemaStep::Retry(e.to_string());
+    }
+    match repo.schema_status() {
+        Ok(SchemaStatus::Current { version }) => SchemaStep::Ready(version),
+        Ok(SchemaStatus::Behind { version, latest }) if !migrate_on_start => {
+            SchemaStep::Refuse(format!(
+                "the database {} is at migration {}, this build needs {latest}, and \
+                 MIGRATE_ON_START=false: run `service-courier migrate`",
+                repo.target(),
+                version.map_or_else(|| "none".to_owned(), |v| v.to_string())
+            ))
+        }
+        Ok(SchemaStatus::Behind { .. }) => match migrate_beating(repo, health) {
+            Ok(report) => {
+                log::info!(
+                    "postgres: migrated {}: {} recognised, {} applied",
+                    repo.target(),
+                    list(&report.recognised),
+                    list(&report.applied)
+                );
+                SchemaStep::Ready(report.version)
+            }
+            Err(e) => sorted(e),
+        },
+        Err(e) => sorted(e),
+    }
+}
+
+/// Runs the migrations on a thread of their own while this one tells the watchdog that the
+/// start-up is alive: a migration may rewrite a large table for longer than WATCHDOG_SECS.
+fn migrate_beating(repo: &PgRepository, health: &Health) -> Result<MigrateReport, MigrateError> {
+    std::thread::scope(|scope| {
+        let job = std::thread::Builder::new()
+            .name("migrate".into())
+            .spawn_scoped(scope, || repo.migrate())
+            .map_err(|e| {
+                MigrateError::Storage(RepoError::Transient(format!(
+                    "cannot start the migration thread: {e}"
+                )))
+            })?;
+        while !job.is_finished() {
+            health.poller_beat();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        job.join().unwrap_or_else(|_| {
+            Err(MigrateError::Storage(RepoError::Permanent(
+                "the migration thread panicked".into(),
+            )))
+        })
+    })
+}
+
+fn list(files: &[&str]) -> String {
+    if files.is_empty() {
+        "none".to_owned()
+    } else {
+        files.join(", ")
     }
 }
 

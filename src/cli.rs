@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Consume order events and assign couriers (the default).
     Run,
-    /// Apply the embedded schema.sql (idempotent).
+    /// Apply the embedded migrations the database lacks (migrations/NNNN_name.sql, in order).
     Migrate,
     /// Manage couriers.
     #[command(subcommand)]
@@ -350,10 +350,7 @@ pub fn run_admin(command: Command) -> ExitCode {
         Command::Couriers(CourierCommand::Seed { count, seed }) => {
             seed_couriers(&repo, count, seed)
         }
-        Command::Migrate => repo
-            .migrate()
-            .map(|()| println!("schema applied to {}", repo.target()))
-            .map_err(CliError::from),
+        Command::Migrate => migrate(&repo),
         Command::Stats => repo.couriers().map(print_stats).map_err(CliError::from),
         Command::Couriers(CourierCommand::List) => {
             repo.couriers().map(print_couriers).map_err(CliError::from)
@@ -386,6 +383,31 @@ pub fn run_admin(command: Command) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `migrate`: says what it recognised and applied. A changed migration file or an unrecognised
+/// schema is exit 2 (a person must look), a database failure exit 1.
+fn migrate(repo: &PgRepository) -> Result<(), CliError> {
+    let report = repo.migrate().map_err(|e| {
+        if e.needs_a_person() {
+            CliError::Usage(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    })?;
+    for file in &report.recognised {
+        println!("{file}: already in place (made by schema.sql), recorded");
+    }
+    for file in &report.applied {
+        println!("{file}: applied");
+    }
+    println!(
+        "{} is at migration {} (this build's latest: {})",
+        repo.target(),
+        report.version,
+        crate::repository::postgres::latest_version()
+    );
+    Ok(())
 }
 
 fn not_admin() -> Result<(), CliError> {

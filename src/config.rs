@@ -325,6 +325,9 @@ pub struct Settings {
     pub api_token: Option<String>,
     /// DEADLINE_CHECK_MS and DEADLINE_POLICY: what the deadline pass does, and how often.
     pub deadlines: DeadlineSettings,
+    /// MIGRATE_ON_START: whether `run` applies the migrations a database lacks (the default),
+    /// or exits 2 and leaves them to `service-courier migrate` (a rollout that migrates first).
+    pub migrate_on_start: bool,
 }
 
 /// What happens to a delivery whose deadline has passed (README "The rules").
@@ -685,6 +688,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            migrate_on_start: self.or("MIGRATE_ON_START", true, "true or false")?,
         };
         if settings.kafka.dlq_topic == settings.kafka.topic {
             return Err(ConfigError {
@@ -897,6 +901,7 @@ mod tests {
             ("DB_POOL_SIZE", "1000"),
             ("LOG_LEVEL", "loud"),
             ("DATABASE_URL", "not a url"),
+            ("MIGRATE_ON_START", "yes"),
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).expect_err(&format!("{var}={value} must fail"));
@@ -906,6 +911,13 @@ mod tests {
             .settings()
             .expect_err("no brokers");
         assert_eq!(err.variable, "KAFKA_BROKERS");
+    }
+
+    #[test]
+    fn migrate_on_start_defaults_to_true() {
+        assert!(with(&[]).expect("valid").migrate_on_start);
+        let off = with(&[("MIGRATE_ON_START", "false")]).expect("valid");
+        assert!(!off.migrate_on_start);
     }
 
     #[test]

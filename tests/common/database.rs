@@ -31,7 +31,7 @@ pub fn database_url() -> Option<String> {
 /// A PostgreSQL repository in a fresh schema of its own, dropped at the end of the test, so
 /// tests run in parallel without seeing each other.
 pub struct TestDb {
-    /// The repository, migrated.
+    /// The repository (migrated, unless made by [`TestDb::empty`]).
     pub repo: PgRepository,
     /// The schema's name.
     pub schema: String,
@@ -48,6 +48,13 @@ impl TestDb {
     /// A migrated repository with a pool of `pool_size`, or `None` when skipping (see
     /// [`database_url`]).
     pub fn new(pool_size: u32) -> Option<Self> {
+        let db = Self::empty(pool_size)?;
+        db.repo.migrate().expect("the migrations apply");
+        Some(db)
+    }
+
+    /// Like [`TestDb::new`], but the schema is left empty: no migration has run.
+    pub fn empty(pool_size: u32) -> Option<Self> {
         let url = database_url()?;
         let base: postgres::Config = url.parse().expect("DATABASE_URL parses");
         let schema = format!(
@@ -65,7 +72,6 @@ impl TestDb {
         let mut config = base.clone();
         config.options(&format!("-c search_path={schema}"));
         let repo = PgRepository::new(config.clone(), pool_size);
-        repo.migrate().expect("schema.sql applies");
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
         Some(Self {
@@ -87,6 +93,91 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut c) = self.base.connect(postgres::NoTls) {
             let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+/// A database of the test's own on the shared server (for what is per database: event triggers,
+/// `pg_stat_database`), dropped at the end.
+pub struct PrivateDatabase {
+    name: String,
+    admin: postgres::Config,
+    /// A keyword/value connection string for it (DATABASE_URL accepts that form too).
+    pub url: String,
+}
+
+static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
+
+impl PrivateDatabase {
+    /// A new empty database, or `None` when skipping (see [`database_url`]).
+    pub fn new() -> Option<Self> {
+        let admin: postgres::Config = database_url()?.parse().expect("DATABASE_URL parses");
+        let name = format!(
+            "mig_{}_{}",
+            std::process::id(),
+            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
+        );
+        admin
+            .connect(postgres::NoTls)
+            .expect("connect")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
+        let host = match admin.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            other => panic!("DATABASE_URL names no TCP host: {other:?}"),
+        };
+        let mut url = format!(
+            "host={host} port={} user={} dbname={name}",
+            admin.get_ports().first().copied().unwrap_or(5432),
+            admin.get_user().unwrap_or("postgres"),
+        );
+        if let Some(pw) = admin.get_password() {
+            url.push_str(&format!(" password={}", String::from_utf8_lossy(pw)));
+        }
+        Some(Self { name, admin, url })
+    }
+
+    /// A plain client on it.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect")
+    }
+
+    /// Logs every DDL command run in this database from now on into `public.ddl_log`
+    /// (`ddl_command_start` fires before a command runs, even one that then finds it has
+    /// nothing to do, like `CREATE INDEX IF NOT EXISTS` on an existing index).
+    pub fn log_ddl(&self) {
+        self.client()
+            .batch_execute(
+                "CREATE TABLE public.ddl_log (tag TEXT NOT NULL, query TEXT);
+                 CREATE FUNCTION public.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO public.ddl_log (tag, query) VALUES (tg_tag, current_query());
+                 END
+                 $$;
+                 CREATE EVENT TRIGGER log_ddl ON ddl_command_start
+                     EXECUTE FUNCTION public.log_ddl();",
+            )
+            .expect("event trigger (needs a superuser)");
+    }
+
+    /// (command tag, statement) of every DDL command logged since [`PrivateDatabase::log_ddl`].
+    pub fn ddl_logged(&self) -> Vec<(String, String)> {
+        self.client()
+            .query("SELECT tag, coalesce(query, '') FROM public.ddl_log", &[])
+            .expect("ddl_log")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
+impl Drop for PrivateDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.admin.connect(postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }

@@ -28,7 +28,7 @@ pub mod service;
 pub mod wait;
 
 pub use broker::{create_topic, kafka_brokers, OwnBroker, PrivateBroker, Stack};
-pub use database::{database_url, OwnPostgres, TestDb};
+pub use database::{database_url, OwnPostgres, PrivateDatabase, TestDb};
 pub use events::{at, courier, event, oid, repo_root, unique};
 pub use groups::{rdkafka_produce, Client};
 pub use kafka::{

@@ -10,8 +10,13 @@
 //!   `usecase::handover::pair_waiting`), without any lock that would serialise workers.
 
 mod held;
+mod migrate;
 mod people;
 mod tx;
+
+pub use migrate::{
+    latest_version, MigrateError, MigrateReport, Migration, SchemaStatus, MIGRATIONS,
+};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,9 +31,6 @@ use super::{
 };
 use crate::domain::{CompletedBy, CourierId, OrderId, Phone, TransportType};
 use crate::shutdown::Shutdown;
-
-/// The schema, embedded so `migrate` needs no file next to the binary.
-pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 
 /// Every statement of ours reads or writes a few rows through an index. A young table that grows
 /// fast (a new deployment draining a backlog) has the statistics of an empty one, and a plan
@@ -45,7 +47,8 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a caller waiting for a connection looks whether the process is stopping.
 const CHECKOUT_SLICE: Duration = Duration::from_millis(100);
 
-/// Advisory lock key serialising concurrent migrations.
+/// Advisory lock key serialising concurrent migrations (mixed with the schema's name, see
+/// `migrate`).
 const MIGRATION_LOCK: i64 = 0x0C0E_1E40_0002;
 
 /// A pooled connection with the statements it has prepared, so each SQL text is parsed once per
@@ -150,28 +153,6 @@ impl PgRepository {
         let mut conn = self.connection()?;
         conn.client.simple_query("SELECT 1").map_err(classify)?;
         Ok(())
-    }
-
-    /// Applies the embedded schema. Safe to run twice and from several instances at once.
-    pub fn migrate(&self) -> Result<(), RepoError> {
-        let mut conn = self.connection()?;
-        let client = &mut conn.client;
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .map_err(classify)?;
-        // "already exists, skipping" notices are expected on every run after the first. A
-        // migration may rewrite a large table: DB_STATEMENT_TIMEOUT_MS is for events, not for it.
-        let applied = client
-            .batch_execute("SET client_min_messages = warning; SET statement_timeout = 0")
-            .and_then(|()| client.batch_execute(SCHEMA_SQL))
-            .and_then(|()| {
-                client.batch_execute("RESET client_min_messages; RESET statement_timeout")
-            })
-            .map_err(classify);
-        let unlocked = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .map_err(classify);
-        applied.and(unlocked.map(|_| ()))
     }
 
     fn connection(&self) -> Result<r2d2::PooledConnection<PgConnectionManager>, RepoError> {
