@@ -58,7 +58,7 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) p
 metric_sum() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 
 reset_db() {
-  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS courier_orders, orders, couriers CASCADE; DROP SEQUENCE IF EXISTS orders_waiting_seq;" >/dev/null
+  psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS courier_orders, orders, couriers, schema_migrations CASCADE; DROP SEQUENCE IF EXISTS orders_waiting_seq;" >/dev/null
   "$BIN" migrate >/dev/null
   "$BIN" couriers seed --count "$COURIERS" --seed 7 >/dev/null
 }

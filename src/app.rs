@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 
@@ -129,18 +129,19 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     let (pairing_requests, pairing_inbox) = bounded(1);
     let processor =
         Arc::new(OrderEventProcessor::new(repo).with_pairing_requests(pairing_requests));
-    if let Err(e) = start_pairing(Arc::clone(&processor), pairing_inbox, shutdown.clone()) {
-        log::error!("cannot start the pairing thread: {e}");
-        return ExitCode::from(EXIT_FAILURE);
-    }
     let deadlines = DeadlinePass {
         processor: Arc::clone(&processor),
         settings: settings.deadlines,
         batch_max: settings.batch_max,
         metrics: Arc::clone(&metrics),
     };
-    if let Err(e) = deadlines.start(shutdown.clone()) {
-        log::error!("cannot start the deadline thread: {e}");
+    if let Err(e) = start_passes(
+        Arc::clone(&processor),
+        pairing_inbox,
+        deadlines,
+        shutdown.clone(),
+    ) {
+        log::error!("cannot start the passes thread: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
     let context = WorkerContext {
@@ -169,9 +170,9 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     );
     let (exit, _summary) = poller.run();
     // The workers are joined: one last pass, so a pass requested by the last commits is not
-    // lost with the pairing thread, and a clean stop leaves no order waiting beside a free
+    // lost with the passes thread, and a clean stop leaves no order waiting beside a free
     // courier. Bounded, like the rest of the stop: against a frozen database it is left
-    // behind (the pairing thread of the next start runs it first thing).
+    // behind (the passes thread of the next start runs it first thing).
     let (done_tx, done) = bounded(1);
     let last = std::thread::Builder::new()
         .name("last-pairing".into())
@@ -236,40 +237,56 @@ fn start_api(
     Ok(())
 }
 
-/// Hands any order waiting beside an available courier to that courier: when a commit asks for
-/// it (one that made an order wait or a courier free, which a concurrent commit may have missed),
-/// and every second (which catches what two racing passes both skipped, or a pass that failed).
-/// Requests that arrive during a pass or the short rest after it coalesce into one more pass,
-/// so a busy pool costs a few passes a second, not one per batch.
-fn start_pairing(
+/// The thread of the two background passes, which no event causes:
+/// - the pairing pass hands any order waiting beside an available courier to that courier: when
+///   a commit asks for it (one that made an order wait or a courier free, which a concurrent
+///   commit may have missed), and every second (which catches what two racing passes both
+///   skipped, or a pass that failed). Requests that arrive during a pass or the short rest after
+///   it coalesce into one more pass, so a busy pool costs a few passes a second, not one per
+///   batch;
+/// - the deadline pass ([`DeadlinePass`]) at start, then every `DEADLINE_CHECK_MS`.
+///
+/// One thread for both, not one each: a thread of its own for the deadline pass, idle but for a
+/// query every 10 s, cost 2 MB of peak RSS in the benchmark's drain (its malloc arena; README
+/// "Performance").
+fn start_passes(
     processor: Arc<OrderEventProcessor<PgRepository>>,
     requests: Receiver<()>,
+    deadlines: DeadlinePass,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     const TIMER: Duration = Duration::from_secs(1);
     const REST: Duration = Duration::from_millis(20);
+    deadlines.announce();
     std::thread::Builder::new()
-        .name("pairing".into())
-        .spawn(move || loop {
-            processor.pair_waiting(chrono::Utc::now());
-            if !shutdown.sleep(REST) {
-                return;
-            }
-            match requests.recv_timeout(TIMER) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-            if shutdown.is_shutdown() {
-                return;
+        .name("passes".into())
+        .spawn(move || {
+            let mut deadline_due = Instant::now();
+            loop {
+                if Instant::now() >= deadline_due {
+                    deadlines.run_once();
+                    deadline_due = Instant::now() + deadlines.settings.check_every;
+                }
+                processor.pair_waiting(chrono::Utc::now());
+                if !shutdown.sleep(REST) {
+                    return;
+                }
+                let wait = TIMER.min(deadline_due.saturating_duration_since(Instant::now()));
+                match requests.recv_timeout(wait) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                if shutdown.is_shutdown() {
+                    return;
+                }
             }
         })
         .map(|_| ())
 }
 
-/// The deadline pass's thread (see `usecase::deadline`): at start, then every
-/// `DEADLINE_CHECK_MS`, completes the deliveries past their deadline (`DEADLINE_POLICY=complete`)
-/// in rounds of at most `BATCH_MAX`, and counts those still overdue for
-/// `courier_deliveries_overdue`.
+/// The deadline pass (see `usecase::deadline`), run by [`start_passes`]: completes the
+/// deliveries past their deadline (`DEADLINE_POLICY=complete`) in rounds of at most `BATCH_MAX`,
+/// and counts those still overdue for `courier_deliveries_overdue`.
 struct DeadlinePass {
     processor: Arc<OrderEventProcessor<PgRepository>>,
     settings: DeadlineSettings,
@@ -278,7 +295,7 @@ struct DeadlinePass {
 }
 
 impl DeadlinePass {
-    fn start(self, shutdown: Shutdown) -> std::io::Result<()> {
+    fn announce(&self) {
         log::info!(
             "deadlines: {} every {:?}",
             match self.settings.policy {
@@ -287,15 +304,6 @@ impl DeadlinePass {
             },
             self.settings.check_every
         );
-        std::thread::Builder::new()
-            .name("deadlines".into())
-            .spawn(move || loop {
-                self.run_once();
-                if !shutdown.sleep(self.settings.check_every) {
-                    return;
-                }
-            })
-            .map(|_| ())
     }
 
     /// One pass. Failures are logged and left to the next pass: nothing here is an event's.

@@ -40,7 +40,7 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
     }
 
     /// Leaves the pairing pass to a thread that receives on the other end of `requests` (the
-    /// service's `pairing` thread): workers don't wait for it, and the requests of many commits
+    /// service's `passes` thread): workers don't wait for it, and the requests of many commits
     /// coalesce into one pass. A full channel means a pass is requested already.
     pub fn with_pairing_requests(mut self, requests: Sender<()>) -> Self {
         self.pairing_requests = Some(requests);
@@ -140,7 +140,7 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
         Ok(completed)
     }
 
-    /// Asks for the pairing pass: of the pairing thread when there is one, else runs it here.
+    /// Asks for the pairing pass: of the passes thread when there is one, else runs it here.
     fn ask_for_pairing(&self, at: chrono::DateTime<chrono::Utc>) {
         match &self.pairing_requests {
             Some(requests) => {
