@@ -159,6 +159,13 @@ fn overdue_deliveries_are_completed_at_their_deadline_and_the_queue_flows_again(
     wait_until(LIMIT, "courier_deadline_completions_total 2", || {
         metric(&service, "courier_deadline_completions_total") == 2.0
     });
+    // The HTTP API says who completed it.
+    let api = common::api::api_addr(&service);
+    let (code, body) = common::api::call(&api, "GET", "/orders/held-1", &[], None);
+    assert_eq!(code, 200, "{body}");
+    let order: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(order["completed_by"], "deadline", "{order}");
+    assert_eq!(order["completed_at"], order["deadline"], "{order}");
 
     // Test 2: later events of a deadline-completed order follow the rules: terminal wins.
     kcat_produce(
