@@ -98,9 +98,15 @@ const TX_SETTINGS: &str = "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_ti
                            SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; \
                            SET LOCAL enable_mergejoin = on";
 
-/// The advisory lock's key: [`MIGRATION_LOCK`] mixed with the current schema, so migrators of
-/// different schemas (the tests' private ones) do not wait for each other.
-const LOCK_KEY: &str = "$1::bigint # hashtext(coalesce(current_schema(), ''))::bigint";
+/// Takes the advisory lock if free. Its key is [`MIGRATION_LOCK`] mixed with the current
+/// schema, so migrators of different schemas (the tests' private ones) do not wait for each
+/// other; [`UNLOCK`] names the same key.
+const TRY_LOCK: &str =
+    "SELECT pg_try_advisory_lock($1::bigint # hashtext(coalesce(current_schema(), ''))::bigint)";
+
+/// Releases the lock [`TRY_LOCK`] took.
+const UNLOCK: &str =
+    "SELECT pg_advisory_unlock($1::bigint # hashtext(coalesce(current_schema(), ''))::bigint)";
 
 /// The history table. Created by the migrator before anything else.
 const CREATE_HISTORY: &str = "
@@ -246,10 +252,7 @@ impl PgRepository {
         lock(client)?;
         let migrated = migrate_locked(client);
         let unlocked = client
-            .query_one(
-                &format!("SELECT pg_advisory_unlock({LOCK_KEY})"),
-                &[&MIGRATION_LOCK],
-            )
+            .query_one(UNLOCK, &[&MIGRATION_LOCK])
             .map_err(MigrateError::from);
         let report = migrated?;
         unlocked?;
@@ -259,11 +262,10 @@ impl PgRepository {
 
 /// Takes the advisory lock, waiting up to [`LOCK_WAIT`] for another migrator to finish.
 fn lock(client: &mut Client) -> Result<(), MigrateError> {
-    let sql = format!("SELECT pg_try_advisory_lock({LOCK_KEY})");
     let deadline = Instant::now() + LOCK_WAIT;
     let mut pause = Duration::from_millis(50);
     loop {
-        let got: bool = client.query_one(&sql, &[&MIGRATION_LOCK])?.get(0);
+        let got: bool = client.query_one(TRY_LOCK, &[&MIGRATION_LOCK])?.get(0);
         if got {
             return Ok(());
         }
