@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::groups::*;
@@ -127,9 +127,10 @@ fn scale_out(client: Client) {
     let mut first: Vec<Service> = (0..3).map(|i| stand.start(client, &split(i))).collect();
     let sampler_repo = PgRepository::new(stand.db.config.clone(), 1);
     let stop = AtomicBool::new(false);
+    let taken = AtomicUsize::new(0);
 
     let (samples, mut fourth, killed_consumed) = std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| sample(&sampler_repo, &stop));
+        let sampler = scope.spawn(|| sample(&sampler_repo, &stop, &taken));
         // Stops the sampler however this closure ends: a failed assertion must not leave the
         // scope waiting for it forever.
         let stop_sampler = StopOnDrop(&stop);
@@ -165,6 +166,13 @@ fn scale_out(client: Client) {
         stand.wait_drained(
             &mut [&mut *second, &mut *third, &mut fourth],
             Duration::from_secs(240),
+        );
+        // A busy machine may drain faster than it samples: the instances stay up until the
+        // sampler has read the database often enough to mean something.
+        wait_until(
+            Duration::from_secs(120),
+            "10 samples of the database",
+            || taken.load(Ordering::SeqCst) >= 10,
         );
         drop(stop_sampler);
         (sampler.join().expect("sampler"), fourth, killed_consumed)

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -455,11 +455,12 @@ impl Drop for StopOnDrop<'_> {
 
 /// Reads a consistent snapshot of the database every ~150 ms until `stop`, counting couriers
 /// with two active orders and inconsistent states.
-pub fn sample(repo: &PgRepository, stop: &AtomicBool) -> Samples {
+pub fn sample(repo: &PgRepository, stop: &AtomicBool, taken: &AtomicUsize) -> Samples {
     let mut s = Samples::default();
     while !stop.load(Ordering::SeqCst) {
         if let Ok(snap) = repo.snapshot() {
             s.taken += 1;
+            taken.store(s.taken, Ordering::SeqCst);
             let mut active: BTreeMap<_, usize> = BTreeMap::new();
             for d in snap
                 .deliveries
