@@ -452,7 +452,7 @@ fn migrate_beating(repo: &PgRepository, health: &Health) -> Result<MigrateReport
             std::thread::sleep(Duration::from_millis(100));
         }
         job.join().unwrap_or_else(|_| {
-            Err(MigrateError::Storage(RepoError::Permanent(
+            Err(MigrateError::Storage(RepoError::Unexpected(
                 "the migration thread panicked".into(),
             )))
         })

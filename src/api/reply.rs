@@ -120,7 +120,8 @@ impl From<RepoError> for ApiError {
                 log::warn!("api: {m}");
                 Self::new(503, "storage unavailable, try again")
             }
-            RepoError::Permanent(m) => Self::internal(m),
+            RepoError::Rejected(m) => Self::bad_request(m),
+            RepoError::Unexpected(m) => Self::internal(m),
         }
     }
 }

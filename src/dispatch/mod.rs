@@ -397,7 +397,7 @@ mod tests {
         }
         fn lock_order(&mut self, o: &OrderId) -> Result<crate::repository::OrderState, RepoError> {
             match o.as_str() {
-                "poison" => return Err(RepoError::Permanent("poisoned".into())),
+                "poison" => return Err(RepoError::Rejected("poisoned".into())),
                 "gate" => {
                     self.1.at_gate.send(()).expect("the test waits at the gate");
                     self.1.open_gate.recv().expect("the test opens the gate");
@@ -474,6 +474,93 @@ mod tests {
         ) -> Result<crate::repository::CourierRecord, RepoError> {
             self.0.insert_courier(c, at)
         }
+    }
+
+    /// A database that fails every transaction in a way nobody classified
+    /// (`RepoError::Unexpected`) until `failures` have happened; the next transaction waits at a
+    /// gate the test opens, then works.
+    struct UnclassifiedRepository {
+        inner: MemoryRepository,
+        failures: std::sync::atomic::AtomicU32,
+        at_gate: Sender<()>,
+        open_gate: Receiver<()>,
+    }
+
+    impl crate::repository::CourierRepository for UnclassifiedRepository {
+        fn transaction<T>(
+            &self,
+            work: &mut dyn FnMut(&mut dyn crate::repository::StorageTx) -> Result<T, RepoError>,
+        ) -> Result<T, RepoError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let left = self.failures.load(SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, SeqCst);
+                return Err(RepoError::Unexpected("relation \"orders\" does not exist".into()));
+            }
+            self.at_gate.send(()).expect("the test waits at the gate");
+            self.open_gate.recv().expect("the test opens the gate");
+            self.inner.transaction(work)
+        }
+        fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
+            self.inner.couriers()
+        }
+        fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
+            self.inner.snapshot()
+        }
+        fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
+            self.inner.fleet()
+        }
+        fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
+            self.inner.count_overdue(now)
+        }
+        fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+            self.inner.has_waiting_beside_available()
+        }
+    }
+
+    #[test]
+    fn an_unclassified_failure_stalls_the_event_with_a_reason_and_never_dead_letters_it() {
+        let (tx, rx) = unbounded();
+        let (at_gate_tx, at_gate) = unbounded();
+        let (open_gate, open_gate_rx) = unbounded();
+        let health = Arc::new(Health::new(Duration::from_secs(3600)));
+        let context = WorkerContext {
+            processor: Arc::new(OrderEventProcessor::new(UnclassifiedRepository {
+                inner: MemoryRepository::new(),
+                failures: std::sync::atomic::AtomicU32::new(worker::UNEXPECTED_RETRIES),
+                at_gate: at_gate_tx,
+                open_gate: open_gate_rx,
+            })),
+            completions: tx,
+            shutdown: Shutdown::new(),
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::clone(&health),
+        };
+        let settings = PoolSettings {
+            workers: 1,
+            capacity: 8,
+            drain_budget: Duration::from_secs(60),
+            batch_max: 16,
+        };
+        let pool = WorkerPool::start(settings, context).expect("start");
+        assert_eq!(health.liveness(), Ok(()));
+        pool.queues[0]
+            .send(job("stuck", OrderStatus::Created, 7))
+            .expect("queued");
+        // Every allowed failure has happened: the next attempt waits at the gate.
+        at_gate.recv().expect("the worker retried after its failures");
+        let reason = health.liveness().expect_err("a stalled worker fails liveness");
+        assert!(
+            reason.contains("worker 0 stalled: order stuck at partition 0 offset 7")
+                && reason.contains("never dead-lettered"),
+            "{reason}"
+        );
+        assert!(rx.try_recv().is_err(), "no result while stalled");
+        open_gate.send(()).expect("open the gate");
+        pool.close_and_join();
+        let results: Vec<JobResult> = rx.try_iter().map(|c| c.result).collect();
+        assert_eq!(results, vec![JobResult::Applied(Outcome::Waiting)]);
+        assert_eq!(health.liveness(), Ok(()), "the stall is over");
     }
 
     /// A database that is down: every transaction fails as transient, and is counted.
@@ -668,7 +755,7 @@ mod tests {
         assert_eq!(results[0].1, JobResult::Applied(Outcome::Waiting));
         assert_eq!(results[1].1, JobResult::Applied(Outcome::Waiting));
         assert!(
-            matches!(results[2].1, JobResult::Failed(RepoError::Permanent(_))),
+            matches!(results[2].1, JobResult::Failed(RepoError::Rejected(_))),
             "{results:?}"
         );
         assert_eq!(results[3].1, JobResult::Applied(Outcome::Waiting));

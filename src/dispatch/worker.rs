@@ -1,6 +1,8 @@
 //! One worker: takes jobs from its queue in order, applies each through the status factory in a
-//! database transaction, retries transient failures with capped backoff (never skips), and
-//! reports every job back to the poller. Once stopping, the first transient failure (or the end
+//! database transaction, retries transient failures with capped backoff (never skips), fails an
+//! event the database refused as data (a dead letter), stalls on any other failure (a few
+//! retries, then slow retries with the reason on `/healthz`, never a dead letter), and reports
+//! every job back to the poller. Once stopping, the first transient failure (or the end
 //! of the drain budget) leaves this job and every later one for redelivery, so a stop with the
 //! database down costs no wait per queued event. Each database call is marked on [`Health`], so
 //! the watchdog sees a worker stuck inside one.
@@ -11,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Completion, Job, JobResult};
+use crate::repository::RepoError;
 use crate::ops::{Health, Metrics};
 use crate::repository::CourierRepository;
 use crate::shutdown::{Backoff, Shutdown};
@@ -140,10 +143,11 @@ impl<R: CourierRepository> Worker<R> {
     }
 
     fn apply(&self, job: &Job) -> JobResult {
-        let mut backoff = Backoff::new(Duration::from_secs(5));
+        let mut backoff = Backoff::new(RETRY_CAP);
         let mut attempts = 0u32;
-        loop {
-            match self.in_database(|| self.processor.apply(&job.event)) {
+        let mut unexpected = 0u32;
+        let result = loop {
+            let e = match self.in_database(|| self.processor.apply(&job.event)) {
                 Ok(outcome) => {
                     if attempts > 0 {
                         log::info!(
@@ -152,31 +156,57 @@ impl<R: CourierRepository> Worker<R> {
                             job.event.order_id
                         );
                     }
-                    return JobResult::Applied(outcome);
+                    break JobResult::Applied(outcome);
                 }
-                Err(e) if e.is_transient() => {
-                    attempts += 1;
+                // The event's own data was refused: it always will be.
+                Err(e) if e.is_bad_input() => {
                     self.metrics.db_error();
-                    if self.shutdown.is_shutdown() {
-                        self.leave(job, &e, 1);
-                        return JobResult::Abandoned;
-                    }
-                    let delay = backoff.next_delay();
-                    log::warn!(
-                        "worker {}: order {} at partition {} offset {}: {e}; retry {attempts} in {delay:?}",
-                        self.index,
-                        job.event.order_id,
-                        job.position.partition,
-                        job.position.offset
-                    );
-                    self.metrics.db_retry();
-                    self.shutdown.sleep(delay);
+                    break JobResult::Failed(e);
                 }
-                Err(e) => {
-                    self.metrics.db_error();
-                    return JobResult::Failed(e);
-                }
+                Err(e) => e,
+            };
+            attempts += 1;
+            self.metrics.db_error();
+            if self.shutdown.is_shutdown() {
+                self.leave(job, &e, 1);
+                break JobResult::Abandoned;
             }
+            if matches!(e, RepoError::Unexpected(_)) {
+                unexpected += 1;
+            }
+            let delay = backoff.next_delay();
+            if unexpected == UNEXPECTED_RETRIES {
+                let what = format!(
+                    "order {} at partition {} offset {} keeps failing ({e}); retried every \
+                     {RETRY_CAP:?}, never dead-lettered",
+                    job.event.order_id,
+                    job.position.partition,
+                    job.position.offset,
+                );
+                log::error!("worker {}: {what}", self.index);
+                self.health.worker_stalled(self.index, Some(what));
+            } else if unexpected < UNEXPECTED_RETRIES {
+                log::warn!(
+                    "worker {}: order {} at partition {} offset {}: {e}; retry {attempts} in {delay:?}",
+                    self.index,
+                    job.event.order_id,
+                    job.position.partition,
+                    job.position.offset
+                );
+            }
+            self.metrics.db_retry();
+            self.shutdown.sleep(delay);
+        };
+        if unexpected >= UNEXPECTED_RETRIES {
+            self.health.worker_stalled(self.index, None);
         }
+        result
     }
 }
+
+/// The longest wait between two attempts at one event.
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// Failures of a kind nobody classified (`RepoError::Unexpected`) an event gets before its
+/// worker reports a stall; it goes on retrying every [`RETRY_CAP`] after that.
+pub(super) const UNEXPECTED_RETRIES: u32 = 5;

@@ -37,6 +37,8 @@ pub struct Health {
     stalled: Mutex<BTreeMap<i32, (i64, String)>>,
     /// Why fetching is paused for unsent dead letters, while it is.
     fetching_paused: Mutex<Option<String>>,
+    /// Workers retrying an event that fails in a way nobody classified: worker -> what.
+    stuck_events: Mutex<BTreeMap<usize, String>>,
 }
 
 impl Health {
@@ -54,6 +56,7 @@ impl Health {
             busy_since: Mutex::new(BTreeMap::new()),
             stalled: Mutex::new(BTreeMap::new()),
             fetching_paused: Mutex::new(None),
+            stuck_events: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -128,6 +131,16 @@ impl Health {
         lock(&self.stalled).remove(&partition);
     }
 
+    /// A worker keeps failing on one event for a reason nobody classified (`Some(what)`), or
+    /// got past it (`None`): `/healthz` says so meanwhile.
+    pub fn worker_stalled(&self, worker: usize, what: Option<String>) {
+        let mut stuck = lock(&self.stuck_events);
+        match what {
+            Some(what) => stuck.insert(worker, what),
+            None => stuck.remove(&worker),
+        };
+    }
+
     /// Fetching is paused because dead letters cannot be sent (`Some(why)`), or flows again.
     pub fn fetching_paused(&self, why: Option<String>) {
         *lock(&self.fetching_paused) = why;
@@ -183,6 +196,9 @@ impl Health {
             return Err(each.join("\n"));
         }
         drop(stalled);
+        if let Some((worker, what)) = lock(&self.stuck_events).iter().next() {
+            return Err(format!("worker {worker} stalled: {what}"));
+        }
         if let Some(why) = lock(&self.fetching_paused).clone() {
             return Err(why);
         }

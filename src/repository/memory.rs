@@ -283,7 +283,7 @@ impl MemoryState {
     fn courier_mut(&mut self, id: CourierId) -> Result<&mut CourierRow, RepoError> {
         self.couriers
             .get_mut(&id)
-            .ok_or_else(|| RepoError::Permanent(format!("courier {id} does not exist")))
+            .ok_or_else(|| RepoError::Unexpected(format!("courier {id} does not exist")))
     }
 
     /// Stores an order's state; `Waiting` joins the queue as created at `at`.
@@ -367,13 +367,13 @@ impl StorageTx for MemoryState {
         at: DateTime<Utc>,
     ) -> Result<(), RepoError> {
         if self.deliveries.contains_key(order) {
-            return Err(RepoError::Permanent(format!(
+            return Err(RepoError::Unexpected(format!(
                 "order {order} already has a delivery"
             )));
         }
         let row = self.courier_mut(courier.id)?;
         if row.view.active_order.is_some() {
-            return Err(RepoError::Permanent(format!(
+            return Err(RepoError::Unexpected(format!(
                 "courier {} already carries an order",
                 courier.id
             )));
@@ -408,7 +408,7 @@ impl StorageTx for MemoryState {
         let delivery = self
             .deliveries
             .get_mut(order)
-            .ok_or_else(|| RepoError::Permanent(format!("order {order} has no delivery")))?;
+            .ok_or_else(|| RepoError::Unexpected(format!("order {order} has no delivery")))?;
         delivery.completed_at = Some(at);
         delivery.completed_by = Some(by);
         let row = self.courier_mut(courier)?;
@@ -477,6 +477,6 @@ impl StorageTx for MemoryState {
             },
         );
         self.record(id)
-            .ok_or_else(|| RepoError::Permanent("inserted courier vanished".into()))
+            .ok_or_else(|| RepoError::Unexpected("inserted courier vanished".into()))
     }
 }

@@ -175,7 +175,7 @@ pub trait CourierRepository: Send + Sync {
 }
 
 fn not_kept(what: &str) -> RepoError {
-    RepoError::Permanent(format!("this store does not serve {what}"))
+    RepoError::Unexpected(format!("this store does not serve {what}"))
 }
 
 /// What a batch of events is about to touch, announced before its first step so storage can

@@ -20,7 +20,7 @@ pub fn release(
 ) -> Result<Release, RepoError> {
     let record = tx
         .lock_courier(courier)?
-        .ok_or_else(|| RepoError::Permanent(format!("courier {courier} does not exist")))?;
+        .ok_or_else(|| RepoError::Unexpected(format!("courier {courier} does not exist")))?;
     let took = if record.status == CourierStatus::Paused {
         None
     } else {

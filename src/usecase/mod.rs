@@ -59,7 +59,7 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
         let mut outcomes = self.apply_batch(&[event])?;
         outcomes
             .pop()
-            .ok_or_else(|| RepoError::Permanent("a batch of one gave no outcome".into()))
+            .ok_or_else(|| RepoError::Unexpected("a batch of one gave no outcome".into()))
     }
 
     /// The pairing pass (see [`handover`]): after a commit that made an order wait or a courier

@@ -213,7 +213,7 @@ impl Default for HeldRows {
 }
 
 fn not_locked(order: &OrderId) -> RepoError {
-    RepoError::Permanent(format!(
+    RepoError::Unexpected(format!(
         "order {order} was not locked before it was changed"
     ))
 }
@@ -327,7 +327,7 @@ impl HeldRows {
     fn courier_mut(&mut self, id: CourierId) -> Result<&mut HeldCourier, RepoError> {
         self.couriers
             .get_mut(&id)
-            .ok_or_else(|| RepoError::Permanent(format!("courier {id} was not locked")))
+            .ok_or_else(|| RepoError::Unexpected(format!("courier {id} was not locked")))
     }
 
     /// Records a state that involves no delivery (`Waiting` joins the queue, ranked by `at`,
@@ -360,13 +360,13 @@ impl HeldRows {
         at: DateTime<Utc>,
     ) -> Result<(), RepoError> {
         if matches!(self.deliveries.get(id), Some(DeliveryChange::Insert(_))) {
-            return Err(RepoError::Permanent(format!(
+            return Err(RepoError::Unexpected(format!(
                 "order {id} already has a delivery"
             )));
         }
         let held = self.courier_mut(courier)?;
         if let Some(carried) = &held.record.active_order {
-            return Err(RepoError::Permanent(format!(
+            return Err(RepoError::Unexpected(format!(
                 "courier {courier} already carries order {carried}"
             )));
         }
@@ -399,7 +399,7 @@ impl HeldRows {
     ) -> Result<(), RepoError> {
         let order = self.order_mut(id)?;
         if order.state != OrderState::Assigned(courier) {
-            return Err(RepoError::Permanent(format!(
+            return Err(RepoError::Unexpected(format!(
                 "order {id} has no active delivery by courier {courier}"
             )));
         }

@@ -386,33 +386,61 @@ const COURIERS_WHERE: &str = "
     LEFT JOIN courier_orders co ON co.courier_id = c.id AND co.completed_at IS NULL
     WHERE c.id = $1";
 
-/// Sorts a PostgreSQL error by what the caller should do (see [`RepoError`]).
+/// Sorts a PostgreSQL error by what the caller should do (see [`RepoError`]; the table is in
+/// README "Running against production PostgreSQL").
 fn classify(e: postgres::Error) -> RepoError {
-    if let Some(db) = e.as_db_error() {
-        let code = db.code();
-        let message = format!("{} (SQLSTATE {})", db.message(), code.code());
-        if *code == SqlState::UNIQUE_VIOLATION {
-            return RepoError::Conflict(message);
-        }
-        // 40: serialization failure, deadlock; 08: connection; 53: resources (too many
-        // connections); 57: operator intervention (shutdown, statement timeout); 55P03: lock
-        // not available.
-        return match &code.code()[..2] {
-            "40" | "08" | "53" | "57" => RepoError::Transient(message),
-            _ if *code == SqlState::LOCK_NOT_AVAILABLE => RepoError::Transient(message),
-            _ => RepoError::Permanent(message),
+    let Some(db) = e.as_db_error() else {
+        // No answer from a server: the connection broke or never opened.
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        return if e.is_closed() || io {
+            RepoError::Transient(format!("connection lost: {e}"))
+        } else {
+            RepoError::Unexpected(e.to_string())
         };
+    };
+    let code = db.code();
+    let message = format!("{} (SQLSTATE {})", db.message(), code.code());
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return RepoError::Conflict(message);
     }
-    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    if e.is_closed() || io {
-        RepoError::Transient(format!("connection lost: {e}"))
-    } else {
-        RepoError::Permanent(e.to_string())
+    match sqlstate_kind(code.code()) {
+        SqlStateKind::Transient => RepoError::Transient(message),
+        SqlStateKind::BadData => RepoError::Rejected(message),
+        SqlStateKind::Unknown => RepoError::Unexpected(message),
+    }
+}
+
+/// What a SQLSTATE says about the next move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SqlStateKind {
+    /// The server or the moment, not the data: retry.
+    Transient,
+    /// The data: the same statement with the same values fails again.
+    BadData,
+    /// Neither is known.
+    Unknown,
+}
+
+fn sqlstate_kind(code: &str) -> SqlStateKind {
+    match code {
+        // 25006: read-only transaction, what a demoted primary or a standby answers during a
+        // failover; 55P03: lock not available (lock_timeout); XX000: internal error, seen from
+        // a server in trouble (XX001/XX002, corrupted data or index, are not transient).
+        "25006" | "55P03" | "XX000" => SqlStateKind::Transient,
+        _ => match code.get(..2) {
+            // 08 connection; 40 serialization failure, deadlock; 53 insufficient resources
+            // (too many connections, disk full); 57 operator intervention (shutdown, statement
+            // timeout, cancel); 58 system error (I/O) outside PostgreSQL.
+            Some("08" | "40" | "53" | "57" | "58") => SqlStateKind::Transient,
+            // 22 data exception; 23 integrity constraint violation.
+            Some("22" | "23") => SqlStateKind::BadData,
+            _ => SqlStateKind::Unknown,
+        },
     }
 }
 
 fn bad_row(msg: impl Into<String>) -> RepoError {
-    RepoError::Permanent(format!("unexpected row in the database: {}", msg.into()))
+    RepoError::Unexpected(format!("unexpected row in the database: {}", msg.into()))
 }
 
 fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, RepoError> {
@@ -467,4 +495,40 @@ fn completed_by(row: &Row, i: usize) -> Result<Option<CompletedBy>, RepoError> {
     get::<Option<&str>>(row, i)?
         .map(|s| s.parse().map_err(bad_row))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sqlstate_kind, SqlStateKind};
+
+    #[test]
+    fn sqlstates_sort_by_the_next_move() {
+        use SqlStateKind::*;
+        for (code, kind) in [
+            ("08006", Transient), // connection failure
+            ("08001", Transient), // cannot connect now
+            ("40001", Transient), // serialization failure
+            ("40P01", Transient), // deadlock
+            ("53300", Transient), // too many connections
+            ("57014", Transient), // statement timeout
+            ("57P01", Transient), // admin shutdown
+            ("57P03", Transient), // cannot connect now (starting up, recovering)
+            ("58030", Transient), // I/O error
+            ("25006", Transient), // read-only transaction (a standby, mid-failover)
+            ("55P03", Transient), // lock timeout
+            ("XX000", Transient), // internal error
+            ("22001", BadData),   // value too long
+            ("22P02", BadData),   // invalid text representation
+            ("23514", BadData),   // check constraint
+            ("23503", BadData),   // foreign key
+            ("42P01", Unknown),   // undefined table: a schema problem, not the event
+            ("42703", Unknown),   // undefined column
+            ("0A000", Unknown),   // feature not supported (cached plan changed)
+            ("25P02", Unknown),   // in failed transaction: a bug
+            ("XX001", Unknown),   // data corrupted
+            ("55000", Unknown),   // object not in prerequisite state
+        ] {
+            assert_eq!(sqlstate_kind(code), kind, "{code}");
+        }
+    }
 }

@@ -315,7 +315,7 @@ impl<'a> PgTx<'a> {
         ];
         for ((n, want), what) in counts.iter().zip(expected).zip(what) {
             if usize::try_from(*n).ok() != Some(want) {
-                return Err(RepoError::Permanent(format!(
+                return Err(RepoError::Unexpected(format!(
                     "{what}: {n} rows, expected {want}: a locked row changed under the transaction"
                 )));
             }
@@ -391,7 +391,7 @@ impl<'a> PgTx<'a> {
     /// A courier, held (locked) first if need be.
     fn held_courier(&mut self, id: CourierId) -> Result<CourierRecord, RepoError> {
         self.lock_courier(id)?
-            .ok_or_else(|| RepoError::Permanent(format!("courier {id} does not exist")))
+            .ok_or_else(|| RepoError::Unexpected(format!("courier {id} does not exist")))
     }
 }
 
