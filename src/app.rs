@@ -58,11 +58,8 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         settings.workers,
         crate::repository::postgres::describe_target(&settings.database.config)
     );
-    let repo = PgRepository::new(
-        settings.database.config.clone(),
-        settings.database.pool_size,
-    )
-    .give_up_when_stopping(shutdown.clone(), settings.shutdown_drain);
+    let repo = pg_repository(settings, settings.database.pool_size)
+        .give_up_when_stopping(shutdown.clone(), settings.shutdown_drain);
     let metrics = Arc::new(Metrics::default());
     // Without a watchdog, /healthz still needs a bound: it reports a stall after half a minute.
     let health = Arc::new(Health::new(
@@ -71,7 +68,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     health.poller_beat();
     if let Some(addr) = &settings.metrics_addr {
         // The endpoint has a one-connection pool of its own: a scrape never waits for a worker.
-        let fleet_repo = PgRepository::new(settings.database.config.clone(), 1);
+        let fleet_repo = pg_repository(settings, 1);
         let fleet: http::FleetReader = Box::new(move || fleet_repo.fleet().ok());
         let served = http::serve(
             addr,
@@ -213,6 +210,12 @@ fn clients(kafka: &KafkaSettings) -> Clients {
     }
 }
 
+/// A pool of `size` connections to the configured database.
+fn pg_repository(settings: &Settings, size: u32) -> PgRepository {
+    let db = &settings.database;
+    PgRepository::new(db.config.clone(), size).with_limits(db.limits, db.pooler)
+}
+
 /// The HTTP API and the operator's page, with a small pool of its own so people's requests
 /// never wait for a worker's connection (nor hold one).
 fn start_api(
@@ -222,7 +225,7 @@ fn start_api(
     shutdown: &Shutdown,
 ) -> Result<(), String> {
     let api = api::Api {
-        repo: PgRepository::new(settings.database.config.clone(), 2),
+        repo: pg_repository(settings, 2),
         metrics: Arc::clone(metrics),
         pipeline: Arc::default(),
         token: settings.api_token.clone(),

@@ -436,7 +436,7 @@ fn connect() -> Result<PgRepository, ExitCode> {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_USAGE)
         })?;
-    let repo = PgRepository::new(db.config, 1);
+    let repo = PgRepository::new(db.config, 1).with_limits(db.limits, db.pooler);
     repo.ping().map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_FAILURE)

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::repository::postgres::{Pooler, TransactionLimits};
 use log::LevelFilter;
 
 /// A setting that is missing or malformed.
@@ -159,54 +160,42 @@ pub struct GroupSettings {
     pub instance_id: Option<String>,
 }
 
-/// Where the database is.
+/// Where the database is, and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     /// Parsed DATABASE_URL (holds the password: never print it; use `describe_target`).
     pub config: postgres::Config,
     /// DB_POOL_SIZE: connections in the pool.
     pub pool_size: u32,
+    /// DB_STATEMENT_TIMEOUT_MS, DB_LOCK_TIMEOUT_MS, DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: set by
+    /// every transaction for itself (`SET LOCAL`).
+    pub limits: TransactionLimits,
+    /// DB_POOLER: `transaction` when DATABASE_URL points at a pooler in transaction mode.
+    pub pooler: Pooler,
 }
 
-/// Bounds on every PostgreSQL connection, so that a stuck query, a lock held too long, a
-/// forgotten transaction or a peer that vanished (half-open TCP) ends in an error, retried like
-/// any transient failure, instead of a worker waiting forever. 0 turns one off.
+/// DB_TCP_TIMEOUT_SECS: the client drops a connection whose peer stopped answering at the TCP
+/// level (keepalive probes while idle, TCP_USER_TIMEOUT while sending), so a vanished server
+/// (half-open TCP) ends in an error, retried like any transient failure. 0 leaves the OS's
+/// defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DatabaseTimeouts {
-    /// DB_STATEMENT_TIMEOUT_MS: the server cancels a statement running longer.
-    pub statement_ms: u64,
-    /// DB_LOCK_TIMEOUT_MS: the server gives up waiting for a row or table lock.
-    pub lock_ms: u64,
-    /// DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: the server ends a session idle inside a transaction.
-    pub idle_in_transaction_ms: u64,
-    /// DB_TCP_TIMEOUT_SECS: the client drops a connection whose peer stopped answering at the
-    /// TCP level (keepalive probes while idle, TCP_USER_TIMEOUT while sending).
-    pub tcp_secs: u64,
+pub struct TcpTimeout {
+    pub secs: u64,
 }
 
-impl DatabaseTimeouts {
-    /// Sets these bounds on a connection config: the server-side ones as startup options
-    /// (after any the URL has, so they win), the TCP ones on the socket.
+impl TcpTimeout {
+    /// Sets this bound on a connection config's sockets.
     pub fn apply(&self, config: &mut postgres::Config) {
-        let ours = format!(
-            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
-            self.statement_ms, self.lock_ms, self.idle_in_transaction_ms
-        );
-        let options = match config.get_options() {
-            Some(theirs) => format!("{theirs} {ours}"),
-            None => ours,
-        };
-        config.options(&options);
-        if self.tcp_secs > 0 {
+        if self.secs > 0 {
             // Idle a third of the bound, then 4 probes a sixth apart: dead within the bound.
-            let idle = Duration::from_secs((self.tcp_secs / 3).max(1));
-            let interval = Duration::from_secs((self.tcp_secs / 6).max(1));
+            let idle = Duration::from_secs((self.secs / 3).max(1));
+            let interval = Duration::from_secs((self.secs / 6).max(1));
             config
                 .keepalives(true)
                 .keepalives_idle(idle)
                 .keepalives_interval(interval)
                 .keepalives_retries(4)
-                .tcp_user_timeout(Duration::from_secs(self.tcp_secs));
+                .tcp_user_timeout(Duration::from_secs(self.secs));
         }
     }
 }
@@ -414,7 +403,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
         let pool_size = self.bounded("DB_POOL_SIZE", u64::from(default_pool), 1..=256)? as u32;
         let mut config = config;
-        DatabaseTimeouts {
+        TcpTimeout {
+            secs: self.bounded("DB_TCP_TIMEOUT_SECS", 30, 0..=3_600)?,
+        }
+        .apply(&mut config);
+        let limits = TransactionLimits {
             statement_ms: self.bounded("DB_STATEMENT_TIMEOUT_MS", 30_000, 0..=3_600_000)?,
             lock_ms: self.bounded("DB_LOCK_TIMEOUT_MS", 10_000, 0..=3_600_000)?,
             idle_in_transaction_ms: self.bounded(
@@ -422,10 +415,26 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 60_000,
                 0..=3_600_000,
             )?,
-            tcp_secs: self.bounded("DB_TCP_TIMEOUT_SECS", 30, 0..=3_600)?,
-        }
-        .apply(&mut config);
-        Ok(DatabaseSettings { config, pool_size })
+        };
+        let pooler = match self.raw("DB_POOLER").as_deref() {
+            None | Some("none") => Pooler::None,
+            Some("transaction") => Pooler::Transaction,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "DB_POOLER",
+                    problem: format!(
+                        "{other:?} is not a pooler mode; expected none (direct, or a pooler in \
+                         session mode) or transaction (PgBouncer pool_mode=transaction, RDS Proxy)"
+                    ),
+                })
+            }
+        };
+        Ok(DatabaseSettings {
+            config,
+            pool_size,
+            limits,
+            pooler,
+        })
     }
 
     /// Reads KAFKA_CLIENT and the security settings: what `run` and `simulate` need to reach
@@ -980,21 +989,20 @@ mod tests {
     }
 
     #[test]
-    fn database_timeouts_become_startup_options_and_socket_settings() {
+    fn database_timeouts_are_transaction_limits_and_socket_settings() {
         let s = with(&[]).expect("valid");
-        let options = s
-            .database
-            .config
-            .get_options()
-            .unwrap_or_default()
-            .to_owned();
-        for want in [
-            "-c statement_timeout=30000",
-            "-c lock_timeout=10000",
-            "-c idle_in_transaction_session_timeout=60000",
-        ] {
-            assert!(options.contains(want), "{options}");
-        }
+        assert_eq!(s.database.limits, TransactionLimits::default());
+        assert_eq!(
+            (
+                s.database.limits.statement_ms,
+                s.database.limits.lock_ms,
+                s.database.limits.idle_in_transaction_ms
+            ),
+            (30_000, 10_000, 60_000)
+        );
+        // Nothing rides in the startup options: poolers in transaction mode refuse them.
+        assert_eq!(s.database.config.get_options(), None);
+        assert_eq!(s.database.pooler, Pooler::None);
         assert_eq!(
             s.database.config.get_keepalives_idle(),
             Duration::from_secs(10)
@@ -1006,20 +1014,21 @@ mod tests {
         let s = with(&[
             ("DB_STATEMENT_TIMEOUT_MS", "0"),
             ("DB_LOCK_TIMEOUT_MS", "250"),
+            ("DB_POOLER", "transaction"),
         ])
         .expect("valid");
-        let options = s
-            .database
-            .config
-            .get_options()
-            .unwrap_or_default()
-            .to_owned();
-        assert!(
-            options.contains("-c statement_timeout=0 -c lock_timeout=250"),
-            "{options}"
+        assert_eq!(
+            (s.database.limits.statement_ms, s.database.limits.lock_ms),
+            (0, 250)
         );
-        let err = with(&[("DB_TCP_TIMEOUT_SECS", "forever")]).expect_err("bad");
-        assert!(err.to_string().contains("DB_TCP_TIMEOUT_SECS"), "{err}");
+        assert_eq!(s.database.pooler, Pooler::Transaction);
+        for (var, value) in [
+            ("DB_TCP_TIMEOUT_SECS", "forever"),
+            ("DB_POOLER", "session?"),
+        ] {
+            let err = with(&[(var, value)]).expect_err("bad");
+            assert!(err.to_string().contains(var), "{err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The repository contract: every rule of README "The rules", written once against the
-//! `CourierRepository` trait and run against both the in-memory fake and PostgreSQL.
+//! `CourierRepository` trait and run against the in-memory fake, PostgreSQL, and PostgreSQL
+//! behind PgBouncer in transaction mode.
 
 mod common;
 
@@ -460,6 +461,14 @@ macro_rules! contract {
         mod postgres {
             $(#[test] fn $rule() {
                 if let Some(db) = super::common::TestDb::new(2) {
+                    super::$rule(db.repo.clone());
+                }
+            })*
+        }
+        /// Through PgBouncer in transaction mode (`DB_POOLER=transaction`).
+        mod pgbouncer {
+            $(#[test] fn $rule() {
+                if let Some(db) = super::common::pgbouncer::PooledDb::new() {
                     super::$rule(db.repo.clone());
                 }
             })*

@@ -1,16 +1,21 @@
 //! Real PostgreSQL under concurrency: 8 threads apply `created` for 2,000 distinct orders
 //! against 100 couriers. Exactly 100 are assigned, 1,900 wait in arrival order, no courier is
-//! taken twice; completing the 100 hands the couriers the next 100 in FIFO order.
+//! taken twice; completing the 100 hands the couriers the next 100 in FIFO order. Also: racing
+//! pairing passes, and a lock held by someone else bounded by `DB_LOCK_TIMEOUT_MS` directly and
+//! through PgBouncer in transaction mode.
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use common::pgbouncer::PooledDb;
 use common::{at, courier, event, TestDb};
 use service_courier::domain::{CourierStatus, OrderId, TransportType};
-use service_courier::repository::{CourierRepository, OrderState};
-use service_courier::usecase::{couriers, OrderEventProcessor, Outcome, Release};
+use service_courier::repository::postgres::{Pooler, TransactionLimits};
+use service_courier::repository::{CourierRepository, OrderState, PgRepository, RepoError};
+use service_courier::usecase::couriers::{self, CourierCommandError};
+use service_courier::usecase::{OrderEventProcessor, Outcome, Release};
 
 const THREADS: usize = 8;
 const ORDERS: usize = 2000;
@@ -254,4 +259,56 @@ fn a_pair_that_two_racing_passes_both_skip_is_healed_by_the_timed_pass() {
     let healed = db.repo.snapshot().expect("snapshot");
     healed.check_invariants().expect("healed");
     assert_eq!(healed.orders[&common::oid("X")], OrderState::Assigned(c));
+}
+
+/// Bounds with a short lock wait.
+fn short_lock_wait() -> TransactionLimits {
+    TransactionLimits {
+        lock_ms: 300,
+        ..TransactionLimits::default()
+    }
+}
+
+/// While `locker` holds the `couriers` table, hiring through `repo` must fail within its lock
+/// bound, as a transient error (retried by its caller). The locker lets go after a minute at the
+/// latest, so a bound that did not apply fails this check (the hire succeeds) instead of hanging.
+fn assert_lock_wait_is_bounded(repo: &PgRepository, mut locker: postgres::Client) {
+    let (locked_tx, locked) = crossbeam_channel::bounded(1);
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let holder = std::thread::spawn(move || {
+        let mut tx = locker.transaction().expect("begin");
+        tx.batch_execute("LOCK TABLE couriers IN ACCESS EXCLUSIVE MODE")
+            .expect("lock");
+        locked_tx.send(()).expect("the test waits");
+        let _ = release_rx.recv_timeout(std::time::Duration::from_secs(60));
+        tx.rollback().expect("rollback");
+    });
+    locked.recv().expect("the table is locked");
+    let err = couriers::add(repo, &courier(1, TransportType::Car), at(0))
+        .expect_err("the hire must give up waiting for the lock");
+    release.send(()).expect("release");
+    holder.join().expect("holder");
+    match err {
+        CourierCommandError::Repository(e @ RepoError::Transient(_)) => {
+            assert!(e.to_string().contains("55P03"), "{e}")
+        }
+        other => panic!("expected a transient lock timeout, got {other}"),
+    }
+    // Nothing stayed locked or half-done: the same hire now works.
+    couriers::add(repo, &courier(1, TransportType::Car), at(0)).expect("hire after the lock");
+}
+
+#[test]
+fn a_held_lock_is_bounded_by_db_lock_timeout_directly_and_through_pgbouncer() {
+    let Some(db) = TestDb::new(1) else {
+        return;
+    };
+    let direct =
+        PgRepository::new(db.config.clone(), 1).with_limits(short_lock_wait(), Pooler::None);
+    assert_lock_wait_is_bounded(&direct, db.client());
+    let Some(pooled) = PooledDb::new() else {
+        return;
+    };
+    let through = PooledDb::repository_with(&pooled.url, 1, short_lock_wait());
+    assert_lock_wait_is_bounded(&through, pooled.db.client());
 }

@@ -495,7 +495,9 @@ mod tests {
             let left = self.failures.load(SeqCst);
             if left > 0 {
                 self.failures.store(left - 1, SeqCst);
-                return Err(RepoError::Unexpected("relation \"orders\" does not exist".into()));
+                return Err(RepoError::Unexpected(
+                    "relation \"orders\" does not exist".into(),
+                ));
             }
             self.at_gate.send(()).expect("the test waits at the gate");
             self.open_gate.recv().expect("the test opens the gate");
@@ -548,8 +550,12 @@ mod tests {
             .send(job("stuck", OrderStatus::Created, 7))
             .expect("queued");
         // Every allowed failure has happened: the next attempt waits at the gate.
-        at_gate.recv().expect("the worker retried after its failures");
-        let reason = health.liveness().expect_err("a stalled worker fails liveness");
+        at_gate
+            .recv()
+            .expect("the worker retried after its failures");
+        let reason = health
+            .liveness()
+            .expect_err("a stalled worker fails liveness");
         assert!(
             reason.contains("worker 0 stalled: order stuck at partition 0 offset 7")
                 && reason.contains("never dead-lettered"),

@@ -13,9 +13,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Completion, Job, JobResult};
-use crate::repository::RepoError;
 use crate::ops::{Health, Metrics};
 use crate::repository::CourierRepository;
+use crate::repository::RepoError;
 use crate::shutdown::{Backoff, Shutdown};
 use crate::usecase::OrderEventProcessor;
 
@@ -179,9 +179,7 @@ impl<R: CourierRepository> Worker<R> {
                 let what = format!(
                     "order {} at partition {} offset {} keeps failing ({e}); retried every \
                      {RETRY_CAP:?}, never dead-lettered",
-                    job.event.order_id,
-                    job.position.partition,
-                    job.position.offset,
+                    job.event.order_id, job.position.partition, job.position.offset,
                 );
                 log::error!("worker {}: {what}", self.index);
                 self.health.worker_stalled(self.index, Some(what));

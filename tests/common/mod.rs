@@ -22,6 +22,7 @@ pub mod events;
 pub mod groups;
 pub mod kafka;
 pub mod kafka_edge;
+pub mod pgbouncer;
 pub mod private_pg;
 pub mod scripts;
 pub mod service;

@@ -22,10 +22,10 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::Client;
+use postgres::{Client, GenericClient};
 use sha2::{Digest, Sha256};
 
-use super::{classify, PgRepository, MIGRATION_LOCK};
+use super::{classify, PgRepository, Pooler, MIGRATION_LOCK};
 use crate::repository::RepoError;
 
 /// One file of `migrations/`, embedded.
@@ -192,6 +192,9 @@ pub enum MigrateError {
     /// The schema has tables of ours but no history, and not in a shape recognised as any
     /// version. Exit code 2.
     Unrecognised(String),
+    /// DATABASE_URL points at a pooler in transaction mode (DB_POOLER=transaction), which
+    /// cannot hold the session-level lock that keeps migrators apart. Exit code 2.
+    Pooled,
 }
 
 impl MigrateError {
@@ -216,6 +219,12 @@ impl fmt::Display for MigrateError {
                  migration must never change; restore the file or add a new migration"
             ),
             Self::Unrecognised(m) => write!(f, "{m}"),
+            Self::Pooled => write!(
+                f,
+                "migrations take a session-level lock, which a pooler in transaction mode \
+                 (DB_POOLER=transaction) cannot hold: run `service-courier migrate` with \
+                 DATABASE_URL pointing at PostgreSQL itself and DB_POOLER unset"
+            ),
         }
     }
 }
@@ -239,7 +248,11 @@ impl PgRepository {
     /// applied migration whose file changed is an error.
     pub fn schema_status(&self) -> Result<SchemaStatus, MigrateError> {
         let mut conn = self.connection()?;
-        let applied = read_history(&mut conn.client)?.unwrap_or_default();
+        // In a transaction: behind a transaction pooler, a statement prepared outside one may
+        // be executed on another server connection.
+        let mut tx = conn.client.transaction()?;
+        let applied = read_history(&mut tx)?.unwrap_or_default();
+        tx.commit()?;
         status_of(&applied)
     }
 
@@ -247,6 +260,9 @@ impl PgRepository {
     /// runs each migration not yet recorded, in order. Safe to run from several processes at
     /// once: they take turns under an advisory lock, and a later one finds nothing to do.
     pub fn migrate(&self) -> Result<MigrateReport, MigrateError> {
+        if self.pooler == Pooler::Transaction {
+            return Err(MigrateError::Pooled);
+        }
         let mut conn = self.connection()?;
         let client = &mut conn.client;
         lock(client)?;
@@ -361,7 +377,9 @@ fn is_lock_conflict(e: &postgres::Error) -> bool {
 
 /// `schema_migrations`' rows (version → checksum), or `None` when the current schema has no
 /// such table.
-fn read_history(client: &mut Client) -> Result<Option<BTreeMap<i32, String>>, MigrateError> {
+fn read_history(
+    client: &mut impl GenericClient,
+) -> Result<Option<BTreeMap<i32, String>>, MigrateError> {
     let exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_tables \

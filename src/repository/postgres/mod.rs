@@ -12,18 +12,22 @@
 mod held;
 mod migrate;
 mod people;
+mod session;
 mod tx;
 
 pub use migrate::{
     latest_version, MigrateError, MigrateReport, Migration, SchemaStatus, MIGRATIONS,
 };
+pub use session::{Pooler, TransactionLimits};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
+use session::{OpenTx, Openers};
 
 use super::{
     CourierDelivery, CourierPatch, CourierRemoval, CourierRepository, CourierView, DeliveryView,
@@ -31,15 +35,6 @@ use super::{
 };
 use crate::domain::{CompletedBy, CourierId, OrderId, Phone, TransportType};
 use crate::shutdown::Shutdown;
-
-/// Every statement of ours reads or writes a few rows through an index. A young table that grows
-/// fast (a new deployment draining a backlog) has the statistics of an empty one, and a plan
-/// prepared then (cached for the connection's life) would keep scanning the whole table or
-/// hashing it. These settings make the planner take the indexes whatever the statistics say.
-/// JIT goes too: the penalty those settings put on a scan that must read a whole table (a
-/// snapshot) would otherwise trigger JIT compilation, which costs more than the query.
-const PLANNER_OPTIONS: &str =
-    "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off -c jit=off";
 
 /// How long a caller waits for a pooled connection (r2d2 keeps trying to open one meanwhile).
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,6 +84,10 @@ pub struct PgRepository {
     /// Once stopping for longer than the given grace, waiting for a connection ends at once:
     /// with the database down, a stop must not wait out a checkout timeout per queued event.
     give_up: Option<(Shutdown, Duration)>,
+    /// How transactions open (their `SET LOCAL` bounds and plans).
+    openers: Arc<Openers>,
+    /// What is between us and the server.
+    pooler: Pooler,
 }
 
 /// Where a connection string points, for messages: host, port and database, never the password.
@@ -111,11 +110,6 @@ impl PgRepository {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        let options = match config.get_options() {
-            Some(theirs) => format!("{theirs} {PLANNER_OPTIONS}"),
-            None => PLANNER_OPTIONS.to_owned(),
-        };
-        config.options(&options);
         let target = describe_target(&config);
         let manager = PgConnectionManager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
@@ -133,7 +127,17 @@ impl PgRepository {
             pool,
             target,
             give_up: None,
+            openers: Arc::new(Openers::new(TransactionLimits::default(), Pooler::None)),
+            pooler: Pooler::None,
         }
+    }
+
+    /// Sets the bounds every transaction sets for itself and what is between us and the
+    /// server (defaults: [`TransactionLimits::default`], [`Pooler::None`]).
+    pub fn with_limits(mut self, limits: TransactionLimits, pooler: Pooler) -> Self {
+        self.openers = Arc::new(Openers::new(limits, pooler));
+        self.pooler = pooler;
+        self
     }
 
     /// Makes waits for a connection end as soon as `shutdown` has been stopping for longer than
@@ -180,8 +184,7 @@ impl CourierRepository for PgRepository {
         work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
         let mut conn = self.connection()?;
-        let PgConnection { client, statements } = &mut *conn;
-        let mut pg = tx::PgTx::new(client.transaction().map_err(classify)?, statements);
+        let mut pg = tx::PgTx::new(self.begin(&mut conn, Plans::Index)?);
         let out = work(&mut pg)?;
         pg.commit()?;
         Ok(out)
@@ -307,24 +310,33 @@ impl CourierRepository for PgRepository {
 }
 
 impl PgRepository {
-    /// One row of a small read outside any transaction, its statement prepared once per
-    /// connection.
+    /// Opens a transaction on `conn`, its settings in the same round trip.
+    fn begin<'c>(&self, conn: &'c mut PgConnection, plans: Plans) -> Result<OpenTx<'c>, RepoError> {
+        let opener = match plans {
+            Plans::Index => &self.openers.index_plans,
+            Plans::WholeTables => &self.openers.whole_table_reads,
+        };
+        let PgConnection { client, statements } = conn;
+        OpenTx::begin(client, statements, opener, self.openers.keep_statements).map_err(classify)
+    }
+
+    /// One row of a small read through an index, in a transaction of its own (so that its
+    /// bounds and plans apply, and so that it works behind a transaction pooler).
     fn query_one_prepared(
         &self,
         sql: &'static str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Row, RepoError> {
         let mut conn = self.connection()?;
-        let PgConnection { client, statements } = &mut *conn;
-        let stmt = match statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = client.prepare(sql).map_err(classify)?;
-                statements.insert(sql, s.clone());
-                s
-            }
-        };
-        client.query_one(&stmt, params).map_err(classify)
+        let mut tx = self.begin(&mut conn, Plans::Index)?;
+        let row = tx
+            .query_prepared(sql, params)
+            .map_err(classify)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad_row("a query of one row returned none"))?;
+        tx.commit().map_err(classify)?;
+        Ok(row)
     }
 
     fn read_fleet(&self) -> Result<FleetGauges, RepoError> {
@@ -345,30 +357,27 @@ impl PgRepository {
         })
     }
 
-    /// Runs `read` in a read-only snapshot with the planner's whole-table strategies back on
-    /// (see [`PLANNER_OPTIONS`]): these reads count or list every row, and a table of many dead
-    /// row versions is far quicker to scan than to walk through an index.
+    /// Runs `read` in a read-only snapshot with the planner's whole-table strategies (see
+    /// `session`): these reads count or list every row.
     fn read_whole_tables<T>(
         &self,
-        read: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, RepoError>,
+        read: impl FnOnce(&mut OpenTx<'_>) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
         let mut conn = self.connection()?;
-        let mut tx = conn
-            .client
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(classify)?;
-        tx.batch_execute(
-            "SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; \
-             SET LOCAL enable_mergejoin = on",
-        )
-        .map_err(classify)?;
+        let mut tx = self.begin(&mut conn, Plans::WholeTables)?;
         let out = read(&mut tx)?;
         tx.commit().map_err(classify)?;
         Ok(out)
     }
+}
+
+/// Which plans a transaction wants (see `session`).
+#[derive(Debug, Clone, Copy)]
+enum Plans {
+    /// Through the indexes, whatever the statistics say: every statement of the event path.
+    Index,
+    /// Whatever the planner finds best: reads of whole tables, in a read-only snapshot.
+    WholeTables,
 }
 
 const COURIERS: &str = "

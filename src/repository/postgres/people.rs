@@ -1,10 +1,10 @@
 //! The statements behind the HTTP API's reads and courier edits (see `repository::views`). Kept
 //! apart from the event path's statements (`tx`, `held`): none of these run per event.
 
-use postgres::Transaction;
-
+use super::session::OpenTx;
 use super::{
-    classify, completed_by, courier_view, get, order_id, order_state, PgRepository, COURIERS_WHERE,
+    classify, completed_by, courier_view, get, order_id, order_state, PgRepository, Plans,
+    COURIERS_WHERE,
 };
 use crate::domain::{CourierId, OrderId};
 use crate::repository::{
@@ -119,7 +119,7 @@ impl PgRepository {
                 updated_at = now()
             WHERE id = $1";
         let mut conn = self.connection()?;
-        let mut tx = conn.client.transaction().map_err(classify)?;
+        let mut tx = self.begin(&mut conn, Plans::Index)?;
         let phone = patch.phone.as_ref().map(|p| p.as_str());
         let transport = patch.transport.map(|t| t.as_str());
         let changed = tx
@@ -144,7 +144,7 @@ impl PgRepository {
         const HISTORY: &str = "DELETE FROM courier_orders WHERE courier_id = $1";
         const COURIER: &str = "DELETE FROM couriers WHERE id = $1";
         let mut conn = self.connection()?;
-        let mut tx = conn.client.transaction().map_err(classify)?;
+        let mut tx = self.begin(&mut conn, Plans::Index)?;
         // Rare, and `orders` has no index on the courier: a scan is the right plan.
         tx.batch_execute("SET LOCAL enable_seqscan = on")
             .map_err(classify)?;
@@ -162,7 +162,7 @@ impl PgRepository {
     }
 }
 
-fn one_courier(tx: &mut Transaction<'_>, id: CourierId) -> Result<Option<CourierView>, RepoError> {
+fn one_courier(tx: &mut OpenTx<'_>, id: CourierId) -> Result<Option<CourierView>, RepoError> {
     tx.query_opt(COURIERS_WHERE, &[&id.0])
         .map_err(classify)?
         .as_ref()

@@ -8,13 +8,12 @@
 //! can't answer), pending changes are written first, so every read sees the transaction's own
 //! changes.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
-use postgres::{Row, Statement};
+use postgres::Row;
 
 use super::held::{Changes, Coverage, HeldRows, Pick};
+use super::session::OpenTx;
 use super::{bad_row, classify, get, order_id, order_state, parse_col};
 use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 use crate::repository::{
@@ -155,22 +154,17 @@ const INSERT_COURIER: &str = "
     VALUES ($1, $2, 'paused', $3, $4)
     RETURNING id";
 
-/// One open transaction, the connection's statement cache, and the rows it holds.
+/// One open transaction (with its connection's statement cache) and the rows it holds.
 pub(super) struct PgTx<'a> {
-    tx: postgres::Transaction<'a>,
-    statements: &'a mut HashMap<&'static str, Statement>,
+    tx: OpenTx<'a>,
     held: HeldRows,
 }
 
 impl<'a> PgTx<'a> {
     /// Wraps an open transaction.
-    pub fn new(
-        tx: postgres::Transaction<'a>,
-        statements: &'a mut HashMap<&'static str, Statement>,
-    ) -> Self {
+    pub fn new(tx: OpenTx<'a>) -> Self {
         Self {
             tx,
-            statements,
             held: HeldRows::default(),
         }
     }
@@ -181,22 +175,12 @@ impl<'a> PgTx<'a> {
         self.tx.commit().map_err(classify)
     }
 
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, RepoError> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.tx.prepare(sql).map_err(classify)?;
-        self.statements.insert(sql, s.clone());
-        Ok(s)
-    }
-
     fn query(
         &mut self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, RepoError> {
-        let stmt = self.statement(sql)?;
-        self.tx.query(&stmt, params).map_err(classify)
+        self.tx.query_prepared(sql, params).map_err(classify)
     }
 
     /// Writes the pending changes: one statement, none when nothing changed.
