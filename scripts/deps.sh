@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests and the local stand use, when missing: Debian's kcat (a
 # Kafka client nobody here wrote, used to produce test events the way real services do),
+# pgbouncer (the PostgreSQL tests also run through it in transaction mode),
 # prometheus and promtool (the dashboard's and alerts' queries are checked against a real
 # Prometheus) and chromium (the operator's page is loaded in a real browser).
 # PostgreSQL binaries, a JDK, Maven and Rust are expected on the machine already.
@@ -10,6 +11,8 @@ LOG_TAG=deps
 
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+# Debian puts it in /usr/sbin, which is not on every user's PATH.
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
