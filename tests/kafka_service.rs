@@ -703,10 +703,8 @@ fn simulated_traffic_through_pgbouncer_in_transaction_mode() {
     assert!(!log.contains("SQLSTATE"), "storage errors logged:\n{log}");
     assert!(kcat_consume_all(&brokers, &dlq).is_empty(), "dead letters");
     // Checked directly on the database, not through the bouncer.
-    let direct = service_courier::repository::PgRepository::new(
-        pooled.db.url.parse().expect("url"),
-        1,
-    );
+    let direct =
+        service_courier::repository::PgRepository::new(pooled.db.url.parse().expect("url"), 1);
     let s = direct.snapshot().expect("snapshot");
     s.check_invariants().expect("invariants");
     assert_eq!(s.orders.len(), orders, "every simulated order is stored");

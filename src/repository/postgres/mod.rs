@@ -51,6 +51,9 @@ const MIGRATION_LOCK: i64 = 0x0C0E_1E40_0002;
 pub struct PgConnection {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// Set when the server stopped accepting writes (see `session::OpenTx`): the pool closes
+    /// the connection instead of lending it again.
+    retired: bool,
 }
 
 /// Opens [`PgConnection`]s through r2d2_postgres and drops broken ones.
@@ -64,6 +67,7 @@ impl r2d2::ManageConnection for PgConnectionManager {
         Ok(PgConnection {
             client: self.0.connect()?,
             statements: HashMap::new(),
+            retired: false,
         })
     }
 
@@ -72,7 +76,7 @@ impl r2d2::ManageConnection for PgConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.client.is_closed()
+        conn.client.is_closed() || conn.retired
     }
 }
 
@@ -316,8 +320,7 @@ impl PgRepository {
             Plans::Index => &self.openers.index_plans,
             Plans::WholeTables => &self.openers.whole_table_reads,
         };
-        let PgConnection { client, statements } = conn;
-        OpenTx::begin(client, statements, opener, self.openers.keep_statements).map_err(classify)
+        OpenTx::begin(conn, opener, self.openers.keep_statements).map_err(classify)
     }
 
     /// One row of a small read through an index, in a transaction of its own (so that its

@@ -6,8 +6,11 @@
 
 use std::collections::HashMap;
 
+use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
+
+use super::PgConnection;
 
 /// Every statement of ours reads or writes a few rows through an index. A young table that grows
 /// fast (a new deployment draining a backlog) has the statistics of an empty one, and a plan
@@ -89,30 +92,51 @@ impl Openers {
 /// An open transaction on a pooled connection, with the connection's statement cache. Rolled
 /// back when dropped uncommitted (an error, a panic). `postgres::Transaction` can't be used: it
 /// opens with a bare `BEGIN`, a round trip of its own.
+///
+/// A server that answers `25006 read-only transaction` is a standby or a demoted primary (a
+/// failover): the connection is retired, so the retry opens a new one, which
+/// `target_session_attrs=read-write` points at the new primary.
 pub(super) struct OpenTx<'a> {
     client: &'a mut Client,
     statements: &'a mut HashMap<&'static str, Statement>,
+    retired: &'a mut bool,
     keep_statements: bool,
     open: bool,
 }
 
 impl<'a> OpenTx<'a> {
-    /// Sends `opener` (one of [`Openers`]) and returns the open transaction.
+    /// Sends `opener` (one of [`Openers`]) on `conn` and returns the open transaction.
     pub fn begin(
-        client: &'a mut Client,
-        statements: &'a mut HashMap<&'static str, Statement>,
+        conn: &'a mut PgConnection,
         opener: &str,
         keep_statements: bool,
     ) -> Result<Self, postgres::Error> {
-        let tx = Self {
+        let PgConnection {
             client,
             statements,
+            retired,
+        } = conn;
+        let mut tx = Self {
+            client,
+            statements,
+            retired,
             keep_statements,
             open: true,
         };
         // On failure the guard is dropped open, so whatever began is rolled back.
-        tx.client.batch_execute(opener)?;
+        let began = tx.client.batch_execute(opener);
+        tx.watch(began)?;
         Ok(tx)
+    }
+
+    /// Passes `result` on, retiring the connection when the server no longer takes writes.
+    fn watch<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, postgres::Error> {
+        if let Err(e) = &result {
+            if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+                *self.retired = true;
+            }
+        }
+        result
     }
 
     /// `sql` prepared: once per connection, or once per transaction behind a transaction
@@ -121,7 +145,8 @@ impl<'a> OpenTx<'a> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let prepared = self.client.prepare(sql);
+        let s = self.watch(prepared)?;
         self.statements.insert(sql, s.clone());
         Ok(s)
     }
@@ -131,7 +156,8 @@ impl<'a> OpenTx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, postgres::Error> {
-        self.client.query(sql, params)
+        let rows = self.client.query(sql, params);
+        self.watch(rows)
     }
 
     pub fn query_prepared(
@@ -140,7 +166,8 @@ impl<'a> OpenTx<'a> {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, postgres::Error> {
         let stmt = self.statement(sql)?;
-        self.client.query(&stmt, params)
+        let rows = self.client.query(&stmt, params);
+        self.watch(rows)
     }
 
     pub fn query_one(
@@ -148,7 +175,8 @@ impl<'a> OpenTx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, postgres::Error> {
-        self.client.query_one(sql, params)
+        let row = self.client.query_one(sql, params);
+        self.watch(row)
     }
 
     pub fn query_opt(
@@ -156,7 +184,8 @@ impl<'a> OpenTx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, postgres::Error> {
-        self.client.query_opt(sql, params)
+        let row = self.client.query_opt(sql, params);
+        self.watch(row)
     }
 
     pub fn execute(
@@ -164,17 +193,20 @@ impl<'a> OpenTx<'a> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, postgres::Error> {
-        self.client.execute(sql, params)
+        let n = self.client.execute(sql, params);
+        self.watch(n)
     }
 
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
-        self.client.batch_execute(sql)
+        let done = self.client.batch_execute(sql);
+        self.watch(done)
     }
 
     pub fn commit(mut self) -> Result<(), postgres::Error> {
         self.close_statements();
         self.open = false;
-        self.client.batch_execute("COMMIT")
+        let committed = self.client.batch_execute("COMMIT");
+        self.watch(committed)
     }
 
     /// Behind a transaction pooler: closes this transaction's statements while the server
