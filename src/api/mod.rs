@@ -14,15 +14,14 @@
 //! - [`pipeline`]: events/s and stalled partitions, sampled once a second from [`Metrics`].
 //!
 //! Synchronous: a fixed number of handler threads take requests from one tiny_http server.
-//! Slow clients: every connection has read and write timeouts ([`listener`]: tiny_http has
-//! none of its own), so a silent client loses its connection; tiny_http reads request heads,
-//! and bodies up to 1 KiB, on threads of its own; a larger or chunked body is read on a
-//! short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds a
-//! handler (see [`routes::handle`]).
+//! Slow clients: every connection has read and write timeouts ([`crate::ops::listener`]:
+//! tiny_http has none of its own), so a silent client loses its connection; tiny_http reads
+//! request heads, and bodies up to 1 KiB, on threads of its own; a larger or chunked body is
+//! read on a short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds
+//! a handler (see [`routes::handle`]).
 
 mod delivery;
 mod json;
-mod listener;
 pub mod pipeline;
 mod reply;
 mod request;
@@ -59,7 +58,7 @@ pub fn serve<R: CourierRepository + 'static>(
     api: Api<R>,
     shutdown: Shutdown,
 ) -> Result<SocketAddr, String> {
-    let listener = listener::Listener::bind(addr, shutdown.clone())
+    let listener = crate::ops::listener::Listener::bind(addr, "api", shutdown.clone())
         .map_err(|e| crate::ops::http::bind_error("HTTP_ADDR", addr, &e))?;
     let api = Arc::new(api);
     pipeline::start_sampler(

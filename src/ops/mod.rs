@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod log_throttle;
 pub mod metrics;
 

@@ -1,4 +1,6 @@
-//! The API's listening socket, built so that every connection has read and write timeouts:
+//! The listening socket of both HTTP endpoints (the API's, `HTTP_ADDR`, and the operator's
+//! `/metrics`, `/healthz`, `/readyz`, `METRICS_ADDR`), built so that every connection has read
+//! and write timeouts:
 //! tiny_http sets none, and a connection that sends nothing (a half-sent head, an idle
 //! keep-alive, a stalled body) would otherwise hold one of its threads for good, and its thread
 //! pool then queues new connections behind such threads.
@@ -26,6 +28,8 @@ const KEEPER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The socket and the tiny_http server currently accepting on it.
 pub struct Listener {
+    /// Which endpoint, for log lines and thread names (`api`, `http`).
+    name: &'static str,
     socket: TcpListener,
     server: RwLock<Arc<tiny_http::Server>>,
     /// Where the socket is bound.
@@ -33,8 +37,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and starts serving on it, with the keeper.
-    pub fn bind(addr: &str, shutdown: Shutdown) -> std::io::Result<Arc<Self>> {
+    /// Binds `addr` and starts serving on it, with the keeper; `name` says which endpoint in
+    /// log lines and thread names.
+    pub fn bind(addr: &str, name: &'static str, shutdown: Shutdown) -> std::io::Result<Arc<Self>> {
         let target = addr
             .to_socket_addrs()?
             .next()
@@ -53,11 +58,12 @@ impl Listener {
         let bound = socket.local_addr()?;
         let server = serve_on(&socket)?;
         let listener = Arc::new(Self {
+            name,
             socket,
             server: RwLock::new(server),
             bound,
         });
-        start_keeper(loopback(bound), shutdown)?;
+        start_keeper(name, loopback(bound), shutdown)?;
         Ok(listener)
     }
 
@@ -75,10 +81,13 @@ impl Listener {
         }
         match serve_on(&self.socket) {
             Ok(server) => {
-                log::warn!("api: tiny_http's accept loop ended; serving on a new one");
+                log::warn!(
+                    "{}: tiny_http's accept loop ended; serving on a new one",
+                    self.name
+                );
                 *current = server;
             }
-            Err(e) => log::error!("api: cannot serve {} again: {e}", self.bound),
+            Err(e) => log::error!("{}: cannot serve {} again: {e}", self.name, self.bound),
         }
     }
 }
@@ -101,14 +110,14 @@ fn loopback(bound: SocketAddr) -> SocketAddr {
     target
 }
 
-fn start_keeper(target: SocketAddr, shutdown: Shutdown) -> std::io::Result<()> {
+fn start_keeper(name: &'static str, target: SocketAddr, shutdown: Shutdown) -> std::io::Result<()> {
     std::thread::Builder::new()
-        .name("api-keeper".into())
+        .name(format!("{name}-keeper"))
         .spawn(move || {
             while shutdown.sleep(KEEPER_INTERVAL) {
                 // Connected and closed at once: tiny_http reads the end and drops it.
                 if let Err(e) = TcpStream::connect_timeout(&target, KEEPER_INTERVAL) {
-                    log::debug!("api: keeper cannot connect to {target}: {e}");
+                    log::debug!("{name}: keeper cannot connect to {target}: {e}");
                 }
             }
         })
