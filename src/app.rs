@@ -11,6 +11,7 @@ use crate::api;
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 use crate::config::{self, ClientKind, DeadlinePolicy, DeadlineSettings, KafkaSettings, Settings};
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
+use crate::ops::sampler::DatabaseSampler;
 use crate::ops::{http, Health, Metrics};
 use crate::repository::postgres::{MigrateError, MigrateReport, SchemaStatus};
 use crate::repository::{CourierRepository, PgRepository, RepoError};
@@ -66,18 +67,22 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         settings.watchdog.unwrap_or(Duration::from_secs(60)),
     ));
     health.poller_beat();
+    // Sampled on the passes thread, with a one-connection pool of its own: a sample never
+    // waits for a worker's connection. Only with an endpoint to serve what it reads.
+    let mut sampler = None;
     if let Some(addr) = &settings.metrics_addr {
-        // The endpoint has a one-connection pool of its own: a scrape never waits for a worker.
         let fleet_repo = pg_repository(settings, 1);
-        let fleet: http::FleetReader = Box::new(move || fleet_repo.fleet().ok());
-        let served = http::serve(
+        sampler = Some(DatabaseSampler::new(
+            Box::new(move || fleet_repo.fleet()),
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        ));
+        match http::serve(
             addr,
             Arc::clone(&metrics),
             Arc::clone(&health),
-            fleet,
             shutdown.clone(),
-        );
-        match served {
+        ) {
             Ok(bound) => log::info!("http: /metrics, /healthz, /readyz on http://{bound}"),
             Err(e) => {
                 log::error!("{e}");
@@ -106,7 +111,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    health.database_ready(true);
+    health.database_answered();
     match wait_for_broker(&settings.kafka, shutdown, &health) {
         Ok(true) => {}
         Ok(false) => return ExitCode::SUCCESS,
@@ -136,6 +141,7 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
         Arc::clone(&processor),
         pairing_inbox,
         deadlines,
+        sampler,
         shutdown.clone(),
     ) {
         log::error!("cannot start the passes thread: {e}");
@@ -247,15 +253,19 @@ fn start_api(
 ///   skipped, or a pass that failed). Requests that arrive during a pass or the short rest after
 ///   it coalesce into one more pass, so a busy pool costs a few passes a second, not one per
 ///   batch;
-/// - the deadline pass ([`DeadlinePass`]) at start, then every `DEADLINE_CHECK_MS`.
+/// - the deadline pass ([`DeadlinePass`]) at start, then every `DEADLINE_CHECK_MS`;
+/// - and between passes, the database sampler (`ops::sampler`): the fleet gauges and whether
+///   PostgreSQL answers, every [`crate::ops::sampler::SAMPLE_EVERY`] while passes are quick; a
+///   long pass delays a sample, never readiness (silence from the database counts against it).
 ///
-/// One thread for both, not one each: a thread of its own for the deadline pass, idle but for a
+/// One thread for all, not one each: a thread of its own for the deadline pass, idle but for a
 /// query every 10 s, cost 2 MB of peak RSS in the benchmark's drain (its malloc arena; README
 /// "Performance").
 fn start_passes(
     processor: Arc<OrderEventProcessor<PgRepository>>,
     requests: Receiver<()>,
     deadlines: DeadlinePass,
+    mut sampler: Option<DatabaseSampler>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     const TIMER: Duration = Duration::from_secs(1);
@@ -265,7 +275,13 @@ fn start_passes(
         .name("passes".into())
         .spawn(move || {
             let mut deadline_due = Instant::now();
+            if let Some(s) = &sampler {
+                s.start();
+            }
             loop {
+                if let Some(s) = &mut sampler {
+                    s.run_if_due();
+                }
                 if Instant::now() >= deadline_due {
                     deadlines.run_once();
                     deadline_due = Instant::now() + deadlines.settings.check_every;
@@ -274,7 +290,10 @@ fn start_passes(
                 if !shutdown.sleep(REST) {
                     return;
                 }
-                let wait = TIMER.min(deadline_due.saturating_duration_since(Instant::now()));
+                let mut wait = TIMER.min(deadline_due.saturating_duration_since(Instant::now()));
+                if let Some(s) = &sampler {
+                    wait = wait.min(s.due_in());
+                }
                 match requests.recv_timeout(wait) {
                     Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,

@@ -79,9 +79,11 @@ fn metrics_count_a_known_stream_and_probes_answer() {
             .all(|(c, hw)| *c == *hw && *hw == 9)
     });
     let mut m = BTreeMap::new();
+    // The fleet gauges are sampled every 2 s: they catch up after the commits.
     wait_until(Duration::from_secs(60), "metrics to catch up", || {
         m = samples(&service.get("/metrics").1);
         m.get("courier_committed_offset{partition=\"0\"}") == Some(&9.0)
+            && m.get("courier_couriers{status=\"busy\"}") == Some(&2.0)
     });
     let expect = [
         ("courier_events_consumed_total", 9.0),

@@ -14,15 +14,14 @@
 //! - [`pipeline`]: events/s and stalled partitions, sampled once a second from [`Metrics`].
 //!
 //! Synchronous: a fixed number of handler threads take requests from one tiny_http server.
-//! Slow clients: every connection has read and write timeouts ([`listener`]: tiny_http has
-//! none of its own), so a silent client loses its connection; tiny_http reads request heads,
-//! and bodies up to 1 KiB, on threads of its own; a larger or chunked body is read on a
-//! short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds a
-//! handler (see [`routes::handle`]).
+//! Slow clients: every connection has read and write timeouts ([`crate::ops::listener`]:
+//! tiny_http has none of its own), so a silent client loses its connection; tiny_http reads
+//! request heads, and bodies up to 1 KiB, on threads of its own; a larger or chunked body is
+//! read on a short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds
+//! a handler (see [`routes::handle`]).
 
 mod delivery;
 mod json;
-mod listener;
 pub mod pipeline;
 mod reply;
 mod request;
@@ -30,7 +29,6 @@ mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::ops::Metrics;
 use crate::repository::CourierRepository;
@@ -59,7 +57,7 @@ pub fn serve<R: CourierRepository + 'static>(
     api: Api<R>,
     shutdown: Shutdown,
 ) -> Result<SocketAddr, String> {
-    let listener = listener::Listener::bind(addr, shutdown.clone())
+    let listener = crate::ops::listener::Listener::bind(addr, "api")
         .map_err(|e| crate::ops::http::bind_error("HTTP_ADDR", addr, &e))?;
     let api = Arc::new(api);
     pipeline::start_sampler(
@@ -68,25 +66,12 @@ pub fn serve<R: CourierRepository + 'static>(
         shutdown.clone(),
     )
     .map_err(|e| format!("cannot start the pipeline sampler: {e}"))?;
-    for n in 0..HANDLER_THREADS {
-        let (listener, api, shutdown) = (Arc::clone(&listener), Arc::clone(&api), shutdown.clone());
-        std::thread::Builder::new()
-            .name(format!("api-{n}"))
-            .spawn(move || {
-                while !shutdown.is_shutdown() {
-                    let server = listener.server();
-                    match server.recv_timeout(Duration::from_millis(200)) {
-                        Ok(Some(request)) => routes::handle(&api, request),
-                        Ok(None) => {}
-                        // tiny_http reports one error when its accept loop ends.
-                        Err(e) => {
-                            log::warn!("api: {e}");
-                            listener.rebuild(&server);
-                        }
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start an API thread: {e}"))?;
-    }
+    listener
+        .start_handlers(
+            HANDLER_THREADS,
+            &shutdown,
+            Arc::new(move |request| routes::handle(&api, request)),
+        )
+        .map_err(|e| format!("cannot start an API thread: {e}"))?;
     Ok(listener.bound)
 }

@@ -122,11 +122,16 @@ impl<R: CourierRepository> Worker<R> {
             .collect()
     }
 
-    /// Runs one database call, marked on [`Health`] while it lasts.
-    fn in_database<T>(&self, call: impl FnOnce() -> T) -> T {
+    /// Runs one database call, marked on [`Health`] while it lasts; a call that succeeds is
+    /// an answer from PostgreSQL, for `/readyz` (so a long pass that delays the sampler does
+    /// not make a busy database look silent).
+    fn in_database<T, E>(&self, call: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         self.health.worker_busy(self.index);
         let out = call();
         self.health.worker_idle(self.index);
+        if out.is_ok() {
+            self.health.database_answered();
+        }
         out
     }
 

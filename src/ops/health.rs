@@ -1,7 +1,10 @@
 //! Liveness and readiness, and the watchdog. The poller beats on every loop turn (also while it
 //! waits on a full queue or backs off); workers report each finished event. Healthy means the
 //! poller beat recently and, when events are in flight, a worker finished one recently. Ready
-//! means Kafka and PostgreSQL have both answered.
+//! means Kafka has answered and PostgreSQL answers now: the sampler (`ops::sampler`) asks it
+//! every few seconds and workers' commits count as answers too, so a stopped server (an error)
+//! and a frozen one (no answer for [`DATABASE_SILENT_AFTER`]) both read "database unreachable".
+//! Liveness never looks at the database's answers: a restart does not bring a database back.
 //!
 //! `/healthz` turns unhealthy after half the watchdog's threshold without progress, so a probe
 //! sees a stall (and can say why) for a long while before the watchdog exits the process.
@@ -16,6 +19,15 @@ use crate::shutdown::Shutdown;
 /// Exit code when the watchdog finds the poller stuck.
 pub const EXIT_WATCHDOG: i32 = 4;
 
+/// How long PostgreSQL may give no answer, once watched, before `/readyz` calls it unreachable:
+/// three samples' worth, so one slow sample does not flip readiness, and well inside the 10 s
+/// in which a frozen server must show. No timeout of the driver's fires against a frozen server
+/// (its kernel still acknowledges every packet), so silence is the only sign.
+pub const DATABASE_SILENT_AFTER: Duration = Duration::from_secs(6);
+
+/// A mark that was never set.
+const NEVER: u64 = u64::MAX;
+
 /// Shared progress marks, read by `/healthz`, `/readyz` and the watchdog.
 #[derive(Debug)]
 pub struct Health {
@@ -27,7 +39,17 @@ pub struct Health {
     /// Events received and not yet finished.
     in_flight: AtomicU64,
     kafka_ready: AtomicBool,
-    database_ready: AtomicBool,
+    /// Milliseconds since `started` of PostgreSQL's last answer; [`NEVER`] before the first.
+    /// Atomics, not a lock: every worker's commit stamps it.
+    database_answered: AtomicU64,
+    /// Whether the last attempt to reach PostgreSQL failed (and nothing answered since); why is
+    /// in `database_unreachable`.
+    database_failing: AtomicBool,
+    /// Why PostgreSQL could not be reached, while `database_failing`.
+    database_unreachable: Mutex<String>,
+    /// Whether something asks PostgreSQL often enough that silence means it is unreachable
+    /// (see [`Health::watch_database`]).
+    database_watched: AtomicBool,
     /// How long the poller may make no progress before the watchdog exits the process.
     stall_after: Duration,
     /// Per worker inside a database call: milliseconds since `started` when the call began. A
@@ -51,7 +73,10 @@ impl Health {
             last_completion: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             kafka_ready: AtomicBool::new(false),
-            database_ready: AtomicBool::new(false),
+            database_answered: AtomicU64::new(NEVER),
+            database_failing: AtomicBool::new(false),
+            database_unreachable: Mutex::new(String::new()),
+            database_watched: AtomicBool::new(false),
             stall_after,
             busy_since: Mutex::new(BTreeMap::new()),
             stalled: Mutex::new(BTreeMap::new()),
@@ -159,9 +184,48 @@ impl Health {
         self.kafka_ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether PostgreSQL answered.
-    pub fn database_ready(&self, ready: bool) {
-        self.database_ready.store(ready, Ordering::Relaxed);
+    /// PostgreSQL answered (a sample, a commit).
+    pub fn database_answered(&self) {
+        self.database_answered
+            .store(self.now_ms(), Ordering::Relaxed);
+        if self.database_failing.load(Ordering::Relaxed) {
+            self.database_failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// An attempt to reach PostgreSQL failed, for `why`: not ready until it answers again.
+    pub fn database_unreachable(&self, why: &str) {
+        *lock(&self.database_unreachable) = why.to_owned();
+        self.database_failing.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on PostgreSQL is asked every few seconds (the sampler runs), so no answer for
+    /// [`DATABASE_SILENT_AFTER`] means it cannot be reached (frozen, or a network that drops
+    /// packets), even while the call that asked is still waiting.
+    pub fn watch_database(&self) {
+        self.database_watched.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` while PostgreSQL answers; else why not.
+    fn database_at(&self, now_ms: u64) -> Result<(), String> {
+        if self.database_failing.load(Ordering::Relaxed) {
+            return Err(format!(
+                "database unreachable: {}",
+                lock(&self.database_unreachable)
+            ));
+        }
+        let answered = self.database_answered.load(Ordering::Relaxed);
+        if answered == NEVER {
+            return Err("database unreachable: it has not answered yet".into());
+        }
+        let silent = Duration::from_millis(now_ms.saturating_sub(answered));
+        if self.database_watched.load(Ordering::Relaxed) && silent > DATABASE_SILENT_AFTER {
+            return Err(format!(
+                "database unreachable: no answer for {:.1} s",
+                silent.as_secs_f64()
+            ));
+        }
+        Ok(())
     }
 
     /// `Ok` while the poller and the workers make progress; else why not.
@@ -205,16 +269,24 @@ impl Health {
         Ok(())
     }
 
-    /// `Ok` once Kafka and PostgreSQL have answered; else what is missing.
+    /// `Ok` once Kafka has answered and while PostgreSQL answers; else what is missing, one
+    /// reason a line.
     pub fn readiness(&self) -> Result<(), String> {
-        match (
-            self.kafka_ready.load(Ordering::Relaxed),
-            self.database_ready.load(Ordering::Relaxed),
-        ) {
-            (true, true) => Ok(()),
-            (false, true) => Err("not connected to Kafka".into()),
-            (true, false) => Err("not connected to PostgreSQL".into()),
-            (false, false) => Err("not connected to Kafka nor PostgreSQL".into()),
+        self.readiness_at(self.now_ms())
+    }
+
+    fn readiness_at(&self, now_ms: u64) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if !self.kafka_ready.load(Ordering::Relaxed) {
+            missing.push("not connected to Kafka".to_owned());
+        }
+        if let Err(why) = self.database_at(now_ms) {
+            missing.push(why);
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join("\n"))
         }
     }
 
@@ -375,10 +447,55 @@ mod tests {
     #[test]
     fn ready_once_both_answer() {
         let h = Health::new(Duration::from_secs(1));
-        assert!(h.readiness().is_err());
+        let both = h.readiness();
+        assert!(
+            both.as_ref()
+                .is_err_and(|e| e.contains("Kafka") && e.contains("database unreachable")),
+            "{both:?}"
+        );
         h.kafka_ready(true);
-        assert!(h.readiness().is_err_and(|e| e.contains("PostgreSQL")));
-        h.database_ready(true);
+        assert!(h
+            .readiness()
+            .is_err_and(|e| e == "database unreachable: it has not answered yet"));
+        h.database_answered();
         assert_eq!(h.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_attempt_makes_the_database_unreachable_until_it_answers_again() {
+        let h = Health::new(Duration::from_secs(60));
+        h.kafka_ready(true);
+        h.database_answered();
+        h.database_unreachable("connection refused");
+        assert_eq!(
+            h.readiness(),
+            Err("database unreachable: connection refused".into())
+        );
+        // Liveness is not the database's business.
+        h.poller_beat();
+        assert_eq!(h.liveness(), Ok(()));
+        h.database_answered();
+        assert_eq!(h.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn a_silent_database_is_unreachable_once_watched() {
+        let h = Health::new(Duration::from_secs(60));
+        h.kafka_ready(true);
+        h.database_answered.store(1_000, Ordering::Relaxed);
+        let silent_at = 1_000 + DATABASE_SILENT_AFTER.as_millis() as u64 + 1;
+        // Nobody asks it (the sampler has not started): silence says nothing.
+        assert_eq!(h.readiness_at(silent_at), Ok(()));
+        h.watch_database();
+        assert_eq!(h.readiness_at(silent_at - 1), Ok(()));
+        let silent = h.readiness_at(silent_at);
+        assert!(
+            silent
+                .as_ref()
+                .is_err_and(|e| e.starts_with("database unreachable: no answer for 6.0 s")),
+            "{silent:?}"
+        );
+        h.database_answered.store(silent_at, Ordering::Relaxed);
+        assert_eq!(h.readiness_at(silent_at), Ok(()));
     }
 }

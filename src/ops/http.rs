@@ -1,66 +1,63 @@
-//! The small synchronous HTTP endpoint (tiny_http): `/metrics`, `/healthz`, `/readyz`.
+//! The operator's endpoint (`METRICS_ADDR`): `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Every answer comes from memory: the database-backed gauges are the sampler's last reading
+//! (`ops::sampler`), readiness and liveness are marks on [`Health`]. So a frozen or stopped
+//! database never holds a probe. Slow clients cannot hold it either: the listener
+//! ([`super::listener`]) gives every connection read and write timeouts, and
+//! [`HANDLER_THREADS`] threads answer, so one client that stalls while its answer is written
+//! leaves the others served.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tiny_http::{Header, Response, Server};
+use tiny_http::{Header, Request, Response};
 
-use super::{FleetGauges, Health, Metrics};
+use super::listener::Listener;
+use super::{Health, Metrics};
 use crate::shutdown::Shutdown;
 
-/// Reads the courier and queue gauges at scrape time.
-pub type FleetReader = Box<dyn Fn() -> Option<FleetGauges> + Send>;
+/// Handler threads: a fixed pool. Two, not more: answers are quick (memory only), and each
+/// thread costs peak RSS (its malloc arena).
+pub const HANDLER_THREADS: usize = 2;
 
-/// Binds `addr` and serves on a thread of its own until stopping. Returns the bound address
-/// (useful when `addr` asks for port 0).
+/// Binds `addr` and serves on [`HANDLER_THREADS`] threads until stopping. Returns the bound
+/// address (useful when `addr` asks for port 0).
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    fleet: FleetReader,
     shutdown: Shutdown,
-) -> Result<std::net::SocketAddr, String> {
-    let server = Server::http(addr).map_err(|e| match e.downcast_ref::<std::io::Error>() {
-        Some(io) => bind_error("METRICS_ADDR", addr, io),
-        None => format!("METRICS_ADDR={addr}: cannot listen there: {e}"),
-    })?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| format!("METRICS_ADDR: {addr} is not an IP address"))?;
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            while !shutdown.is_shutdown() {
-                let request = match server.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        log::warn!("http: {e}");
-                        continue;
-                    }
-                };
-                let (status, body, kind) = match request.url() {
-                    "/metrics" => (200, metrics.render(fleet()), "text/plain; version=0.0.4"),
-                    "/healthz" => check(health.liveness()),
-                    "/readyz" => check(health.readiness()),
-                    _ => (
-                        404,
-                        "not found: try /metrics, /healthz or /readyz\n".into(),
-                        "text/plain",
-                    ),
-                };
-                let mut response = Response::from_string(body).with_status_code(status);
-                if let Ok(h) = Header::from_bytes("Content-Type", kind) {
-                    response = response.with_header(h);
-                }
-                if let Err(e) = request.respond(response) {
-                    log::debug!("http: response not sent: {e}");
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
-    Ok(bound)
+) -> Result<SocketAddr, String> {
+    let listener =
+        Listener::bind(addr, "http").map_err(|e| bind_error("METRICS_ADDR", addr, &e))?;
+    listener
+        .start_handlers(
+            HANDLER_THREADS,
+            &shutdown,
+            Arc::new(move |request| answer(request, &metrics, &health)),
+        )
+        .map_err(|e| format!("cannot start an HTTP thread: {e}"))?;
+    Ok(listener.bound)
+}
+
+fn answer(request: Request, metrics: &Metrics, health: &Health) {
+    let (status, body, kind) = match request.url() {
+        "/metrics" => (200, metrics.render(), "text/plain; version=0.0.4"),
+        "/healthz" => check(health.liveness()),
+        "/readyz" => check(health.readiness()),
+        _ => (
+            404,
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::from_string(body).with_status_code(status);
+    if let Ok(h) = Header::from_bytes("Content-Type", kind) {
+        response = response.with_header(h);
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("http: response not sent: {e}");
+    }
 }
 
 /// Why `variable=addr` could not be listened on, in words that say what to do: a port in use

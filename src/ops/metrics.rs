@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bounds of the processing-latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -13,6 +13,11 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 pub use crate::repository::FleetGauges;
+
+/// How old the sampled fleet gauges may be and still be served: a few samples' worth (see
+/// `ops::sampler`). Older ones are left out of `/metrics`, as when the database is frozen and the
+/// sampler waits on it: no series is better than a stale one that looks current.
+pub const FLEET_SERVED_FOR: Duration = Duration::from_secs(10);
 
 /// Upper bounds of the event-age histogram (the event's `created_at` to its commit), seconds:
 /// fine below 100 ms, where the latency target is.
@@ -114,6 +119,9 @@ pub struct Metrics {
     overdue: AtomicU64,
     /// Deliveries the deadline pass completed.
     deadline_completions: AtomicU64,
+    /// Couriers by status and waiting orders as the sampler last read them, and when: `/metrics`
+    /// serves them from here and never waits on the database.
+    fleet: Mutex<Option<(Instant, FleetGauges)>>,
 }
 
 impl Default for Metrics {
@@ -134,6 +142,7 @@ impl Default for Metrics {
             dead_letters_paused: AtomicBool::new(false),
             overdue: AtomicU64::new(0),
             deadline_completions: AtomicU64::new(0),
+            fleet: Mutex::default(),
         }
     }
 }
@@ -274,9 +283,24 @@ impl Metrics {
             .collect()
     }
 
+    /// The fleet gauges just read from the database, or `None` when they could not be read
+    /// (their series then leave `/metrics`).
+    pub fn fleet_sampled(&self, fleet: Option<FleetGauges>) {
+        *locked(&self.fleet) = fleet.map(|f| (Instant::now(), f));
+    }
+
+    /// The fleet gauges last sampled, unless older than [`FLEET_SERVED_FOR`].
+    fn fleet(&self) -> Option<FleetGauges> {
+        let reading = *locked(&self.fleet);
+        reading
+            .filter(|(at, _)| at.elapsed() <= FLEET_SERVED_FOR)
+            .map(|(_, f)| f)
+    }
+
     /// The Prometheus text exposition (version 0.0.4): each family's HELP and TYPE, then its
-    /// samples.
-    pub fn render(&self, fleet: Option<FleetGauges>) -> String {
+    /// samples. Reads memory only: the database-backed gauges are the sampler's last reading.
+    pub fn render(&self) -> String {
+        let fleet = self.fleet();
         let mut out = String::with_capacity(4096);
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -479,12 +503,17 @@ mod tests {
         m.partition_stalled(4, true);
         m.offsets_skipped(1, 7);
         m.dead_letter_backlog(12, true);
-        let text = m.render(Some(FleetGauges {
+        assert!(
+            !m.render().contains("courier_orders_waiting"),
+            "no fleet series before the first sample"
+        );
+        m.fleet_sampled(Some(FleetGauges {
             available: 1,
             busy: 2,
             paused: 0,
             waiting_orders: 7,
         }));
+        let text = m.render();
         for line in [
             "courier_events_consumed_total 2",
             "courier_events_applied_total{family=\"assign\",outcome=\"assigned\"} 2",
@@ -507,5 +536,27 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn fleet_gauges_leave_when_unreadable_or_stale() {
+        let m = Metrics::default();
+        let fleet = FleetGauges {
+            available: 3,
+            busy: 0,
+            paused: 1,
+            waiting_orders: 0,
+        };
+        m.fleet_sampled(Some(fleet));
+        assert!(m
+            .render()
+            .contains("courier_couriers{status=\"available\"} 3"));
+        m.fleet_sampled(None);
+        assert!(!m.render().contains("courier_couriers"));
+        let old = Instant::now()
+            .checked_sub(FLEET_SERVED_FOR + Duration::from_secs(1))
+            .expect("the clock is past a few seconds");
+        *locked(&m.fleet) = Some((old, fleet));
+        assert!(!m.render().contains("courier_couriers"));
     }
 }

@@ -202,7 +202,7 @@ impl Harness {
     /// Events the workers applied (stale ones included), from the metrics.
     fn applied(&self) -> u64 {
         self.metrics
-            .render(None)
+            .render()
             .lines()
             .filter(|l| l.starts_with("courier_events_applied_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -424,7 +424,7 @@ fn an_unreachable_broker_is_retried_and_a_misconfiguration_stops_the_loop() {
 /// The value of one gauge or counter line, from the metrics.
 fn metric(h: &Harness, line_start: &str) -> Option<u64> {
     h.metrics
-        .render(None)
+        .render()
         .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
