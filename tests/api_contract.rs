@@ -2,12 +2,13 @@
 //! once against the `CourierRepository` trait and run against both the in-memory fake and
 //! PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use common::{at, courier, event, oid};
 use service_courier::domain::{CourierId, CourierStatus, Phone, TransportType};
 use service_courier::repository::{
-    CourierPatch, CourierRemoval, CourierRepository, MemoryRepository, OrderState, RepoError,
+    CourierPatch, CourierRemoval, CourierRepository, OrderState, RepoError,
 };
 use service_courier::usecase::delivery::{self, AssignError, UnassignError};
 use service_courier::usecase::OrderEventProcessor;
@@ -315,21 +316,6 @@ fn unassigning_by_hand_is_a_cancellation<R: CourierRepository>(repo: R) {
         .expect("snapshot")
         .check_invariants()
         .expect("invariants");
-}
-
-macro_rules! contract {
-    ($($rule:ident),* $(,)?) => {
-        mod memory {
-            $(#[test] fn $rule() { super::$rule(super::MemoryRepository::new()); })*
-        }
-        mod postgres {
-            $(#[test] fn $rule() {
-                if let Some(db) = super::common::TestDb::new(2) {
-                    super::$rule(db.repo.clone());
-                }
-            })*
-        }
-    };
 }
 
 contract!(

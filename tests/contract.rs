@@ -2,13 +2,12 @@
 //! `CourierRepository` trait and run against the in-memory fake, PostgreSQL, and PostgreSQL
 //! behind PgBouncer in transaction mode.
 
+#[macro_use]
 mod common;
 
 use common::{at, courier, event, oid};
 use service_courier::domain::{CompletedBy, CourierId, CourierStatus, OrderEvent, TransportType};
-use service_courier::repository::{
-    CourierRepository, MemoryRepository, OrderState, RepoError, Snapshot,
-};
+use service_courier::repository::{CourierRepository, OrderState, RepoError, Snapshot};
 use service_courier::usecase::couriers::{self, CourierCommandError};
 use service_courier::usecase::{OrderEventProcessor, Outcome, Release};
 
@@ -451,29 +450,6 @@ fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRe
     assert_eq!(p.repository().count_overdue(t(17 * 60)).expect("count"), 0);
     // w1 (foot, 30 min from 40 s) and w2 (car, 5 min from 17 min).
     assert_eq!(p.repository().count_overdue(t(60 * 60)).expect("count"), 2);
-}
-
-macro_rules! contract {
-    ($($rule:ident),* $(,)?) => {
-        mod memory {
-            $(#[test] fn $rule() { super::$rule(super::MemoryRepository::new()); })*
-        }
-        mod postgres {
-            $(#[test] fn $rule() {
-                if let Some(db) = super::common::TestDb::new(2) {
-                    super::$rule(db.repo.clone());
-                }
-            })*
-        }
-        /// Through PgBouncer in transaction mode (`DB_POOLER=transaction`).
-        mod pgbouncer {
-            $(#[test] fn $rule() {
-                if let Some(db) = super::common::pgbouncer::PooledDb::new() {
-                    super::$rule(db.repo.clone());
-                }
-            })*
-        }
-    };
 }
 
 contract!(

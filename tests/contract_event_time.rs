@@ -3,11 +3,12 @@
 //! created (the `created` event's `created_at`), ties by arrival; whitespace around an order id
 //! is not part of it.
 
+#[macro_use]
 mod common;
 
 use common::{at, courier, event, oid};
 use service_courier::domain::{CourierId, OrderEvent, TransportType};
-use service_courier::repository::{CourierRepository, MemoryRepository};
+use service_courier::repository::CourierRepository;
 use service_courier::usecase::couriers;
 use service_courier::usecase::{OrderEventProcessor, Outcome, Release};
 
@@ -133,21 +134,6 @@ fn whitespace_around_an_order_id_is_the_same_order<R: CourierRepository>(repo: R
     assert_eq!(s.orders.len(), 1);
     assert!(s.deliveries.contains_key(&oid("42")));
     assert_eq!(s.couriers[0].completed_deliveries, 1);
-}
-
-macro_rules! contract {
-    ($($rule:ident),* $(,)?) => {
-        mod memory {
-            $(#[test] fn $rule() { super::$rule(super::MemoryRepository::new()); })*
-        }
-        mod postgres {
-            $(#[test] fn $rule() {
-                if let Some(db) = super::common::TestDb::new(2) {
-                    super::$rule(db.repo.clone());
-                }
-            })*
-        }
-    };
 }
 
 contract!(

@@ -14,6 +14,36 @@
 //! never skips. Outside CI it prints `SKIPPED` and passes.
 #![allow(dead_code)] // each test binary uses a different part of this module
 #![allow(unused_imports)] // and of its re-exports
+#![allow(unused_macros)] // and of its macros
+
+/// The repository contract's runner: one `#[test]` per rule (a function taking a repository)
+/// against the in-memory fake, PostgreSQL (a schema of its own) and PostgreSQL behind PgBouncer
+/// in transaction mode (`DB_POOLER=transaction`, see [`pgbouncer`]). Used by the test files
+/// that declare `#[macro_use] mod common;`.
+macro_rules! contract {
+    ($($rule:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $rule() {
+                super::$rule(service_courier::repository::MemoryRepository::new());
+            })*
+        }
+        mod postgres {
+            $(#[test] fn $rule() {
+                if let Some(db) = super::common::TestDb::new(2) {
+                    super::$rule(db.repo.clone());
+                }
+            })*
+        }
+        /// Through PgBouncer in transaction mode.
+        mod pgbouncer {
+            $(#[test] fn $rule() {
+                if let Some(db) = super::common::pgbouncer::PooledDb::new() {
+                    super::$rule(db.repo.clone());
+                }
+            })*
+        }
+    };
+}
 
 pub mod api;
 pub mod broker;
