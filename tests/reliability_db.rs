@@ -1,11 +1,14 @@
 //! The running service when PostgreSQL goes away or freezes, against the real binary, a real
 //! Kafka 3.9 broker and a PostgreSQL of each test's own (it is stopped or frozen mid-run):
 //! a stop with the database down is bounded and loses nothing; a frozen server is noticed by the
-//! watchdog (exit 4) and, after a restart, every event is applied once.
+//! watchdog (exit 4) and, after a restart, every event is applied once; a failover to a promoted
+//! streaming standby (both hosts in DATABASE_URL) is ridden through without a restart.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::private_pg::PrivatePg;
 use common::*;
@@ -37,8 +40,12 @@ impl Stand {
     }
 
     fn env(&self, pg: &PrivatePg, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        self.env_url(&pg.url, extra)
+    }
+
+    fn env_url(&self, url: &str, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
         let mut env = vec![
-            ("DATABASE_URL", pg.url.clone()),
+            ("DATABASE_URL", url.to_owned()),
             ("KAFKA_BROKERS", self.brokers.clone()),
             ("KAFKA_ORDER_TOPIC", self.topic.clone()),
             ("KAFKA_DLQ_TOPIC", self.dlq.clone()),
@@ -231,4 +238,228 @@ fn a_frozen_postgres_is_noticed_by_the_watchdog_and_nothing_is_lost() {
     );
     assert_applied_once(&snapshot(&pg), 400, COURIERS as usize);
     assert_eq!(service.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// The failover test's orders: `o{i}` is created, and then every fourth from `o1` cancelled and
+/// every fourth from `o2` completed. Its events, for orders `from..to`.
+fn failover_events(from: usize, to: usize) -> Vec<String> {
+    let created = (from..to).map(|i| event(&format!("o{i}"), "created", i as i64));
+    let ends = (from..to).filter_map(|i| {
+        let status = match i % 4 {
+            1 => "cancelled",
+            2 => "completed",
+            _ => return None,
+        };
+        Some(event(&format!("o{i}"), status, i as i64 + 60))
+    });
+    created.chain(ends).map(|e| e.to_json()).collect()
+}
+
+/// Whether `state` is where `o{i}`'s events lead (see [`failover_events`]). Unkeyed events
+/// reach the service in any order, so a `completed` may come before its `created` (the order
+/// is then completed by nobody), and a created order may wait or have a courier.
+fn ends_as_its_events_imply(i: usize, state: Option<&OrderState>) -> bool {
+    match i % 4 {
+        1 => matches!(state, Some(OrderState::Cancelled)),
+        2 => matches!(state, Some(OrderState::Completed(_))),
+        _ => matches!(state, Some(OrderState::Assigned(_) | OrderState::Waiting)),
+    }
+}
+
+/// Produces [`failover_events`] in batches of 10 orders, about every 100 ms, until stopped;
+/// `produced` says how many orders so far.
+struct Feed {
+    stop: Arc<AtomicBool>,
+    produced: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Feed {
+    fn start(brokers: &str, topic: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let produced = Arc::new(AtomicUsize::new(0));
+        let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+        let thread = std::thread::spawn({
+            let (stop, produced) = (stop.clone(), produced.clone());
+            move || {
+                let mut next = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    kcat_produce(&brokers, &topic, &failover_events(next, next + 10));
+                    next += 10;
+                    produced.store(next, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        Self {
+            stop,
+            produced,
+            thread,
+        }
+    }
+
+    /// Stops it; how many orders it produced.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the producer thread ends well");
+        self.produced.load(Ordering::SeqCst)
+    }
+}
+
+/// Seconds since the epoch.
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// How many orders rows were written (inserted or updated, by the database's clock) after
+/// `since`.
+fn orders_written_after(db: &mut postgres::Client, since: SystemTime) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM orders WHERE updated_at > to_timestamp($1)",
+        &[&epoch_secs(since)],
+    )
+    .expect("count orders")
+    .get(0)
+}
+
+#[test]
+fn a_failover_to_a_promoted_standby_is_ridden_through_and_loses_nothing() {
+    let Some(stand) = Stand::new("rel-failover") else {
+        return;
+    };
+    let pg = PrivatePg::start("rel-pg-failover");
+    const COURIERS: u32 = 30;
+    hire(&pg, COURIERS); // and migrates: the standby copies the schema
+    let standby = pg.standby("standby");
+    // A commit the primary acknowledged must be on the standby when the primary dies, or the
+    // failover itself loses it (the service would have committed its offset).
+    standby.synchronous();
+    // The standby first: with target_session_attrs=read-write the service must pass it by
+    // while it is a standby (without, it would sit on a read-only server, SQLSTATE 25006).
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/courier?target_session_attrs=read-write",
+        standby.port,
+        pg.port()
+    );
+    // DEADLINE_POLICY=report: a slow run must not see car deliveries (5 min) ended by deadline.
+    let env = stand.env_url(&url, &[("DEADLINE_POLICY", "report")]);
+    let mut service = Service::start(&env);
+    let feed = Feed::start(&stand.brokers, &stand.topic);
+
+    let alive = |service: &mut Service| {
+        assert!(service.running(), "service died:\n{}", service.log_text());
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "100 orders applied on the primary",
+        || {
+            alive(&mut service);
+            orders_written_after(&mut pg.client(), UNIX_EPOCH) >= 100
+        },
+    );
+
+    let logged_before = service.log_text().len();
+    pg.crash();
+    let crashed = SystemTime::now();
+    // Promoted only once the service has met the outage: an event failed, and failed again
+    // after a whole wait for a connection (the dead primary refuses, the standby is read-only),
+    // as it would while a failover manager makes up its mind.
+    wait_until(
+        Duration::from_secs(90),
+        "an event to fail twice after the crash",
+        || {
+            alive(&mut service);
+            service
+                .log_text()
+                .get(logged_before..)
+                .is_some_and(|new| new.contains("; retry 2 in "))
+        },
+    );
+    let promoting = SystemTime::now();
+    standby.promote();
+    let promoted = SystemTime::now();
+    let mut new_primary = standby.client();
+    wait_until(
+        Duration::from_secs(120),
+        "100 orders applied on the new primary",
+        || {
+            alive(&mut service);
+            orders_written_after(&mut new_primary, promoted) >= 100
+        },
+    );
+    let orders = feed.stop();
+    stand.wait_drained(&mut service, Duration::from_secs(180));
+
+    // The gap, by the database's clock (orders.updated_at is the writing transaction's start):
+    // the old primary wrote nothing after it died, the new one nothing before its promotion.
+    const GAP: &str = "
+        SELECT extract(epoch FROM max(updated_at) FILTER (WHERE updated_at < to_timestamp($1)))::float8,
+               extract(epoch FROM min(updated_at) FILTER (WHERE updated_at > to_timestamp($1)))::float8
+        FROM orders";
+    let row = new_primary
+        .query_one(GAP, &[&epoch_secs(crashed)])
+        .expect("the gap");
+    let last_before: f64 = row
+        .get::<_, Option<f64>>(0)
+        .expect("orders written before the crash");
+    let first_after: f64 = row
+        .get::<_, Option<f64>>(1)
+        .expect("orders written after the crash");
+    let (crashed, promoting) = (epoch_secs(crashed), epoch_secs(promoting));
+    eprintln!(
+        "failover gap: {:.2} s (last order written {:.2} s before the crash; promotion asked \
+         {:.2} s after the crash, pg_ctl promote took {:.2} s; first order written on the new \
+         primary {:.2} s after the promotion was asked)",
+        first_after - last_before,
+        crashed - last_before,
+        promoting - crashed,
+        epoch_secs(promoted) - promoting,
+        first_after - promoting
+    );
+
+    let dead = kcat_consume_all(&stand.brokers, &stand.dlq);
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+    let s = PgRepository::new(standby.url.parse().expect("url"), 1)
+        .snapshot()
+        .expect("snapshot");
+    s.check_invariants().expect("invariants");
+    assert_eq!(s.orders.len(), orders, "one row per order");
+    for i in 0..orders {
+        let state = s.orders.get(&oid(&format!("o{i}")));
+        assert!(ends_as_its_events_imply(i, state), "o{i}: {state:?}");
+    }
+    let busy: std::collections::BTreeSet<_> = s
+        .deliveries
+        .values()
+        .filter(|d| d.completed_at.is_none())
+        .map(|d| d.courier)
+        .collect();
+    let active = s
+        .deliveries
+        .values()
+        .filter(|d| d.completed_at.is_none())
+        .count();
+    assert_eq!(busy.len(), active, "no courier holds two orders");
+
+    let log = service.log_text();
+    let mut codes: Vec<&str> = log
+        .split("SQLSTATE ")
+        .skip(1)
+        .filter_map(|rest| rest.get(..5))
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    eprintln!(
+        "{orders} orders; SQLSTATEs in the service's log: {codes:?}; retries logged: {}",
+        log.matches("; retry ").count()
+    );
+    alive(&mut service);
+    assert_eq!(
+        service.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        service.log_text()
+    );
 }
