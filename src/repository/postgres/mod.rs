@@ -94,17 +94,32 @@ pub struct PgRepository {
     pooler: Pooler,
 }
 
-/// Where a connection string points, for messages: host, port and database, never the password.
+/// Where a connection string points, for messages: its hosts and ports and the database, never
+/// the password (`db-a:5432,db-b:5432/courier`).
 pub fn describe_target(config: &postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                postgres::config::Host::Tcp(h) => h.clone(),
+                #[cfg(unix)]
+                postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            // One port for every host, or one each.
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().or(config.get_user()).unwrap_or("?");
-    format!("{host}:{port}/{db}")
+    format!("{hosts}/{db}")
 }
 
 impl PgRepository {
@@ -511,7 +526,20 @@ fn completed_by(row: &Row, i: usize) -> Result<Option<CompletedBy>, RepoError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{sqlstate_kind, SqlStateKind};
+    use super::{describe_target, sqlstate_kind, SqlStateKind};
+
+    #[test]
+    fn targets_name_every_host_and_no_password() {
+        let one: postgres::Config = "postgres://u:secret@db:6432/courier".parse().expect("url");
+        assert_eq!(describe_target(&one), "db:6432/courier");
+        let two: postgres::Config =
+            "postgres://u:secret@db-a:5432,db-b:5433/courier?target_session_attrs=read-write"
+                .parse()
+                .expect("url");
+        assert_eq!(describe_target(&two), "db-a:5432,db-b:5433/courier");
+        let shared: postgres::Config = "host=a,b port=7 user=u dbname=d".parse().expect("kv");
+        assert_eq!(describe_target(&shared), "a:7,b:7/d");
+    }
 
     #[test]
     fn sqlstates_sort_by_the_next_move() {
