@@ -18,12 +18,16 @@ use super::PgConnection;
 /// hashing it. These settings make the planner take the indexes whatever the statistics say.
 /// JIT goes too: the penalty those settings put on a scan that must read a whole table would
 /// otherwise trigger JIT compilation, which costs more than the query.
-const INDEX_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-     SET LOCAL enable_mergejoin = off; SET LOCAL jit = off";
+const INDEX_PLANS: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+    ("jit", "off"),
+];
 
 /// For reads that count or list every row: a table of many dead row versions is far quicker to
 /// scan than to walk through an index, so the planner keeps its whole-table strategies.
-const WHOLE_TABLE_PLANS: &str = "SET LOCAL jit = off";
+const WHOLE_TABLE_PLANS: &[(&str, &str)] = &[("jit", "off")];
 
 /// What sits between the service and PostgreSQL (DB_POOLER).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,18 +78,57 @@ pub(super) struct Openers {
 
 impl Openers {
     pub fn new(limits: TransactionLimits, pooler: Pooler) -> Self {
-        let bounds = format!(
-            "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
-             SET LOCAL idle_in_transaction_session_timeout = {}",
-            limits.statement_ms, limits.lock_ms, limits.idle_in_transaction_ms
-        );
+        let bounds = [
+            ("statement_timeout", limits.statement_ms.to_string()),
+            ("lock_timeout", limits.lock_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                limits.idle_in_transaction_ms.to_string(),
+            ),
+        ];
+        let settings = |plans: &[(&str, &str)]| {
+            let each: Vec<String> = bounds
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .chain(plans.iter().copied())
+                .map(|(name, value)| format!("set_config('{name}', '{value}', true)"))
+                .collect();
+            // `set_config(…, true)` is `SET LOCAL`; one statement is cheaper for the server
+            // than one `SET LOCAL` each, and this batch runs once per transaction.
+            format!("SELECT {}", each.join(", "))
+        };
         Self {
-            index_plans: format!("BEGIN; {bounds}; {INDEX_PLANS}"),
+            index_plans: format!("BEGIN; {}", settings(INDEX_PLANS)),
             whole_table_reads: format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {bounds}; {WHOLE_TABLE_PLANS}"
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
+                settings(WHOLE_TABLE_PLANS)
             ),
             keep_statements: pooler == Pooler::None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openers_set_every_bound_and_plan_for_the_transaction_only() {
+        let o = Openers::new(TransactionLimits::default(), Pooler::None);
+        assert_eq!(
+            o.index_plans,
+            "BEGIN; SELECT set_config('statement_timeout', '30000', true), \
+             set_config('lock_timeout', '10000', true), \
+             set_config('idle_in_transaction_session_timeout', '60000', true), \
+             set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
+             set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)"
+        );
+        assert!(o.whole_table_reads.starts_with(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('statement_timeout'"
+        ));
+        assert!(!o.whole_table_reads.contains("enable_seqscan"));
+        assert!(o.keep_statements);
+        assert!(!Openers::new(TransactionLimits::default(), Pooler::Transaction).keep_statements);
     }
 }
 
