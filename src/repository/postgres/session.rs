@@ -108,30 +108,6 @@ impl Openers {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn openers_set_every_bound_and_plan_for_the_transaction_only() {
-        let o = Openers::new(TransactionLimits::default(), Pooler::None);
-        assert_eq!(
-            o.index_plans,
-            "BEGIN; SELECT set_config('statement_timeout', '30000', true), \
-             set_config('lock_timeout', '10000', true), \
-             set_config('idle_in_transaction_session_timeout', '60000', true), \
-             set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
-             set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)"
-        );
-        assert!(o.whole_table_reads.starts_with(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('statement_timeout'"
-        ));
-        assert!(!o.whole_table_reads.contains("enable_seqscan"));
-        assert!(o.keep_statements);
-        assert!(!Openers::new(TransactionLimits::default(), Pooler::Transaction).keep_statements);
-    }
-}
-
 /// An open transaction on a pooled connection, with the connection's statement cache. Rolled
 /// back when dropped uncommitted (an error, a panic). `postgres::Transaction` can't be used: it
 /// opens with a bare `BEGIN`, a round trip of its own.
@@ -268,5 +244,29 @@ impl Drop for OpenTx<'_> {
             // A connection that broke is dropped by the pool anyway (`has_broken`).
             let _ = self.client.batch_execute("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openers_set_every_bound_and_plan_for_the_transaction_only() {
+        let o = Openers::new(TransactionLimits::default(), Pooler::None);
+        assert_eq!(
+            o.index_plans,
+            "BEGIN; SELECT set_config('statement_timeout', '30000', true), \
+             set_config('lock_timeout', '10000', true), \
+             set_config('idle_in_transaction_session_timeout', '60000', true), \
+             set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true), \
+             set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)"
+        );
+        assert!(o.whole_table_reads.starts_with(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('statement_timeout'"
+        ));
+        assert!(!o.whole_table_reads.contains("enable_seqscan"));
+        assert!(o.keep_statements);
+        assert!(!Openers::new(TransactionLimits::default(), Pooler::Transaction).keep_statements);
     }
 }
