@@ -499,3 +499,47 @@ fn a_failing_migration_leaves_nothing_behind_and_releases_the_lock() {
     let report = other.migrate().expect("then it applies");
     assert_eq!(report.applied, vec!["0002_deadlines.sql"]);
 }
+
+/// README "Running against production PostgreSQL": migrations hold a session-level lock, which a
+/// pooler in transaction mode cannot give, so with `DB_POOLER=transaction` both `migrate` and a
+/// `run` that would migrate exit 2 asking for a direct connection, and nothing is created.
+#[test]
+fn migrations_are_refused_through_a_transaction_pooler() {
+    let Some(db) = TestDb::empty(1) else { return };
+    let o = Command::new(env!("CARGO_BIN_EXE_service-courier"))
+        .arg("migrate")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("DB_POOLER", "transaction")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("binary runs");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("DB_POOLER=transaction") && text(&o).contains("PostgreSQL itself"),
+        "{}",
+        text(&o)
+    );
+    let mut service = service(&db.url, &[("DB_POOLER", "transaction".into())]);
+    assert_eq!(
+        service.wait(Duration::from_secs(60)),
+        Some(2),
+        "{}",
+        service.log_text()
+    );
+    assert!(
+        service.log_text().contains("DB_POOLER=transaction"),
+        "{}",
+        service.log_text()
+    );
+    let tables: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()",
+            &[],
+        )
+        .expect("count tables")
+        .get(0);
+    assert_eq!(tables, 0, "nothing was migrated");
+}
