@@ -99,7 +99,7 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
-/// A secret (KAFKA_SASL_PASSWORD): shown as `<redacted>` by `Debug`, so no log line, error or
+/// A secret (KAFKA_SASL_PASSWORD, API_TOKEN): shown as `<redacted>` by `Debug`, so no log line, error or
 /// debug print of the settings can leak it; only the client configuration reads it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -311,7 +311,7 @@ pub struct Settings {
     pub http_addr: Option<String>,
     /// API_TOKEN: when set, mutating API routes need `Authorization: Bearer <token>`. A secret:
     /// never printed, never logged.
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// DEADLINE_CHECK_MS and DEADLINE_POLICY: what the deadline pass does, and how often.
     pub deadlines: DeadlineSettings,
     /// MIGRATE_ON_START: whether `run` applies the migrations a database lacks (the default),
@@ -766,7 +766,7 @@ fn listen_addr<F: Fn(&str) -> Option<String>>(
     }
 }
 
-fn api_token<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<String>, ConfigError> {
+fn api_token<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<Secret>, ConfigError> {
     match env.raw("API_TOKEN") {
         None => Ok(None),
         // The message never shows the value: it is a secret.
@@ -774,7 +774,7 @@ fn api_token<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Option<Strin
             variable: "API_TOKEN",
             problem: "must be at least 16 printable ASCII characters without spaces".into(),
         }),
-        Some(t) => Ok(Some(t)),
+        Some(t) => Ok(Some(Secret(t))),
     }
 }
 
@@ -1053,7 +1053,14 @@ mod tests {
         assert_eq!(s.api_token, None);
         let s = with(&[("HTTP_ADDR", ""), ("API_TOKEN", "0123456789abcdef")]).expect("valid");
         assert_eq!(s.http_addr, None);
-        assert_eq!(s.api_token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            s.api_token.as_ref().map(Secret::expose),
+            Some("0123456789abcdef")
+        );
+        assert!(
+            !format!("{s:?}").contains("0123456789abcdef"),
+            "Debug shows the token"
+        );
         let err = with(&[("HTTP_ADDR", "nope")]).map_err(|e| e.variable);
         assert_eq!(err.map(|_| ()), Err("HTTP_ADDR"));
         let err = with(&[("API_TOKEN", "short secret")]).expect_err("too short");

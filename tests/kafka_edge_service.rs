@@ -506,7 +506,20 @@ fn unsent_dead_letters_pause_fetching_until_the_dead_letter_topic_takes_them() {
     // Paused means no more fetching: what was consumed stays well short of the 3005 events.
     let consumed = || metric(&service, "courier_events_consumed_total").unwrap_or(0.0);
     let at_pause = consumed();
-    std::thread::sleep(Duration::from_secs(5));
+    // Checked once the loop has provably turned meanwhile: two more sends of the held letters
+    // were tried (each failure logs one line).
+    let tries = || {
+        service
+            .log_text()
+            .matches("letters held, their offsets stay uncommitted")
+            .count()
+    };
+    let before = tries();
+    wait_until(
+        LONG,
+        "two more dead-letter sends tried while paused",
+        || tries() >= before + 2,
+    );
     assert_eq!(consumed(), at_pause, "fetched while paused");
     assert!(at_pause < 3000.0, "{at_pause} consumed");
     assert_eq!(stand.committed(0), -1, "committed past unsent dead letters");

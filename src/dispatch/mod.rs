@@ -159,11 +159,13 @@ impl WorkerPool {
         }
     }
 
-    /// The worker that owns an order: stable for the life of the process.
-    pub fn route(&self, order: &OrderId) -> usize {
+    /// The worker that owns an order: stable for the life of the process. `None` for a pool
+    /// without workers ([`WorkerPool::empty`]).
+    pub fn route(&self, order: &OrderId) -> Option<usize> {
+        let workers = u64::try_from(self.queues.len()).ok().filter(|n| *n > 0)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         order.hash(&mut h);
-        (h.finish() % self.queues.len() as u64) as usize
+        usize::try_from(h.finish() % workers).ok()
     }
 
     /// Queues a job on its order's worker, waiting while that queue is full (calling `waiting`
@@ -177,7 +179,13 @@ impl WorkerPool {
         shutdown: &Shutdown,
         mut waiting: impl FnMut(),
     ) -> Result<(), Box<Job>> {
-        let queue = &self.queues[self.route(&job.event.order_id)];
+        let Some(queue) = self
+            .route(&job.event.order_id)
+            .and_then(|w| self.queues.get(w))
+        else {
+            // No worker left (the pool was closed): the job stays uncommitted.
+            return Err(Box::new(job));
+        };
         let mut job = job;
         loop {
             if shutdown.is_shutdown() {
@@ -294,10 +302,6 @@ mod tests {
     #[test]
     fn one_order_always_goes_to_one_worker_and_keeps_its_order() {
         let (pool, rx, shutdown) = pool(4, 8, Duration::from_secs(1));
-        let w = pool.route(&OrderId::parse("o-1").expect("id"));
-        for _ in 0..10 {
-            assert_eq!(pool.route(&OrderId::parse("o-1").expect("id")), w);
-        }
         // No courier: created waits, then cancelled; in order, created must come first.
         let mut offset = 0;
         for i in 0..50 {
@@ -697,12 +701,17 @@ mod tests {
             ..
         } = gated(4);
         let running = Shutdown::new();
-        let held = pool.route(&OrderId::parse("gate").expect("id"));
+        let held = pool
+            .route(&OrderId::parse("gate").expect("id"))
+            .expect("a worker");
         pool.submit(job("gate", OrderStatus::Created, 0), &running, || {})
             .expect("queued");
         at_gate.recv().expect("the worker reached the gate");
         // Ten orders of the held worker, mixed with ten of others: exactly those ten wait.
-        let route = |id: &String| pool.route(&OrderId::parse(id.as_str()).expect("id"));
+        let route = |id: &String| {
+            pool.route(&OrderId::parse(id.as_str()).expect("id"))
+                .expect("a worker")
+        };
         let ids: Vec<String> = (0..).map(|i| format!("o-{i}")).take(200).collect();
         let mine = ids.iter().filter(|id| route(id) == held).take(10);
         let others = ids.iter().filter(|id| route(id) != held).take(10);
@@ -790,11 +799,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_without_workers_gives_every_job_back() {
+        let pool = WorkerPool::empty();
+        let id = OrderId::parse("o-1").expect("id");
+        assert_eq!(pool.route(&id), None);
+        let back = pool.submit(job("o-1", OrderStatus::Created, 0), &Shutdown::new(), || {});
+        assert!(back.is_err(), "an empty pool takes no job");
+    }
+
+    #[test]
     fn spreads_orders_over_workers() {
         let (pool, _rx, _shutdown) = pool(4, 1, Duration::from_secs(1));
         let mut used = [0usize; 4];
         for i in 0..1000 {
-            used[pool.route(&OrderId::parse(format!("{i}")).expect("id"))] += 1;
+            let w = pool.route(&OrderId::parse(format!("{i}")).expect("id"));
+            used[w.expect("a worker")] += 1;
         }
         assert!(used.iter().all(|n| *n > 150), "{used:?}");
         pool.close_and_join();

@@ -27,36 +27,36 @@ pub fn commit<C: ClientContext>(
     // reply still on its way); the event is read before its guard frees it; every pointer from
     // librdkafka is checked for null before use.
     unsafe {
-        let queue = Owned {
-            ptr: rd::rd_kafka_queue_new(client.native_ptr()),
-            free: rd::rd_kafka_queue_destroy,
-        };
-        if queue.ptr.is_null() {
+        let queue = Owned::new(
+            rd::rd_kafka_queue_new(client.native_ptr()),
+            rd::rd_kafka_queue_destroy,
+        );
+        if queue.ptr().is_null() {
             return Err("librdkafka could not allocate a queue".into());
         }
         let sent = rd::rd_kafka_commit_queue(
             client.native_ptr(),
             offsets.ptr(),
-            queue.ptr,
+            queue.ptr(),
             None,
             std::ptr::null_mut(),
         );
         if sent != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(name(sent));
         }
-        let event = Owned {
-            ptr: rd::rd_kafka_queue_poll(queue.ptr, millis),
-            free: rd::rd_kafka_event_destroy,
-        };
-        if event.ptr.is_null() {
+        let event = Owned::new(
+            rd::rd_kafka_queue_poll(queue.ptr(), millis),
+            rd::rd_kafka_event_destroy,
+        );
+        if event.ptr().is_null() {
             return Err(format!("not confirmed within {limit:?}"));
         }
-        let error = rd::rd_kafka_event_error(event.ptr);
+        let error = rd::rd_kafka_event_error(event.ptr());
         if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(name(error));
         }
         // Each partition has its own outcome too.
-        let list = rd::rd_kafka_event_topic_partition_list(event.ptr);
+        let list = rd::rd_kafka_event_topic_partition_list(event.ptr());
         if !list.is_null() {
             let list = &*list;
             for i in 0..usize::try_from(list.cnt).unwrap_or(0) {

@@ -4,8 +4,24 @@
 
 /// Frees `ptr` with `free` when dropped (a null `ptr` is left alone).
 pub(crate) struct Owned<T> {
-    pub(crate) ptr: *mut T,
-    pub(crate) free: unsafe extern "C" fn(*mut T),
+    ptr: *mut T,
+    free: unsafe extern "C" fn(*mut T),
+}
+
+impl<T> Owned<T> {
+    /// Takes ownership of `ptr`, to be freed with `free`.
+    ///
+    /// # Safety
+    /// `ptr` is null or was returned by the librdkafka constructor that `free` matches, nothing
+    /// else frees it, and it is not used after this guard is dropped.
+    pub(crate) unsafe fn new(ptr: *mut T, free: unsafe extern "C" fn(*mut T)) -> Self {
+        Self { ptr, free }
+    }
+
+    /// The object, for calls into librdkafka while the guard lives.
+    pub(crate) fn ptr(&self) -> *mut T {
+        self.ptr
+    }
 }
 
 impl<T> Drop for Owned<T> {

@@ -41,36 +41,36 @@ pub fn read<C: ClientContext>(
     // objects borrowed from the event are read before the event is freed, and a null from any
     // call is checked before use.
     unsafe {
-        let collection = Owned {
-            ptr: rd::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), 1),
-            free: rd::rd_kafka_TopicCollection_destroy,
-        };
-        let queue = Owned {
-            ptr: rd::rd_kafka_queue_new(client.native_ptr()),
-            free: rd::rd_kafka_queue_destroy,
-        };
-        if collection.ptr.is_null() || queue.ptr.is_null() {
+        let collection = Owned::new(
+            rd::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), 1),
+            rd::rd_kafka_TopicCollection_destroy,
+        );
+        let queue = Owned::new(
+            rd::rd_kafka_queue_new(client.native_ptr()),
+            rd::rd_kafka_queue_destroy,
+        );
+        if collection.ptr().is_null() || queue.ptr().is_null() {
             return Err("librdkafka could not allocate the request".into());
         }
         rd::rd_kafka_DescribeTopics(
             client.native_ptr(),
-            collection.ptr,
+            collection.ptr(),
             std::ptr::null(),
-            queue.ptr,
+            queue.ptr(),
         );
-        let event = Owned {
-            ptr: rd::rd_kafka_queue_poll(queue.ptr, millis),
-            free: rd::rd_kafka_event_destroy,
-        };
-        if event.ptr.is_null() {
+        let event = Owned::new(
+            rd::rd_kafka_queue_poll(queue.ptr(), millis),
+            rd::rd_kafka_event_destroy,
+        );
+        if event.ptr().is_null() {
             return Err(format!("no answer within {timeout:?}"));
         }
-        if rd::rd_kafka_event_error(event.ptr)
+        if rd::rd_kafka_event_error(event.ptr())
             != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
         {
-            return Err(text(rd::rd_kafka_event_error_string(event.ptr)));
+            return Err(text(rd::rd_kafka_event_error_string(event.ptr())));
         }
-        let result = rd::rd_kafka_event_DescribeTopics_result(event.ptr);
+        let result = rd::rd_kafka_event_DescribeTopics_result(event.ptr());
         if result.is_null() {
             return Err("not a DescribeTopics result".into());
         }

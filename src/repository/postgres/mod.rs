@@ -217,6 +217,14 @@ impl CourierRepository for PgRepository {
     }
 
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
+        const ORDERS: &str =
+            "SELECT order_id, state, courier_id FROM orders WHERE state <> 'unseen'";
+        const DELIVERIES: &str = "
+            SELECT order_id, courier_id, assigned_at, deadline, completed_at, completed_by
+            FROM courier_orders";
+        const WAITING: &str = "
+            SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL
+            ORDER BY waiting_since, waiting_seq";
         self.read_whole_tables(|tx| {
             let couriers = tx
                 .query(COURIERS, &[])
@@ -225,41 +233,22 @@ impl CourierRepository for PgRepository {
                 .map(courier_view)
                 .collect::<Result<_, _>>()?;
             let mut orders = std::collections::BTreeMap::new();
-            for row in tx
-                .query(
-                    "SELECT order_id, state, courier_id FROM orders WHERE state <> 'unseen'",
-                    &[],
-                )
-                .map_err(classify)?
-            {
+            for row in tx.query(ORDERS, &[]).map_err(classify)? {
                 orders.insert(order_id(&row, 0)?, order_state(&row, 1, 2)?);
             }
             let mut deliveries = std::collections::BTreeMap::new();
-            for row in tx
-            .query(
-                "SELECT order_id, courier_id, assigned_at, deadline, completed_at, completed_by \
-                 FROM courier_orders",
-                &[],
-            )
-            .map_err(classify)?
-        {
-            deliveries.insert(
-                order_id(&row, 0)?,
-                DeliveryView {
+            for row in tx.query(DELIVERIES, &[]).map_err(classify)? {
+                let delivery = DeliveryView {
                     courier: CourierId(get(&row, 1)?),
                     assigned_at: get(&row, 2)?,
                     deadline: get(&row, 3)?,
                     completed_at: get(&row, 4)?,
                     completed_by: completed_by(&row, 5)?,
-                },
-            );
-        }
+                };
+                deliveries.insert(order_id(&row, 0)?, delivery);
+            }
             let waiting = tx
-                .query(
-                    "SELECT order_id FROM orders WHERE waiting_seq IS NOT NULL \
-                 ORDER BY waiting_since, waiting_seq",
-                    &[],
-                )
+                .query(WAITING, &[])
                 .map_err(classify)?
                 .iter()
                 .map(|r| order_id(r, 0))

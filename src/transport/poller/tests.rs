@@ -534,8 +534,12 @@ fn unsent_dead_letters_past_the_bound_pause_fetching_until_they_are_sent() {
         metric(&h, "courier_dead_letter_backlog"),
         Some(DEFAULT_MAX_LETTERS as u64)
     );
-    // While paused, no poll: the event after the letters stays in the script.
-    std::thread::sleep(Duration::from_millis(300));
+    // While paused, no poll: the event after the letters stays in the script. Checked once the
+    // loop has provably turned meanwhile (it tried to send the letters three more times).
+    let refusals_left = h.fake.state().refuse_dead_letters;
+    h.wait_for("three more dead-letter sends tried while paused", |h| {
+        refusals_left - h.fake.state().refuse_dead_letters >= 3
+    });
     assert_eq!(h.fake.state().polls, polls, "polled while paused");
     assert_eq!(h.committed(0), None);
     h.fake.state().refuse_dead_letters = 0;
