@@ -2,7 +2,8 @@
 //! across orders, events for unknown orders, fewer couriers than orders, couriers paused, resumed
 //! and hired mid-stream. PostgreSQL is compared against the in-memory model, one transaction per
 //! event: it must return the same outcome for every step (and for every event of a batch),
-//! hold every invariant after every step, and end in the same state.
+//! hold every invariant after every step, and end in the same state; batched, also behind
+//! PgBouncer in transaction mode.
 //!
 //! The model is never compared with itself: in memory a batch is the same handlers on the same
 //! store (`StorageTx::lock_batch` does nothing there), so only PostgreSQL, whose batches lock
@@ -252,6 +253,23 @@ fn postgres_and_the_model_agree_step_by_step() {
             40,
             1 + (seed % 4) as u32,
             Some(OrderEventProcessor::new(db.repo.clone())),
+        );
+    }
+}
+
+/// The same through PgBouncer in transaction mode (`DB_POOLER=transaction`): batches whose
+/// transactions land on another server connection each time end as the model does.
+#[test]
+fn postgres_behind_pgbouncer_batches_equal_the_model() {
+    for seed in 3000..3008 {
+        let Some(db) = common::pgbouncer::PooledDb::new() else {
+            return;
+        };
+        check_stream_batched(
+            seed,
+            40,
+            1 + (seed % 4) as u32,
+            OrderEventProcessor::new(db.repo.clone()),
         );
     }
 }
