@@ -52,6 +52,9 @@ pub struct FakeBroker {
     pub dead_letters: Vec<DeadLetter>,
     /// Dead-letter sends to fail before one succeeds.
     pub refuse_dead_letters: u32,
+    /// Commits to fail before one succeeds; like the `kafka` client, a failed commit drops the
+    /// session.
+    pub refuse_commits: u32,
     connected: bool,
 }
 
@@ -127,6 +130,11 @@ impl ConsumerClient for Fake {
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
         let mut s = self.state();
         s.calls.push(Call::Commit(offsets.to_vec()));
+        if s.refuse_commits > 0 {
+            s.refuse_commits -= 1;
+            s.connected = false;
+            return Err(ClientError("fake commit failed; reconnecting".into()));
+        }
         s.committed.extend(offsets.iter().copied());
         Ok(())
     }

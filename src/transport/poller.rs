@@ -186,6 +186,7 @@ impl<'a> Poller<'a> {
                     Ok(()) => self.health.kafka_ready(true),
                     Err(ConnectError::Misconfigured(m)) => break PollerExit::Misconfigured(m),
                     Err(ConnectError::Retry(m)) => {
+                        self.health.kafka_ready(false);
                         let delay = backoff.next_delay();
                         log::warn!("kafka: {m}; retrying in {delay:?}");
                         self.pause(delay);
@@ -670,7 +671,12 @@ impl<'a> Poller<'a> {
                 }
                 log::debug!("committed {topic} offsets {ready:?}");
             }
-            Err(e) => log::warn!("kafka: {e}"),
+            Err(e) => {
+                // Not ready until a poll or a connect works again: a commit can be the first
+                // call to find the broker gone.
+                self.health.kafka_ready(false);
+                log::warn!("kafka: {e}");
+            }
         }
     }
 

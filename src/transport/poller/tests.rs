@@ -88,6 +88,7 @@ struct Harness {
     gate: Arc<Gate>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     thread: Option<JoinHandle<(PollerExit, RunSummary)>>,
 }
 
@@ -127,15 +128,16 @@ impl Harness {
         gate.set(if gate_open { None } else { Some(0) });
         let shutdown = Shutdown::new();
         let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
         let thread = {
-            let (fake, gate, shutdown, metrics) = (
+            let (fake, gate, shutdown, metrics, health) = (
                 fake.clone(),
                 gate.clone(),
                 shutdown.clone(),
                 metrics.clone(),
+                health.clone(),
             );
             std::thread::spawn(move || {
-                let health = Arc::new(Health::new(Duration::from_secs(60)));
                 let (tx, completions) = unbounded();
                 let repo = Gated {
                     inner: MemoryRepository::new(),
@@ -169,6 +171,7 @@ impl Harness {
             gate,
             shutdown,
             metrics,
+            health,
             thread: Some(thread),
         }
     }
@@ -578,5 +581,41 @@ fn a_client_that_connects_and_then_fails_every_poll_backs_off_further_each_time(
         .filter(|c| **c == Call::Connect)
         .count();
     assert_eq!(connects, 5, "one connect per failed poll, and the first");
+    h.stop();
+}
+
+/// Whether `/readyz` would say Kafka is missing.
+fn kafka_missing(h: &Harness) -> bool {
+    h.health
+        .readiness()
+        .is_err_and(|why| why.contains("not connected to Kafka"))
+}
+
+#[test]
+fn readiness_drops_when_a_commit_finds_the_broker_gone_and_reconnects_fail() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(records(0, 0..1)));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("the first event committed", |h| h.committed(0) == Some(1));
+    assert!(!kafka_missing(&h), "{:?}", h.health.readiness());
+    // The broker goes away: the next commit is the first call to notice, and every reconnect
+    // fails (polls never get a chance to fail).
+    {
+        let mut s = h.fake.state();
+        s.refuse_commits = 1;
+        s.refuse_connects = u32::MAX;
+    }
+    let connects = |h: &Harness| {
+        let calls = h.fake.state().calls.clone();
+        calls.iter().filter(|c| **c == Call::Connect).count()
+    };
+    let before = connects(&h);
+    h.fake.then(Step::Deliver(records(0, 1..2)));
+    h.wait_for("two reconnects refused", |h| connects(h) >= before + 2);
+    assert!(kafka_missing(&h), "{:?}", h.health.readiness());
+    h.fake.state().refuse_connects = 0;
+    h.wait_for("the second event committed", |h| h.committed(0) == Some(2));
+    assert!(!kafka_missing(&h), "{:?}", h.health.readiness());
     h.stop();
 }
