@@ -25,7 +25,7 @@ struct Kind {
 pub struct LogThrottle {
     every: Duration,
     what: &'static str,
-    kinds: BTreeMap<&'static str, Kind>,
+    kinds: BTreeMap<String, Kind>,
 }
 
 impl LogThrottle {
@@ -40,7 +40,7 @@ impl LogThrottle {
     }
 
     /// One occurrence of `kind`: logs `line` at `level`, or a summary, or holds it back.
-    pub fn note(&mut self, kind: &'static str, level: log::Level, line: String) {
+    pub fn note(&mut self, kind: &str, level: log::Level, line: String) {
         if let Some((level, text)) = self.note_at(kind, level, line, Instant::now()) {
             log::log!(level, "{text}");
         }
@@ -64,14 +64,14 @@ impl LogThrottle {
     /// What to log for one occurrence at `now`, if anything.
     fn note_at(
         &mut self,
-        kind: &'static str,
+        kind: &str,
         level: log::Level,
         line: String,
         now: Instant,
     ) -> Option<(log::Level, String)> {
         let Some(k) = self.kinds.get_mut(kind) else {
             self.kinds.insert(
-                kind,
+                kind.to_owned(),
                 Kind {
                     logged_at: now,
                     held_back: 0,

@@ -39,6 +39,7 @@ use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProduce
 use super::dead_letter::DeadLetter;
 use super::topic_id::{self, TopicId};
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
+use crate::ops::log_throttle::{LogThrottle, SUMMARY_EVERY};
 
 /// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
 const MAX_BATCH: usize = 512;
@@ -135,22 +136,55 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// librdkafka's log lines and errors, at levels that suit this service: its "errors" are mostly
-/// connection failures it retries by itself, so they are warnings here.
-fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-            log::error!(target: "librdkafka", "librdkafka: {facility} {message}")
-        }
-        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
-            log::warn!(target: "librdkafka", "librdkafka: {facility} {message}")
-        }
-        RDKafkaLogLevel::Notice => {
-            log::info!(target: "librdkafka", "librdkafka: {facility} {message}")
-        }
-        RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
-            log::debug!(target: "librdkafka", "librdkafka: {facility} {message}")
-        }
+/// librdkafka's log lines and errors, at levels that suit this service (its "errors" are mostly
+/// connection failures it retries by itself, so they are warnings here), and throttled: during
+/// a broker outage it reports every failed connection attempt (973 `AllBrokersDown` errors in
+/// 70 s were seen, up to 230 a second). Each kind (an error code, a log facility) logs its first
+/// line in full, then at most one summary a minute (`ops::log_throttle`).
+#[derive(Debug)]
+struct LibrdkafkaLog(Mutex<LogThrottle>);
+
+impl Default for LibrdkafkaLog {
+    fn default() -> Self {
+        Self(Mutex::new(LogThrottle::new(
+            "librdkafka lines",
+            SUMMARY_EVERY,
+        )))
+    }
+}
+
+impl LibrdkafkaLog {
+    fn line(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let level = match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                log::Level::Error
+            }
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => log::Level::Warn,
+            RDKafkaLogLevel::Notice => log::Level::Info,
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                // Shown only with LOG_LEVEL=debug, when every line is wanted.
+                log::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+                return;
+            }
+        };
+        self.note(facility, level, format!("librdkafka: {facility} {message}"));
+    }
+
+    fn error(&self, error: &KafkaError, reason: &str) {
+        let kind = match error.rdkafka_error_code() {
+            Some(code) => format!("{code:?}"),
+            None => "error".to_owned(),
+        };
+        self.note(
+            &kind,
+            log::Level::Warn,
+            format!("librdkafka: {error}: {reason}"),
+        );
+    }
+
+    fn note(&self, kind: &str, level: log::Level, line: String) {
+        let mut throttle = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        throttle.note(kind, level, line);
     }
 }
 
@@ -254,6 +288,8 @@ struct GroupContext {
     changes: Mutex<Vec<Change>>,
     /// Closing: revocations are handed back at once (the final commit is done).
     closing: std::sync::atomic::AtomicBool,
+    /// librdkafka's lines, throttled.
+    log: LibrdkafkaLog,
 }
 
 impl GroupContext {
@@ -262,6 +298,7 @@ impl GroupContext {
             fallback,
             changes: Mutex::default(),
             closing: Default::default(),
+            log: LibrdkafkaLog::default(),
         }
     }
 
@@ -325,11 +362,11 @@ impl GroupContext {
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_librdkafka(level, fac, log_message);
+        self.log.line(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        log::warn!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        self.log.error(&error, reason);
     }
 }
 
@@ -819,15 +856,17 @@ impl ConsumerClient for RdkafkaConsumer {
 #[derive(Default)]
 pub struct DeliveryContext {
     failures: Mutex<Vec<String>>,
+    /// librdkafka's lines, throttled.
+    log: LibrdkafkaLog,
 }
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_librdkafka(level, fac, log_message);
+        self.log.line(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        log::warn!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        self.log.error(&error, reason);
     }
 }
 
