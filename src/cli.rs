@@ -45,9 +45,9 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Ask a running service's /healthz (for container health checks): exit 0 if healthy.
     Health {
-        /// host:port of the service's METRICS_ADDR.
-        #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
-        addr: String,
+        /// host:port of the service's endpoint [default: METRICS_ADDR, or 127.0.0.1:9464].
+        #[arg(long)]
+        addr: Option<String>,
     },
 }
 
@@ -72,26 +72,39 @@ pub struct DlqReplayArgs {
     /// Say what would be replayed; publish and commit nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Kafka brokers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
-    /// The order topic to publish to (only letters that came from it are replayed).
-    #[arg(
-        long,
-        env = "KAFKA_ORDER_TOPIC",
-        default_value = "order.status.changed"
-    )]
-    pub topic: String,
-    /// The dead-letter topic to read.
-    #[arg(
-        long,
-        env = "KAFKA_DLQ_TOPIC",
-        default_value = "order.status.changed.dlq"
-    )]
-    pub dlq_topic: String,
-    /// The service's consumer group; the replay commits for `<group>.dlq-replay`.
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "service-courier")]
-    pub group: String,
+    /// Kafka brokers, comma-separated host:port [default: KAFKA_BROKERS].
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The order topic to publish to (only letters that came from it are replayed) [default:
+    /// KAFKA_ORDER_TOPIC, or order.status.changed].
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The dead-letter topic to read [default: KAFKA_DLQ_TOPIC, or order.status.changed.dlq].
+    #[arg(long)]
+    pub dlq_topic: Option<String>,
+    /// The service's consumer group; the replay commits for `<group>.dlq-replay` [default:
+    /// KAFKA_GROUP_ID, or service-courier].
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+/// The environment with these flags standing in for their variables, so that `config.rs` reads
+/// both, with one set of defaults and checks.
+fn env_with_flags(
+    flags: Vec<(&'static str, Option<String>)>,
+) -> crate::config::Env<impl Fn(&str) -> Option<String>> {
+    crate::config::from_process_env_with(
+        flags
+            .into_iter()
+            .filter_map(|(name, flag)| flag.map(|v| (name, v)))
+            .collect(),
+    )
+}
+
+/// Prints a configuration error the way `run` does; exit 2.
+fn usage_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_USAGE)
 }
 
 fn rfc3339(s: &str) -> Result<chrono::DateTime<Utc>, String> {
@@ -108,26 +121,31 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
         self, kafka::KafkaDeadLetterLog, rdkafka::RdkafkaDeadLetterLog, ReplayFilter,
     };
     let DlqCommand::Replay(args) = command;
-    // KAFKA_CLIENT and the security settings, as `run` reads them.
-    let access = match crate::config::from_process_env().kafka_access() {
-        Ok(access) => access,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let env = env_with_flags(vec![
+        ("KAFKA_BROKERS", args.brokers),
+        ("KAFKA_ORDER_TOPIC", args.topic),
+        ("KAFKA_DLQ_TOPIC", args.dlq_topic),
+        ("KAFKA_GROUP_ID", args.group),
+    ]);
+    // KAFKA_CLIENT and the security settings too, as `run` reads them.
+    let read = || {
+        Ok((
+            env.kafka_access()?,
+            env.brokers()?,
+            env.order_topic()?,
+            env.dlq_topic()?,
+        ))
     };
-    let brokers: Vec<String> = args
-        .brokers
-        .split(',')
-        .map(|b| b.trim().to_owned())
-        .filter(|b| !b.is_empty())
-        .collect();
-    let group = format!("{}.dlq-replay", args.group);
+    let (access, brokers, topic, dlq) = match read() {
+        Ok(target) => target,
+        Err(e) => return usage_error(&e),
+    };
+    let group = format!("{}.dlq-replay", env.group_id());
     let filter = ReplayFilter {
         reason: args.reason,
         since: args.since,
     };
-    let (dlq, topic) = (&args.dlq_topic, &args.topic);
+    let (dlq, topic) = (&dlq, &topic);
     let replayed = match access.client {
         ClientKind::Kafka => KafkaDeadLetterLog::connect(brokers, dlq, topic, &group)
             .map(|mut log| dlq_replay::replay(&mut log, &filter, topic, args.dry_run)),
@@ -148,21 +166,18 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
         Ok(report) => {
             for u in &report.not_replayable {
                 println!(
-                    "not replayable: {}/{}@{}: {}",
-                    args.dlq_topic, u.partition, u.offset, u.why
+                    "not replayable: {dlq}/{}@{}: {}",
+                    u.partition, u.offset, u.why
                 );
             }
-            println!(
-                "dlq replay from {} to {} (group {group}): {report}",
-                args.dlq_topic, args.topic
-            );
+            println!("dlq replay from {dlq} to {topic} (group {group}): {report}");
             ExitCode::SUCCESS
         }
         Err(failure) => {
             eprintln!(
-                "error: dlq replay from {} to {} (group {group}) stopped: {}; settled before \
-                 that: {}",
-                args.dlq_topic, args.topic, failure.error, failure.done
+                "error: dlq replay from {dlq} to {topic} (group {group}) stopped: {}; settled \
+                 before that: {}",
+                failure.error, failure.done
             );
             ExitCode::from(EXIT_FAILURE)
         }
@@ -170,7 +185,15 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
 }
 
 /// `health`: GET /healthz over plain HTTP/1.0; exit 0 on 200, 1 otherwise.
-pub fn run_health(addr: &str) -> ExitCode {
+pub fn run_health(addr: Option<String>) -> ExitCode {
+    let addr = match env_with_flags(vec![("METRICS_ADDR", addr)]).metrics_addr() {
+        Ok(Some(addr)) => addr,
+        Ok(None) => {
+            eprintln!("error: METRICS_ADDR is empty: the service serves no /healthz to ask");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => return usage_error(&e),
+    };
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
@@ -232,16 +255,12 @@ pub struct SimulateArgs {
     /// Benchmark lifecycles: created, sometimes pending, then completed or cancelled.
     #[arg(long)]
     pub short: bool,
-    /// Kafka brokers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
-    /// Topic to publish to.
-    #[arg(
-        long,
-        env = "KAFKA_ORDER_TOPIC",
-        default_value = "order.status.changed"
-    )]
-    pub topic: String,
+    /// Kafka brokers, comma-separated host:port [default: KAFKA_BROKERS].
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic to publish to [default: KAFKA_ORDER_TOPIC, or order.status.changed].
+    #[arg(long)]
+    pub topic: Option<String>,
 }
 
 fn ratio(s: &str) -> Result<f64, String> {
@@ -300,18 +319,15 @@ pub fn run_simulate(args: SimulateArgs) -> ExitCode {
         concurrency: args.concurrency,
         short: args.short,
     };
-    let brokers: Vec<String> = args
-        .brokers
-        .split(',')
-        .map(|b| b.trim().to_owned())
-        .collect();
-    // KAFKA_CLIENT and the security settings, as `run` reads them.
-    let access = match crate::config::from_process_env().kafka_access() {
-        Ok(access) => access,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let env = env_with_flags(vec![
+        ("KAFKA_BROKERS", args.brokers),
+        ("KAFKA_ORDER_TOPIC", args.topic),
+    ]);
+    // KAFKA_CLIENT and the security settings too, as `run` reads them.
+    let read = || Ok((env.kafka_access()?, env.brokers()?, env.order_topic()?));
+    let (access, brokers, topic) = match read() {
+        Ok(target) => target,
+        Err(e) => return usage_error(&e),
     };
     let shutdown = crate::shutdown::Shutdown::new();
     if let Err(e) = shutdown.install_signal_handler() {
@@ -319,19 +335,19 @@ pub fn run_simulate(args: SimulateArgs) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     let started = std::time::Instant::now();
-    match crate::simulate::publish(&brokers, &access, &args.topic, plan, &shutdown) {
+    match crate::simulate::publish(&brokers, &access, &topic, plan, &shutdown) {
         Ok(sent) => {
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "simulate: sent {sent} events of {} orders to {} in {secs:.1} s ({:.0} events/s)",
                 args.orders,
-                args.topic,
+                topic,
                 sent as f64 / secs.max(1e-9)
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: publishing to {} via {:?}: {e}", args.topic, brokers);
+            eprintln!("error: publishing to {} via {:?}: {e}", topic, brokers);
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -594,7 +594,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     /// Reads every setting of `run`.
-    pub fn settings(&self) -> Result<Settings, ConfigError> {
+    /// KAFKA_BROKERS: the bootstrap brokers, each `host:port`.
+    pub fn brokers(&self) -> Result<Vec<String>, ConfigError> {
         let brokers: Vec<String> = self
             .required("KAFKA_BROKERS", "a comma-separated list of host:port")?
             .split(',')
@@ -613,6 +614,32 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 problem: format!("{bad:?} is not host:port"),
             });
         }
+        Ok(brokers)
+    }
+
+    /// KAFKA_ORDER_TOPIC.
+    pub fn order_topic(&self) -> Result<String, ConfigError> {
+        topic_name(self, "KAFKA_ORDER_TOPIC", "order.status.changed")
+    }
+
+    /// KAFKA_DLQ_TOPIC.
+    pub fn dlq_topic(&self) -> Result<String, ConfigError> {
+        topic_name(self, "KAFKA_DLQ_TOPIC", "order.status.changed.dlq")
+    }
+
+    /// KAFKA_GROUP_ID.
+    pub fn group_id(&self) -> String {
+        self.raw("KAFKA_GROUP_ID")
+            .unwrap_or_else(|| "service-courier".into())
+    }
+
+    /// METRICS_ADDR: where `/metrics`, `/healthz` and `/readyz` listen; `None` = disabled.
+    pub fn metrics_addr(&self) -> Result<Option<String>, ConfigError> {
+        listen_addr(self, "METRICS_ADDR", "127.0.0.1:9464")
+    }
+
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let brokers = self.brokers()?;
         let fallback_offset = match self
             .raw("KAFKA_FALLBACK_OFFSET")
             .map(|v| v.to_ascii_lowercase())
@@ -635,10 +662,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         let kafka = KafkaSettings {
             brokers,
             membership,
-            topic: topic_name(self, "KAFKA_ORDER_TOPIC", "order.status.changed")?,
-            group: self
-                .raw("KAFKA_GROUP_ID")
-                .unwrap_or_else(|| "service-courier".into()),
+            topic: self.order_topic()?,
+            group: self.group_id(),
             fallback_offset,
             fetch_max_bytes_per_partition: self.bounded(
                 "KAFKA_FETCH_MAX_BYTES_PER_PARTITION",
@@ -655,7 +680,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 1000,
                 10..=600_000,
             )?),
-            dlq_topic: topic_name(self, "KAFKA_DLQ_TOPIC", "order.status.changed.dlq")?,
+            dlq_topic: self.dlq_topic()?,
             partitions: partitions(self, access.client)?,
             access,
             revoke_drain: shutdown_drain,
@@ -672,7 +697,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 LevelFilter::Info,
                 "error, warn, info, debug or trace",
             )?,
-            metrics_addr: listen_addr(self, "METRICS_ADDR", "127.0.0.1:9464")?,
+            metrics_addr: self.metrics_addr()?,
             http_addr: listen_addr(self, "HTTP_ADDR", DEFAULT_HTTP_ADDR)?,
             api_token: api_token(self)?,
             deadlines: DeadlineSettings {
@@ -716,6 +741,21 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8090";
 /// The process environment (after `.env` was loaded).
 pub fn from_process_env() -> Env<impl Fn(&str) -> Option<String>> {
     Env(|name: &str| std::env::var(name).ok())
+}
+
+/// The process environment with some variables given another value (a subcommand's flags, e.g.
+/// `--topic` for KAFKA_ORDER_TOPIC): one reader, so flags and variables are checked alike and
+/// share their defaults.
+pub fn from_process_env_with(
+    overrides: Vec<(&'static str, String)>,
+) -> Env<impl Fn(&str) -> Option<String>> {
+    Env(move |name: &str| {
+        overrides
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    })
 }
 
 fn is_host_port(s: &str) -> bool {
@@ -1029,6 +1069,22 @@ mod tests {
             let err = with(&[(var, value)]).expect_err("bad");
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn flags_stand_in_for_their_variables_with_the_same_checks() {
+        let env = from_process_env_with(vec![
+            ("KAFKA_ORDER_TOPIC", "from-a-flag".into()),
+            ("KAFKA_BROKERS", "no-port".into()),
+        ]);
+        assert_eq!(env.order_topic().expect("valid"), "from-a-flag");
+        let err = env.brokers().expect_err("checked like the variable");
+        assert_eq!(err.variable, "KAFKA_BROKERS");
+        let env = from_process_env_with(vec![("KAFKA_ORDER_TOPIC", "bad topic!".into())]);
+        assert_eq!(
+            env.order_topic().expect_err("bad name").variable,
+            "KAFKA_ORDER_TOPIC"
+        );
     }
 
     #[test]

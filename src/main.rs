@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match args.command.unwrap_or(Command::Run) {
         Command::Run => service_courier::app::run(),
         Command::Simulate(args) => cli::run_simulate(args),
-        Command::Health { addr } => cli::run_health(&addr),
+        Command::Health { addr } => cli::run_health(addr),
         Command::Dlq(command) => cli::run_dlq(command),
         other => cli::run_admin(other),
     }
