@@ -17,9 +17,8 @@ use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
 use service_courier::transport::kafka_edge::probe::{probe_partitions, ProbeState, Undecodable};
 use service_courier::transport::kafka_edge::read::read_watermarks;
-use service_courier::transport::kafka_edge::watermarks::{
-    check_position, check_recreated, Recreated, Resume, Seen, Watermarks,
-};
+use service_courier::transport::kafka_edge::watermarks::{check_recreated, Recreated, Seen};
+use service_courier::transport::start::{check_position, Resume, Watermarks};
 
 /// The largest fetch the gap filling may use (the service's default fetch size).
 const MAX_FETCH: i32 = 1 << 20;

@@ -27,10 +27,9 @@ use super::client::{ClientError, ConnectError, ConsumerClient, Polled};
 use super::kafka_edge::gap::fill_gap;
 use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
 use super::kafka_edge::read::{fetch_partition, OwnedMessage};
-use super::kafka_edge::watermarks::{
-    check_position, check_recreated, vanished_partitions, Resume, Seen, Watermarks,
-};
-use crate::config::{FallbackOffset, KafkaSettings};
+use super::kafka_edge::watermarks::{check_recreated, vanished_partitions, Seen};
+use super::start::{check_position, Resume, Start, Watermarks};
+use crate::config::KafkaSettings;
 
 /// How often the topic's partitions are read again (new partitions start within this).
 pub const METADATA_EVERY: Duration = Duration::from_secs(10);
@@ -160,39 +159,26 @@ impl KafkaCrateConsumer {
         }
         let marks = self.watermarks()?;
         let group = self.group_offsets()?;
-        let fresh_group = group.is_empty();
+        let group_committed = !group.is_empty();
         let mut started = Vec::new();
+        let mut reports = Vec::new();
         for &p in partitions {
             let Some(&now) = marks.get(&p) else {
                 log::debug!("kafka: no watermarks for partition {p} yet; starting it later");
                 continue;
             };
             let committed = group.get(&p).copied();
-            let next = match committed {
-                Some(c) => match check_position(c, now) {
-                    Resume::InLog(o) => o,
-                    Resume::LeftLog { from, to } => {
-                        self.pending.push(Polled::Skipped {
-                            partition: p,
-                            from,
-                            to,
-                        });
-                        to
-                    }
-                    r @ Resume::PastEnd { .. } => {
-                        log::error!("kafka: {}/{p}: {r}", self.settings.topic);
-                        r.offset()
-                    }
-                },
-                None if fresh_group && self.settings.fallback_offset == FallbackOffset::Latest => {
-                    now.high
-                }
-                None => now.log_start,
-            };
+            let start = Start::decide(
+                committed,
+                now,
+                group_committed,
+                self.settings.fallback_offset,
+            );
+            reports.extend(start.report(p));
             self.share.insert(
                 p,
                 Tracked {
-                    next,
+                    next: start.offset(),
                     marks: Some(now),
                     high: Some(now.high),
                     committed,
@@ -209,6 +195,8 @@ impl KafkaCrateConsumer {
             );
             self.pending.push(Polled::Assigned(started));
         }
+        // As with librdkafka: the assignment first, then what the starts found.
+        self.pending.extend(reports);
         Ok(())
     }
 

@@ -37,6 +37,7 @@ use rdkafka::ClientContext;
 use super::bounded_commit;
 use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
 use super::dead_letter::DeadLetter;
+use super::start::{Start, Watermarks};
 use super::topic_id::{self, TopicId};
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
 use crate::ops::log_throttle::{LogThrottle, SUMMARY_EVERY};
@@ -188,89 +189,6 @@ impl LibrdkafkaLog {
     }
 }
 
-/// Where a newly assigned partition starts reading, decided from the group's committed offsets
-/// and the partition's log (its start and end offsets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// At the group's committed offset.
-    Committed(i64),
-    /// Nothing committed for it: at the log's start or end (KAFKA_FALLBACK_OFFSET); always at
-    /// its start when the group committed other partitions of the topic (a partition added to
-    /// the topic holds new data, not history).
-    Uncommitted(i64),
-    /// The committed offset left the log (retention, DeleteRecords): at the log's start;
-    /// offsets `committed..log_start` are gone unread.
-    LeftTheLog { committed: i64, log_start: i64 },
-    /// The committed offset lies past the log's end: the log is a new one (the topic was deleted
-    /// and created again, or the log truncated): at its start.
-    PastTheEnd {
-        committed: i64,
-        log_start: i64,
-        log_end: i64,
-    },
-}
-
-impl Start {
-    /// The start of one partition: `committed` is the group's offset for it, `(log_start,
-    /// log_end)` its watermarks, `group_committed` whether the group committed any partition of
-    /// the topic.
-    fn decide(
-        committed: Option<i64>,
-        (log_start, log_end): (i64, i64),
-        group_committed: bool,
-        fallback: FallbackOffset,
-    ) -> Self {
-        match committed {
-            Some(c) if c < log_start => Start::LeftTheLog {
-                committed: c,
-                log_start,
-            },
-            Some(c) if c > log_end => Start::PastTheEnd {
-                committed: c,
-                log_start,
-                log_end,
-            },
-            Some(c) => Start::Committed(c),
-            None if group_committed => Start::Uncommitted(log_start),
-            None => Start::Uncommitted(match fallback {
-                FallbackOffset::Earliest => log_start,
-                FallbackOffset::Latest => log_end,
-            }),
-        }
-    }
-
-    /// The offset reading starts at.
-    fn offset(self) -> i64 {
-        match self {
-            Start::Committed(o) | Start::Uncommitted(o) => o,
-            Start::LeftTheLog { log_start, .. } | Start::PastTheEnd { log_start, .. } => log_start,
-        }
-    }
-
-    /// What the loop must hear about it besides the assignment.
-    fn report(self, partition: i32) -> Option<Polled> {
-        match self {
-            Start::Committed(_) | Start::Uncommitted(_) => None,
-            Start::LeftTheLog {
-                committed,
-                log_start,
-            } => Some(Polled::Skipped {
-                partition,
-                from: committed,
-                to: log_start,
-            }),
-            Start::PastTheEnd {
-                committed, log_end, ..
-            } => Some(Polled::Recreated {
-                partition,
-                reason: format!(
-                    "the group's committed offset {committed} lies past the log's end {log_end}"
-                ),
-            }),
-        }
-    }
-}
-
 /// A group change seen inside `poll`, for the loop.
 #[derive(Debug)]
 enum Change {
@@ -336,10 +254,10 @@ impl GroupContext {
         let group_committed = !committed.is_empty();
         let mut starts = Vec::new();
         for p in partitions_of(tpl) {
-            let marks = consumer.fetch_watermarks(&topic, p, REQUEST_TIMEOUT)?;
+            let (log_start, high) = consumer.fetch_watermarks(&topic, p, REQUEST_TIMEOUT)?;
             let start = Start::decide(
                 committed.get(&p).copied(),
-                marks,
+                Watermarks { log_start, high },
                 group_committed,
                 self.fallback,
             );
@@ -1049,65 +967,4 @@ pub fn check_metadata(brokers: &[String], access: &KafkaAccess) -> Result<usize,
         .fetch_metadata(None, Duration::from_secs(5))
         .map(|m| m.brokers().len())
         .map_err(|e| format!("{brokers:?}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EARLIEST: FallbackOffset = FallbackOffset::Earliest;
-    const LATEST: FallbackOffset = FallbackOffset::Latest;
-
-    #[test]
-    fn a_committed_offset_inside_the_log_is_where_reading_starts() {
-        for c in [5, 10, 20] {
-            assert_eq!(
-                Start::decide(Some(c), (5, 20), true, LATEST),
-                Start::Committed(c)
-            );
-        }
-        assert_eq!(Start::Committed(7).report(0), None);
-    }
-
-    #[test]
-    fn a_committed_offset_that_left_the_log_is_reported_skipped_up_to_the_log_start() {
-        let start = Start::decide(Some(10), (15, 20), true, EARLIEST);
-        assert_eq!(start.offset(), 15);
-        assert_eq!(
-            start.report(3),
-            Some(Polled::Skipped {
-                partition: 3,
-                from: 10,
-                to: 15
-            })
-        );
-    }
-
-    #[test]
-    fn a_committed_offset_past_the_log_end_means_a_new_log_read_from_its_start() {
-        let start = Start::decide(Some(30), (0, 12), true, LATEST);
-        assert_eq!(start.offset(), 0);
-        assert!(matches!(
-            start.report(0),
-            Some(Polled::Recreated { partition: 0, reason }) if reason.contains("30")
-        ));
-    }
-
-    #[test]
-    fn without_a_commit_the_fallback_applies_only_to_a_group_that_committed_nothing() {
-        assert_eq!(
-            Start::decide(None, (4, 9), false, EARLIEST),
-            Start::Uncommitted(4)
-        );
-        assert_eq!(
-            Start::decide(None, (4, 9), false, LATEST),
-            Start::Uncommitted(9)
-        );
-        // A partition added to a topic the group reads: new data, from its start.
-        assert_eq!(
-            Start::decide(None, (4, 9), true, LATEST),
-            Start::Uncommitted(4)
-        );
-        assert_eq!(Start::Uncommitted(4).report(1), None);
-    }
 }

@@ -1,6 +1,6 @@
 //! Decisions over a partition's watermarks (log start offset, high watermark), pure so they
 //! can be tested alone. The poller reads the watermarks every few seconds (ListOffsets
-//! earliest and latest) and asks two questions:
+//! earliest and latest) and asks:
 //!
 //! - [`check_recreated`]: was the topic deleted and created again under the same name? A log
 //!   never shrinks: a high watermark at or below an offset already received, a log start that
@@ -10,20 +10,13 @@
 //!   old one (Metadata v0 has no topic id to compare). The partition's tracking (offsets seen,
 //!   in flight, committed) must then be reset, or the new events would be taken for
 //!   redeliveries and dropped.
-//! - [`check_position`]: is the offset the consumer resumes from (the group's commit) still in
-//!   the log? When retention or `DeleteRecords` removed it, reading starts at the log start
-//!   and the offsets in between are skipped for good: say which, and count them.
+//!
+//! Where a partition starts, and whether an offset is still in the log, is decided once for both
+//! clients in `transport::start`.
 
 use std::fmt;
 
-/// A partition's watermarks at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Watermarks {
-    /// The first offset still in the log (ListOffsets earliest).
-    pub log_start: i64,
-    /// The offset the next message will get (ListOffsets latest).
-    pub high: i64,
-}
+pub use crate::transport::start::Watermarks;
 
 /// What the poller knew of a partition before reading its watermarks again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -143,92 +136,6 @@ pub fn new_partitions(before: &[i32], now: &[i32]) -> Vec<i32> {
         .collect()
 }
 
-/// Where reading resumes, given the offset the group committed (or the poller would read next).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
-    /// The offset is in the log (or at its end): read from it.
-    InLog(i64),
-    /// The offset left the log (retention, DeleteRecords): the offsets `from..to` are gone;
-    /// read from `to`, the log start. Log it and count `to - from` skipped offsets.
-    LeftLog {
-        /// The committed offset.
-        from: i64,
-        /// The log start.
-        to: i64,
-    },
-    /// The offset is past the log's end: the log is not the one that offset was committed
-    /// for (recreated). Read from the log start.
-    PastEnd {
-        /// The committed offset.
-        committed: i64,
-        /// The log start to read from.
-        log_start: i64,
-        /// The high watermark.
-        high: i64,
-    },
-}
-
-impl Resume {
-    /// The offset to read from.
-    pub fn offset(self) -> i64 {
-        match self {
-            Self::InLog(o) => o,
-            Self::LeftLog { to, .. } => to,
-            Self::PastEnd { log_start, .. } => log_start,
-        }
-    }
-
-    /// How many offsets are skipped for good.
-    pub fn skipped(self) -> i64 {
-        match self {
-            Self::LeftLog { from, to } => to - from,
-            Self::InLog(_) | Self::PastEnd { .. } => 0,
-        }
-    }
-}
-
-impl fmt::Display for Resume {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::InLog(o) => write!(f, "resuming at offset {o}"),
-            Self::LeftLog { from, to } => write!(
-                f,
-                "committed offset {from} left the log (log start {to}); skipping offsets \
-                 {from}..{} ({} offsets)",
-                to - 1,
-                to - from
-            ),
-            Self::PastEnd {
-                committed,
-                log_start,
-                high,
-            } => write!(
-                f,
-                "committed offset {committed} is past the log's end {high} (the topic was \
-                 recreated); reading from the log start {log_start}"
-            ),
-        }
-    }
-}
-
-/// Where to resume reading a partition whose group committed `committed`.
-pub fn check_position(committed: i64, now: Watermarks) -> Resume {
-    if committed < now.log_start {
-        Resume::LeftLog {
-            from: committed,
-            to: now.log_start,
-        }
-    } else if committed > now.high {
-        Resume::PastEnd {
-            committed,
-            log_start: now.log_start,
-            high: now.high,
-        }
-    } else {
-        Resume::InLog(committed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,48 +238,5 @@ mod tests {
         assert_eq!(vanished_partitions(&[0, 1], &[0, 1, 2]), Vec::<i32>::new());
         assert_eq!(new_partitions(&[0, 1], &[0, 1, 2, 3]), vec![2, 3]);
         assert_eq!(new_partitions(&[0, 1], &[0, 1]), Vec::<i32>::new());
-    }
-
-    #[test]
-    fn a_committed_offset_inside_the_log_resumes_there() {
-        assert_eq!(check_position(5, marks(0, 10)), Resume::InLog(5));
-        assert_eq!(
-            check_position(10, marks(0, 10)),
-            Resume::InLog(10),
-            "at the end"
-        );
-        assert_eq!(
-            check_position(3, marks(3, 10)),
-            Resume::InLog(3),
-            "at the start"
-        );
-        assert_eq!(check_position(5, marks(0, 10)).skipped(), 0);
-    }
-
-    #[test]
-    fn a_committed_offset_below_the_log_start_skips_to_it_and_says_how_many() {
-        let r = check_position(5, marks(12, 20));
-        assert_eq!(r, Resume::LeftLog { from: 5, to: 12 });
-        assert_eq!(r.offset(), 12);
-        assert_eq!(r.skipped(), 7);
-        assert_eq!(
-            r.to_string(),
-            "committed offset 5 left the log (log start 12); skipping offsets 5..11 (7 offsets)"
-        );
-    }
-
-    #[test]
-    fn a_committed_offset_past_the_end_reads_the_new_log_from_its_start() {
-        let r = check_position(60, marks(0, 30));
-        assert_eq!(
-            r,
-            Resume::PastEnd {
-                committed: 60,
-                log_start: 0,
-                high: 30
-            }
-        );
-        assert_eq!(r.offset(), 0);
-        assert_eq!(r.skipped(), 0);
     }
 }
