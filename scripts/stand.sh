@@ -143,8 +143,8 @@ Restart the service alone (e.g. with API_TOKEN=... in front), stop it all, or st
 TXT
 }
 
-# Kafka 4 dropped the protocol versions the `kafka` crate speaks (README "Choosing a Kafka
-# client"): on 4.x the stand uses librdkafka unless KAFKA_CLIENT says otherwise.
+# Kafka 4 dropped the protocol versions the `kafka` crate speaks (docs/kafka-clients.md): on
+# 4.x the stand uses librdkafka unless KAFKA_CLIENT says otherwise.
 kafka_client_for_version() {
   local version
   version="$(cat "$KAFKA_STATE_DIR/version" 2>/dev/null || echo 3.9.1)"

@@ -259,8 +259,8 @@ fn start_api(
 ///   long pass delays a sample, never readiness (silence from the database counts against it).
 ///
 /// One thread for all, not one each: a thread of its own for the deadline pass, idle but for a
-/// query every 10 s, cost 2 MB of peak RSS in the benchmark's drain (its malloc arena; README
-/// "Performance").
+/// query every 10 s, cost 2 MB of peak RSS in the benchmark's drain (its malloc arena;
+/// docs/performance.md).
 fn start_passes(
     processor: Arc<OrderEventProcessor<PgRepository>>,
     requests: Receiver<()>,

@@ -1,6 +1,6 @@
 //! Settings from `.env` (dotenvy) and the environment, typed and checked once at start-up. A bad
 //! value names the variable and the expected form (exit code 2); secrets never reach a message.
-//! Every variable is listed, with its default, in `.env.sample` and the README.
+//! Every variable is listed, with its default, in `.env.sample` and docs/configuration.md.
 
 use std::fmt;
 use std::str::FromStr;
@@ -319,7 +319,7 @@ pub struct Settings {
     pub migrate_on_start: bool,
 }
 
-/// What happens to a delivery whose deadline has passed (README "The rules").
+/// What happens to a delivery whose deadline has passed (docs/rules.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlinePolicy {
     /// The course's rule: the delivery is completed at its deadline and the courier freed.

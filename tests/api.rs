@@ -571,7 +571,7 @@ fn with_a_token_changes_need_it_and_it_never_reaches_the_log() {
 fn a_client_that_never_reads_its_answer_holds_no_handler() {
     // Requests whose answers are never read (HTTP/1.0: one request per connection) must not
     // stop others. (Idle HTTP/1.1 keep-alive connections are tiny_http's to hold: see the
-    // README section "HTTP API".)
+    // docs/http-api.md, "Threads and slow clients".)
     let Some(stand) = ApiStand::start(1, &[]) else {
         return;
     };

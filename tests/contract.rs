@@ -1,4 +1,4 @@
-//! The repository contract: every rule of README "The rules", written once against the
+//! The repository contract: every rule of docs/rules.md, written once against the
 //! `CourierRepository` trait and run against the in-memory fake, PostgreSQL, and PostgreSQL
 //! behind PgBouncer in transaction mode.
 
@@ -367,7 +367,7 @@ fn one_batch_frees_and_reassigns_a_courier_twice<R: CourierRepository>(repo: R) 
     assert!(!s.deliveries.contains_key(&oid("c")));
 }
 
-/// The deadline pass (README "The rules"): overdue deliveries, earliest deadline first and at
+/// The deadline pass (docs/rules.md): overdue deliveries, earliest deadline first and at
 /// most `limit` a round, are completed at their deadline; their couriers take the oldest
 /// waiting orders, stamped with the pass's clock; events complete with `completed_by = event`.
 /// Overdue means past the deadline and held for the whole window since the store made the

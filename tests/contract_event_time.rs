@@ -1,4 +1,4 @@
-//! Contract rules about what an event's fields mean for the queue (README "The rules"), run
+//! Contract rules about what an event's fields mean for the queue (docs/rules.md), run
 //! against both the in-memory fake and PostgreSQL: waiting orders are served by when they were
 //! created (the `created` event's `created_at`), ties by arrival; whitespace around an order id
 //! is not part of it.

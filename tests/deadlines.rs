@@ -1,4 +1,4 @@
-//! The deadline pass (README "The rules", `DEADLINE_POLICY`) in the running service, against real
+//! The deadline pass (docs/rules.md, `DEADLINE_POLICY`) in the running service, against real
 //! PostgreSQL and Kafka. A "short deadline" is made by moving a delivery's `assigned_at` and
 //! `deadline` back in SQL, as if its minutes had passed.
 

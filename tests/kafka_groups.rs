@@ -319,7 +319,7 @@ fn rdkafka_applies_lz4_zstd_gzip_snappy_and_mixed_batches_once() {
 #[test]
 fn kafka_crate_applies_gzip_and_snappy_batches_once() {
     // The crate decodes neither lz4 nor zstd, and drops uncompressed records that share a fetch
-    // with compressed ones (README "Choosing a Kafka client"): one codec per partition.
+    // with compressed ones (docs/kafka-clients.md): one codec per partition.
     codecs(
         Client::Kafka,
         &[(0, "gzip"), (0, "gzip"), (1, "snappy"), (1, "snappy")],

@@ -640,7 +640,7 @@ fn a_failed_dead_letter_holds_the_commit_until_it_is_sent() {
     assert_eq!(service.terminate(Duration::from_secs(60)), Some(0));
 }
 
-/// README "Running against production PostgreSQL": behind PgBouncer in transaction mode
+/// docs/postgresql.md, "PgBouncer and other poolers": behind PgBouncer in transaction mode
 /// (`DB_POOLER=transaction`), simulated service-order traffic ends in a correct state, with no
 /// dead letter and no storage error logged.
 #[test]

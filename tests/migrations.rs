@@ -500,9 +500,10 @@ fn a_failing_migration_leaves_nothing_behind_and_releases_the_lock() {
     assert_eq!(report.applied, vec!["0002_deadlines.sql"]);
 }
 
-/// README "Running against production PostgreSQL": migrations hold a session-level lock, which a
-/// pooler in transaction mode cannot give, so with `DB_POOLER=transaction` both `migrate` and a
-/// `run` that would migrate exit 2 asking for a direct connection, and nothing is created.
+/// docs/postgresql.md, "PgBouncer and other poolers": migrations hold a session-level lock,
+/// which a pooler in transaction mode cannot give, so with `DB_POOLER=transaction` both
+/// `migrate` and a `run` that would migrate exit 2 asking for a direct connection, and nothing
+/// is created.
 #[test]
 fn migrations_are_refused_through_a_transaction_pooler() {
     let Some(db) = TestDb::empty(1) else { return };

@@ -1,7 +1,8 @@
 //! The operator's page in a real browser (Debian's headless `chromium`), loaded from the real
 //! service while `simulate` sends traffic: it shows the traffic flowing, and once the traffic
 //! has ended, every number on it matches the JSON routes fetched right after. The screenshot
-//! taken during the traffic is saved as target/operator-page.png (the README's picture).
+//! taken during the traffic is saved as target/operator-page.png (the picture in
+//! docs/http-api.md, docs/operator-page.png).
 
 mod common;
 

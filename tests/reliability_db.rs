@@ -474,7 +474,7 @@ fn port_of(pg: &PrivatePg) -> u16 {
     config.get_ports().first().copied().expect("a port")
 }
 
-/// README "Running against production PostgreSQL": a server that stops taking writes under a
+/// docs/postgresql.md, "Several hosts and failover": a server that stops taking writes under a
 /// pooled connection (what a demoted primary does) answers `25006`; that connection is retired,
 /// and the retry connects to the host that takes writes (`target_session_attrs=read-write`).
 /// Kept, the connection would fail every retry for as long as the old primary lives.
@@ -650,8 +650,9 @@ fn readyz_follows_a_frozen_then_stopped_postgres_and_probes_never_wait_on_it() {
 
     pg.thaw(&frozen);
     let back = readyz_until(&addr, "/readyz 200 after the thaw", |code, _| code == 200);
-    // The figures README "Operations" reports (target: 10 s each way); printed, not asserted:
-    // a busy machine stretches them, and the behaviour is the 503 and the 200 themselves.
+    // The figures docs/operations.md ("Health and readiness") reports (target: 10 s each way);
+    // printed, not asserted: a busy machine stretches them, and the behaviour is the 503 and the
+    // 200 themselves.
     eprintln!("thawed PostgreSQL: /readyz 200 after {back:?}");
 
     // Stopped: connections refused.

@@ -1,4 +1,4 @@
-//! What identifies an order and what its status means for couriers (README "The rules").
+//! What identifies an order and what its status means for couriers (docs/rules.md).
 
 use std::fmt;
 
@@ -73,7 +73,7 @@ impl fmt::Display for OrderId {
 }
 
 /// What ended a delivery that counts: an order event (`completed`, `delivered`), or the deadline
-/// pass at the delivery's deadline (README "The rules", `DEADLINE_POLICY=complete`).
+/// pass at the delivery's deadline (docs/rules.md, `DEADLINE_POLICY=complete`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CompletedBy {
     /// A `completed` or `delivered` event.
@@ -186,7 +186,7 @@ impl OrderStatus {
         }
     }
 
-    /// What the status means for couriers (the table in README "The rules").
+    /// What the status means for couriers (the table in docs/rules.md).
     pub fn family(self) -> StatusFamily {
         match self {
             Self::Created => StatusFamily::Assign,

@@ -9,7 +9,7 @@
 //! returns, so they are set on the listener. The same timeout also bounds `accept` itself, and
 //! tiny_http ends its accept loop on the first error, so one of the handler threads connects to
 //! the listener every second between requests: `accept` never waits long enough to time out.
-//! (Not a thread of its own: each thread costs peak RSS, see README "Performance".) Should it
+//! (Not a thread of its own: each thread costs peak RSS, see docs/performance.md.) Should it
 //! time out anyway (every handler busy for longer than the timeout), a handler thread starts a
 //! new tiny_http server on the same socket (`rebuild`); connections that arrive meanwhile wait
 //! in the socket's backlog.

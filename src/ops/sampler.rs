@@ -3,7 +3,7 @@
 //! whether PostgreSQL answered, which `/readyz` reports.
 //!
 //! It runs on the passes thread (`app::start_passes`), between passes, not on a thread of its
-//! own: every thread costs about 2 MB of peak RSS (its malloc arena; README "Performance"). A
+//! own: every thread costs about 2 MB of peak RSS (its malloc arena; docs/performance.md). A
 //! pass or a sample that waits on a frozen server cannot delay `/readyz`: readiness also fails
 //! when PostgreSQL has given no answer for [`super::health::DATABASE_SILENT_AFTER`], whatever
 //! the thread that asked is doing.

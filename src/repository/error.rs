@@ -1,5 +1,5 @@
-//! Storage errors, typed by what the caller should do about them (README "Running against
-//! production PostgreSQL" lists the SQLSTATE classes behind each).
+//! Storage errors, typed by what the caller should do about them (docs/postgresql.md
+//! lists the SQLSTATE classes behind each).
 
 use std::fmt;
 

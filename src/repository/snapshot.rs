@@ -38,7 +38,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Checks every invariant of README "The rules"; the error lists the first broken one. For a
+    /// Checks every invariant of docs/rules.md; the error lists the first broken one. For a
     /// store at rest: under concurrent writers, "no order waits beside an available courier"
     /// may be false for the moment between two commits (see `usecase::handover`); sample
     /// [`Snapshot::check_consistency`] instead.

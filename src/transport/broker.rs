@@ -39,7 +39,7 @@ pub const KAFKA_CRATE: ClientNeeds = ClientNeeds {
     client: "the `kafka` crate",
     needs: &KAFKA_CRATE_NEEDS,
     advice: "KAFKA_CLIENT=kafka needs Apache Kafka 3.9 or older; set KAFKA_CLIENT=rdkafka for \
-             Kafka 4.x (see the README, \"Choosing a Kafka client\")",
+             Kafka 4.x (see docs/kafka-clients.md)",
 };
 
 /// librdkafka.

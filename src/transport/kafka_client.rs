@@ -9,7 +9,7 @@
 //! - isolate a partition holding a batch the crate cannot decode (lz4, zstd): stall it, report
 //!   it ([`Polled::Stalled`]), keep the others flowing, retry it every
 //!   [`STALL_RETRY_EVERY`], and resume when it reads again or the group's committed offset was
-//!   moved past it (README "Troubleshooting");
+//!   moved past it (docs/operations.md, "Troubleshooting");
 //! - fill a jump in offsets (the crate drops uncompressed messages in front of a gzip/snappy
 //!   wrapper) with `kafka_edge::gap`, and stall rather than skip what it cannot explain;
 //! - refresh the metadata every [`METADATA_EVERY`] and start partitions added to the topic;

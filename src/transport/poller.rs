@@ -314,7 +314,7 @@ impl<'a> Poller<'a> {
                  set KAFKA_CLIENT=rdkafka, or skip the batch: kafka-consumer-groups.sh \
                  --bootstrap-server <broker> --group {} --topic {topic}:{partition} \
                  --reset-offsets --to-offset <first offset after the batch> --execute \
-                 (README \"Troubleshooting\")",
+                 (docs/operations.md, \"Troubleshooting\")",
                 self.settings.group
             ),
         );

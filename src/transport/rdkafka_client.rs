@@ -19,7 +19,7 @@
 //! forward past the log's start means offsets left the log unread: reported as
 //! [`Polled::Skipped`]. A new log already written past the old position shows neither; the
 //! topic's id (`topic_id`), read every few seconds, does, and the partitions are then read
-//! again from the new log's start (README "Delivery semantics").
+//! again from the new log's start (docs/rules.md, "Delivery semantics").
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

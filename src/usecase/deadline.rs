@@ -1,4 +1,4 @@
-//! The deadline pass (README "The rules"): every delivery has a deadline (30, 15 or 5 minutes by
+//! The deadline pass (docs/rules.md): every delivery has a deadline (30, 15 or 5 minutes by
 //! transport). Under `DEADLINE_POLICY=complete`, the course's rule, a delivery still active at
 //! its deadline is completed at it: it counts, it is marked `completed_by = deadline`, and its
 //! courier is freed and takes the oldest waiting order at once. Without it, a courier whose

@@ -1,6 +1,6 @@
 //! PostgreSQL behind Debian's PgBouncer in transaction mode ([`PooledDb`]), for the tests that
 //! prove the service works through a pooler that lends a server connection for one transaction
-//! only (README "Running against production PostgreSQL", `DB_POOLER=transaction`).
+//! only (docs/postgresql.md, `DB_POOLER=transaction`).
 //!
 //! The bouncer hands out its server connections round robin (`server_round_robin`), so
 //! consecutive transactions of one client land on different server connections: a statement

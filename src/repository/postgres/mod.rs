@@ -403,7 +403,7 @@ const COURIERS_WHERE: &str = "
     WHERE c.id = $1";
 
 /// Sorts a PostgreSQL error by what the caller should do (see [`RepoError`]; the table is in
-/// README "Running against production PostgreSQL").
+/// docs/postgresql.md, "How each PostgreSQL error is handled").
 fn classify(e: postgres::Error) -> RepoError {
     let Some(db) = e.as_db_error() else {
         // No answer from a server: the connection broke or never opened.

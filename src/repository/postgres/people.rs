@@ -81,7 +81,7 @@ impl PgRepository {
     }
 
     pub(super) fn read_queue(&self, limit: usize) -> Result<QueueView, RepoError> {
-        // The queue's order (README "The rules"): when the order was created, then its arrival.
+        // The queue's order (docs/rules.md): when the order was created, then its arrival.
         const HEAD: &str = "
             SELECT order_id, waiting_since FROM orders
             WHERE waiting_seq IS NOT NULL

@@ -2,7 +2,7 @@
 //! never in the connection's startup options, which connection poolers in transaction mode
 //! (PgBouncer, RDS Proxy) refuse or drop. Behind such a pooler, statements are also prepared
 //! per transaction and closed before it ends, since the next transaction may run on another
-//! server connection. README "Running against production PostgreSQL" says when to set what.
+//! server connection. docs/postgresql.md says when to set what.
 
 use std::collections::HashMap;
 
