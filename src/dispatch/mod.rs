@@ -346,6 +346,27 @@ mod tests {
         assert_eq!(results, vec![JobResult::Abandoned; 10]);
     }
 
+    /// The repository reads of a test wrapper, passed on to its `inner` store.
+    macro_rules! reads_from_inner {
+        () => {
+            fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
+                self.inner.couriers()
+            }
+            fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
+                self.inner.snapshot()
+            }
+            fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
+                self.inner.fleet()
+            }
+            fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
+                self.inner.count_overdue(now)
+            }
+            fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
+                self.inner.has_waiting_beside_available()
+            }
+        };
+    }
+
     /// The in-memory repository, except that any transaction touching order "poison" fails
     /// for good (to see a batch fall back to one transaction per event), a transaction touching
     /// order "gate" waits until the test opens it (to hold the worker while its queue fills),
@@ -373,21 +394,7 @@ mod tests {
             self.inner
                 .transaction(&mut |tx| work(&mut PoisonedTx(tx, self)))
         }
-        fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
-            self.inner.couriers()
-        }
-        fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
-            self.inner.snapshot()
-        }
-        fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
-            self.inner.fleet()
-        }
-        fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
-            self.inner.count_overdue(now)
-        }
-        fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
-            self.inner.has_waiting_beside_available()
-        }
+        reads_from_inner!();
     }
 
     impl crate::repository::StorageTx for PoisonedTx<'_> {
@@ -507,21 +514,7 @@ mod tests {
             self.open_gate.recv().expect("the test opens the gate");
             self.inner.transaction(work)
         }
-        fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
-            self.inner.couriers()
-        }
-        fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
-            self.inner.snapshot()
-        }
-        fn fleet(&self) -> Result<crate::repository::FleetGauges, RepoError> {
-            self.inner.fleet()
-        }
-        fn count_overdue(&self, now: chrono::DateTime<chrono::Utc>) -> Result<i64, RepoError> {
-            self.inner.count_overdue(now)
-        }
-        fn has_waiting_beside_available(&self) -> Result<bool, RepoError> {
-            self.inner.has_waiting_beside_available()
-        }
+        reads_from_inner!();
     }
 
     #[test]
