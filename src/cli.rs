@@ -88,19 +88,6 @@ pub struct DlqReplayArgs {
     pub group: Option<String>,
 }
 
-/// The environment with these flags standing in for their variables, so that `config.rs` reads
-/// both, with one set of defaults and checks.
-fn env_with_flags(
-    flags: Vec<(&'static str, Option<String>)>,
-) -> crate::config::Env<impl Fn(&str) -> Option<String>> {
-    crate::config::from_process_env_with(
-        flags
-            .into_iter()
-            .filter_map(|(name, flag)| flag.map(|v| (name, v)))
-            .collect(),
-    )
-}
-
 /// Prints a configuration error the way `run` does; exit 2.
 fn usage_error(e: &ConfigError) -> ExitCode {
     eprintln!("error: {e}");
@@ -121,7 +108,7 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
         self, kafka::KafkaDeadLetterLog, rdkafka::RdkafkaDeadLetterLog, ReplayFilter,
     };
     let DlqCommand::Replay(args) = command;
-    let env = env_with_flags(vec![
+    let env = crate::config::from_process_env_with(vec![
         ("KAFKA_BROKERS", args.brokers),
         ("KAFKA_ORDER_TOPIC", args.topic),
         ("KAFKA_DLQ_TOPIC", args.dlq_topic),
@@ -186,14 +173,15 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
 
 /// `health`: GET /healthz over plain HTTP/1.0; exit 0 on 200, 1 otherwise.
 pub fn run_health(addr: Option<String>) -> ExitCode {
-    let addr = match env_with_flags(vec![("METRICS_ADDR", addr)]).metrics_addr() {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            eprintln!("error: METRICS_ADDR is empty: the service serves no /healthz to ask");
-            return ExitCode::from(EXIT_USAGE);
-        }
-        Err(e) => return usage_error(&e),
-    };
+    let addr =
+        match crate::config::from_process_env_with(vec![("METRICS_ADDR", addr)]).metrics_addr() {
+            Ok(Some(addr)) => addr,
+            Ok(None) => {
+                eprintln!("error: METRICS_ADDR is empty: the service serves no /healthz to ask");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => return usage_error(&e),
+        };
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     use std::time::Duration;
@@ -319,7 +307,7 @@ pub fn run_simulate(args: SimulateArgs) -> ExitCode {
         concurrency: args.concurrency,
         short: args.short,
     };
-    let env = env_with_flags(vec![
+    let env = crate::config::from_process_env_with(vec![
         ("KAFKA_BROKERS", args.brokers),
         ("KAFKA_ORDER_TOPIC", args.topic),
     ]);

@@ -743,17 +743,16 @@ pub fn from_process_env() -> Env<impl Fn(&str) -> Option<String>> {
     Env(|name: &str| std::env::var(name).ok())
 }
 
-/// The process environment with some variables given another value (a subcommand's flags, e.g.
-/// `--topic` for KAFKA_ORDER_TOPIC): one reader, so flags and variables are checked alike and
-/// share their defaults.
+/// The process environment with some variables given another value where one is set (a
+/// subcommand's flags, e.g. `--topic` for KAFKA_ORDER_TOPIC): one reader, so flags and
+/// variables are checked alike and share their defaults.
 pub fn from_process_env_with(
-    overrides: Vec<(&'static str, String)>,
+    overrides: Vec<(&'static str, Option<String>)>,
 ) -> Env<impl Fn(&str) -> Option<String>> {
     Env(move |name: &str| {
         overrides
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+            .find_map(|(n, v)| if *n == name { v.clone() } else { None })
             .or_else(|| std::env::var(name).ok())
     })
 }
@@ -1074,13 +1073,13 @@ mod tests {
     #[test]
     fn flags_stand_in_for_their_variables_with_the_same_checks() {
         let env = from_process_env_with(vec![
-            ("KAFKA_ORDER_TOPIC", "from-a-flag".into()),
-            ("KAFKA_BROKERS", "no-port".into()),
+            ("KAFKA_ORDER_TOPIC", Some("from-a-flag".into())),
+            ("KAFKA_BROKERS", Some("no-port".into())),
         ]);
         assert_eq!(env.order_topic().expect("valid"), "from-a-flag");
         let err = env.brokers().expect_err("checked like the variable");
         assert_eq!(err.variable, "KAFKA_BROKERS");
-        let env = from_process_env_with(vec![("KAFKA_ORDER_TOPIC", "bad topic!".into())]);
+        let env = from_process_env_with(vec![("KAFKA_ORDER_TOPIC", Some("bad topic!".into()))]);
         assert_eq!(
             env.order_topic().expect_err("bad name").variable,
             "KAFKA_ORDER_TOPIC"

@@ -304,14 +304,32 @@ fn two_migrators_at_once_take_turns_and_both_succeed() {
 }
 
 fn cli(url: &str, args: &[&str]) -> Output {
+    cli_with(url, args, &[])
+}
+
+/// `cli` with more variables set.
+fn cli_with(url: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_service-courier"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", url)
+        .envs(extra.iter().copied())
         .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .output()
         .expect("binary runs")
+}
+
+/// `run` against `url` with `extra` exits 2, and its log says `why`.
+fn assert_run_refuses(url: &str, extra: &[(&str, String)], why: &str) {
+    let mut run = service(url, extra);
+    assert_eq!(
+        run.wait(Duration::from_secs(60)),
+        Some(2),
+        "{}",
+        run.log_text()
+    );
+    assert!(run.log_text().contains(why), "{}", run.log_text());
 }
 
 fn text(o: &Output) -> String {
@@ -362,36 +380,17 @@ fn a_changed_migration_stops_migrate_and_run_with_exit_2_naming_the_file() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("0002_deadlines.sql"), "{}", text(&o));
 
-    let mut run = service(&db.url, &[]);
-    assert_eq!(
-        run.wait(Duration::from_secs(60)),
-        Some(2),
-        "{}",
-        run.log_text()
-    );
-    assert!(
-        run.log_text()
-            .contains("migrations/0002_deadlines.sql differs"),
-        "{}",
-        run.log_text()
-    );
+    assert_run_refuses(&db.url, &[], "migrations/0002_deadlines.sql differs");
 }
 
 #[test]
 fn run_with_migrate_on_start_false_refuses_a_database_that_is_behind() {
     let Some(db) = TestDb::empty(1) else { return };
     db.client().batch_execute(OLD_SCHEMA).expect("old schema");
-    let mut run = service(&db.url, &[("MIGRATE_ON_START", "false".to_owned())]);
-    assert_eq!(
-        run.wait(Duration::from_secs(60)),
-        Some(2),
-        "{}",
-        run.log_text()
-    );
-    assert!(
-        run.log_text().contains("run `service-courier migrate`"),
-        "{}",
-        run.log_text()
+    assert_run_refuses(
+        &db.url,
+        &[("MIGRATE_ON_START", "false".to_owned())],
+        "run `service-courier migrate`",
     );
     let untouched: bool = db
         .client()
@@ -507,32 +506,17 @@ fn a_failing_migration_leaves_nothing_behind_and_releases_the_lock() {
 #[test]
 fn migrations_are_refused_through_a_transaction_pooler() {
     let Some(db) = TestDb::empty(1) else { return };
-    let o = Command::new(env!("CARGO_BIN_EXE_service-courier"))
-        .arg("migrate")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("DB_POOLER", "transaction")
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .output()
-        .expect("binary runs");
+    let o = cli_with(&db.url, &["migrate"], &[("DB_POOLER", "transaction")]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("DB_POOLER=transaction") && text(&o).contains("PostgreSQL itself"),
         "{}",
         text(&o)
     );
-    let mut service = service(&db.url, &[("DB_POOLER", "transaction".into())]);
-    assert_eq!(
-        service.wait(Duration::from_secs(60)),
-        Some(2),
-        "{}",
-        service.log_text()
-    );
-    assert!(
-        service.log_text().contains("DB_POOLER=transaction"),
-        "{}",
-        service.log_text()
+    assert_run_refuses(
+        &db.url,
+        &[("DB_POOLER", "transaction".into())],
+        "DB_POOLER=transaction",
     );
     let tables: i64 = db
         .client()

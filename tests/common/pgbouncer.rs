@@ -76,7 +76,7 @@ impl PooledDb {
         );
         let mut pooled = Self {
             db,
-            repo: Self::repository_at(&url, 4),
+            repo: Self::repository_with(&url, 4, TransactionLimits::default()),
             url,
             bouncer,
             dir,
@@ -87,12 +87,7 @@ impl PooledDb {
     }
 
     /// A repository of `size` connections through the bouncer, as the service makes it with
-    /// `DB_POOLER=transaction` and the default bounds.
-    pub fn repository_at(url: &str, size: u32) -> PgRepository {
-        Self::repository_with(url, size, TransactionLimits::default())
-    }
-
-    /// Like [`PooledDb::repository_at`], with other bounds.
+    /// `DB_POOLER=transaction` and these bounds.
     pub fn repository_with(url: &str, size: u32, limits: TransactionLimits) -> PgRepository {
         PgRepository::new(url.parse().expect("url"), size).with_limits(limits, Pooler::Transaction)
     }

@@ -260,7 +260,7 @@ impl PgRepository {
     /// runs each migration not yet recorded, in order. Safe to run from several processes at
     /// once: they take turns under an advisory lock, and a later one finds nothing to do.
     pub fn migrate(&self) -> Result<MigrateReport, MigrateError> {
-        if self.pooler == Pooler::Transaction {
+        if self.openers.pooler == Pooler::Transaction {
             return Err(MigrateError::Pooled);
         }
         let mut conn = self.connection()?;

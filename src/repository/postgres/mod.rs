@@ -88,10 +88,9 @@ pub struct PgRepository {
     /// Once stopping for longer than the given grace, waiting for a connection ends at once:
     /// with the database down, a stop must not wait out a checkout timeout per queued event.
     give_up: Option<(Shutdown, Duration)>,
-    /// How transactions open (their `SET LOCAL` bounds and plans).
+    /// How transactions open (their `SET LOCAL` bounds and plans), and what is between us and
+    /// the server.
     openers: Arc<Openers>,
-    /// What is between us and the server.
-    pooler: Pooler,
 }
 
 /// Where a connection string points, for messages: its hosts and ports and the database, never
@@ -147,7 +146,6 @@ impl PgRepository {
             target,
             give_up: None,
             openers: Arc::new(Openers::new(TransactionLimits::default(), Pooler::None)),
-            pooler: Pooler::None,
         }
     }
 
@@ -155,7 +153,6 @@ impl PgRepository {
     /// server (defaults: [`TransactionLimits::default`], [`Pooler::None`]).
     pub fn with_limits(mut self, limits: TransactionLimits, pooler: Pooler) -> Self {
         self.openers = Arc::new(Openers::new(limits, pooler));
-        self.pooler = pooler;
         self
     }
 
@@ -324,7 +321,7 @@ impl PgRepository {
             Plans::Index => &self.openers.index_plans,
             Plans::WholeTables => &self.openers.whole_table_reads,
         };
-        OpenTx::begin(conn, opener, self.openers.keep_statements).map_err(classify)
+        OpenTx::begin(conn, opener, self.openers.keep_statements()).map_err(classify)
     }
 
     /// One row of a small read through an index, in a transaction of its own (so that its

@@ -72,8 +72,8 @@ pub(super) struct Openers {
     pub index_plans: String,
     /// A read-only snapshot with whole-table plans (counts, lists, snapshots).
     pub whole_table_reads: String,
-    /// Whether a connection keeps its prepared statements from one transaction to the next.
-    pub keep_statements: bool,
+    /// What is between us and the server.
+    pub pooler: Pooler,
 }
 
 impl Openers {
@@ -103,8 +103,14 @@ impl Openers {
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
                 settings(WHOLE_TABLE_PLANS)
             ),
-            keep_statements: pooler == Pooler::None,
+            pooler,
         }
+    }
+
+    /// Whether a connection keeps its prepared statements from one transaction to the next:
+    /// only when the server connection is ours for the connection's life.
+    pub fn keep_statements(&self) -> bool {
+        self.pooler == Pooler::None
     }
 }
 
@@ -266,7 +272,7 @@ mod tests {
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT set_config('statement_timeout'"
         ));
         assert!(!o.whole_table_reads.contains("enable_seqscan"));
-        assert!(o.keep_statements);
-        assert!(!Openers::new(TransactionLimits::default(), Pooler::Transaction).keep_statements);
+        assert!(o.keep_statements());
+        assert!(!Openers::new(TransactionLimits::default(), Pooler::Transaction).keep_statements());
     }
 }
