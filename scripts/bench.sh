@@ -12,10 +12,15 @@
 #      (the simulator stamps created_at at send; the service's courier_event_age_seconds);
 #   5. pgbench on the service's own SQL, one transaction per event, WORKERS clients: the
 #      per-event ceiling the drain is compared with;
-#   6. a sample of what PostgreSQL backends wait on during a drain (the profile).
+#   6. a sample of what PostgreSQL backends wait on during a drain (the profile);
+#   7. with BENCH_BASELINE=<commit>: that commit built from git (into $BENCH_DIR) and the same
+#      backlog drained BENCH_RUNS more times by it and by this tree, alternating, with
+#      BENCH_DEFAULT_WORKERS and the `kafka` client, so a regression shows as a ratio measured
+#      in one run.
 # Prints a table of medians.
 #
 # Usage: scripts/bench.sh            (defaults below; BENCH_ORDERS=20000 BENCH_RUNS=1 for a quick look)
+#        BENCH_BASELINE=HEAD~1 scripts/bench.sh
 set -euo pipefail
 LOG_TAG=bench
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
@@ -37,6 +42,17 @@ BIN="$REPO/target/release/service-courier"
 mkdir -p "$DIR"
 
 "$REPO/scripts/deps.sh"
+BASE_BIN=
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  base_rev="$(git -C "$REPO" rev-parse --short "$BENCH_BASELINE^{commit}")" \
+    || die "BENCH_BASELINE=$BENCH_BASELINE is not a commit of this repository"
+  rm -rf "$DIR/baseline-src" && mkdir -p "$DIR/baseline-src"
+  git -C "$REPO" archive "$base_rev" | tar -x -C "$DIR/baseline-src"
+  log "building the baseline $base_rev (its own target dir: the first build takes minutes)"
+  CARGO_TARGET_DIR="$DIR/baseline-target" cargo build --release --locked \
+    --manifest-path "$DIR/baseline-src/Cargo.toml" >&2
+  BASE_BIN="$DIR/baseline-target/release/service-courier"
+fi
 # Cargo's progress to stderr: stdout keeps only the benchmark's figures.
 log "building the release binary (the first build takes a few minutes: librdkafka is compiled from C)"
 cargo build --release --locked >&2
@@ -57,17 +73,18 @@ trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 metric_sum() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 
-reset_db() {
+reset_db() { # [binary whose schema to create]
+  local bin="${1:-$BIN}"
   psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS courier_orders, orders, couriers, schema_migrations CASCADE; DROP SEQUENCE IF EXISTS orders_waiting_seq;" >/dev/null
-  "$BIN" migrate >/dev/null
-  "$BIN" couriers seed --count "$COURIERS" --seed 7 >/dev/null
+  "$bin" migrate >/dev/null
+  "$bin" couriers seed --count "$COURIERS" --seed 7 >/dev/null
 }
 
 start_service() { # workers group [extra env...]
   local workers="$1" group="$2"; shift 2
   env KAFKA_ORDER_TOPIC="$TOPIC" KAFKA_GROUP_ID="$group" WORKERS="$workers" BATCH_MAX="$BATCH" \
     QUEUE_CAPACITY=1024 METRICS_ADDR="127.0.0.1:$METRICS_PORT" LOG_LEVEL=warn \
-    KAFKA_COMMIT_INTERVAL_MS=200 "$@" "$BIN" run 2>>"$DIR/service.log" &
+    KAFKA_COMMIT_INTERVAL_MS=200 "$@" "${RUN_BIN:-$BIN}" run 2>>"$DIR/service.log" &
   SERVICE_PID=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$METRICS_PORT/readyz" >/dev/null && return; sleep 0.1; done
   die "the service did not become ready: see $DIR/service.log"
@@ -144,6 +161,27 @@ for client in $CLIENTS; do
   done
 done
 
+# 7. The baseline: drains by it and by this tree, alternating (run in the order of the list).
+declare -A BRATE BCPU BRSS
+if [ -n "$BASE_BIN" ]; then
+  for r in $(seq 1 "$RUNS"); do
+    for which in head base; do
+      bin="$BIN"; [ "$which" = base ] && bin="$BASE_BIN"
+      reset_db "$bin"
+      t0=$(date +%s.%N)
+      RUN_BIN="$bin" start_service "$DEFAULT_WORKERS" "bench-$which-$r-$RANDOM"
+      wait_committed "$TOTAL"
+      t1=$(date +%s.%N)
+      cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVICE_PID/stat")
+      rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$SERVICE_PID/status")
+      stop_service
+      rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
+      BRATE[$which]+="$rate "; BCPU[$which]+="$cpu "; BRSS[$which]+="$rss "
+      log "drain: $which ($([ "$which" = base ] && echo "$base_rev" || echo "this tree")), run $r: $rate events/s, cpu ${cpu}s, peak RSS ${rss} MB"
+    done
+  done
+fi
+
 # 3. SIGTERM under full load, then a restart that finishes.
 reset_db
 group="bench-sigterm-$RANDOM"
@@ -159,29 +197,38 @@ stop_service
 ended=$(psql -qAt "$DATABASE_URL" -c "SELECT count(*) FROM orders WHERE state IN ('completed', 'cancelled')")
 log "SIGTERM under load: exit $code after ${STOP_SECS}s; after the restart $ended of $ORDERS orders ended"
 
-# 4. Steady phase: STEADY_RATE events/s of full lifecycles into the drained topic.
-# A topic of its own, so the backlog topic stays exactly the backlog.
-reset_db
-STEADY_TOPIC="bench.steady.$(date +%s)"
-"$REPO/scripts/kafka.sh" topic "$STEADY_TOPIC" 6 >/dev/null
-TOPIC="$STEADY_TOPIC" start_service "$DEFAULT_WORKERS" "bench-steady-$RANDOM"
-sleep 1
-"$BIN" simulate --orders $((STEADY_RATE * STEADY_SECS / 7)) --rate "$STEADY_RATE" --seed 43 \
-  --topic "$STEADY_TOPIC" >/dev/null
-sleep 2
-curl -s "127.0.0.1:$METRICS_PORT/metrics" | grep '^courier_event_age_seconds_bucket' >"$DIR/age.txt"
-stop_service
-quantile() { # q
+# 4. Steady phase: STEADY_RATE events/s of full lifecycles, once with each client. A topic of
+# its own each time, so the backlog topic stays exactly the backlog; the simulator starts once
+# the service owns all six partitions (rdkafka joins its group first), so no event waits for
+# an assignment.
+quantile() { # q file
   awk -v q="$1" '{ match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n = $NF;
       b[NR] = (le == "+Inf") ? 1e9 : le; c[NR] = n }
     END { total = c[NR]; want = q * total; prev_b = 0; prev_c = 0;
       for (i = 1; i <= NR; i++) { if (c[i] >= want) {
           f = (c[i] == prev_c) ? 0 : (want - prev_c) / (c[i] - prev_c);
           printf "%.1f", 1000 * (prev_b + f * (b[i] - prev_b)); exit }
-        prev_b = b[i]; prev_c = c[i] } }' "$DIR/age.txt"
+        prev_b = b[i]; prev_c = c[i] } }' "$2"
 }
-P50=$(quantile 0.5); P99=$(quantile 0.99)
-STEADY_N=$(tail -n1 "$DIR/age.txt" | awk '{print $NF}')
+declare -A P50 P99 STEADY_N
+for client in $CLIENTS; do
+  reset_db
+  STEADY_TOPIC="bench.steady.$client.$(date +%s)"
+  "$REPO/scripts/kafka.sh" topic "$STEADY_TOPIC" 6 >/dev/null
+  TOPIC="$STEADY_TOPIC" start_service "$DEFAULT_WORKERS" "bench-steady-$RANDOM" KAFKA_CLIENT="$client"
+  for _ in $(seq 1 600); do
+    [ "$(curl -s "127.0.0.1:$METRICS_PORT/metrics" | grep -c '^courier_consumer_lag{')" -ge 6 ] && break
+    sleep 0.1
+  done
+  "$BIN" simulate --orders $((STEADY_RATE * STEADY_SECS / 7)) --rate "$STEADY_RATE" --seed 43 \
+    --topic "$STEADY_TOPIC" >/dev/null
+  sleep 2
+  curl -s "127.0.0.1:$METRICS_PORT/metrics" | grep '^courier_event_age_seconds_bucket' >"$DIR/age-$client.txt"
+  stop_service
+  P50[$client]=$(quantile 0.5 "$DIR/age-$client.txt"); P99[$client]=$(quantile 0.99 "$DIR/age-$client.txt")
+  STEADY_N[$client]=$(tail -n1 "$DIR/age-$client.txt" | awk '{print $NF}')
+  log "steady: KAFKA_CLIENT=$client: p50 ${P50[$client]} ms, p99 ${P99[$client]} ms (${STEADY_N[$client]} events)"
+done
 
 # 5. pgbench: the per-event ceiling, WORKERS clients.
 reset_db
@@ -218,8 +265,25 @@ for client in $CLIENTS; do
   ratio=$(awk -v a="$r" -v b="$base" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')
   printf '| %s | %s | %s | %.1f | %sx |\n' "$client" "$r" "$c" "$m" "$ratio"
 done
+if [ -n "$BASE_BIN" ]; then
+  echo
+  printf '| binary (%s workers, kafka) | drain events/s | CPU s | peak RSS MB |\n' "$DEFAULT_WORKERS"
+  printf '|---|---:|---:|---:|\n'
+  for which in head base; do
+    label="this tree"; [ "$which" = base ] && label="baseline $base_rev"
+    r=$(echo "${BRATE[$which]}" | tr ' ' '\n' | grep . | median)
+    c=$(echo "${BCPU[$which]}" | tr ' ' '\n' | grep . | median)
+    m=$(echo "${BRSS[$which]}" | tr ' ' '\n' | grep . | median)
+    printf '| %s | %s | %s | %.1f |\n' "$label" "$r" "$c" "$m"
+    eval "B_${which}_R=$r B_${which}_C=$c B_${which}_M=$m"
+  done
+  awk -v r1="$B_head_R" -v r0="$B_base_R" -v c1="$B_head_C" -v c0="$B_base_C" -v m1="$B_head_M" -v m0="$B_base_M" \
+    'BEGIN {printf "this tree / baseline: drain %.2fx, CPU %.2fx, peak RSS %.2fx\n", r1 / r0, c1 / c0, m1 / m0}'
+fi
 echo
-echo "steady phase: $STEADY_RATE events/s for ${STEADY_SECS}s ($STEADY_N events): event-to-commit p50 ${P50} ms, p99 ${P99} ms"
+for client in $CLIENTS; do
+  echo "steady phase, KAFKA_CLIENT=$client: $STEADY_RATE events/s for ${STEADY_SECS}s (${STEADY_N[$client]} events): event-to-commit p50 ${P50[$client]} ms, p99 ${P99[$client]} ms"
+done
 echo "SIGTERM under full load ($DEFAULT_WORKERS workers): exit code $code after ${STOP_SECS} s; restart finished the backlog ($ended/$ORDERS orders ended)"
 echo
 echo "where PostgreSQL backends spent the drain ($DEFAULT_WORKERS workers; samples of pg_stat_activity):"

@@ -415,6 +415,80 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
     assert!(end.couriers.iter().all(|c| c.active_order.is_none()));
 }
 
+/// The `kafka` client reads at most 256 KiB of a partition per fetch (the memory bound of
+/// docs/performance.md, "Memory"). An event larger than that window but within
+/// KAFKA_FETCH_MAX_BYTES_PER_PARTITION is applied, not dead-lettered, and the events around it
+/// on its partition are applied in the order sent. (With `rdkafka` the same events must pass
+/// too.)
+#[test]
+fn events_larger_than_one_fetch_window_are_applied_in_order() {
+    // A courier for every order: workers apply different orders concurrently.
+    let Some(stand) = Stand::new(1, 10) else {
+        return;
+    };
+    let mut env = stand.env();
+    for (name, value) in env.iter_mut() {
+        if *name == "KAFKA_FETCH_MAX_BYTES_PER_PARTITION" {
+            *value = "1048576".into();
+        }
+    }
+    let mut service = Service::start(&env);
+    let pad = "p".repeat(600 * 1024);
+    let big = |id: &str, status: &str, secs: i64| {
+        let small = json(id, status, secs);
+        let open = small.len() - 1;
+        format!(r#"{},"pad":"{pad}"}}"#, &small[..open]).into_bytes()
+    };
+    let small = |id: &str, status: &str, secs: i64| json(id, status, secs).into_bytes();
+    // Small events fill the first window; then two large events, each followed by events of
+    // its own order and of others that only apply if they come after it.
+    let mut values: Vec<Vec<u8>> = (0..3_000)
+        .map(|i| small(&format!("fill-{i}"), "cooking", 0))
+        .collect();
+    values.extend([
+        small("w1", "created", 1),
+        big("w2", "created", 2),
+        small("w2", "completed", 3),
+        small("w1", "completed", 4),
+        big("w3", "created", 5),
+        small("w4", "created", 6),
+        small("w3", "cancelled", 7),
+    ]);
+    assert!(values.iter().map(Vec::len).sum::<usize>() > 4 * (256 << 10));
+    let values: Vec<(Option<String>, Vec<u8>)> = values.into_iter().map(|v| (None, v)).collect();
+    rdkafka_produce(&stand.brokers, &stand.topic, &values);
+    stand.wait_drained(&mut service, Duration::from_secs(120));
+
+    let s = stand.snapshot();
+    s.check_invariants().expect("invariants");
+    let state = |id: &str| s.orders.get(&oid(id)).cloned();
+    assert!(
+        matches!(state("w1"), Some(OrderState::Completed(Some(_)))),
+        "{:?}",
+        state("w1")
+    );
+    assert!(
+        matches!(state("w2"), Some(OrderState::Completed(Some(_)))),
+        "{:?}",
+        state("w2")
+    );
+    assert_eq!(state("w3"), Some(OrderState::Cancelled));
+    assert!(
+        matches!(state("w4"), Some(OrderState::Assigned(_))),
+        "{:?}",
+        state("w4")
+    );
+    assert_eq!(s.statistics().values().sum::<i64>(), 2);
+    let letters = kcat_consume_all(&stand.brokers, &stand.dlq);
+    assert!(letters.is_empty(), "dead letters: {}", letters.len());
+    assert_eq!(
+        service.terminate(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        service.log_text()
+    );
+}
+
 #[test]
 fn six_partitions_of_unkeyed_events_end_in_a_correct_state() {
     let couriers_n = 20;

@@ -79,10 +79,23 @@ pub struct KafkaCrateConsumer {
     pending: Vec<Polled>,
     last_metadata: Instant,
     last_marks: Option<Instant>,
-    /// One fetch's bytes per partition, and the most a single message may need.
+    /// What one fetch asks of each partition: KAFKA_FETCH_MAX_BYTES_PER_PARTITION, capped at
+    /// [`FETCH_WINDOW`].
+    fetch_window: i32,
+    /// KAFKA_FETCH_MAX_BYTES_PER_PARTITION: a partition whose next message does not fit the
+    /// window is read alone with this many bytes.
     fetch_bytes: i32,
+    /// The most a single message may need (a too-large one is read so it can be dead-lettered).
     fetch_limit: i32,
 }
+
+/// The most one fetch asks of a partition. A fetch's records live three times over until they
+/// are handed out (the crate's response buffer, its parsed message sets, and our copies), so the
+/// window, times the partitions read, sets the peak memory of a drain: six partitions of 1 MiB
+/// took 22 MB of heap; of 256 KiB, under 6 MB (docs/performance.md, "Memory"). A window holds
+/// thousands of typical events, so fetches stay few. Messages larger than the window are read
+/// by [`KafkaCrateConsumer::fetch_alone`].
+const FETCH_WINDOW: i32 = 256 << 10;
 
 impl KafkaCrateConsumer {
     /// A client that connects on the loop's first call to `connect`.
@@ -96,6 +109,7 @@ impl KafkaCrateConsumer {
             pending: Vec::new(),
             last_metadata: Instant::now(),
             last_marks: None,
+            fetch_window: fetch_bytes.min(FETCH_WINDOW),
             fetch_bytes,
             // A message over the fetch size would block its partition: fetch that partition
             // alone with up to this many bytes, so it can be dead-lettered as too large.
@@ -532,7 +546,7 @@ impl KafkaCrateConsumer {
         let topic = self.settings.topic.clone();
         let requests: Vec<FetchPartition<'_>> = active
             .iter()
-            .map(|(p, o)| FetchPartition::new(&topic, *p, *o).with_max_bytes(self.fetch_bytes))
+            .map(|(p, o)| FetchPartition::new(&topic, *p, *o).with_max_bytes(self.fetch_window))
             .collect();
         type Answer = Result<(i64, Vec<OwnedMessage>), Option<KafkaCode>>;
         let mut answers: Vec<(i32, Answer)> = Vec::new();
@@ -618,15 +632,21 @@ impl KafkaCrateConsumer {
         Ok(())
     }
 
-    /// Nothing came back although offsets remain: a message larger than one fetch, or only
-    /// transaction markers. Fetch the partition alone with room for the largest message.
+    /// Nothing came back although offsets remain: a message larger than the window (or than
+    /// any accepted event), or only transaction markers. Fetch the partition alone: first with
+    /// KAFKA_FETCH_MAX_BYTES_PER_PARTITION, then, if even that brought nothing, with room for
+    /// the largest message.
     fn fetch_alone(&mut self, partition: i32, next: i64) {
         let topic = self.settings.topic.clone();
-        let limit = self.fetch_limit;
+        let window = self.fetch_window;
+        let sizes = [self.fetch_bytes, self.fetch_limit];
         let Ok(client) = self.client() else { return };
-        match fetch_partition(client, &topic, partition, next, limit) {
-            Ok(read) => self.deliver(partition, read.messages),
-            Err(e) => log::debug!("kafka: {topic}/{partition}@{next}: {e}"),
+        for size in sizes.into_iter().filter(|size| *size > window) {
+            match fetch_partition(client, &topic, partition, next, size) {
+                Ok(read) if read.messages.is_empty() && next < read.high_watermark => continue,
+                Ok(read) => return self.deliver(partition, read.messages),
+                Err(e) => return log::debug!("kafka: {topic}/{partition}@{next}: {e}"),
+            }
         }
     }
 }
