@@ -10,7 +10,8 @@
 //!   (`assign`, `cancel`, `complete`, `ignore`); each runs in one transaction and returns an
 //!   `Outcome`. Idempotent and tolerant of reordering: every order has a state, and terminal
 //!   states win.
-//! - [`repository`]: the only door to storage, a trait with two implementations that pass the
+//! - [`repository`]: the only door to storage, two traits (the event path's
+//!   `CourierRepository`, the people's `FleetDirectory`) with two implementations that pass the
 //!   same contract tests: PostgreSQL (r2d2 pool, blocking transactions) and an in-memory fake.
 //! - [`config`]: typed settings from `.env` and the environment, checked once.
 //! - [`transport`]: Kafka and nothing about couriers: the poller decodes, dead-letters bad

@@ -1,6 +1,6 @@
 //! The repository's reads and edits for people (the HTTP API and the operator's page), written
-//! once against the `CourierRepository` trait and run against both the in-memory fake and
-//! PostgreSQL.
+//! once against the `FleetDirectory` trait (with `CourierRepository`'s usecases to set the scene)
+//! and run against the in-memory fake, PostgreSQL, and PostgreSQL behind PgBouncer.
 
 #[macro_use]
 mod common;
@@ -8,7 +8,7 @@ mod common;
 use common::{at, courier, event, oid};
 use service_courier::domain::{CourierId, CourierStatus, Phone, TransportType};
 use service_courier::repository::{
-    CourierPatch, CourierRemoval, CourierRepository, OrderState, RepoError,
+    CourierPatch, CourierRemoval, CourierRepository, FleetDirectory, OrderState, RepoError,
 };
 use service_courier::usecase::delivery::{self, AssignError, UnassignError};
 use service_courier::usecase::OrderEventProcessor;
@@ -24,7 +24,7 @@ fn apply<R: CourierRepository>(p: &OrderEventProcessor<R>, id: &str, status: &st
     p.apply(&event(id, status, secs)).expect("event applies");
 }
 
-fn one_order_shows_its_state_and_delivery<R: CourierRepository>(repo: R) {
+fn one_order_shows_its_state_and_delivery<R: CourierRepository + FleetDirectory>(repo: R) {
     let c = hire(&repo, 1, TransportType::Scooter, 0);
     let p = OrderEventProcessor::new(repo);
     apply(&p, "o1", "created", 10);
@@ -50,7 +50,7 @@ fn one_order_shows_its_state_and_delivery<R: CourierRepository>(repo: R) {
     assert_eq!(o1.delivery.and_then(|d| d.completed_at), Some(at(100)));
 }
 
-fn deliveries_are_latest_first_and_limited<R: CourierRepository>(repo: R) {
+fn deliveries_are_latest_first_and_limited<R: CourierRepository + FleetDirectory>(repo: R) {
     let c = hire(&repo, 1, TransportType::Car, 0);
     let other = hire(&repo, 2, TransportType::Car, 1);
     let p = OrderEventProcessor::new(repo);
@@ -84,7 +84,7 @@ fn deliveries_are_latest_first_and_limited<R: CourierRepository>(repo: R) {
         .is_empty());
 }
 
-fn the_queue_is_oldest_first_with_its_count<R: CourierRepository>(repo: R) {
+fn the_queue_is_oldest_first_with_its_count<R: CourierRepository + FleetDirectory>(repo: R) {
     let p = OrderEventProcessor::new(repo);
     for (i, id) in ["w1", "w2", "w3"].iter().enumerate() {
         apply(&p, id, "created", i as i64);
@@ -100,7 +100,7 @@ fn the_queue_is_oldest_first_with_its_count<R: CourierRepository>(repo: R) {
     assert_eq!(q.orders[0].order, oid("w2"));
 }
 
-fn a_courier_is_read_and_patched<R: CourierRepository>(repo: R) {
+fn a_courier_is_read_and_patched<R: CourierRepository + FleetDirectory>(repo: R) {
     let c = hire(&repo, 1, TransportType::Car, 0);
     let taken = hire(&repo, 2, TransportType::Car, 0);
     let before = repo.courier(c).expect("read").expect("exists");
@@ -161,7 +161,7 @@ fn a_courier_is_read_and_patched<R: CourierRepository>(repo: R) {
     );
 }
 
-fn a_courier_carrying_an_order_is_not_removed<R: CourierRepository>(repo: R) {
+fn a_courier_carrying_an_order_is_not_removed<R: CourierRepository + FleetDirectory>(repo: R) {
     let c = hire(&repo, 1, TransportType::Car, 0);
     let p = OrderEventProcessor::new(repo);
     apply(&p, "o1", "created", 10);
@@ -196,7 +196,7 @@ fn a_courier_carrying_an_order_is_not_removed<R: CourierRepository>(repo: R) {
     assert!(snap.deliveries.is_empty());
 }
 
-fn a_paused_hire_takes_nothing_until_resumed<R: CourierRepository>(repo: R) {
+fn a_paused_hire_takes_nothing_until_resumed<R: CourierRepository + FleetDirectory>(repo: R) {
     let p = OrderEventProcessor::new(repo);
     apply(&p, "w1", "created", 0);
     let repo = p.repository();
@@ -208,7 +208,9 @@ fn a_paused_hire_takes_nothing_until_resumed<R: CourierRepository>(repo: R) {
     assert_eq!(repo.queue(10).expect("read").count, 0);
 }
 
-fn assigning_by_hand_ranks_couriers_as_created_does<R: CourierRepository>(repo: R) {
+fn assigning_by_hand_ranks_couriers_as_created_does<R: CourierRepository + FleetDirectory>(
+    repo: R,
+) {
     let veteran = hire(&repo, 1, TransportType::Car, 0);
     let fresh = hire(&repo, 2, TransportType::OnFoot, 1);
     let p = OrderEventProcessor::new(repo);
@@ -250,7 +252,7 @@ fn assigning_by_hand_ranks_couriers_as_created_does<R: CourierRepository>(repo: 
         .expect("invariants");
 }
 
-fn a_waiting_order_may_be_assigned_by_hand<R: CourierRepository>(repo: R) {
+fn a_waiting_order_may_be_assigned_by_hand<R: CourierRepository + FleetDirectory>(repo: R) {
     let c = hire(&repo, 1, TransportType::Scooter, 0);
     // Waiting beside a free courier: the moment between two crossed commits that the pairing
     // pass closes. The route may close it too.
@@ -269,7 +271,7 @@ fn a_waiting_order_may_be_assigned_by_hand<R: CourierRepository>(repo: R) {
         .expect("invariants");
 }
 
-fn unassigning_by_hand_is_a_cancellation<R: CourierRepository>(repo: R) {
+fn unassigning_by_hand_is_a_cancellation<R: CourierRepository + FleetDirectory>(repo: R) {
     let c = hire(&repo, 1, TransportType::Car, 0);
     let p = OrderEventProcessor::new(repo);
     let repo = p.repository();

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::ops::Metrics;
-use crate::repository::CourierRepository;
+use crate::repository::{CourierRepository, FleetDirectory};
 use crate::shutdown::Shutdown;
 pub use pipeline::Pipeline;
 
@@ -40,7 +40,8 @@ pub const HANDLER_THREADS: usize = 4;
 
 /// What the handlers share.
 pub struct Api<R> {
-    /// Storage: the same rules as the event path (usecases for status changes).
+    /// Storage: the same rules as the event path (usecases for status changes, over
+    /// [`CourierRepository`]), and the people's reads and edits ([`FleetDirectory`]).
     pub repo: R,
     /// The service's counters and gauges, for the pipeline view.
     pub metrics: Arc<Metrics>,
@@ -52,7 +53,7 @@ pub struct Api<R> {
 
 /// Binds `addr` and serves the API on [`HANDLER_THREADS`] threads until `shutdown`. Returns the
 /// bound address (useful when `addr` asks for port 0).
-pub fn serve<R: CourierRepository + 'static>(
+pub fn serve<R: CourierRepository + FleetDirectory + 'static>(
     addr: &str,
     api: Api<R>,
     shutdown: Shutdown,

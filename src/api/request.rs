@@ -4,6 +4,8 @@
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
+use subtle::ConstantTimeEq;
+
 use super::reply::ApiError;
 
 /// The largest body accepted; larger ones are refused with 413.
@@ -54,7 +56,8 @@ fn too_slow() -> ApiError {
 
 /// Whether `header` (an `Authorization` value) carries `token` as a bearer token. The scheme
 /// is case-insensitive (`bearer`, `BEARER`: RFC 7235 section 2.1); the token is not, and the
-/// comparison takes the same time wherever the first difference is.
+/// comparison takes the same time wherever the first difference is (`subtle`: only the length
+/// can be told apart).
 pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
     let given = header
         .map(str::trim)
@@ -62,16 +65,7 @@ pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, credentials)| credentials.trim())
         .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.as_bytes())
-}
-
-/// Equal byte strings, compared without an early exit (only the length can be told apart).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    given.as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 /// The value of `name` in a query string (`a=1&b=2`), percent-decoded.
@@ -83,7 +77,9 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 /// Decodes `%XX` escapes (and `+` as a space in none: paths keep it). `None` when an escape is
-/// broken or the result is not UTF-8.
+/// broken or the result is not UTF-8. Not the `percent-encoding` crate: it keeps a broken escape
+/// as it is, where the API refuses it (400), so the check would stay ours, and it measured 1.5 to
+/// 3 times slower than this loop on order ids.
 pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -14,7 +14,9 @@ use super::reply::{ApiError, Reply};
 use super::request::{bearer_matches, percent_decode, query_param, read_body};
 use super::Api;
 use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
-use crate::repository::{CourierPatch, CourierRemoval, CourierRepository, RepoError};
+use crate::repository::{
+    CourierPatch, CourierRemoval, CourierRepository, FleetDirectory, RepoError,
+};
 use crate::usecase::couriers::{self, CourierCommandError};
 
 /// The operator's page: one self-contained file, no external scripts, styles or fonts.
@@ -46,7 +48,10 @@ type Outcome = Result<Reply, ApiError>;
 /// per connection, and the peer address lost). Neither is worth a malformed request:
 /// `tests/api.rs` pins the behaviour so an upgrade that changes it is noticed. A request with a
 /// method, a path and a version, however odd (`BREW /ping HTTP/1.1`), does reach us.
-pub fn handle<R: CourierRepository + 'static>(api: &Arc<Api<R>>, request: Request) {
+pub fn handle<R: CourierRepository + FleetDirectory + 'static>(
+    api: &Arc<Api<R>>,
+    request: Request,
+) {
     if body_in_memory(&request) {
         return answer(api, request);
     }
@@ -89,7 +94,7 @@ fn body_in_memory(request: &Request) -> bool {
     !lazy && request.body_length().map_or(true, |n| n <= 1024)
 }
 
-fn answer<R: CourierRepository>(api: &Api<R>, mut request: Request) {
+fn answer<R: CourierRepository + FleetDirectory>(api: &Api<R>, mut request: Request) {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let url = request.url().to_owned();
@@ -127,7 +132,7 @@ fn answer<R: CourierRepository>(api: &Api<R>, mut request: Request) {
     }
 }
 
-fn route<R: CourierRepository>(api: &Api<R>, request: &mut Request) -> Outcome {
+fn route<R: CourierRepository + FleetDirectory>(api: &Api<R>, request: &mut Request) -> Outcome {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -302,7 +307,10 @@ fn create_courier<R: CourierRepository>(api: &Api<R>, body: &json::CreateCourier
     ))
 }
 
-fn update_courier<R: CourierRepository>(api: &Api<R>, body: &json::UpdateCourier) -> Outcome {
+fn update_courier<R: CourierRepository + FleetDirectory>(
+    api: &Api<R>,
+    body: &json::UpdateCourier,
+) -> Outcome {
     // Everything is checked before anything changes.
     if body.id <= 0 {
         return Err(ApiError::bad_request("invalid courier id"));
@@ -379,14 +387,14 @@ fn retried<T>(
     }
 }
 
-fn get_courier<R: CourierRepository>(api: &Api<R>, id: CourierId) -> Outcome {
+fn get_courier<R: FleetDirectory>(api: &Api<R>, id: CourierId) -> Outcome {
     match api.repo.courier(id)? {
         Some(c) => Ok(Reply::json(200, &json::Courier::from(&c))),
         None => Err(ApiError::not_found("courier not found")),
     }
 }
 
-fn delete_courier<R: CourierRepository>(api: &Api<R>, id: CourierId) -> Outcome {
+fn delete_courier<R: FleetDirectory>(api: &Api<R>, id: CourierId) -> Outcome {
     match api.repo.remove_courier(id)? {
         CourierRemoval::Removed => Ok(Reply::json(
             200,
@@ -419,7 +427,7 @@ fn limit(query: &str, default: usize) -> Result<usize, ApiError> {
     }
 }
 
-fn deliveries<R: CourierRepository>(api: &Api<R>, id: CourierId, query: &str) -> Outcome {
+fn deliveries<R: FleetDirectory>(api: &Api<R>, id: CourierId, query: &str) -> Outcome {
     let limit = limit(query, DELIVERIES_DEFAULT)?;
     if api.repo.courier(id)?.is_none() {
         return Err(ApiError::not_found("courier not found"));
@@ -437,7 +445,7 @@ fn deliveries<R: CourierRepository>(api: &Api<R>, id: CourierId, query: &str) ->
     ))
 }
 
-fn order<R: CourierRepository>(api: &Api<R>, raw: &str) -> Outcome {
+fn order<R: FleetDirectory>(api: &Api<R>, raw: &str) -> Outcome {
     // PostgreSQL text can't hold NUL, so no stored order has one.
     let id = percent_decode(raw)
         .filter(|s| !s.contains('\0'))
@@ -449,7 +457,7 @@ fn order<R: CourierRepository>(api: &Api<R>, raw: &str) -> Outcome {
     }
 }
 
-fn stats<R: CourierRepository>(api: &Api<R>) -> Outcome {
+fn stats<R: CourierRepository + FleetDirectory>(api: &Api<R>) -> Outcome {
     let all = api.repo.couriers()?;
     let count = |s: CourierStatus| all.iter().filter(|c| c.status == s).count();
     let waiting = api.repo.queue(1)?.count;
@@ -472,7 +480,7 @@ fn stats<R: CourierRepository>(api: &Api<R>) -> Outcome {
     ))
 }
 
-fn queue<R: CourierRepository>(api: &Api<R>, query: &str) -> Outcome {
+fn queue<R: FleetDirectory>(api: &Api<R>, query: &str) -> Outcome {
     let limit = limit(query, QUEUE_DEFAULT)?;
     let q = api.repo.queue(limit)?;
     let now = Utc::now();

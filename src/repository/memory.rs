@@ -8,9 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::{
-    CourierDelivery, CourierPatch, CourierRecord, CourierRemoval, CourierRepository, CourierView,
-    DeliveryView, FleetGauges, OrderState, OrderView, OverdueDelivery, QueueView, RepoError,
-    Snapshot, StorageTx, WaitingOrder,
+    BatchOutline, CourierDelivery, CourierPatch, CourierRecord, CourierRemoval, CourierRepository,
+    CourierView, DeliveryView, FleetDirectory, FleetGauges, OrderState, OrderView, OverdueDelivery,
+    QueueView, RepoError, Snapshot, StorageTx, WaitingOrder,
 };
 use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 
@@ -137,7 +137,9 @@ impl CourierRepository for MemoryRepository {
         let f = self.lock().fleet();
         Ok(f.waiting_orders > 0 && f.available > 0)
     }
+}
 
+impl FleetDirectory for MemoryRepository {
     fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
         Ok(self.lock().couriers.get(&id).map(|c| c.view.clone()))
     }
@@ -300,6 +302,12 @@ impl MemoryState {
 }
 
 impl StorageTx for MemoryState {
+    /// Nothing to lock: the transaction holds the store's one mutex from its first step to its
+    /// last (see [`MemoryRepository`]), so no other transaction can touch what it outlines.
+    fn lock_batch(&mut self, _outline: &BatchOutline) -> Result<(), RepoError> {
+        Ok(())
+    }
+
     fn lock_order(&mut self, order: &OrderId) -> Result<OrderState, RepoError> {
         Ok(self
             .orders

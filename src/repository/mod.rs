@@ -1,12 +1,22 @@
-//! The only door to storage. A usecase runs inside [`CourierRepository::transaction`] and talks to
-//! a [`StorageTx`]: small, domain-named steps that PostgreSQL runs as SQL in one transaction and
-//! the in-memory fake runs on a copy of its state. Both pass the same contract tests.
+//! The only door to storage, as two traits, one per kind of caller:
+//!
+//! - [`CourierRepository`], the event path's: a usecase runs inside
+//!   [`CourierRepository::transaction`] and talks to a [`StorageTx`], small domain-named steps
+//!   that PostgreSQL runs as SQL in one transaction and the in-memory fake runs on a copy of its
+//!   state; beside it, the reads the pairing and deadline passes and the database sampler make,
+//!   and the whole-state reads that show what the events did.
+//! - [`FleetDirectory`], the people's (the HTTP API and the operator's page): one courier, one
+//!   order, a courier's deliveries, the queue, and the edits that change no assignment.
+//!
+//! PostgreSQL and the fake implement both, and pass the same contract tests (`tests/contract.rs`
+//! and `tests/contract_event_time.rs` for the first, `tests/api_contract.rs` for the second). A
+//! test double of the event path implements the first only.
 
+mod directory;
 mod error;
 pub mod memory;
 pub mod postgres;
 mod snapshot;
-mod views;
 
 use chrono::{DateTime, Utc};
 
@@ -14,13 +24,14 @@ use crate::domain::{
     CompletedBy, CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType,
 };
 
+pub use directory::{
+    CourierDelivery, CourierPatch, CourierRemoval, FleetDirectory, OrderView, QueueView,
+    WaitingOrder,
+};
 pub use error::RepoError;
 pub use memory::MemoryRepository;
 pub use postgres::PgRepository;
 pub use snapshot::{DeliveryView, Snapshot};
-pub use views::{
-    CourierDelivery, CourierPatch, CourierRemoval, OrderView, QueueView, WaitingOrder,
-};
 
 /// Where an order stands, as far as couriers are concerned. This is what makes every handler
 /// idempotent: each event is a transition from one of these states, and most are no-ops.
@@ -103,7 +114,8 @@ pub struct FleetGauges {
     pub waiting_orders: i64,
 }
 
-/// Storage, seen from the usecases. `Send + Sync` so one repository serves every worker.
+/// Storage, seen from the event path: the usecases' transactions, and the reads of the passes
+/// that run beside them. `Send + Sync` so one repository serves every worker.
 pub trait CourierRepository: Send + Sync {
     /// Runs `work` in one transaction: all of its steps take effect, or none do. On error nothing
     /// is kept, so the caller may run `work` again.
@@ -112,13 +124,14 @@ pub trait CourierRepository: Send + Sync {
         work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
     ) -> Result<T, RepoError>;
 
-    /// Every courier with their statistics, by id.
+    /// Every courier with their statistics, by id: what the events made of the fleet (`stats`,
+    /// `couriers list`, `GET /couriers`).
     fn couriers(&self) -> Result<Vec<CourierView>, RepoError>;
 
     /// The whole state, for comparing stores and checking invariants.
     fn snapshot(&self) -> Result<Snapshot, RepoError>;
 
-    /// Couriers by status and the length of the queue.
+    /// Couriers by status and the length of the queue, for the database sampler's gauges.
     fn fleet(&self) -> Result<FleetGauges, RepoError>;
 
     /// How many active deliveries are past their deadline at `now` (as committed). The deadline
@@ -129,53 +142,6 @@ pub trait CourierRepository: Send + Sync {
     /// Whether some order waits while some courier is available (as committed): one cheap
     /// read that spares the pairing pass a transaction when, as usual, there is nothing to pair.
     fn has_waiting_beside_available(&self) -> Result<bool, RepoError>;
-
-    // ---- for people (the HTTP API and the operator's page); see `views` ----
-    // Both stores implement these. The defaults only spare test doubles of the event path
-    // (which never serve the API) from writing them.
-
-    /// One courier with their statistics.
-    fn courier(&self, _id: CourierId) -> Result<Option<CourierView>, RepoError> {
-        Err(not_kept("couriers by id"))
-    }
-
-    /// One order: its state and delivery. `None` for an order never seen.
-    fn order(&self, _order: &OrderId) -> Result<Option<OrderView>, RepoError> {
-        Err(not_kept("orders"))
-    }
-
-    /// A courier's deliveries, the latest assigned first, at most `limit`.
-    fn deliveries(
-        &self,
-        _courier: CourierId,
-        _limit: usize,
-    ) -> Result<Vec<CourierDelivery>, RepoError> {
-        Err(not_kept("deliveries"))
-    }
-
-    /// The waiting queue: its length and its first `limit` orders, oldest first.
-    fn queue(&self, _limit: usize) -> Result<QueueView, RepoError> {
-        Err(not_kept("the queue"))
-    }
-
-    /// Changes a courier's name, phone or transport; `None` when no courier has this id. A phone
-    /// of another courier is a [`RepoError::Conflict`] and changes nothing.
-    fn update_courier(
-        &self,
-        _id: CourierId,
-        _patch: &CourierPatch,
-    ) -> Result<Option<CourierView>, RepoError> {
-        Err(not_kept("courier edits"))
-    }
-
-    /// Removes a courier who carries no order, with their delivery history.
-    fn remove_courier(&self, _id: CourierId) -> Result<CourierRemoval, RepoError> {
-        Err(not_kept("courier removal"))
-    }
-}
-
-fn not_kept(what: &str) -> RepoError {
-    RepoError::Unexpected(format!("this store does not serve {what}"))
 }
 
 /// What a batch of events is about to touch, announced before its first step so storage can
@@ -205,10 +171,9 @@ pub struct OverdueDelivery {
 /// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.
 pub trait StorageTx {
     /// Locks up front what `outline` says the steps after it will touch. Only an optimisation:
-    /// every step works without it, and storage without round trips ignores it.
-    fn lock_batch(&mut self, _outline: &BatchOutline) -> Result<(), RepoError> {
-        Ok(())
-    }
+    /// every step works without it. No default: a store (or a wrapper around one) says what it
+    /// does with the outline, so that forgetting to pass it on is not silent.
+    fn lock_batch(&mut self, outline: &BatchOutline) -> Result<(), RepoError>;
 
     /// Locks the order against concurrent events of the same order and returns its state
     /// ([`OrderState::Unseen`] for an order never seen).

@@ -1,5 +1,6 @@
 //! PostgreSQL, the truth. Blocking transactions at READ COMMITTED over an r2d2 pool; each
-//! connection caches its prepared statements. The steps of a transaction are in [`tx`].
+//! connection caches its prepared statements. The steps of a transaction are in [`tx`]; the
+//! statements of [`crate::repository::FleetDirectory`] are in `people`.
 //!
 //! Concurrency, across workers and across instances:
 //! - an order's events serialise on its `orders` row (`lock_order`);
@@ -30,8 +31,8 @@ use r2d2_postgres::PostgresConnectionManager;
 use session::{OpenTx, Openers};
 
 use super::{
-    CourierDelivery, CourierPatch, CourierRemoval, CourierRepository, CourierView, DeliveryView,
-    FleetGauges, OrderState, OrderView, QueueView, RepoError, Snapshot, StorageTx,
+    CourierRepository, CourierView, DeliveryView, FleetGauges, OrderState, RepoError, Snapshot,
+    StorageTx,
 };
 use crate::domain::{CompletedBy, CourierId, OrderId, Phone, TransportType};
 use crate::shutdown::Shutdown;
@@ -278,39 +279,6 @@ impl CourierRepository for PgRepository {
                AND EXISTS (SELECT 1 FROM orders WHERE waiting_seq IS NOT NULL)";
         let row = self.query_one_prepared(SQL, &[])?;
         get(&row, 0)
-    }
-
-    // The API's reads and edits are in `people`.
-    fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
-        self.read_courier(id)
-    }
-
-    fn order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError> {
-        self.read_order(order)
-    }
-
-    fn deliveries(
-        &self,
-        courier: CourierId,
-        limit: usize,
-    ) -> Result<Vec<CourierDelivery>, RepoError> {
-        self.read_deliveries(courier, limit)
-    }
-
-    fn queue(&self, limit: usize) -> Result<QueueView, RepoError> {
-        self.read_queue(limit)
-    }
-
-    fn update_courier(
-        &self,
-        id: CourierId,
-        patch: &CourierPatch,
-    ) -> Result<Option<CourierView>, RepoError> {
-        self.write_courier_patch(id, patch)
-    }
-
-    fn remove_courier(&self, id: CourierId) -> Result<CourierRemoval, RepoError> {
-        self.delete_courier(id)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The statements behind the HTTP API's reads and courier edits (see `repository::views`). Kept
+//! The statements behind the HTTP API's reads and courier edits ([`FleetDirectory`]). Kept
 //! apart from the event path's statements (`tx`, `held`): none of these run per event.
 
 use super::session::OpenTx;
@@ -8,19 +8,19 @@ use super::{
 };
 use crate::domain::{CourierId, OrderId};
 use crate::repository::{
-    CourierDelivery, CourierPatch, CourierRemoval, CourierView, DeliveryView, OrderView, QueueView,
-    RepoError, WaitingOrder,
+    CourierDelivery, CourierPatch, CourierRemoval, CourierView, DeliveryView, FleetDirectory,
+    OrderView, QueueView, RepoError, WaitingOrder,
 };
 
 /// Lists take at most this many rows, whatever the caller asks.
 const MOST_ROWS: i64 = 10_000;
 
-impl PgRepository {
-    pub(super) fn read_courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
+impl FleetDirectory for PgRepository {
+    fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
         self.read_whole_tables(|tx| one_courier(tx, id))
     }
 
-    pub(super) fn read_order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError> {
+    fn order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError> {
         const SQL: &str = "
             SELECT o.state, o.courier_id, co.courier_id, co.assigned_at, co.deadline,
                    co.completed_at, co.completed_by
@@ -48,7 +48,7 @@ impl PgRepository {
         })
     }
 
-    pub(super) fn read_deliveries(
+    fn deliveries(
         &self,
         courier: CourierId,
         limit: usize,
@@ -80,7 +80,7 @@ impl PgRepository {
         })
     }
 
-    pub(super) fn read_queue(&self, limit: usize) -> Result<QueueView, RepoError> {
+    fn queue(&self, limit: usize) -> Result<QueueView, RepoError> {
         // The queue's order (docs/rules.md): when the order was created, then its arrival.
         const HEAD: &str = "
             SELECT order_id, waiting_since FROM orders
@@ -106,7 +106,7 @@ impl PgRepository {
         })
     }
 
-    pub(super) fn write_courier_patch(
+    fn update_courier(
         &self,
         id: CourierId,
         patch: &CourierPatch,
@@ -133,7 +133,7 @@ impl PgRepository {
         Ok(view)
     }
 
-    pub(super) fn delete_courier(&self, id: CourierId) -> Result<CourierRemoval, RepoError> {
+    fn remove_courier(&self, id: CourierId) -> Result<CourierRemoval, RepoError> {
         // The row lock keeps assignment away meanwhile: it takes couriers FOR UPDATE SKIP LOCKED.
         const LOCK: &str = "SELECT id FROM couriers WHERE id = $1 FOR UPDATE";
         const ACTIVE: &str =

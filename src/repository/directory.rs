@@ -1,10 +1,43 @@
 //! What people ask of storage beyond the event path (the HTTP API and the operator's page):
-//! one order, one courier's deliveries, the queue, and editing or removing a courier.
+//! one order, one courier's deliveries, the queue, and editing or removing a courier. Apart
+//! from [`super::CourierRepository`] because none of it runs per event, and a test double of the
+//! event path has no reason to serve it.
 
 use chrono::{DateTime, Utc};
 
-use super::{DeliveryView, OrderState};
-use crate::domain::{OrderId, Phone, TransportType};
+use super::{CourierView, DeliveryView, OrderState, RepoError};
+use crate::domain::{CourierId, OrderId, Phone, TransportType};
+
+/// The fleet as people look it up and edit it. Edits here never hand out an order: a status
+/// change goes through the usecases (pause, resume), over [`super::CourierRepository`].
+pub trait FleetDirectory: Send + Sync {
+    /// One courier with their statistics.
+    fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError>;
+
+    /// One order: its state and delivery. `None` for an order never seen.
+    fn order(&self, order: &OrderId) -> Result<Option<OrderView>, RepoError>;
+
+    /// A courier's deliveries, the latest assigned first, at most `limit`.
+    fn deliveries(
+        &self,
+        courier: CourierId,
+        limit: usize,
+    ) -> Result<Vec<CourierDelivery>, RepoError>;
+
+    /// The waiting queue: its length and its first `limit` orders, oldest first.
+    fn queue(&self, limit: usize) -> Result<QueueView, RepoError>;
+
+    /// Changes a courier's name, phone or transport; `None` when no courier has this id. A phone
+    /// of another courier is a [`RepoError::Conflict`] and changes nothing.
+    fn update_courier(
+        &self,
+        id: CourierId,
+        patch: &CourierPatch,
+    ) -> Result<Option<CourierView>, RepoError>;
+
+    /// Removes a courier who carries no order, with their delivery history.
+    fn remove_courier(&self, id: CourierId) -> Result<CourierRemoval, RepoError>;
+}
 
 /// One order as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
