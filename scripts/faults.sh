@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reliability suite (tests/faults.rs): the real binary against its own PostgreSQL and
+# The reliability suite (tests/it/faults.rs): the real binary against its own PostgreSQL and
 # Apache Kafka broker, with SIGKILLs, abrupt PostgreSQL stops, broker restarts, poison input and
 # two instances on one database. Each test starts (and stops) the services it needs, so this
 # needs nothing running beforehand.
@@ -28,8 +28,8 @@ unset DATABASE_URL KAFKA_BROKERS
 export FAULTS="$size" CI="${CI:-true}"
 
 log "building (release)"
-cargo test --release --locked --test faults --no-run
+cargo test --release --locked --test it --no-run
 log "running the $size fault suite"
 t0="$(now_s)"
-cargo test --release --locked --test faults -- --nocapture --test-threads=1
+cargo test --release --locked --test it -- faults:: --nocapture --test-threads=1
 log "done in $(($(now_s) - t0))s"

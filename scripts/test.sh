@@ -9,7 +9,7 @@
 #                                         runs each test with the client it names (scale-out
 #                                         and codecs with both, groups/transactions/added
 #                                         partitions with rdkafka)
-#     2. service/kafka-4.1.1/rdkafka      on a Kafka 4.x broker, every test binary that runs
+#     2. service/kafka-4.1.1/rdkafka      on a Kafka 4.x broker, every test module that runs
 #                                         the service against Kafka, with KAFKA_CLIENT=rdkafka
 #                                         (tests of a `kafka`-crate feature assert what
 #                                         rdkafka does instead; tests with a broker of their
@@ -18,7 +18,7 @@
 #                                         (exit 3): Kafka 4 dropped the protocol versions it
 #                                         speaks (Produce v0, Fetch v0-v3)
 #   scripts/test.sh ARGS...      one run of `cargo test ARGS` on Kafka
-#                                $KAFKA_VERSION (default 3.9.1), e.g. `--test kafka_groups`
+#                                $KAFKA_VERSION (default 3.9.1), e.g. `--test it kafka_groups::`
 #
 # Environment:
 #   KAFKA_VERSION     the broker of a run with ARGS (default 3.9.1)
@@ -132,7 +132,8 @@ if [ $# -gt 0 ] || { [ -n "${DATABASE_URL:-}" ] && [ -n "${KAFKA_BROKERS:-}" ]; 
   exit 0
 fi
 
-# The test binaries that run the service against Kafka: phase 2 runs them with rdkafka.
+# The modules of the test crate (tests/it) that run the service against Kafka: phase 2 runs
+# them with rdkafka (a `MODULE::` filter each).
 SERVICE_TESTS=(api dead_letters deadlines dlq_replay faults kafka_edge_service kafka_groups
   kafka_service
   observability ops page reliability_db reliability_kafka security)
@@ -161,7 +162,7 @@ if [ -z "$kafka4_pid" ]; then
 elif wait "$kafka4_pid"; then
   cat "$TEST_STATE_ROOT/kafka4-start.log" >&2
   use_kafka "$KAFKA4_VERSION"
-  phase "2 service/kafka-$KAFKA4_VERSION/rdkafka" rdkafka "${SERVICE_TESTS[@]/#/--test=}"
+  phase "2 service/kafka-$KAFKA4_VERSION/rdkafka" rdkafka --test it -- "${SERVICE_TESTS[@]/%/::}"
 else
   cat "$TEST_STATE_ROOT/kafka4-start.log" >&2
   phases+=("2 service/kafka-$KAFKA4_VERSION: FAILED (the broker did not start)")

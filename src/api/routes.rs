@@ -46,7 +46,7 @@ type Outcome = Result<Reply, ApiError>;
 /// custom response), and the server owns the accepted sockets, so the only ways to a JSON
 /// body are a patched tiny_http or a proxy of our own accepting in front of it (a second hop
 /// per connection, and the peer address lost). Neither is worth a malformed request:
-/// `tests/api.rs` pins the behaviour so an upgrade that changes it is noticed. A request with a
+/// `tests/it/api.rs` pins the behaviour so an upgrade that changes it is noticed. A request with a
 /// method, a path and a version, however odd (`BREW /ping HTTP/1.1`), does reach us.
 pub fn handle<R: CourierRepository + FleetDirectory + 'static>(
     api: &Arc<Api<R>>,

@@ -8,8 +8,8 @@
 //! - [`FleetDirectory`], the people's (the HTTP API and the operator's page): one courier, one
 //!   order, a courier's deliveries, the queue, and the edits that change no assignment.
 //!
-//! PostgreSQL and the fake implement both, and pass the same contract tests (`tests/contract.rs`
-//! and `tests/contract_event_time.rs` for the first, `tests/api_contract.rs` for the second). A
+//! PostgreSQL and the fake implement both, and pass the same contract tests (`tests/it/contract.rs`
+//! and `tests/it/contract_event_time.rs` for the first, `tests/it/api_contract.rs` for the second). A
 //! test double of the event path implements the first only.
 
 mod directory;
