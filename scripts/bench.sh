@@ -10,8 +10,10 @@
 #   3. SIGTERM under full load: time to exit, and a restart that finishes the backlog;
 #   4. a steady phase at STEADY_RATE events/s for STEADY_SECS: event-to-commit latency p50/p99
 #      (the simulator stamps created_at at send; the service's courier_event_age_seconds);
-#   5. pgbench on the service's own SQL, one transaction per event, WORKERS clients: the
-#      per-event ceiling the drain is compared with;
+#   5. pgbench with WORKERS clients, twice: the batch ceiling, the statements the service sends
+#      for a batch of BATCH_MAX events (scripts/bench/batch.sql.in, filled with the SQL of
+#      src/repository/postgres/tx.rs), which the drain is measured against; and the per-event
+#      ceiling, one transaction per event (scripts/bench/per_event.sql), what batching gained;
 #   6. a sample of what PostgreSQL backends wait on during a drain (the profile);
 #   7. with BENCH_BASELINE=<commit>: that commit built from git (into $BENCH_DIR) and the same
 #      backlog drained BENCH_RUNS more times by it and by this tree, alternating, with
@@ -73,11 +75,11 @@ trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 metric_sum() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 
-reset_db() { # [binary whose schema to create]
-  local bin="${1:-$BIN}"
+reset_db() { # [binary whose schema to create] [couriers]
+  local bin="${1:-$BIN}" couriers="${2:-$COURIERS}"
   psql -q "$DATABASE_URL" -c "DROP TABLE IF EXISTS courier_orders, orders, couriers, schema_migrations CASCADE; DROP SEQUENCE IF EXISTS orders_waiting_seq;" >/dev/null
   "$bin" migrate >/dev/null
-  "$bin" couriers seed --count "$COURIERS" --seed 7 >/dev/null
+  "$bin" couriers seed --count "$couriers" --seed 7 >/dev/null
 }
 
 start_service() { # workers group [extra env...]
@@ -230,9 +232,34 @@ for client in $CLIENTS; do
   log "steady: KAFKA_CLIENT=$client: p50 ${P50[$client]} ms, p99 ${P99[$client]} ms (${STEADY_N[$client]} events)"
 done
 
-# 5. pgbench: the per-event ceiling, WORKERS clients.
+# 5. pgbench: the batch ceiling and the per-event ceiling, WORKERS clients.
+# The batch script: the template with the service's statements in place, each `$n` a variable.
+tx_sql() { # const name, then sed expression for its parameters
+  awk -v name="$1" 'index($0, "const " name ": &str = \"") { on = 1; sub(/.*= "/, "") }
+    on { if (index($0, "\";")) { sub(/";.*/, ""); print; exit } print }' \
+    "$REPO/src/repository/postgres/tx.rs" | sed -E "$2"
+}
+tx_sql LOCK_ORDERS 's/\$1([^0-9]|$)/:l1\1/g' >"$DIR/lock_orders.sql"
+tx_sql LOCK_COURIERS_AND_QUEUE 's/\$1([^0-9]|$)/:carriers\1/g; s/\$2([^0-9]|$)/:per_side\1/g; s/\$3([^0-9]|$)/:per_side\1/g' \
+  >"$DIR/lock_couriers_and_queue.sql"
+tx_sql WRITE_CHANGES 's/\$([0-9]+)/:w\1/g' >"$DIR/write_changes.sql"
+for f in lock_orders lock_couriers_and_queue write_changes; do
+  [ -s "$DIR/$f.sql" ] || die "no ${f^^} statement found in src/repository/postgres/tx.rs"
+done
+awk -v dir="$DIR" '/^@[A-Z_]+@$/ { f = dir "/" tolower(substr($0, 2, length($0) - 2)) ".sql";
+    while ((getline line < f) > 0) print line; close(f); next } { print }' \
+  "$REPO/scripts/bench/batch.sql.in" >"$DIR/batch.sql"
+declare -A CEIL BCEIL
+for w in $WORKER_SET; do
+  # Enough couriers that no order waits: each client holds up to 4/5 BATCH_MAX of them.
+  reset_db "$BIN" $((COURIERS > 2 * w * BATCH ? COURIERS : 2 * w * BATCH))
+  tps=$(pgbench -n -M prepared -c "$w" -j "$w" -T 10 -D batch="$BATCH" -D prev=0 -f "$DIR/batch.sql" \
+    "$DATABASE_URL" 2>"$DIR/pgbench.err" | awk '/^tps/ {print $3; exit}')
+  [ -n "$tps" ] || die "pgbench on the batch statements failed: see $DIR/pgbench.err"
+  BCEIL[$w]=$(awk -v t="$tps" -v b="$BATCH" 'BEGIN {printf "%.0f", b * t}')
+  log "pgbench, $w clients: ${BCEIL[$w]} events/s (the service's batch statements, $BATCH events a transaction)"
+done
 reset_db
-declare -A CEIL
 for w in $WORKER_SET; do
   tps=$(pgbench -n -M prepared -c "$w" -j "$w" -T 10 -f "$REPO/scripts/bench/per_event.sql" "$DATABASE_URL" 2>/dev/null \
     | awk '/^tps/ {print $3; exit}')
@@ -245,14 +272,15 @@ echo
 echo "service-courier benchmark: $TOTAL events ($ORDERS short lifecycles), $COURIERS couriers,"
 echo "6 partitions, BATCH_MAX=$BATCH, medians of $RUNS runs, $(nproc) cores; $(date -u +%F)"
 echo
-printf '| workers | drain events/s | CPU s | peak RSS MB | pgbench per-event ceiling events/s | ratio |\n'
-printf '|---:|---:|---:|---:|---:|---:|\n'
+printf '| workers | drain events/s | CPU s | peak RSS MB | batch ceiling events/s | drain / batch ceiling | per-event ceiling events/s | drain / per-event |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for w in $WORKER_SET; do
   r=$(echo "${RATE[$w]}" | tr ' ' '\n' | grep . | median)
   c=$(echo "${CPU[$w]}" | tr ' ' '\n' | grep . | median)
   m=$(echo "${RSS[$w]}" | tr ' ' '\n' | grep . | median)
   ratio=$(awk -v a="$r" -v b="${CEIL[$w]}" 'BEGIN {printf "%.2f", a / b}')
-  printf '| %s | %s | %s | %.1f | %s | %sx |\n' "$w" "$r" "$c" "$m" "${CEIL[$w]}" "$ratio"
+  bratio=$(awk -v a="$r" -v b="${BCEIL[$w]}" 'BEGIN {printf "%.0f%%", 100 * a / b}')
+  printf '| %s | %s | %s | %.1f | %s | %s | %s | %sx |\n' "$w" "$r" "$c" "$m" "${BCEIL[$w]}" "$bratio" "${CEIL[$w]}" "$ratio"
 done
 echo
 printf '| KAFKA_CLIENT (%s workers) | drain events/s | CPU s | peak RSS MB | vs kafka |\n' "$DEFAULT_WORKERS"
