@@ -11,56 +11,30 @@ use std::time::Duration;
 use common::*;
 use service_courier::domain::TransportType;
 use service_courier::repository::{CourierRepository, OrderState};
-use service_courier::usecase::couriers;
 
-struct Stand {
-    db: TestDb,
-    brokers: String,
-    topic: String,
-    dlq: String,
-    group: String,
+/// One partition, its dead-letter topic, `couriers_n` couriers on cars; 2 workers.
+struct Stand(ServiceStand);
+
+impl std::ops::Deref for Stand {
+    type Target = ServiceStand;
+    fn deref(&self) -> &ServiceStand {
+        &self.0
+    }
 }
 
 impl Stand {
     fn new(couriers_n: u32) -> Option<Self> {
-        let db = TestDb::new(2)?;
-        let brokers = kafka_brokers()?;
-        let topic = unique("dl-orders");
-        let dlq = format!("{topic}.dlq");
-        create_topic(&topic, 1);
-        create_topic(&dlq, 1);
-        for n in 0..couriers_n {
-            couriers::add(&db.repo, &courier(n, TransportType::Car), at(0)).expect("hire");
-        }
-        Some(Self {
-            db,
-            brokers,
-            topic,
-            dlq,
-            group: unique("dl-group"),
-        })
+        let stand = ServiceStand::new("dl", 1, true)?;
+        stand.hire(couriers_n, |_| TransportType::Car);
+        Some(Self(stand))
     }
 
     fn start(&self, log_level: &str) -> Service {
-        Service::start(&[
-            ("DATABASE_URL", self.db.url.clone()),
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("KAFKA_ORDER_TOPIC", self.topic.clone()),
-            ("KAFKA_DLQ_TOPIC", self.dlq.clone()),
-            ("KAFKA_GROUP_ID", self.group.clone()),
-            ("KAFKA_COMMIT_INTERVAL_MS", "200".into()),
-            ("WORKERS", "2".into()),
-            ("LOG_LEVEL", log_level.into()),
-        ])
+        Service::start(&self.0.env(2, &[("LOG_LEVEL", log_level)]))
     }
 
     fn wait_drained(&self, service: &mut Service) {
-        wait_until(Duration::from_secs(90), "all offsets committed", || {
-            assert!(service.running(), "service died:\n{}", service.log_text());
-            offsets(&self.brokers, &self.group, &self.topic)
-                .values()
-                .all(|(c, hw)| (*c).max(0) == *hw)
-        });
+        self.0.wait_drained(service, Duration::from_secs(90));
     }
 
     fn letters(&self) -> Vec<serde_json::Value> {

@@ -8,10 +8,8 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::kafka_edge::{
-    client, delete_records, delete_topic, kcat_produce_batch, produce_transaction, watermarks,
-};
-use common::{create_topic, kafka_brokers, unique};
+use common::kafka_edge::{client, delete_records, delete_topic, produce_transaction, watermarks};
+use common::{create_topic, kafka_brokers, kcat_produce_codec, unique};
 use kafka::client::FetchOffset;
 use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
@@ -36,7 +34,7 @@ fn mixed_backlog(brokers: &str, topic: &str) -> Vec<String> {
         let values: Vec<String> = (1..=5)
             .map(|n| format!("{i}-{codec}-{n}-{}", "order ".repeat(20)))
             .collect();
-        kcat_produce_batch(brokers, topic, 0, codec, &values);
+        kcat_produce_codec(brokers, topic, 0, codec, &values);
         all.extend(values);
     }
     all
@@ -177,7 +175,7 @@ fn transaction_markers_are_explained_as_offsets_without_messages() {
     assert!(probe[0]
         .to_string()
         .contains("offsets 6..6 hold transaction markers"));
-    kcat_produce_batch(&brokers, &topic, 0, "none", &tx("c", 1)); // 7
+    kcat_produce_codec(&brokers, &topic, 0, "none", &tx("c", 1)); // 7
     let mut c = client(&brokers);
     let marks = read_watermarks(&mut c, &topic).expect("watermarks");
     assert_eq!(
@@ -217,14 +215,14 @@ fn undecodable_partition_is_named(codec: &str, expected: Undecodable, words: &st
     create_topic(&topic, 6);
     for p in 0..6 {
         let values: Vec<String> = (0..3).map(|n| format!("p{p}-plain-{n}")).collect();
-        kcat_produce_batch(&brokers, &topic, p, "none", &values);
+        kcat_produce_codec(&brokers, &topic, p, "none", &values);
     }
     // Compressible values: librdkafka sends a batch uncompressed when compressing would not
     // make it smaller, which tiny values would not.
     let bad: Vec<String> = (0..4)
         .map(|n| format!("p2-{codec}-{n}-{}", "courier ".repeat(40)))
         .collect();
-    kcat_produce_batch(&brokers, &topic, 2, codec, &bad);
+    kcat_produce_codec(&brokers, &topic, 2, codec, &bad);
 
     let mut consumer = Consumer::from_hosts(vec![brokers.clone()])
         .with_topic_partitions(topic.clone(), &[0, 1, 2, 3, 4, 5])
@@ -306,7 +304,7 @@ fn a_committed_offset_that_left_the_log_is_named_where_the_crate_skips_silently(
     let group = unique("group");
     create_topic(&topic, 1);
     let values: Vec<String> = (0..10).map(|n| format!("v{n}")).collect();
-    kcat_produce_batch(&brokers, &topic, 0, "none", &values);
+    kcat_produce_codec(&brokers, &topic, 0, "none", &values);
     let mut c = client(&brokers);
     c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
     c.commit_offset(&group, &topic, 0, 2).expect("commit 2");
@@ -363,7 +361,7 @@ fn a_topic_recreated_and_refilled_past_its_old_end_is_detected() {
     let group = unique("group");
     create_topic(&topic, 1);
     let old: Vec<String> = (0..10).map(|n| format!("old{n}")).collect();
-    kcat_produce_batch(&brokers, &topic, 0, "none", &old);
+    kcat_produce_codec(&brokers, &topic, 0, "none", &old);
     let mut c = client(&brokers);
     c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));
     c.commit_offset(&group, &topic, 0, 10).expect("commit 10");
@@ -377,7 +375,7 @@ fn a_topic_recreated_and_refilled_past_its_old_end_is_detected() {
     delete_topic(&brokers, &topic);
     create_topic(&topic, 1);
     let new: Vec<String> = (0..20).map(|n| format!("new{n}")).collect();
-    kcat_produce_batch(&brokers, &topic, 0, "none", &new);
+    kcat_produce_codec(&brokers, &topic, 0, "none", &new);
 
     let mut c = client(&brokers);
     c.set_group_offset_storage(Some(kafka::client::GroupOffsetStorage::Kafka));

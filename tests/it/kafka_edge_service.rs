@@ -14,52 +14,29 @@ use crate::common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::kafka_edge::{self, kcat_produce_batch};
+use common::kafka_edge;
 use common::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
-struct Stand {
-    db: TestDb,
-    brokers: String,
-    topic: String,
-    dlq: String,
-    group: String,
+/// A topic of its own, a dead-letter topic when asked for; the service with 2 workers.
+struct Stand(ServiceStand);
+
+impl std::ops::Deref for Stand {
+    type Target = ServiceStand;
+    fn deref(&self) -> &ServiceStand {
+        &self.0
+    }
 }
 
 impl Stand {
     /// A topic of `partitions`; its dead-letter topic only when `with_dlq`.
     fn new(partitions: u32, with_dlq: bool) -> Option<Self> {
-        let db = TestDb::new(2)?;
-        let brokers = kafka_brokers()?;
-        let topic = unique("edge-orders");
-        let dlq = format!("{topic}.dlq");
-        create_topic(&topic, partitions);
-        if with_dlq {
-            create_topic(&dlq, 1);
-        }
-        Some(Self {
-            db,
-            brokers,
-            topic,
-            dlq,
-            group: unique("edge-group"),
-        })
+        ServiceStand::new("edge", partitions, with_dlq).map(Self)
     }
 
     fn start(&self, extra: &[(&'static str, &str)]) -> Service {
-        let mut env = vec![
-            ("DATABASE_URL", self.db.url.clone()),
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("KAFKA_ORDER_TOPIC", self.topic.clone()),
-            ("KAFKA_DLQ_TOPIC", self.dlq.clone()),
-            ("KAFKA_GROUP_ID", self.group.clone()),
-            ("KAFKA_COMMIT_INTERVAL_MS", "200".into()),
-            ("WORKERS", "2".into()),
-            ("LOG_LEVEL", "info".into()),
-        ];
-        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        Service::start(&env)
+        Service::start(&self.0.env(2, extra))
     }
 
     /// Whether every one of `orders` is in the database.
@@ -145,17 +122,17 @@ fn an_undecodable_batch_stalls_only_its_partition_is_reported_and_resumes_once_s
     let in_batch = orders("lz4", 3);
     let after = orders("after", 2);
     let others = orders("other", 10);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&before));
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "lz4", &created(&in_batch));
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&after));
-    kcat_produce_batch(
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&before));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "lz4", &created(&in_batch));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&after));
+    kcat_produce_codec(
         &stand.brokers,
         &stand.topic,
         1,
         "none",
         &created(&others[..5]),
     );
-    kcat_produce_batch(
+    kcat_produce_codec(
         &stand.brokers,
         &stand.topic,
         2,
@@ -209,7 +186,7 @@ fn an_undecodable_batch_stalls_only_its_partition_is_reported_and_resumes_once_s
     });
     // Events keep flowing on the other partitions meanwhile.
     let more = orders("more", 3);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 1, "none", &created(&more));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 1, "none", &created(&more));
     stand.wait_applied(&mut service, "events produced while stalled", &more);
     let log = service.log_text();
     let reports = log
@@ -283,7 +260,7 @@ fn a_mixed_compression_backlog_is_applied_whole_and_committed_exactly() {
         .iter()
         .enumerate()
     {
-        kcat_produce_batch(
+        kcat_produce_codec(
             &stand.brokers,
             &stand.topic,
             0,
@@ -313,14 +290,14 @@ fn partitions_added_while_running_are_read_from_their_start_even_with_fallback_l
     });
     // The group commits something, so later partitions are not history.
     let first = orders("first", 4);
-    kcat_produce_batch(
+    kcat_produce_codec(
         &stand.brokers,
         &stand.topic,
         0,
         "none",
         &created(&first[..2]),
     );
-    kcat_produce_batch(
+    kcat_produce_codec(
         &stand.brokers,
         &stand.topic,
         1,
@@ -346,14 +323,14 @@ fn partitions_added_while_running_are_read_from_their_start_even_with_fallback_l
     );
     let added = Instant::now();
     let new = orders("new", 20);
-    kcat_produce_batch(
+    kcat_produce_codec(
         &stand.brokers,
         &stand.topic,
         2,
         "none",
         &created(&new[..10]),
     );
-    kcat_produce_batch(
+    kcat_produce_codec(
         &stand.brokers,
         &stand.topic,
         3,
@@ -379,7 +356,7 @@ fn a_topic_deleted_and_created_again_while_running_is_read_from_its_new_start() 
     };
     let mut service = stand.start(&[]);
     let old = orders("old", 30);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&old));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&old));
     stand.wait_applied(&mut service, "30 events of the old topic", &old);
     wait_until(LONG, "offset 30 committed", || stand.committed(0) == 30);
 
@@ -404,7 +381,7 @@ fn a_topic_deleted_and_created_again_while_running_is_read_from_its_new_start() 
             && kafka_edge::try_watermarks(&stand.brokers, &stand.topic, 0) == Ok((0, 0))
     });
     let new = orders("recreated", 60);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&new));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&new));
     stand.wait_applied(&mut service, "all 60 events of the new topic", &new);
     // Reported loudly: at once when the offsets show it, within 5 s by the topic's id
     // (`rdkafka`), so waited for.
@@ -428,7 +405,7 @@ fn offsets_that_left_the_log_are_reported_and_counted() {
         return;
     };
     let first = orders("kept", 10);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&first));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&first));
     let mut service = stand.start(&[]);
     stand.wait_applied(&mut service, "the first 10 events", &first);
     wait_until(LONG, "offset 10 committed", || stand.committed(0) == 10);
@@ -436,7 +413,7 @@ fn offsets_that_left_the_log_are_reported_and_counted() {
 
     // While it is down: 10 more, and the first 5 of them deleted from the log.
     let later = orders("later", 10);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&later));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&later));
     let json = std::env::temp_dir().join(format!("{}.json", unique("delete-records")));
     std::fs::write(
         &json,
@@ -485,10 +462,10 @@ fn unsent_dead_letters_pause_fetching_until_the_dead_letter_topic_takes_them() {
     };
     let bad: Vec<String> = (0..3000).map(|i| format!("not json {i}")).collect();
     for chunk in bad.chunks(500) {
-        kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", chunk);
+        kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", chunk);
     }
     let good = orders("good", 5);
-    kcat_produce_batch(&stand.brokers, &stand.topic, 0, "none", &created(&good));
+    kcat_produce_codec(&stand.brokers, &stand.topic, 0, "none", &created(&good));
 
     let started = Instant::now();
     let mut service = stand.start(&[("KAFKA_FETCH_MAX_BYTES_PER_PARTITION", "16384")]);

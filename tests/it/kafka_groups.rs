@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::groups::*;
-use common::{event, kcat_produce, oid, wait_until, Service};
+use common::{event, kcat_produce, kcat_produce_codec, oid, wait_until, Service};
 use service_courier::repository::{CourierRepository, OrderState, PgRepository, Snapshot};
 
 fn json(id: &str, status: &str, secs: i64) -> String {

@@ -13,66 +13,31 @@ use service_courier::domain::{OrderEvent, OrderId, OrderStatus, TransportType};
 use service_courier::repository::{CourierRepository, MemoryRepository, OrderState, Snapshot};
 use service_courier::usecase::{couriers, OrderEventProcessor};
 
-struct Stand {
-    db: TestDb,
-    brokers: String,
-    topic: String,
-    dlq: String,
-    group: String,
+/// A stand whose service runs with 4 workers and a fetch limit of 64 KiB (so a 100 KB event is
+/// too large), enough couriers hired.
+struct Stand(ServiceStand);
+
+impl std::ops::Deref for Stand {
+    type Target = ServiceStand;
+    fn deref(&self) -> &ServiceStand {
+        &self.0
+    }
 }
 
 impl Stand {
     fn new(partitions: u32, couriers_n: u32) -> Option<Self> {
-        let db = TestDb::new(2)?;
-        let brokers = kafka_brokers()?;
-        let topic = unique("orders");
-        let dlq = format!("{topic}.dlq");
-        create_topic(&topic, partitions);
-        create_topic(&dlq, 1);
-        for n in 0..couriers_n {
-            couriers::add(
-                &db.repo,
-                &courier(n, TransportType::ALL[n as usize % 3]),
-                at(n as i64),
-            )
-            .expect("hire");
-        }
-        Some(Self {
-            db,
-            brokers,
-            topic,
-            dlq,
-            group: unique("group"),
-        })
+        let stand = ServiceStand::new("svc", partitions, true)?;
+        stand.hire(couriers_n, |n| TransportType::ALL[n as usize % 3]);
+        Some(Self(stand))
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("DATABASE_URL", self.db.url.clone()),
-            ("KAFKA_BROKERS", self.brokers.clone()),
-            ("KAFKA_ORDER_TOPIC", self.topic.clone()),
-            ("KAFKA_DLQ_TOPIC", self.dlq.clone()),
-            ("KAFKA_GROUP_ID", self.group.clone()),
-            ("KAFKA_COMMIT_INTERVAL_MS", "200".into()),
-            ("KAFKA_FETCH_MAX_BYTES_PER_PARTITION", "65536".into()),
-            ("WORKERS", "4".into()),
-            ("LOG_LEVEL", "info".into()),
-        ]
+        self.0
+            .env(4, &[("KAFKA_FETCH_MAX_BYTES_PER_PARTITION", "65536")])
     }
 
     fn start(&self) -> Service {
         Service::start(&self.env())
-    }
-
-    /// Waits until the group has committed every partition up to its high watermark.
-    fn wait_drained(&self, service: &mut Service, limit: Duration) {
-        wait_drained(&self.brokers, &self.group, &self.topic, limit, || {
-            assert!(service.running(), "service died:\n{}", service.log_text());
-        });
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        self.db.repo.snapshot().expect("snapshot")
     }
 }
 
@@ -426,12 +391,9 @@ fn events_larger_than_one_fetch_window_are_applied_in_order() {
     let Some(stand) = Stand::new(1, 10) else {
         return;
     };
-    let mut env = stand.env();
-    for (name, value) in env.iter_mut() {
-        if *name == "KAFKA_FETCH_MAX_BYTES_PER_PARTITION" {
-            *value = "1048576".into();
-        }
-    }
+    let env = stand
+        .0
+        .env(4, &[("KAFKA_FETCH_MAX_BYTES_PER_PARTITION", "1048576")]);
     let mut service = Service::start(&env);
     let pad = "p".repeat(600 * 1024);
     let big = |id: &str, status: &str, secs: i64| {

@@ -283,44 +283,6 @@ pub fn require_rdkafka() {
     );
 }
 
-/// Produces `lines` to one partition with kcat, compressed with `codec` (`none`, `gzip`,
-/// `snappy`, `lz4`, `zstd`): one kcat run, so the lines travel in batches of that codec.
-pub fn kcat_produce_codec(
-    brokers: &str,
-    topic: &str,
-    partition: i32,
-    codec: &str,
-    lines: &[String],
-) {
-    let mut child = Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            brokers,
-            "-t",
-            topic,
-            "-p",
-            &partition.to_string(),
-            "-z",
-            codec,
-        ])
-        // Linger a little so the lines share batches: a compressed batch holds many records.
-        .args(["-X", "queue.buffering.max.ms=50"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("kcat runs (scripts/deps.sh installs it)");
-    {
-        let stdin = child.stdin.as_mut().expect("stdin");
-        for l in lines {
-            writeln!(stdin, "{l}").expect("write to kcat");
-        }
-    }
-    assert!(
-        child.wait().expect("kcat").success(),
-        "kcat -P -z {codec} failed"
-    );
-}
-
 /// Runs `scripts/kafka.sh` with `args` (the broker of the test run: KAFKA_STATE_DIR and
 /// KAFKA_VERSION come from the environment, as for `create_topic`), `stdin` as its input;
 /// returns its stdout, or fails the test with its stderr.

@@ -17,10 +17,32 @@ pub fn kcat_produce_to(brokers: &str, topic: &str, partition: i32, lines: &[Stri
     kcat_produce_args(brokers, topic, &["-p", &partition.to_string()], lines);
 }
 
+/// Produces `lines` to one partition in one kcat run compressed with `codec` (`none`, `gzip`,
+/// `snappy`, `lz4`, `zstd`), lingering long enough that they share record batches of that codec,
+/// as a real producer with that setting writes them.
+pub fn kcat_produce_codec(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    codec: &str,
+    lines: &[String],
+) {
+    let partition = partition.to_string();
+    let args = [
+        "-p",
+        &partition,
+        "-z",
+        codec,
+        "-X",
+        "queue.buffering.max.ms=50",
+    ];
+    kcat_produce_args(brokers, topic, &args, lines);
+}
+
+/// kcat -P with `args` after the defaults (so they may override them).
 fn kcat_produce_args(brokers: &str, topic: &str, args: &[&str], lines: &[String]) {
     let mut child = Command::new("kcat")
         .args(["-P", "-b", brokers, "-t", topic])
-        .args(args)
         // Sticky partitioning off: each unkeyed message picks a random partition, as sarama does.
         .args([
             "-X",
@@ -28,6 +50,7 @@ fn kcat_produce_args(brokers: &str, topic: &str, args: &[&str], lines: &[String]
             "-X",
             "sticky.partitioning.linger.ms=0",
         ])
+        .args(args)
         .stdin(Stdio::piped())
         .spawn()
         .expect("kcat runs (scripts/deps.sh installs it)");
@@ -37,7 +60,11 @@ fn kcat_produce_args(brokers: &str, topic: &str, args: &[&str], lines: &[String]
             writeln!(stdin, "{l}").expect("write to kcat");
         }
     }
-    assert!(child.wait().expect("kcat").success(), "kcat -P failed");
+    assert!(
+        child.wait().expect("kcat").success(),
+        "kcat -P {} failed",
+        args.join(" ")
+    );
 }
 
 /// Produces values to explicit partitions with the `kafka` crate (acks from all replicas).

@@ -2,49 +2,9 @@
 //! chosen compression to one partition, read watermarks, and run the binary's one-shot
 //! subcommands.
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use kafka::client::KafkaClient;
-
-/// Produces `values` to `topic`/`partition` in one kcat run with compression `codec` (`none`,
-/// `gzip`, `snappy`, `lz4`, `zstd`): one record batch when they fit, as a real producer
-/// with that setting writes them.
-pub fn kcat_produce_batch(
-    brokers: &str,
-    topic: &str,
-    partition: i32,
-    codec: &str,
-    values: &[String],
-) {
-    let mut child = Command::new("kcat")
-        .args([
-            "-P",
-            "-b",
-            brokers,
-            "-t",
-            topic,
-            "-p",
-            &partition.to_string(),
-            "-z",
-            codec,
-        ])
-        // One batch per run: linger long enough to gather the values.
-        .args(["-X", "queue.buffering.max.ms=50"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("kcat runs (scripts/deps.sh installs it)");
-    {
-        let stdin = child.stdin.as_mut().expect("stdin");
-        for v in values {
-            writeln!(stdin, "{v}").expect("write to kcat");
-        }
-    }
-    assert!(
-        child.wait().expect("kcat").success(),
-        "kcat -P -z {codec} failed"
-    );
-}
 
 /// A client with metadata for all topics.
 pub fn client(brokers: &str) -> KafkaClient {
