@@ -2,7 +2,7 @@
 //! what each poll returns (records, assignments, revocations, errors) and afterwards reads what
 //! the loop did with the client (commits, hand-backs, dead letters), in order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,6 +27,10 @@ pub enum Call {
     Commit(Vec<(i32, i64)>),
     /// `release` of these partitions.
     Release(Vec<i32>),
+    /// `pause` of these partitions.
+    Pause(Vec<i32>),
+    /// `resume` of these partitions.
+    Resume(Vec<i32>),
     /// A dead letter accepted for this source position.
     DeadLetter(i32, i64),
     /// `close`.
@@ -55,6 +59,15 @@ pub struct FakeBroker {
     /// Commits to fail before one succeeds; like the `kafka` client, a failed commit drops the
     /// session.
     pub refuse_commits: u32,
+    /// High-watermark reads to fail before one succeeds.
+    pub refuse_watermarks: u32,
+    /// Committed-offset reads to fail before one succeeds.
+    pub refuse_committed_offsets: u32,
+    /// What `background_failure` reports (a failing metadata read inside `poll`, say).
+    pub background_failure: Option<String>,
+    /// Partitions paused now (the script still delivers what it holds: a poll in progress
+    /// returns records of a partition paused meanwhile).
+    pub paused: BTreeSet<i32>,
     connected: bool,
 }
 
@@ -127,6 +140,26 @@ impl ConsumerClient for Fake {
         }
     }
 
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let mut s = self.state();
+        s.calls.push(Call::Pause(partitions.to_vec()));
+        s.paused.extend(partitions.iter().copied());
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let mut s = self.state();
+        s.calls.push(Call::Resume(partitions.to_vec()));
+        for p in partitions {
+            s.paused.remove(p);
+        }
+        Ok(())
+    }
+
+    fn background_failure(&self) -> Option<ClientError> {
+        self.state().background_failure.clone().map(ClientError)
+    }
+
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
         let mut s = self.state();
         s.calls.push(Call::Commit(offsets.to_vec()));
@@ -145,11 +178,20 @@ impl ConsumerClient for Fake {
     }
 
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
+        let mut s = self.state();
+        if s.refuse_watermarks > 0 {
+            s.refuse_watermarks -= 1;
+            return Err(ClientError("fake high watermarks unavailable".into()));
+        }
         Ok(Vec::new())
     }
 
     fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {
-        let s = self.state();
+        let mut s = self.state();
+        if s.refuse_committed_offsets > 0 {
+            s.refuse_committed_offsets -= 1;
+            return Err(ClientError("fake committed offsets unavailable".into()));
+        }
         Ok(partitions
             .iter()
             .filter_map(|p| s.committed.get(p).map(|o| (*p, *o)))
