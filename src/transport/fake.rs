@@ -44,6 +44,8 @@ pub struct FakeBroker {
     pub script: VecDeque<Step>,
     /// Polls so far.
     pub polls: u64,
+    /// How long each poll was allowed to wait, the latest last (the last 1000).
+    pub poll_waits: VecDeque<Duration>,
     /// Every call but `poll`, in order.
     pub calls: Vec<Call>,
     /// The group's committed offsets.
@@ -125,6 +127,10 @@ impl ConsumerClient for Fake {
         let step = {
             let mut s = self.state();
             s.polls += 1;
+            if s.poll_waits.len() == 1000 {
+                s.poll_waits.pop_front();
+            }
+            s.poll_waits.push_back(timeout);
             s.script.pop_front()
         };
         match step {

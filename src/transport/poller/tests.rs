@@ -654,6 +654,45 @@ fn unsent_dead_letters_past_the_bound_pause_every_partition_while_polling_goes_o
     h.stop();
 }
 
+#[test]
+fn polls_wait_briefly_while_events_are_in_flight_and_long_when_idle() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start(fake, Duration::from_secs(5), false);
+    let last_waits = |h: &Harness, n: usize| -> Vec<Duration> {
+        let s = h.fake.state();
+        s.poll_waits.iter().rev().take(n).copied().collect()
+    };
+    // Idle: each poll may block for the long wait (no spinning).
+    h.wait_polls(5);
+    assert!(
+        last_waits(&h, 5).iter().all(|w| *w == super::POLL_WAIT),
+        "{:?}",
+        last_waits(&h, 5)
+    );
+    // An event in flight (held at the gate): polls are short, so its completion is taken
+    // as soon as it comes.
+    h.fake.then(Step::Deliver(records(0, 0..1)));
+    h.wait_script_taken();
+    h.wait_polls(5);
+    assert!(
+        last_waits(&h, 5)
+            .iter()
+            .all(|w| *w == super::IN_FLIGHT_POLL_WAIT),
+        "{:?}",
+        last_waits(&h, 5)
+    );
+    h.gate.set(None);
+    h.wait_for("the event committed", |h| h.committed(0) == Some(1));
+    h.wait_polls(5);
+    assert!(
+        last_waits(&h, 5).iter().all(|w| *w == super::POLL_WAIT),
+        "{:?}",
+        last_waits(&h, 5)
+    );
+    h.stop();
+}
+
 /// Records of `partition` from `first` on, one per order of `orders`, in order.
 fn records_of(partition: i32, first: i64, orders: &[String]) -> Vec<Polled> {
     orders
