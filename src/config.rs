@@ -298,7 +298,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// WORKERS: threads applying events, each with its own queue.
     pub workers: usize,
-    /// QUEUE_CAPACITY: events queued per worker before the poller waits.
+    /// QUEUE_CAPACITY: events queued per worker; past it the poller holds the event back and
+    /// pauses its partition.
     pub queue_capacity: usize,
     /// SHUTDOWN_DRAIN_MS: once stopping, how long queued events are still applied; the rest
     /// stay uncommitted and are delivered again after the restart.

@@ -831,6 +831,41 @@ mod tests {
     }
 
     #[test]
+    fn try_submit_never_waits_and_says_why_it_gives_a_job_back() {
+        let Gated {
+            pool,
+            at_gate,
+            open_gate,
+            ..
+        } = gated(1);
+        let running = Shutdown::new();
+        pool.try_submit(job("gate", OrderStatus::Created, 0), &running)
+            .expect("queued");
+        at_gate.recv().expect("the worker reached the gate");
+        // The worker is held: its queue (16) fills, and the next job comes back at once.
+        for offset in 1..=16 {
+            pool.try_submit(
+                job(&format!("q{offset}"), OrderStatus::Created, offset),
+                &running,
+            )
+            .expect("room in the queue");
+        }
+        let full = pool.try_submit(job("q17", OrderStatus::Created, 17), &running);
+        assert!(
+            matches!(&full, Err(Refused::Full(j)) if j.position.offset == 17),
+            "{full:?}"
+        );
+        let stopping = Shutdown::new();
+        stopping.trigger();
+        let refused = pool.try_submit(job("q18", OrderStatus::Created, 18), &stopping);
+        assert!(matches!(refused, Err(Refused::Stopping(_))), "{refused:?}");
+        open_gate.send(()).expect("open the gate");
+        pool.close_and_join();
+        let gone = WorkerPool::empty().try_submit(job("q19", OrderStatus::Created, 19), &running);
+        assert!(matches!(gone, Err(Refused::Gone(_))), "{gone:?}");
+    }
+
+    #[test]
     fn a_pool_without_workers_gives_every_job_back() {
         let pool = WorkerPool::empty();
         let id = OrderId::parse("o-1").expect("id");
