@@ -143,8 +143,9 @@ fn sigterm_while_postgres_is_down_exits_within_the_drain_budget_and_loses_nothin
     const COURIERS: u32 = 50;
     hire(&pg, COURIERS);
     // Small batches and queues, so that "events wait in a queue" follows from a count the
-    // test can read: the two workers hold at most 2 × BATCH_MAX events, and the poller stops
-    // only once a queue holds QUEUE_CAPACITY (650 events fill one: 650 > 2 × (200 + 50)).
+    // test can read: the two workers hold at most 2 × BATCH_MAX events, and the poller holds
+    // events back (pausing their partitions) only once a queue holds QUEUE_CAPACITY (650
+    // events fill one: 650 > 2 × (200 + 50)).
     const QUEUE_CAPACITY: u64 = 200;
     const BATCH_MAX: u64 = 50;
     let env = stand.env(
