@@ -613,7 +613,7 @@ impl<'a> Poller<'a> {
             .iter()
             .map(|p| self.tracker.in_flight_of(*p))
             .sum::<usize>()
-            - dropped;
+            .saturating_sub(dropped);
         log::info!(
             "kafka: partitions {partitions:?} of {} revoked; finishing their {open} events in \
              flight",
