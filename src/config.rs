@@ -155,6 +155,10 @@ pub struct GroupSettings {
     /// KAFKA_SESSION_TIMEOUT_MS: how long the group waits for a silent member before its
     /// partitions move to the others.
     pub session_timeout: Duration,
+    /// KAFKA_MAX_POLL_INTERVAL_MS: librdkafka's max.poll.interval.ms, the longest the loop may
+    /// go without polling before the member leaves the group. At least the session timeout
+    /// (librdkafka refuses less).
+    pub max_poll_interval: Duration,
     /// KAFKA_GROUP_INSTANCE_ID: static membership (`group.instance.id`): a restart within the
     /// session timeout gets its partitions back without a rebalance.
     pub instance_id: Option<String>,
@@ -294,7 +298,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// WORKERS: threads applying events, each with its own queue.
     pub workers: usize,
-    /// QUEUE_CAPACITY: events queued per worker before the poller waits.
+    /// QUEUE_CAPACITY: events queued per worker; past it the poller holds the event back and
+    /// pauses its partition.
     pub queue_capacity: usize,
     /// SHUTDOWN_DRAIN_MS: once stopping, how long queued events are still applied; the rest
     /// stay uncommitted and are delivered again after the restart.
@@ -576,8 +581,26 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 45_000,
                 1_000..=3_600_000,
             )?),
+            max_poll_interval: Duration::from_millis(self.bounded(
+                "KAFKA_MAX_POLL_INTERVAL_MS",
+                300_000,
+                1_000..=86_400_000,
+            )?),
             instance_id: self.raw("KAFKA_GROUP_INSTANCE_ID"),
         };
+        // The `kafka` crate has neither: nothing to compare.
+        if client == ClientKind::Rdkafka
+            && membership.max_poll_interval < membership.session_timeout
+        {
+            return Err(ConfigError {
+                variable: "KAFKA_MAX_POLL_INTERVAL_MS",
+                problem: format!(
+                    "is {} ms, below KAFKA_SESSION_TIMEOUT_MS ({} ms); librdkafka requires                      max.poll.interval.ms >= session.timeout.ms",
+                    membership.max_poll_interval.as_millis(),
+                    membership.session_timeout.as_millis()
+                ),
+            });
+        }
         if client == ClientKind::Kafka {
             for variable in ["KAFKA_SESSION_TIMEOUT_MS", "KAFKA_GROUP_INSTANCE_ID"] {
                 if self.raw(variable).is_some() {
@@ -1157,6 +1180,7 @@ mod tests {
         .expect("valid");
         let k = &s.kafka;
         assert_eq!(k.membership.session_timeout, Duration::from_secs(10));
+        assert_eq!(k.membership.max_poll_interval, Duration::from_secs(300));
         assert_eq!(k.membership.instance_id.as_deref(), Some("courier-1"));
         assert_eq!(k.access.security.protocol, SecurityProtocol::SaslSsl);
         let sasl = k.access.security.sasl.as_ref().expect("sasl");
@@ -1205,6 +1229,19 @@ mod tests {
             (
                 vec![rd, ("KAFKA_SESSION_TIMEOUT_MS", "5")],
                 "KAFKA_SESSION_TIMEOUT_MS",
+            ),
+            (
+                vec![rd, ("KAFKA_MAX_POLL_INTERVAL_MS", "5m")],
+                "KAFKA_MAX_POLL_INTERVAL_MS",
+            ),
+            (
+                vec![rd, ("KAFKA_MAX_POLL_INTERVAL_MS", "999")],
+                "KAFKA_MAX_POLL_INTERVAL_MS",
+            ),
+            // Below the session timeout (45 s by default): librdkafka would refuse it.
+            (
+                vec![rd, ("KAFKA_MAX_POLL_INTERVAL_MS", "15000")],
+                "KAFKA_MAX_POLL_INTERVAL_MS",
             ),
             (without("KAFKA_SASL_MECHANISM"), "KAFKA_SASL_MECHANISM"),
             (without("KAFKA_SASL_USERNAME"), "KAFKA_SASL_USERNAME"),

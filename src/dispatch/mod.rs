@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
 
 use crate::domain::{OrderEvent, OrderId, StatusFamily};
 use crate::ops::{Health, Metrics};
@@ -25,6 +25,10 @@ pub struct Position {
     pub partition: i32,
     /// Offset within it.
     pub offset: i64,
+    /// Which of the partition's assignments (or logs) the offset belongs to, as the poller
+    /// numbers them: an offset alone is ambiguous once a partition was handed back and taken
+    /// again, or its log replaced. Workers carry it back untouched.
+    pub epoch: u64,
 }
 
 /// One event for a worker.
@@ -38,6 +42,17 @@ pub struct Job {
     pub payload: Vec<u8>,
     /// When the poller received it (for latency figures).
     pub received: Instant,
+}
+
+/// Why [`WorkerPool::try_submit`] gave a job back.
+#[derive(Debug)]
+pub enum Refused {
+    /// Its worker's queue is full: try again once the worker has taken some.
+    Full(Box<Job>),
+    /// Stopping: nothing more is queued.
+    Stopping(Box<Job>),
+    /// Its worker is gone (it died, or the pool was closed).
+    Gone(Box<Job>),
 }
 
 /// What became of a job.
@@ -69,6 +84,9 @@ pub struct Completion {
     pub latency: Duration,
     /// Time from the event's `created_at` (its send time) to completion: end-to-end latency.
     pub age: Duration,
+    /// When the worker sent this report: the poller adds the time until it takes it, so
+    /// that the event's age covers the poller's part too.
+    pub reported: Instant,
 }
 
 /// How the pool is sized and how it stops.
@@ -204,6 +222,26 @@ impl WorkerPool {
         }
     }
 
+    /// Queues a job on its order's worker if that queue has room now, never waiting: the
+    /// poller holds a refused job back (and pauses its partition) instead of blocking, so it
+    /// keeps polling. Once stopping, every job is refused, as with [`WorkerPool::submit`].
+    pub fn try_submit(&self, job: Job, shutdown: &Shutdown) -> Result<(), Refused> {
+        let Some(queue) = self
+            .route(&job.event.order_id)
+            .and_then(|w| self.queues.get(w))
+        else {
+            return Err(Refused::Gone(Box::new(job)));
+        };
+        if shutdown.is_shutdown() {
+            return Err(Refused::Stopping(Box::new(job)));
+        }
+        match queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(j)) => Err(Refused::Full(Box::new(j))),
+            Err(TrySendError::Disconnected(j)) => Err(Refused::Gone(Box::new(j))),
+        }
+    }
+
     /// Events waiting in each worker's queue.
     pub fn queue_depths(&self) -> Vec<usize> {
         self.queues.iter().map(Sender::len).collect()
@@ -288,6 +326,7 @@ mod tests {
             position: Position {
                 partition: 0,
                 offset,
+                epoch: 1,
             },
             event: OrderEvent {
                 order_id: OrderId::parse(order).expect("id"),
@@ -789,6 +828,41 @@ mod tests {
         pool.close_and_join();
         let done: Vec<i64> = rx.try_iter().map(|c| c.position.offset).collect();
         assert_eq!(done, [0]);
+    }
+
+    #[test]
+    fn try_submit_never_waits_and_says_why_it_gives_a_job_back() {
+        let Gated {
+            pool,
+            at_gate,
+            open_gate,
+            ..
+        } = gated(1);
+        let running = Shutdown::new();
+        pool.try_submit(job("gate", OrderStatus::Created, 0), &running)
+            .expect("queued");
+        at_gate.recv().expect("the worker reached the gate");
+        // The worker is held: its queue (16) fills, and the next job comes back at once.
+        for offset in 1..=16 {
+            pool.try_submit(
+                job(&format!("q{offset}"), OrderStatus::Created, offset),
+                &running,
+            )
+            .expect("room in the queue");
+        }
+        let full = pool.try_submit(job("q17", OrderStatus::Created, 17), &running);
+        assert!(
+            matches!(&full, Err(Refused::Full(j)) if j.position.offset == 17),
+            "{full:?}"
+        );
+        let stopping = Shutdown::new();
+        stopping.trigger();
+        let refused = pool.try_submit(job("q18", OrderStatus::Created, 18), &stopping);
+        assert!(matches!(refused, Err(Refused::Stopping(_))), "{refused:?}");
+        open_gate.send(()).expect("open the gate");
+        pool.close_and_join();
+        let gone = WorkerPool::empty().try_submit(job("q19", OrderStatus::Created, 19), &running);
+        assert!(matches!(gone, Err(Refused::Gone(_))), "{gone:?}");
     }
 
     #[test]

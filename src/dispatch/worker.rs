@@ -8,7 +8,7 @@
 //! the watchdog sees a worker stuck inside one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -76,6 +76,7 @@ impl<R: CourierRepository> Worker<R> {
                     age: (chrono::Utc::now() - job.event.created_at)
                         .to_std()
                         .unwrap_or_default(),
+                    reported: Instant::now(),
                 };
                 if self.completions.send(done).is_err() {
                     return; // the poller is gone: nothing left to report to

@@ -1,5 +1,5 @@
 //! Liveness and readiness, and the watchdog. The poller beats on every loop turn (also while it
-//! waits on a full queue or backs off); workers report each finished event. Healthy means the
+//! backs off); workers report each finished event. Healthy means the
 //! poller beat recently and, when events are in flight, a worker finished one recently. Ready
 //! means Kafka has answered and PostgreSQL answers now: the sampler (`ops::sampler`) asks it
 //! every few seconds and workers' commits count as answers too, so a stopped server (an error)

@@ -99,6 +99,20 @@ pub trait ConsumerClient {
     /// Waits up to about `timeout` for records and ownership changes.
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError>;
 
+    /// Stops fetching these partitions (backpressure) while polls go on, so the group keeps
+    /// this member (librdkafka's max.poll.interval.ms). Records a poll has already returned
+    /// are the loop's to keep; records fetched and not yet returned are fetched again after
+    /// [`ConsumerClient::resume`], from the offset after the last one returned.
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), ClientError>;
+
+    /// Fetches these paused partitions again, from the offset after the last record returned.
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError>;
+
+    /// Why the calls the client makes by itself inside `poll` besides fetching (metadata,
+    /// watermark and group-offset reads) fail: `Some` while the latest call of a kind failed,
+    /// `None` once each has worked again. The loop's readiness follows it.
+    fn background_failure(&self) -> Option<ClientError>;
+
     /// Commits, synchronously, the next offset to read of each `(partition, offset)`.
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError>;
 

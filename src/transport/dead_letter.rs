@@ -31,6 +31,10 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// The original value's full size.
     pub payload_size: usize,
+    /// The poller's epoch of the source partition when the event was read (not sent): a
+    /// letter of an assignment that is over, or of a replaced log, marks nothing of the
+    /// current one.
+    pub epoch: u64,
 }
 
 impl DeadLetter {
@@ -51,6 +55,7 @@ impl DeadLetter {
             offset,
             payload: payload[..payload.len().min(MAX_ENVELOPE_PAYLOAD)].to_vec(),
             payload_size: payload.len(),
+            epoch: 0,
         }
     }
 

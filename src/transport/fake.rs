@@ -2,7 +2,7 @@
 //! what each poll returns (records, assignments, revocations, errors) and afterwards reads what
 //! the loop did with the client (commits, hand-backs, dead letters), in order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,6 +27,10 @@ pub enum Call {
     Commit(Vec<(i32, i64)>),
     /// `release` of these partitions.
     Release(Vec<i32>),
+    /// `pause` of these partitions.
+    Pause(Vec<i32>),
+    /// `resume` of these partitions.
+    Resume(Vec<i32>),
     /// A dead letter accepted for this source position.
     DeadLetter(i32, i64),
     /// `close`.
@@ -40,6 +44,8 @@ pub struct FakeBroker {
     pub script: VecDeque<Step>,
     /// Polls so far.
     pub polls: u64,
+    /// How long each poll was allowed to wait, the latest last (the last 1000).
+    pub poll_waits: VecDeque<Duration>,
     /// Every call but `poll`, in order.
     pub calls: Vec<Call>,
     /// The group's committed offsets.
@@ -55,6 +61,15 @@ pub struct FakeBroker {
     /// Commits to fail before one succeeds; like the `kafka` client, a failed commit drops the
     /// session.
     pub refuse_commits: u32,
+    /// High-watermark reads to fail before one succeeds.
+    pub refuse_watermarks: u32,
+    /// Committed-offset reads to fail before one succeeds.
+    pub refuse_committed_offsets: u32,
+    /// What `background_failure` reports (a failing metadata read inside `poll`, say).
+    pub background_failure: Option<String>,
+    /// Partitions paused now (the script still delivers what it holds: a poll in progress
+    /// returns records of a partition paused meanwhile).
+    pub paused: BTreeSet<i32>,
     connected: bool,
 }
 
@@ -112,6 +127,10 @@ impl ConsumerClient for Fake {
         let step = {
             let mut s = self.state();
             s.polls += 1;
+            if s.poll_waits.len() == 1000 {
+                s.poll_waits.pop_front();
+            }
+            s.poll_waits.push_back(timeout);
             s.script.pop_front()
         };
         match step {
@@ -125,6 +144,26 @@ impl ConsumerClient for Fake {
                 Ok(Vec::new())
             }
         }
+    }
+
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let mut s = self.state();
+        s.calls.push(Call::Pause(partitions.to_vec()));
+        s.paused.extend(partitions.iter().copied());
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let mut s = self.state();
+        s.calls.push(Call::Resume(partitions.to_vec()));
+        for p in partitions {
+            s.paused.remove(p);
+        }
+        Ok(())
+    }
+
+    fn background_failure(&self) -> Option<ClientError> {
+        self.state().background_failure.clone().map(ClientError)
     }
 
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
@@ -145,11 +184,20 @@ impl ConsumerClient for Fake {
     }
 
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
+        let mut s = self.state();
+        if s.refuse_watermarks > 0 {
+            s.refuse_watermarks -= 1;
+            return Err(ClientError("fake high watermarks unavailable".into()));
+        }
         Ok(Vec::new())
     }
 
     fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {
-        let s = self.state();
+        let mut s = self.state();
+        if s.refuse_committed_offsets > 0 {
+            s.refuse_committed_offsets -= 1;
+            return Err(ClientError("fake committed offsets unavailable".into()));
+        }
         Ok(partitions
             .iter()
             .filter_map(|p| s.committed.get(p).map(|o| (*p, *o)))

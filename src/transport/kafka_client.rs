@@ -77,6 +77,10 @@ pub struct KafkaCrateConsumer {
     known: Vec<i32>,
     /// Ownership changes and records to hand out with the next poll.
     pending: Vec<Polled>,
+    /// Partitions the loop paused (backpressure): left out of fetches until resumed.
+    paused: BTreeSet<i32>,
+    /// The calls `poll` makes besides fetching, by kind, whose latest attempt failed: why.
+    failing: BTreeMap<&'static str, String>,
     last_metadata: Instant,
     last_marks: Option<Instant>,
     /// What one fetch asks of each partition: KAFKA_FETCH_MAX_BYTES_PER_PARTITION, capped at
@@ -107,6 +111,8 @@ impl KafkaCrateConsumer {
             share: BTreeMap::new(),
             known: Vec::new(),
             pending: Vec::new(),
+            paused: BTreeSet::new(),
+            failing: BTreeMap::new(),
             last_metadata: Instant::now(),
             last_marks: None,
             fetch_window: fetch_bytes.min(FETCH_WINDOW),
@@ -302,18 +308,21 @@ impl KafkaCrateConsumer {
         self.last_marks = Some(Instant::now());
         if suspect {
             if let Ok(client) = self.client() {
-                if let Err(e) = client.load_metadata_all() {
-                    log::debug!("kafka: cannot load metadata: {e}");
+                let loaded = client
+                    .load_metadata_all()
+                    .map_err(|e| ClientError(format!("cannot load metadata: {e}")));
+                if self.note("metadata", loaded).is_none() {
                     return;
                 }
             }
         }
-        let (marks, group) = match (self.watermarks(), self.group_offsets()) {
-            (Ok(m), Ok(g)) => (m, g),
-            (Err(e), _) | (_, Err(e)) => {
-                log::debug!("kafka: {e}");
-                return;
-            }
+        let marks = self.watermarks();
+        let group = self.group_offsets();
+        let (Some(marks), Some(group)) = (
+            self.note("watermarks", marks),
+            self.note("committed offsets", group),
+        ) else {
+            return;
         };
         let ours: Vec<i32> = self.share.keys().copied().collect();
         for p in ours {
@@ -333,6 +342,22 @@ impl KafkaCrateConsumer {
                     t.high = Some(now.high);
                     t.suspect = false;
                 }
+            }
+        }
+    }
+
+    /// Records how the latest call of a kind ended (for [`ConsumerClient::background_failure`])
+    /// and passes its value on.
+    fn note<T>(&mut self, kind: &'static str, result: Result<T, ClientError>) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.failing.remove(kind);
+                Some(value)
+            }
+            Err(e) => {
+                log::debug!("kafka: {e}");
+                self.failing.insert(kind, e.0);
+                None
             }
         }
     }
@@ -370,13 +395,8 @@ impl KafkaCrateConsumer {
         if due.is_empty() {
             return;
         }
-        let group = match self.group_offsets() {
-            Ok(g) => g,
-            Err(e) => {
-                log::debug!("kafka: {e}");
-                BTreeMap::new()
-            }
-        };
+        let group = self.group_offsets();
+        let group = self.note("committed offsets", group).unwrap_or_default();
         let topic = self.settings.topic.clone();
         for (p, offset) in due {
             if let Some(&moved) = group.get(&p).filter(|c| **c > offset) {
@@ -536,7 +556,7 @@ impl KafkaCrateConsumer {
         let active: BTreeMap<i32, i64> = self
             .share
             .iter()
-            .filter(|(_, t)| t.stall.is_none() && !t.suspect)
+            .filter(|(p, t)| t.stall.is_none() && !t.suspect && !self.paused.contains(p))
             .map(|(p, t)| (*p, t.next))
             .collect();
         if active.is_empty() {
@@ -725,6 +745,28 @@ impl ConsumerClient for KafkaCrateConsumer {
                 Err(e)
             }
         }
+    }
+
+    /// Leaves them out of fetches; what this client already fetched is handed out with the
+    /// next poll (at most one fetch's worth), and fetching resumes at the next offset after it.
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        self.paused.extend(partitions.iter().copied());
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        for p in partitions {
+            self.paused.remove(p);
+        }
+        Ok(())
+    }
+
+    fn background_failure(&self) -> Option<ClientError> {
+        if self.failing.is_empty() {
+            return None;
+        }
+        let why: Vec<String> = self.failing.values().cloned().collect();
+        Some(ClientError(why.join("; ")))
     }
 
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {

@@ -3,8 +3,15 @@
 //! workers' completions back, and commits every partition's finished prefix periodically, before
 //! a partition is handed back to the group, and at shutdown. The client sits behind
 //! [`ConsumerClient`]; whichever it is, redelivered offsets are recognised and not applied twice.
+//!
+//! It never stops polling (librdkafka drops a member that does not poll within
+//! max.poll.interval.ms): backpressure pauses partitions instead. A record whose worker's queue
+//! is full is held here, in offset order with the rest of its partition, and that partition is
+//! paused until the held records are queued; a dead-letter backlog past its bound pauses every
+//! partition. Each assignment of a partition, and each new log of it, gets an epoch, carried in
+//! the job's [`Position`]: a completion of an older epoch never touches the current one.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +25,7 @@ use super::dead_letter_backlog::{
 use super::decode::decode;
 use super::offsets::OffsetTracker;
 use crate::config::KafkaSettings;
-use crate::dispatch::{Completion, Job, JobResult, Position, WorkerPool};
+use crate::dispatch::{Completion, Job, JobResult, Position, Refused, WorkerPool};
 use crate::ops::{Health, LogThrottle, Metrics};
 use crate::shutdown::{Backoff, Shutdown};
 
@@ -26,6 +33,12 @@ use crate::shutdown::{Backoff, Shutdown};
 /// KAFKA_FETCH_MAX_WAIT_MS at the broker instead). Short, so commits, gauges and a stop request
 /// are never far away.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How long one poll may wait while events are in flight: their completions are taken between
+/// polls, so this bounds what the loop adds to an event's commit (librdkafka's poll returns as
+/// soon as a record is there; an idle loop waits POLL_WAIT and does not spin).
+const IN_FLIGHT_POLL_WAIT: Duration = Duration::from_millis(1);
+/// How often the high watermarks are read, and a failed committed-offset read is tried again.
+const WATERMARKS_EVERY: Duration = Duration::from_secs(5);
 /// Longest the loop spends sending held dead letters before it polls and commits again.
 const DEAD_LETTER_SLICE: Duration = Duration::from_secs(1);
 
@@ -91,15 +104,29 @@ pub struct Poller<'a> {
     client: Box<dyn ConsumerClient>,
     /// The partitions this instance owns now: records of any other are not routed.
     owned: BTreeSet<i32>,
+    /// The epoch of each owned partition: a new one at each assignment and each new log.
+    /// Completions and dead letters of another epoch mark nothing finished.
+    epochs: HashMap<i32, u64>,
+    /// The last epoch handed out.
+    last_epoch: u64,
     tracker: OffsetTracker,
-    /// Jobs still queued or running when their partition was handed back: their completions
-    /// belong to an assignment that is over and must not mark anything finished.
-    stale: HashSet<(i32, i64)>,
+    /// Jobs whose worker's queue was full, by partition, in offset order: queued before any
+    /// later record of their partition, which stays paused meanwhile. At most one poll's worth
+    /// per partition (it is paused before the next poll).
+    held: BTreeMap<i32, VecDeque<Job>>,
+    /// Partitions paused in the client now.
+    paused: BTreeSet<i32>,
+    /// Partitions whose committed offset could not be read at assignment (tried again with the
+    /// watermarks).
+    committed_unread: BTreeSet<i32>,
+    /// Kafka calls, by kind, whose latest attempt failed: why. `/readyz` fails while any does.
+    failing: BTreeMap<&'static str, String>,
     dead_letters: Box<dyn DeadLetterProducer>,
     /// Dead letters not yet accepted by Kafka: their offsets stay uncommitted until they are.
-    /// Past its bound, fetching pauses (memory stays bounded while the topic is unreachable).
+    /// Past its bound, every partition is paused (memory stays bounded while the topic is
+    /// unreachable).
     unsent: DeadLetterBacklog,
-    /// Whether fetching was paused for unsent dead letters at the last look.
+    /// Whether the partitions were paused for unsent dead letters at the last look.
     fetching_paused: bool,
     next_dead_letter_try: Instant,
     dead_letter_backoff: Backoff,
@@ -140,8 +167,13 @@ impl<'a> Poller<'a> {
             shutdown,
             client: clients.consumer,
             owned: BTreeSet::new(),
+            epochs: HashMap::new(),
+            last_epoch: 0,
             tracker: OffsetTracker::new(),
-            stale: HashSet::new(),
+            held: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            committed_unread: BTreeSet::new(),
+            failing: BTreeMap::new(),
             dead_letters: clients.dead_letters,
             unsent: DeadLetterBacklog::new(DEFAULT_MAX_LETTERS, DEFAULT_MAX_BYTES),
             fetching_paused: false,
@@ -183,25 +215,30 @@ impl<'a> Poller<'a> {
                 match self.client.connect() {
                     // The backoff is reset by a poll that works, not by a connect: a client
                     // that connects and then fails every poll backs off all the same.
-                    Ok(()) => self.health.kafka_ready(true),
+                    Ok(()) => self.kafka_call("connect", Ok(())),
                     Err(ConnectError::Misconfigured(m)) => break PollerExit::Misconfigured(m),
                     Err(ConnectError::Retry(m)) => {
-                        self.health.kafka_ready(false);
                         let delay = backoff.next_delay();
                         log::warn!("kafka: {m}; retrying in {delay:?}");
-                        self.pause(delay);
+                        self.kafka_call("connect", Err(m));
+                        self.wait(delay);
                         continue;
                     }
                 }
             }
-            if self.backlog_pauses_fetching() {
-                self.pause(Duration::from_millis(200));
-                continue;
-            }
-            match self.client.poll(POLL_WAIT) {
+            self.submit_held();
+            self.sync_pauses();
+            let wait = if self.tracker.in_flight() > 0 {
+                IN_FLIGHT_POLL_WAIT
+            } else {
+                POLL_WAIT
+            };
+            match self.client.poll(wait) {
                 Ok(polled) => {
                     backoff.reset();
-                    self.health.kafka_ready(true);
+                    self.kafka_call("poll", Ok(()));
+                    let background = self.client.background_failure().map(|e| e.0);
+                    self.kafka_call("client", background.map_or(Ok(()), Err));
                     for p in polled {
                         // Stopping: route no more (each refused job would wait for a full
                         // queue first); what is left is read again after the restart.
@@ -236,8 +273,8 @@ impl<'a> Poller<'a> {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     log::warn!("kafka: {e}; polling again in {delay:?}");
-                    self.health.kafka_ready(false);
-                    self.pause(delay);
+                    self.kafka_call("poll", Err(e.0));
+                    self.wait(delay);
                 }
             }
         };
@@ -245,8 +282,22 @@ impl<'a> Poller<'a> {
         (exit, self.summary)
     }
 
+    /// Records how the latest Kafka call of a kind ended; `/readyz` says Kafka is missing
+    /// while the latest call of any kind failed, and is ready again once each has worked.
+    fn kafka_call(&mut self, kind: &'static str, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.failing.remove(kind);
+            }
+            Err(why) => {
+                self.failing.insert(kind, why);
+            }
+        }
+        self.health.kafka_ready(self.failing.is_empty());
+    }
+
     /// Waits, showing the watchdog that the poller is alive (backing off is not a stall).
-    fn pause(&self, d: Duration) {
+    fn wait(&self, d: Duration) {
         let end = Instant::now() + d;
         while Instant::now() < end && self.shutdown.sleep(Duration::from_millis(200).min(d)) {
             self.health.poller_beat();
@@ -258,7 +309,7 @@ impl<'a> Poller<'a> {
     fn observe(&mut self) {
         self.health.in_flight(self.tracker.in_flight());
         self.metrics.queue_depths(self.pool.queue_depths());
-        if self.last_watermarks.elapsed() < Duration::from_secs(5) || !self.client.is_connected() {
+        if self.last_watermarks.elapsed() < WATERMARKS_EVERY || !self.client.is_connected() {
             return;
         }
         self.last_watermarks = Instant::now();
@@ -269,13 +320,139 @@ impl<'a> Poller<'a> {
                         self.metrics.high_watermark(partition, offset);
                     }
                 }
+                self.kafka_call("watermarks", Ok(()));
             }
-            Err(e) => log::debug!("kafka: {e}"),
+            Err(e) => {
+                log::debug!("kafka: {e}");
+                self.kafka_call("watermarks", Err(e.0));
+            }
+        }
+        self.read_committed();
+    }
+
+    /// Reads the group's committed offsets of the partitions whose read failed before (and
+    /// were not handed back since), for the committed-offset gauge.
+    fn read_committed(&mut self) {
+        let owned = &self.owned;
+        self.committed_unread.retain(|p| owned.contains(p));
+        if self.committed_unread.is_empty() {
+            self.kafka_call("committed offsets", Ok(()));
+            return;
+        }
+        let partitions: Vec<i32> = self.committed_unread.iter().copied().collect();
+        match self.client.committed_offsets(&partitions) {
+            Ok(committed) => {
+                for (partition, next) in committed {
+                    self.metrics.committed(partition, next);
+                }
+                self.committed_unread.clear();
+                self.kafka_call("committed offsets", Ok(()));
+            }
+            Err(e) => {
+                log::debug!("kafka: {e}");
+                self.committed_unread.extend(partitions);
+                self.kafka_call("committed offsets", Err(e.0));
+            }
         }
     }
 
+    /// Queues held jobs whose workers have room now, each partition's in offset order.
+    fn submit_held(&mut self) {
+        for queue in self.held.values_mut() {
+            while let Some(job) = queue.pop_front() {
+                match self.pool.try_submit(job, &self.shutdown) {
+                    Ok(()) => {}
+                    Err(Refused::Full(job)) => {
+                        queue.push_front(*job);
+                        break;
+                    }
+                    // Left uncommitted: read again after the restart.
+                    Err(Refused::Stopping(_)) => return,
+                    Err(Refused::Gone(job)) => {
+                        self.summary.abandoned += 1;
+                        refused_by_a_gone_worker(&self.settings.topic, &job.position);
+                    }
+                }
+            }
+        }
+        self.held.retain(|_, queue| !queue.is_empty());
+    }
+
+    /// Pauses the partitions backpressure holds back (those with held jobs; every one while
+    /// the dead-letter backlog is past its bound) and resumes the others.
+    fn sync_pauses(&mut self) {
+        let backlog_full = self.backlog_pauses_fetching();
+        let wanted: BTreeSet<i32> = if backlog_full {
+            self.owned.clone()
+        } else {
+            self.held
+                .keys()
+                .copied()
+                .filter(|p| self.owned.contains(p))
+                .collect()
+        };
+        let pause: Vec<i32> = wanted.difference(&self.paused).copied().collect();
+        let resume: Vec<i32> = self.paused.difference(&wanted).copied().collect();
+        if !pause.is_empty() {
+            match self.client.pause(&pause) {
+                Ok(()) => {
+                    log::debug!("kafka: partitions {pause:?} paused (backpressure)");
+                    self.paused.extend(pause);
+                }
+                Err(e) => log::warn!("kafka: {e}"),
+            }
+        }
+        if !resume.is_empty() {
+            self.resume(&resume);
+        }
+    }
+
+    /// Fetches these paused partitions again.
+    fn resume(&mut self, partitions: &[i32]) {
+        match self.client.resume(partitions) {
+            Ok(()) => {
+                log::debug!("kafka: partitions {partitions:?} resumed");
+                for p in partitions {
+                    self.paused.remove(p);
+                }
+            }
+            Err(e) => log::warn!("kafka: {e}"),
+        }
+    }
+
+    /// Drops the held jobs of `partitions` (handed back, or of a replaced log): they stay
+    /// unfinished, and their partitions are resumed. Returns how many.
+    fn drop_held(&mut self, partitions: &[i32]) -> usize {
+        let dropped = partitions
+            .iter()
+            .filter_map(|p| self.held.remove(p))
+            .map(|q| q.len())
+            .sum();
+        let paused: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| self.paused.contains(p))
+            .collect();
+        if !paused.is_empty() {
+            self.resume(&paused);
+        }
+        dropped
+    }
+
+    /// A new epoch for a partition (a new assignment, or a new log).
+    fn new_epoch(&mut self, partition: i32) {
+        self.last_epoch += 1;
+        self.epochs.insert(partition, self.last_epoch);
+    }
+
+    /// Whether a position belongs to its partition's current epoch.
+    fn current(&self, partition: i32, epoch: u64) -> bool {
+        self.epochs.get(&partition) == Some(&epoch)
+    }
+
     /// Whether unsent dead letters hold fetching back; reports changes on `/healthz` and in the
-    /// gauges. Letters keep being sent (with backoff) and commits keep going meanwhile.
+    /// gauges. Letters keep being sent (with backoff), and polls and commits keep going
+    /// meanwhile.
     fn backlog_pauses_fetching(&mut self) -> bool {
         let state = self.unsent.state();
         let paused = matches!(state, BacklogState::Paused { .. });
@@ -357,21 +534,14 @@ impl<'a> Poller<'a> {
         );
         self.health.partition_resumed(partition);
         self.metrics.partition_stalled(partition, false);
-        self.drain(&[partition]);
-        let held: HashSet<i64> = self
-            .unsent
-            .iter()
-            .filter(|l| l.partition == partition)
-            .map(|l| l.offset)
-            .collect();
-        for offset in self.tracker.forget(partition) {
-            if !held.contains(&offset) {
-                self.stale.insert((partition, offset));
-            }
-        }
-        // Letters of the old log are still sent, but they no longer mark anything finished.
-        for offset in held {
-            self.stale.insert((partition, offset));
+        // Held events of the old log are never queued: the old log is gone.
+        let dropped = self.drop_held(&[partition]);
+        self.drain(&[partition], dropped);
+        self.tracker.forget(partition);
+        // From here on, what the old log's jobs report and its letters still to be sent (they
+        // are sent, under their old offsets) marks nothing of the new log.
+        if self.owned.contains(&partition) {
+            self.new_epoch(partition);
         }
         // Still ours, on a new log: its gauges start again.
         self.metrics.forget_partition(partition);
@@ -379,10 +549,13 @@ impl<'a> Poller<'a> {
     }
 
     /// Gives the queued and in-flight events of `partitions` up to SHUTDOWN_DRAIN_MS to
-    /// finish.
-    fn drain(&mut self, partitions: &[i32]) {
-        let open =
-            |t: &OffsetTracker| -> usize { partitions.iter().map(|p| t.in_flight_of(*p)).sum() };
+    /// finish; `dropped` of their unfinished offsets were held jobs, dropped unqueued (they
+    /// will never finish).
+    fn drain(&mut self, partitions: &[i32], dropped: usize) {
+        let open = |t: &OffsetTracker| -> usize {
+            let unfinished: usize = partitions.iter().map(|p| t.in_flight_of(*p)).sum();
+            unfinished.saturating_sub(dropped)
+        };
         let deadline = Instant::now() + self.settings.revoke_drain;
         loop {
             self.take_completions();
@@ -414,6 +587,7 @@ impl<'a> Poller<'a> {
         if !new.is_empty() {
             self.owned.extend(new.iter().copied());
             for &p in &new {
+                self.new_epoch(p);
                 self.metrics.partition_owned(p);
             }
             log::info!(
@@ -422,14 +596,8 @@ impl<'a> Poller<'a> {
                 self.owned
             );
         }
-        match self.client.committed_offsets(partitions) {
-            Ok(committed) => {
-                for (partition, next) in committed {
-                    self.metrics.committed(partition, next);
-                }
-            }
-            Err(e) => log::debug!("kafka: {e}"),
-        }
+        self.committed_unread.extend(partitions.iter().copied());
+        self.read_committed();
     }
 
     /// Partitions being taken away: stop routing them, give their queued and in-flight events
@@ -439,16 +607,19 @@ impl<'a> Poller<'a> {
         for p in partitions {
             self.owned.remove(p);
         }
+        // Held events were never queued: not routed now, read again by the next owner.
+        let dropped = self.drop_held(partitions);
         let open: usize = partitions
             .iter()
             .map(|p| self.tracker.in_flight_of(*p))
-            .sum();
+            .sum::<usize>()
+            .saturating_sub(dropped);
         log::info!(
             "kafka: partitions {partitions:?} of {} revoked; finishing their {open} events in \
              flight",
             self.settings.topic,
         );
-        self.drain(partitions);
+        self.drain(partitions, dropped);
         let ready: Vec<(i32, i64)> = self
             .tracker
             .ready_to_commit()
@@ -458,19 +629,9 @@ impl<'a> Poller<'a> {
         self.commit_points(&ready);
         let mut abandoned = 0;
         for &p in partitions {
-            let held: HashSet<i64> = self
-                .unsent
-                .iter()
-                .filter(|l| l.partition == p)
-                .map(|l| l.offset)
-                .collect();
-            for offset in self.tracker.forget(p) {
-                abandoned += 1;
-                // A held dead letter is dropped below; anything else is still with a worker.
-                if !held.contains(&offset) {
-                    self.stale.insert((p, offset));
-                }
-            }
+            // What is still with a worker reports an epoch that is over from here on.
+            abandoned += self.tracker.forget(p).len() as u64;
+            self.epochs.remove(&p);
             self.metrics.forget_partition(p);
         }
         self.unsent.retain(|l| !partitions.contains(&l.partition));
@@ -491,11 +652,18 @@ impl<'a> Poller<'a> {
     /// One message: skip redeliveries and partitions not ours, route events, dead-letter bad
     /// input.
     fn receive(&mut self, partition: i32, offset: i64, value: &[u8]) {
+        let Some(&epoch) = self.epochs.get(&partition) else {
+            return; // not ours
+        };
         if !self.owned.contains(&partition) || !self.tracker.receive(partition, offset) {
             return;
         }
         self.metrics.consumed();
-        let position = Position { partition, offset };
+        let position = Position {
+            partition,
+            offset,
+            epoch,
+        };
         match decode(value, self.settings.fetch_max_bytes_per_partition) {
             Ok(event) => {
                 let job = Job {
@@ -504,23 +672,7 @@ impl<'a> Poller<'a> {
                     payload: value.to_vec(),
                     received: Instant::now(),
                 };
-                // Refused when stopping, or when the worker's queue is gone (a worker that
-                // died): either way the offset stays open, so it is never committed and the
-                // event is read again after a restart. Only the second is worth a word.
-                let health = &self.health;
-                let refused = self
-                    .pool
-                    .submit(job, &self.shutdown, || health.poller_beat());
-                if refused.is_err() && !self.shutdown.is_shutdown() {
-                    self.summary.abandoned += 1;
-                    log::error!(
-                        "event at {}/{partition}@{offset} refused by the worker pool (its worker \
-                         is gone); its offset stays uncommitted, so {} is not committed past it \
-                         and the event is read again after a restart",
-                        self.settings.topic,
-                        self.settings.topic
-                    );
-                }
+                self.route(job);
             }
             Err(bad) => {
                 self.dead_letter_log.note(
@@ -532,14 +684,38 @@ impl<'a> Poller<'a> {
                         self.dead_letters.topic()
                     ),
                 );
-                self.unsent.push(DeadLetter::new(
-                    bad.code(),
-                    bad.to_string(),
-                    &self.settings.topic,
-                    partition,
-                    offset,
-                    value,
-                ));
+                self.unsent.push(DeadLetter {
+                    epoch,
+                    ..DeadLetter::new(
+                        bad.code(),
+                        bad.to_string(),
+                        &self.settings.topic,
+                        partition,
+                        offset,
+                        value,
+                    )
+                });
+            }
+        }
+    }
+
+    /// Queues a job on its worker, unless that worker's queue is full or earlier records of
+    /// its partition are held: then it is held too (its partition is paused before the next
+    /// poll). Refused when stopping, or when the worker is gone (it died): either way the
+    /// offset stays open, so it is never committed and the event is read again after a
+    /// restart. Only the second is worth a word.
+    fn route(&mut self, job: Job) {
+        let partition = job.position.partition;
+        if let Some(queue) = self.held.get_mut(&partition) {
+            queue.push_back(job);
+            return;
+        }
+        match self.pool.try_submit(job, &self.shutdown) {
+            Ok(()) | Err(Refused::Stopping(_)) => {}
+            Err(Refused::Full(job)) => self.held.entry(partition).or_default().push_back(*job),
+            Err(Refused::Gone(job)) => {
+                self.summary.abandoned += 1;
+                refused_by_a_gone_worker(&self.settings.topic, &job.position);
             }
         }
     }
@@ -553,11 +729,16 @@ impl<'a> Poller<'a> {
 
     /// One worker report.
     fn complete(&mut self, done: Completion) {
-        let Position { partition, offset } = done.position;
-        // A job of a partition handed back before it finished: it counts, but it no longer
-        // moves that partition's commit point (the offset may be ours again by now, received
-        // anew and queued behind it on the same worker).
-        let stale = self.stale.remove(&(partition, offset));
+        let Position {
+            partition,
+            offset,
+            epoch,
+        } = done.position;
+        // A job of an assignment that is over (its partition was handed back, or its log
+        // replaced, before it finished): it counts, but it no longer moves the partition's
+        // commit point (the offset may be ours again by now, received anew and queued behind
+        // it on the same worker, or an offset of the new log).
+        let stale = !self.current(partition, epoch);
         match done.result {
             JobResult::Applied(outcome) => {
                 log::debug!(
@@ -569,14 +750,16 @@ impl<'a> Poller<'a> {
                 *self.summary.outcomes.entry(outcome.label()).or_default() += 1;
                 self.metrics
                     .applied(done.family.as_str(), outcome.label(), done.latency);
-                self.metrics.event_age(done.age);
+                // Up to the moment the loop takes it: what the loop adds belongs to the event's
+                // way to its commit.
+                self.metrics.event_age(done.age + done.reported.elapsed());
                 if !stale {
                     self.tracker.finish(partition, offset);
                 }
             }
             JobResult::Failed(e) if stale => log::warn!(
-                "order {} at {}/{partition}@{offset} failed after its partition was handed back: \
-                 {e}; left to the partition's next owner",
+                "order {} at {}/{partition}@{offset} failed after its partition was handed back \
+                 or its log replaced: {e}; not dead-lettered (left to the partition's owner)",
                 done.order_id,
                 self.settings.topic
             ),
@@ -591,14 +774,17 @@ impl<'a> Poller<'a> {
                         self.dead_letters.topic()
                     ),
                 );
-                self.unsent.push(DeadLetter::new(
-                    "processing_failed",
-                    e.to_string(),
-                    &self.settings.topic,
-                    partition,
-                    offset,
-                    &done.payload,
-                ));
+                self.unsent.push(DeadLetter {
+                    epoch,
+                    ..DeadLetter::new(
+                        "processing_failed",
+                        e.to_string(),
+                        &self.settings.topic,
+                        partition,
+                        offset,
+                        &done.payload,
+                    )
+                });
             }
             JobResult::Abandoned if stale => {}
             JobResult::Abandoned => self.summary.abandoned += 1,
@@ -623,7 +809,7 @@ impl<'a> Poller<'a> {
                     *self.summary.dead_letters.entry(letter.reason).or_default() += 1;
                     self.metrics.dead_lettered(letter.reason);
                     // A letter of a log that was replaced marks nothing of the new one.
-                    if !self.stale.remove(&(letter.partition, letter.offset)) {
+                    if self.current(letter.partition, letter.epoch) {
                         self.tracker.finish(letter.partition, letter.offset);
                     }
                     self.unsent.pop_front();
@@ -654,6 +840,11 @@ impl<'a> Poller<'a> {
     /// Commits every partition's finished prefix.
     fn commit(&mut self) {
         let ready = self.tracker.ready_to_commit();
+        if ready.is_empty() {
+            // Nothing left to commit (what failed was committed since, or handed back): no
+            // commit is failing.
+            self.kafka_call("commit", Ok(()));
+        }
         self.commit_points(&ready);
     }
 
@@ -670,12 +861,13 @@ impl<'a> Poller<'a> {
                     self.metrics.committed(partition, next);
                 }
                 log::debug!("committed {topic} offsets {ready:?}");
+                self.kafka_call("commit", Ok(()));
             }
             Err(e) => {
-                // Not ready until a poll or a connect works again: a commit can be the first
-                // call to find the broker gone.
-                self.health.kafka_ready(false);
+                // Not ready until a commit works again: a commit can be the first call to find
+                // the broker gone. The points stay ready, so the next commit tries them again.
                 log::warn!("kafka: {e}");
+                self.kafka_call("commit", Err(e.0));
             }
         }
     }
@@ -737,3 +929,14 @@ impl<'a> Poller<'a> {
 
 #[cfg(test)]
 mod tests;
+
+/// Says that an event's worker is gone (it died): its offset stays uncommitted.
+fn refused_by_a_gone_worker(topic: &str, position: &Position) {
+    log::error!(
+        "event at {topic}/{}@{} refused by the worker pool (its worker is gone); its offset \
+         stays uncommitted, so {topic} is not committed past it and the event is read again \
+         after a restart",
+        position.partition,
+        position.offset
+    );
+}

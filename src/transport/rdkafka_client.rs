@@ -113,6 +113,12 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
             "session.timeout.ms",
             s.membership.session_timeout.as_millis().to_string(),
         )
+        // The loop polls on while it holds partitions back (it pauses them), so this bounds a
+        // stuck loop, not a slow database.
+        .set(
+            "max.poll.interval.ms",
+            s.membership.max_poll_interval.as_millis().to_string(),
+        )
         .set(
             "fetch.wait.max.ms",
             s.fetch_max_wait.as_millis().to_string(),
@@ -390,6 +396,8 @@ pub struct RdkafkaConsumer {
     /// The topic's id when last read, and when that was.
     topic_id: Option<TopicId>,
     topic_id_read: Option<Instant>,
+    /// Why the latest read of the topic's id failed, while it does.
+    topic_id_failure: Option<String>,
 }
 
 impl RdkafkaConsumer {
@@ -404,6 +412,7 @@ impl RdkafkaConsumer {
             next: HashMap::new(),
             topic_id: None,
             topic_id_read: None,
+            topic_id_failure: None,
         }
     }
 
@@ -439,10 +448,13 @@ impl RdkafkaConsumer {
         let now = match topic_id::read(consumer.client(), topic, Duration::from_secs(2)) {
             Ok(id) => id,
             Err(e) => {
-                log::debug!("kafka: the id of topic {topic} is unavailable: {e}");
+                let why = format!("the id of topic {topic} is unavailable: {e}");
+                log::debug!("kafka: {why}");
+                self.topic_id_failure = Some(why);
                 return Vec::new();
             }
         };
+        self.topic_id_failure = None;
         let before = self.topic_id.replace(now);
         let Some(before) = before.filter(|b| *b != now) else {
             return Vec::new();
@@ -507,6 +519,15 @@ impl RdkafkaConsumer {
         self.consumer
             .as_ref()
             .ok_or_else(|| ClientError("not connected".into()))
+    }
+
+    /// These partitions of the topic, as librdkafka lists them.
+    fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.settings.topic, *p);
+        }
+        tpl
     }
 
     fn offsets(&self, points: &[(i32, i64)]) -> Result<TopicPartitionList, ClientError> {
@@ -694,6 +715,29 @@ impl ConsumerClient for RdkafkaConsumer {
         Ok(polled)
     }
 
+    /// librdkafka's pause: the partition's fetched and not yet returned messages are dropped
+    /// (a version barrier), and resume fetches again from the offset after the last one
+    /// returned by a poll.
+    fn pause(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let tpl = self.partition_list(partitions);
+        self.consumer()?
+            .pause(&tpl)
+            .map_err(|e| ClientError(format!("cannot pause partitions {partitions:?}: {e}")))
+    }
+
+    fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
+        let tpl = self.partition_list(partitions);
+        self.consumer()?
+            .resume(&tpl)
+            .map_err(|e| ClientError(format!("cannot resume partitions {partitions:?}: {e}")))
+    }
+
+    /// librdkafka refreshes metadata and reconnects by itself and reports failures through
+    /// `poll`; the one read of its own here is the topic's id.
+    fn background_failure(&self) -> Option<ClientError> {
+        self.topic_id_failure.clone().map(ClientError)
+    }
+
     /// Synchronous, and bounded by COMMIT_TIMEOUT (librdkafka alone would wait for an
     /// unreachable coordinator as long as it takes); not tried at all for partitions this
     /// member lost (the group refuses the commit).
@@ -715,10 +759,7 @@ impl ConsumerClient for RdkafkaConsumer {
             self.drop_consumer();
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            tpl.add_partition(&self.settings.topic, *p);
-        }
+        let tpl = self.partition_list(partitions);
         hand_back(self.consumer()?, &tpl).map_err(|e| ClientError(e.to_string()))
     }
 
@@ -745,11 +786,8 @@ impl ConsumerClient for RdkafkaConsumer {
     }
 
     fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {
+        let tpl = self.partition_list(partitions);
         let consumer = self.consumer()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            tpl.add_partition(&self.settings.topic, *p);
-        }
         let committed = consumer
             .committed_offsets(tpl, REQUEST_TIMEOUT)
             .map_err(|e| ClientError(format!("committed offsets unavailable: {e}")))?;

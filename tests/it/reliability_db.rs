@@ -143,8 +143,9 @@ fn sigterm_while_postgres_is_down_exits_within_the_drain_budget_and_loses_nothin
     const COURIERS: u32 = 50;
     hire(&pg, COURIERS);
     // Small batches and queues, so that "events wait in a queue" follows from a count the
-    // test can read: the two workers hold at most 2 × BATCH_MAX events, and the poller stops
-    // only once a queue holds QUEUE_CAPACITY (650 events fill one: 650 > 2 × (200 + 50)).
+    // test can read: the two workers hold at most 2 × BATCH_MAX events, and the poller holds
+    // events back (pausing their partitions) only once a queue holds QUEUE_CAPACITY (650
+    // events fill one: 650 > 2 × (200 + 50)).
     const QUEUE_CAPACITY: u64 = 200;
     const BATCH_MAX: u64 = 50;
     let env = stand.env(
@@ -194,6 +195,125 @@ fn sigterm_while_postgres_is_down_exits_within_the_drain_budget_and_loses_nothin
         restart.elapsed()
     );
     assert_applied_once(&snapshot(&pg), ORDERS, COURIERS as usize);
+    assert_eq!(service.terminate(Duration::from_secs(30)), Some(0));
+}
+
+/// The group's state and its members' ids, as the group coordinator describes them. A member
+/// that left or was removed (librdkafka's max.poll.interval.ms, the session timeout) joins
+/// again with a new id, and the group rebalances: the same single id before and after means no
+/// rebalance took this member out.
+fn group_members(brokers: &str, group: &str) -> (String, Vec<String>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("a probe client");
+    let list = probe
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .expect("the group is described");
+    let info = list
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .expect("the group exists");
+    let ids = info.members().iter().map(|m| m.id().to_owned()).collect();
+    (info.state().to_owned(), ids)
+}
+
+#[test]
+fn rdkafka_rides_out_postgres_down_longer_than_max_poll_interval_without_a_rebalance() {
+    // librdkafka's group membership is the point, whichever client the run's phase uses.
+    common::groups::require_rdkafka();
+    let Some(stand) = Stand::new("rel-maxpoll") else {
+        return;
+    };
+    let pg = PrivatePg::start("rel-pg-maxpoll");
+    const COURIERS: u32 = 50;
+    const WORKERS: u64 = 2;
+    const QUEUE_CAPACITY: u64 = 20;
+    const BATCH_MAX: u64 = 10;
+    const PARTITIONS: u64 = 2;
+    /// Most records one librdkafka poll hands the loop (`rdkafka_client::MAX_BATCH`).
+    const ONE_POLL: u64 = 512;
+    hire(&pg, COURIERS);
+    let env = stand.env(
+        &pg,
+        &[
+            ("KAFKA_CLIENT", "rdkafka"),
+            ("KAFKA_MAX_POLL_INTERVAL_MS", "15000"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "10000"),
+            ("QUEUE_CAPACITY", &QUEUE_CAPACITY.to_string()),
+            ("BATCH_MAX", &BATCH_MAX.to_string()),
+        ],
+    );
+    let mut service = Service::start(&env);
+    wait_until(
+        Duration::from_secs(60),
+        "the consumer to own both partitions",
+        || service.owned_partitions() == 2,
+    );
+    stand.produce_created(0, 100);
+    stand.wait_drained(&mut service, Duration::from_secs(90));
+    let (state, before) = group_members(&stand.brokers, &stand.group);
+    assert_eq!((state.as_str(), before.len()), ("Stable", 1), "{before:?}");
+    let consumed_before = consumed(&service);
+
+    // PostgreSQL is down for 40 s (more than twice max.poll.interval.ms) while events keep
+    // coming: the workers' queues fill and stay full.
+    pg.crash();
+    let down = Instant::now();
+    let mut produced = 100;
+    while down.elapsed() < Duration::from_secs(40) {
+        stand.produce_created(produced, produced + 125);
+        produced += 125;
+        // Pacing the producer over the outage, not waiting for an outcome.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let received = consumed(&service) - consumed_before;
+    eprintln!(
+        "PostgreSQL down {:?}: {} events produced meanwhile, {received} received by the service",
+        down.elapsed(),
+        produced - 100
+    );
+    // Backpressure held the rest in Kafka: what the workers hold and queue, and at most one
+    // poll's worth per partition held by the loop.
+    let bound = WORKERS * (QUEUE_CAPACITY + BATCH_MAX) + PARTITIONS * ONE_POLL;
+    assert!(
+        received <= bound,
+        "{received} events received with PostgreSQL down (bound {bound}): partitions were not \
+         paused"
+    );
+    assert!(service.running(), "service died:\n{}", service.log_text());
+
+    pg.start_again();
+    let back = Instant::now();
+    stand.wait_drained(&mut service, Duration::from_secs(180));
+    eprintln!(
+        "PostgreSQL back: all {produced} events applied and committed {:?} later",
+        back.elapsed()
+    );
+    let (state, after) = group_members(&stand.brokers, &stand.group);
+    let log = service.log_text();
+    assert_eq!(
+        (state.as_str(), &after),
+        ("Stable", &before),
+        "the member left the group (a rebalance):\n{log}"
+    );
+    assert!(
+        !log.contains("revoked"),
+        "a rebalance took partitions:\n{log}"
+    );
+    assert!(
+        !log.contains("maximum poll interval"),
+        "librdkafka saw the loop stop polling:\n{log}"
+    );
+    assert_applied_once(&snapshot(&pg), produced, COURIERS as usize);
+    let duplicates = common::groups::metric_where(
+        &service,
+        "courier_events_applied_total",
+        "outcome=\"duplicate\"",
+    );
+    assert_eq!(duplicates, 0.0, "events applied twice");
     assert_eq!(service.terminate(Duration::from_secs(30)), Some(0));
 }
 

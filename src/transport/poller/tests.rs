@@ -2,6 +2,7 @@
 //! errors, redeliveries, revocations and dead letters, with real workers over the in-memory
 //! repository behind a gate that holds transactions back on demand.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,30 +25,78 @@ use crate::transport::dead_letter_backlog::DEFAULT_MAX_LETTERS;
 use crate::transport::fake::{Call, Fake, Step};
 use crate::usecase::OrderEventProcessor;
 
-/// Holds transactions back: open, or a number of transactions still allowed through.
+/// Holds transactions back: open, or a number of transactions still allowed through; and
+/// apart from that, the workers (by thread name, `worker-N`) held back or failing for good.
 #[derive(Default)]
 struct Gate {
-    permits: Mutex<Option<u64>>,
+    state: Mutex<GateState>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct GateState {
+    permits: Option<u64>,
+    closed_workers: BTreeSet<String>,
+    failing_workers: BTreeSet<String>,
+    /// Transactions failed so far.
+    failures: u64,
+}
+
 impl Gate {
-    fn pass(&self) {
-        let mut permits = self.permits.lock().unwrap_or_else(PoisonError::into_inner);
-        while *permits == Some(0) {
-            permits = self
+    /// Waits until this transaction may go on; `Err` when this worker's transactions fail.
+    fn pass(&self) -> Result<(), RepoError> {
+        let me = std::thread::current().name().unwrap_or_default().to_owned();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.permits == Some(0) || state.closed_workers.contains(&me) {
+            state = self
                 .changed
-                .wait(permits)
+                .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        if let Some(n) = permits.as_mut() {
+        if let Some(n) = state.permits.as_mut() {
             *n -= 1;
         }
+        if state.failing_workers.contains(&me) {
+            state.failures += 1;
+            return Err(RepoError::Rejected(format!("{me} fails every event")));
+        }
+        Ok(())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut GateState)) {
+        change(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.notify_all();
+    }
+
+    fn failures(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failures
     }
 
     fn set(&self, permits: Option<u64>) {
-        *self.permits.lock().unwrap_or_else(PoisonError::into_inner) = permits;
-        self.changed.notify_all();
+        self.update(|s| s.permits = permits);
+    }
+
+    /// Holds worker `index` back (`closed`) or lets it through.
+    fn close_worker(&self, index: usize, closed: bool) {
+        let name = format!("worker-{index}");
+        self.update(|s| {
+            if closed {
+                s.closed_workers.insert(name);
+            } else {
+                s.closed_workers.remove(&name);
+            }
+        });
+    }
+
+    /// Makes every transaction of worker `index` fail for good from now on.
+    fn fail_worker(&self, index: usize) {
+        let name = format!("worker-{index}");
+        self.update(|s| {
+            s.failing_workers.insert(name);
+        });
     }
 }
 
@@ -62,7 +111,7 @@ impl CourierRepository for Gated {
         &self,
         work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
     ) -> Result<T, RepoError> {
-        self.gate.pass();
+        self.gate.pass()?;
         self.inner.transaction(work)
     }
     fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
@@ -86,6 +135,7 @@ impl CourierRepository for Gated {
 struct Harness {
     fake: Fake,
     gate: Arc<Gate>,
+    processor: Arc<OrderEventProcessor<Gated>>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -107,6 +157,7 @@ fn settings(revoke_drain: Duration) -> KafkaSettings {
         },
         membership: GroupSettings {
             session_timeout: Duration::from_secs(45),
+            max_poll_interval: Duration::from_secs(300),
             instance_id: None,
         },
         topic: "orders".into(),
@@ -121,38 +172,86 @@ fn settings(revoke_drain: Duration) -> KafkaSettings {
     }
 }
 
+/// The workers of a harness: how many, and how many jobs each queue holds.
+#[derive(Clone, Copy)]
+struct Workers {
+    count: usize,
+    capacity: usize,
+}
+
+/// The worker an order goes to in a pool of `workers` (as [`WorkerPool::route`] says).
+fn worker_of(order: &str, workers: usize) -> usize {
+    let (tx, _completions) = unbounded();
+    let context = WorkerContext {
+        processor: Arc::new(OrderEventProcessor::new(MemoryRepository::new())),
+        completions: tx,
+        shutdown: Shutdown::new(),
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(Health::new(Duration::from_secs(60))),
+    };
+    let settings = PoolSettings {
+        workers,
+        capacity: 1,
+        drain_budget: Duration::ZERO,
+        batch_max: 1,
+    };
+    let pool = WorkerPool::start(settings, context).expect("workers start");
+    let worker = pool
+        .route(&crate::domain::OrderId::parse(order).expect("an order id"))
+        .expect("a worker");
+    pool.close_and_join();
+    worker
+}
+
+/// `n` order ids of the form `{prefix}-{i}` that go to `worker` of `workers`.
+fn orders_of_worker(prefix: &str, worker: usize, workers: usize, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|o| worker_of(o, workers) == worker)
+        .take(n)
+        .collect()
+}
+
 impl Harness {
     /// One worker taking one event per transaction, so the gate counts events.
     fn start(fake: Fake, revoke_drain: Duration, gate_open: bool) -> Self {
+        let workers = Workers {
+            count: 1,
+            capacity: 64,
+        };
+        Self::start_with(fake, revoke_drain, gate_open, workers)
+    }
+
+    fn start_with(fake: Fake, revoke_drain: Duration, gate_open: bool, workers: Workers) -> Self {
         let gate = Arc::new(Gate::default());
         gate.set(if gate_open { None } else { Some(0) });
         let shutdown = Shutdown::new();
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let processor = Arc::new(OrderEventProcessor::new(Gated {
+            inner: MemoryRepository::new(),
+            gate: gate.clone(),
+        }));
         let thread = {
-            let (fake, gate, shutdown, metrics, health) = (
+            let (fake, processor, shutdown, metrics, health) = (
                 fake.clone(),
-                gate.clone(),
+                processor.clone(),
                 shutdown.clone(),
                 metrics.clone(),
                 health.clone(),
             );
             std::thread::spawn(move || {
                 let (tx, completions) = unbounded();
-                let repo = Gated {
-                    inner: MemoryRepository::new(),
-                    gate,
-                };
                 let context = WorkerContext {
-                    processor: Arc::new(OrderEventProcessor::new(repo)),
+                    processor,
                     completions: tx,
                     shutdown: shutdown.clone(),
                     metrics: metrics.clone(),
                     health: health.clone(),
                 };
                 let pool_settings = PoolSettings {
-                    workers: 1,
-                    capacity: 64,
+                    workers: workers.count,
+                    capacity: workers.capacity,
                     drain_budget: Duration::from_secs(10),
                     batch_max: 1,
                 };
@@ -169,6 +268,7 @@ impl Harness {
         Self {
             fake,
             gate,
+            processor,
             shutdown,
             metrics,
             health,
@@ -514,10 +614,10 @@ fn a_recreated_log_is_read_from_its_start_and_no_offset_of_the_old_log_is_commit
 }
 
 #[test]
-fn unsent_dead_letters_past_the_bound_pause_fetching_until_they_are_sent() {
+fn unsent_dead_letters_past_the_bound_pause_every_partition_while_polling_goes_on() {
     let fake = Fake::new();
     fake.state().refuse_dead_letters = u32::MAX;
-    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0, 1])]));
     let bad: Vec<Polled> = (0..DEFAULT_MAX_LETTERS as i64)
         .map(|o| Polled::Record {
             partition: 0,
@@ -526,26 +626,26 @@ fn unsent_dead_letters_past_the_bound_pause_fetching_until_they_are_sent() {
         })
         .collect();
     fake.then(Step::Deliver(bad));
-    let after = DEFAULT_MAX_LETTERS as i64;
-    fake.then(Step::Deliver(records(0, after..after + 1)));
     let h = Harness::start(fake, Duration::from_secs(5), true);
     h.wait_for("fetching paused", |h| {
         metric(h, "courier_fetching_paused") == Some(1)
     });
-    let polls = h.fake.state().polls;
     assert_eq!(
         metric(&h, "courier_dead_letter_backlog"),
         Some(DEFAULT_MAX_LETTERS as u64)
     );
-    // While paused, no poll: the event after the letters stays in the script. Checked once the
-    // loop has provably turned meanwhile (it tried to send the letters three more times).
-    let refusals_left = h.fake.state().refuse_dead_letters;
-    h.wait_for("three more dead-letter sends tried while paused", |h| {
-        refusals_left - h.fake.state().refuse_dead_letters >= 3
+    h.wait_for("both partitions paused", |h| {
+        h.fake.state().paused == BTreeSet::from([0, 1])
     });
-    assert_eq!(h.fake.state().polls, polls, "polled while paused");
+    // Paused, not stopped: the loop polls on (librdkafka's max.poll.interval.ms).
+    h.wait_polls(20);
     assert_eq!(h.committed(0), None);
     h.fake.state().refuse_dead_letters = 0;
+    h.wait_for("both partitions resumed", |h| {
+        h.fake.state().paused.is_empty()
+    });
+    let after = DEFAULT_MAX_LETTERS as i64;
+    h.fake.then(Step::Deliver(records(0, after..after + 1)));
     h.wait_for("every letter sent and the next event committed", |h| {
         h.committed(0) == Some(after + 1)
     });
@@ -554,6 +654,171 @@ fn unsent_dead_letters_past_the_bound_pause_fetching_until_they_are_sent() {
     h.stop();
 }
 
+#[test]
+fn polls_wait_briefly_while_events_are_in_flight_and_long_when_idle() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start(fake, Duration::from_secs(5), false);
+    let last_waits = |h: &Harness, n: usize| -> Vec<Duration> {
+        let s = h.fake.state();
+        s.poll_waits.iter().rev().take(n).copied().collect()
+    };
+    // Idle: each poll may block for the long wait (no spinning).
+    h.wait_polls(5);
+    assert!(
+        last_waits(&h, 5).iter().all(|w| *w == super::POLL_WAIT),
+        "{:?}",
+        last_waits(&h, 5)
+    );
+    // An event in flight (held at the gate): polls are short, so its completion is taken
+    // as soon as it comes.
+    h.fake.then(Step::Deliver(records(0, 0..1)));
+    h.wait_script_taken();
+    h.wait_polls(5);
+    assert!(
+        last_waits(&h, 5)
+            .iter()
+            .all(|w| *w == super::IN_FLIGHT_POLL_WAIT),
+        "{:?}",
+        last_waits(&h, 5)
+    );
+    h.gate.set(None);
+    h.wait_for("the event committed", |h| h.committed(0) == Some(1));
+    h.wait_polls(5);
+    assert!(
+        last_waits(&h, 5).iter().all(|w| *w == super::POLL_WAIT),
+        "{:?}",
+        last_waits(&h, 5)
+    );
+    h.stop();
+}
+
+/// Records of `partition` from `first` on, one per order of `orders`, in order.
+fn records_of(partition: i32, first: i64, orders: &[String]) -> Vec<Polled> {
+    orders
+        .iter()
+        .zip(first..)
+        .map(|(order, offset)| Polled::Record {
+            partition,
+            offset,
+            value: created(order).into_bytes(),
+        })
+        .collect()
+}
+
+/// The waiting orders, first in line first, of those in `orders`.
+fn waiting_among(h: &Harness, orders: &[String]) -> Vec<String> {
+    let snapshot = h.processor.repository().snapshot().expect("snapshot");
+    snapshot
+        .waiting
+        .iter()
+        .map(|o| o.as_str().to_owned())
+        .filter(|o| orders.contains(o))
+        .collect()
+}
+
+#[test]
+fn a_full_worker_queue_pauses_exactly_its_partitions_and_polling_goes_on() {
+    // Two workers, four jobs per queue; worker 0 is held back. Partition 0's orders all go to
+    // worker 0, partition 1's (fewer than a queue holds) to worker 1.
+    let workers = Workers {
+        count: 2,
+        capacity: 4,
+    };
+    let slow = orders_of_worker("slow", 0, 2, 10);
+    let fast = orders_of_worker("fast", 1, 2, 3);
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0, 1])]));
+    let h = Harness::start_with(fake, Duration::from_secs(5), true, workers);
+    h.gate.close_worker(0, true);
+    h.fake.then(Step::Deliver(records_of(0, 0, &slow[..6])));
+    h.wait_for("partition 0 paused", |h| {
+        h.fake.state().calls.contains(&Call::Pause(vec![0]))
+    });
+    // A poll in progress may still return records of a paused partition: they are held
+    // behind the others, in order.
+    h.fake.then(Step::Deliver(records_of(0, 6, &slow[6..])));
+    h.fake.then(Step::Deliver(records_of(1, 0, &fast)));
+    h.wait_for("partition 1 applied and committed", |h| {
+        h.committed(1) == Some(3)
+    });
+    // The loop polls on while partition 0 is held back, and pauses nothing else.
+    h.wait_polls(20);
+    {
+        let s = h.fake.state();
+        assert_eq!(s.paused, BTreeSet::from([0]), "{:?}", s.calls);
+        assert!(
+            s.calls
+                .iter()
+                .all(|c| !matches!(c, Call::Pause(p) if p.contains(&1))),
+            "{:?}",
+            s.calls
+        );
+    }
+    assert_eq!(h.committed(0), None, "nothing of partition 0 finished");
+    h.gate.close_worker(0, false);
+    h.wait_for("partition 0 resumed", |h| {
+        h.fake.state().calls.contains(&Call::Resume(vec![0]))
+    });
+    h.wait_for("partition 0 committed", |h| h.committed(0) == Some(10));
+    assert!(h.fake.state().paused.is_empty());
+    // Nothing lost, nothing applied twice, each partition in offset order.
+    assert_eq!(waiting_among(&h, &slow), slow);
+    assert_eq!(waiting_among(&h, &fast), fast);
+    let (_, summary) = h.stop();
+    assert_eq!(
+        summary.outcomes.into_iter().collect::<Vec<_>>(),
+        vec![("waiting", 13)]
+    );
+}
+
+#[test]
+fn a_completion_of_a_replaced_log_marks_nothing_of_the_new_one_nor_dead_letters_under_it() {
+    // Offset 0 of the old log (an order of worker 0) is still with worker 0 when the log is
+    // replaced; offset 0 of the new log (an order of worker 1) finishes first. The old job
+    // then fails for good: it must not be dead-lettered, nor mark anything of the new log.
+    let workers = Workers {
+        count: 2,
+        capacity: 8,
+    };
+    let old = orders_of_worker("old", 0, 2, 1);
+    let new = orders_of_worker("new", 1, 2, 2);
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start_with(fake, Duration::from_millis(100), true, workers);
+    h.gate.close_worker(0, true);
+    h.fake.then(Step::Deliver(records_of(0, 0, &old)));
+    h.wait_script_taken();
+    let mut new_log = vec![Polled::Recreated {
+        partition: 0,
+        reason: "the topic's id changed".into(),
+    }];
+    new_log.extend(records_of(0, 0, &new));
+    h.fake.then(Step::Deliver(new_log));
+    h.wait_for("the new log committed", |h| h.committed(0) == Some(2));
+    h.gate.fail_worker(0);
+    h.gate.close_worker(0, false);
+    h.wait_for("the old job failed", |h| h.gate.failures() == 1);
+    // The new log goes on from where it is: offset 2 finishes and is committed.
+    h.fake.then(Step::Deliver(records_of(
+        0,
+        2,
+        &orders_of_worker("more", 1, 2, 1),
+    )));
+    h.wait_for("offset 2 of the new log committed", |h| {
+        h.committed(0) == Some(3)
+    });
+    // Stopping takes every report left; the old job's failure is among them.
+    let fake = h.fake.clone();
+    let (_, summary) = h.stop();
+    assert!(summary.dead_letters.is_empty(), "{summary:?}");
+    let calls = fake.state().calls.clone();
+    assert!(
+        calls.iter().all(|c| !matches!(c, Call::DeadLetter(..))),
+        "{calls:?}"
+    );
+    assert_eq!(commits_of(&calls, 0).last(), Some(&3), "{calls:?}");
+}
 #[test]
 fn a_client_that_connects_and_then_fails_every_poll_backs_off_further_each_time() {
     // Each failed poll drops the session and the loop connects again at once; the connect
@@ -616,6 +881,52 @@ fn readiness_drops_when_a_commit_finds_the_broker_gone_and_reconnects_fail() {
     assert!(kafka_missing(&h), "{:?}", h.health.readiness());
     h.fake.state().refuse_connects = 0;
     h.wait_for("the second event committed", |h| h.committed(0) == Some(2));
-    assert!(!kafka_missing(&h), "{:?}", h.health.readiness());
+    h.wait_for("ready again", |h| !kafka_missing(h));
+    h.stop();
+}
+
+#[test]
+fn readiness_follows_every_failed_kafka_call_and_comes_back_when_they_work() {
+    let fake = Fake::new();
+    fake.state().refuse_committed_offsets = 1;
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    // The committed offset read at the assignment fails; it is read again with the
+    // watermarks, a few seconds later.
+    h.wait_for("a failed committed-offset read shown", kafka_missing);
+    h.wait_for("ready once it is read", |h| !kafka_missing(h));
+
+    // A read the client makes by itself inside `poll` (metadata, say) fails, then works.
+    h.fake.state().background_failure = Some("cannot load metadata: broker gone".into());
+    h.wait_for("a failed metadata read shown", kafka_missing);
+    let why = h.health.readiness().expect_err("not ready");
+    assert!(why.contains("not connected to Kafka"), "{why}");
+    h.fake.state().background_failure = None;
+    h.wait_for("ready once it works", |h| !kafka_missing(h));
+
+    // A high-watermark read fails, then the next one (a few seconds later) works.
+    h.fake.state().refuse_watermarks = 1;
+    h.wait_for("a failed high-watermark read shown", kafka_missing);
+    h.wait_for("ready once it works", |h| !kafka_missing(h));
+
+    // A fetch fails and the reconnects fail too.
+    {
+        let mut s = h.fake.state();
+        s.refuse_connects = u32::MAX;
+        s.script
+            .push_back(Step::Fail("fetch failed: broker gone".into()));
+    }
+    h.wait_for("a failed fetch shown", kafka_missing);
+    let connects = |h: &Harness| {
+        let calls = h.fake.state().calls.clone();
+        calls.iter().filter(|c| **c == Call::Connect).count()
+    };
+    let before = connects(&h);
+    h.wait_for("two reconnects refused", |h| connects(h) >= before + 2);
+    assert!(kafka_missing(&h), "{:?}", h.health.readiness());
+    h.fake.state().refuse_connects = 0;
+    h.fake.then(Step::Deliver(records(0, 0..1)));
+    h.wait_for("the event committed", |h| h.committed(0) == Some(1));
+    h.wait_for("ready again", |h| !kafka_missing(h));
     h.stop();
 }
