@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError};
 use crate::domain::{CourierId, NewCourier, Phone, TransportType};
-use crate::repository::{CourierRepository, PgRepository, RepoError};
+use crate::repository::{FleetDirectory, PgRepository, RepoError};
 use crate::usecase::couriers::{self, CourierChange, CourierCommandError};
 
 /// Exit code for bad arguments or configuration (clap uses it too).

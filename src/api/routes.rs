@@ -410,7 +410,7 @@ fn delete_courier<R: FleetDirectory>(api: &Api<R>, id: CourierId) -> Outcome {
     }
 }
 
-fn list_couriers<R: CourierRepository>(api: &Api<R>) -> Outcome {
+fn list_couriers<R: FleetDirectory>(api: &Api<R>) -> Outcome {
     let all: Vec<json::Courier> = api.repo.couriers()?.iter().map(Into::into).collect();
     Ok(Reply::json(200, &all))
 }

@@ -388,9 +388,6 @@ mod tests {
     /// The repository reads of a test wrapper, passed on to its `inner` store.
     macro_rules! reads_from_inner {
         () => {
-            fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
-                self.inner.couriers()
-            }
             fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {
                 self.inner.snapshot()
             }
@@ -614,9 +611,6 @@ mod tests {
             _work: &mut dyn FnMut(&mut dyn crate::repository::StorageTx) -> Result<T, RepoError>,
         ) -> Result<T, RepoError> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Err(RepoError::Transient("down".into()))
-        }
-        fn couriers(&self) -> Result<Vec<crate::repository::CourierView>, RepoError> {
             Err(RepoError::Transient("down".into()))
         }
         fn snapshot(&self) -> Result<crate::repository::Snapshot, RepoError> {

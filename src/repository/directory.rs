@@ -11,6 +11,9 @@ use crate::domain::{CourierId, OrderId, Phone, TransportType};
 /// The fleet as people look it up and edit it. Edits here never hand out an order: a status
 /// change goes through the usecases (pause, resume), over [`super::CourierRepository`].
 pub trait FleetDirectory: Send + Sync {
+    /// Every courier with their statistics, by id (`stats`, `couriers list`, `GET /couriers`).
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError>;
+
     /// One courier with their statistics.
     fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError>;
 

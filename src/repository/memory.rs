@@ -89,15 +89,6 @@ impl CourierRepository for MemoryRepository {
         Ok(result)
     }
 
-    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
-        Ok(self
-            .lock()
-            .couriers
-            .values()
-            .map(|c| c.view.clone())
-            .collect())
-    }
-
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         let state = self.lock();
         let mut waiting: Vec<((DateTime<Utc>, u64), OrderId)> = state
@@ -140,6 +131,15 @@ impl CourierRepository for MemoryRepository {
 }
 
 impl FleetDirectory for MemoryRepository {
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
+        Ok(self
+            .lock()
+            .couriers
+            .values()
+            .map(|c| c.view.clone())
+            .collect())
+    }
+
     fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
         Ok(self.lock().couriers.get(&id).map(|c| c.view.clone()))
     }

@@ -124,10 +124,6 @@ pub trait CourierRepository: Send + Sync {
         work: &mut dyn FnMut(&mut dyn StorageTx) -> Result<T, RepoError>,
     ) -> Result<T, RepoError>;
 
-    /// Every courier with their statistics, by id: what the events made of the fleet (`stats`,
-    /// `couriers list`, `GET /couriers`).
-    fn couriers(&self) -> Result<Vec<CourierView>, RepoError>;
-
     /// The whole state, for comparing stores and checking invariants.
     fn snapshot(&self) -> Result<Snapshot, RepoError>;
 

@@ -207,13 +207,6 @@ impl CourierRepository for PgRepository {
         Ok(out)
     }
 
-    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
-        self.read_whole_tables(|tx| {
-            let rows = tx.query(COURIERS, &[]).map_err(classify)?;
-            rows.iter().map(courier_view).collect()
-        })
-    }
-
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         const ORDERS: &str =
             "SELECT order_id, state, courier_id FROM orders WHERE state <> 'unseen'";

@@ -4,7 +4,7 @@
 use super::session::OpenTx;
 use super::{
     classify, completed_by, courier_view, get, order_id, order_state, PgRepository, Plans,
-    COURIERS_WHERE,
+    COURIERS, COURIERS_WHERE,
 };
 use crate::domain::{CourierId, OrderId};
 use crate::repository::{
@@ -16,6 +16,13 @@ use crate::repository::{
 const MOST_ROWS: i64 = 10_000;
 
 impl FleetDirectory for PgRepository {
+    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
+        self.read_whole_tables(|tx| {
+            let rows = tx.query(COURIERS, &[]).map_err(classify)?;
+            rows.iter().map(courier_view).collect()
+        })
+    }
+
     fn courier(&self, id: CourierId) -> Result<Option<CourierView>, RepoError> {
         self.read_whole_tables(|tx| one_courier(tx, id))
     }

@@ -17,7 +17,7 @@ use crate::config::{
 use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
 use crate::ops::{Health, Metrics};
 use crate::repository::{
-    CourierRepository, CourierView, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
+    CourierRepository, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
 };
 use crate::shutdown::Shutdown;
 use crate::transport::client::Polled;
@@ -113,9 +113,6 @@ impl CourierRepository for Gated {
     ) -> Result<T, RepoError> {
         self.gate.pass()?;
         self.inner.transaction(work)
-    }
-    fn couriers(&self) -> Result<Vec<CourierView>, RepoError> {
-        self.inner.couriers()
     }
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         self.inner.snapshot()
