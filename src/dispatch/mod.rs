@@ -222,10 +222,11 @@ impl WorkerPool {
         }
     }
 
-    /// Queues a job on its order's worker if that queue has room now, never waiting: the
-    /// poller holds a refused job back (and pauses its partition) instead of blocking, so it
-    /// keeps polling. Once stopping, every job is refused, as with [`WorkerPool::submit`].
-    pub fn try_submit(&self, job: Job, shutdown: &Shutdown) -> Result<(), Refused> {
+    /// Queues a job on its order's worker if that queue has room within `wait` (at once when
+    /// zero): the poller holds a refused job back (and pauses its partition) instead of
+    /// blocking for long, so it keeps polling. Once stopping, every job is refused, as with
+    /// [`WorkerPool::submit`].
+    pub fn try_submit(&self, job: Job, shutdown: &Shutdown, wait: Duration) -> Result<(), Refused> {
         let Some(queue) = self
             .route(&job.event.order_id)
             .and_then(|w| self.queues.get(w))
@@ -235,10 +236,17 @@ impl WorkerPool {
         if shutdown.is_shutdown() {
             return Err(Refused::Stopping(Box::new(job)));
         }
-        match queue.try_send(job) {
+        if wait.is_zero() {
+            return match queue.try_send(job) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(j)) => Err(Refused::Full(Box::new(j))),
+                Err(TrySendError::Disconnected(j)) => Err(Refused::Gone(Box::new(j))),
+            };
+        }
+        match queue.send_timeout(job, wait) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(j)) => Err(Refused::Full(Box::new(j))),
-            Err(TrySendError::Disconnected(j)) => Err(Refused::Gone(Box::new(j))),
+            Err(SendTimeoutError::Timeout(j)) => Err(Refused::Full(Box::new(j))),
+            Err(SendTimeoutError::Disconnected(j)) => Err(Refused::Gone(Box::new(j))),
         }
     }
 
@@ -833,29 +841,46 @@ mod tests {
             ..
         } = gated(1);
         let running = Shutdown::new();
-        pool.try_submit(job("gate", OrderStatus::Created, 0), &running)
-            .expect("queued");
+        pool.try_submit(
+            job("gate", OrderStatus::Created, 0),
+            &running,
+            Duration::ZERO,
+        )
+        .expect("queued");
         at_gate.recv().expect("the worker reached the gate");
         // The worker is held: its queue (16) fills, and the next job comes back at once.
         for offset in 1..=16 {
             pool.try_submit(
                 job(&format!("q{offset}"), OrderStatus::Created, offset),
                 &running,
+                Duration::ZERO,
             )
             .expect("room in the queue");
         }
-        let full = pool.try_submit(job("q17", OrderStatus::Created, 17), &running);
+        let full = pool.try_submit(
+            job("q17", OrderStatus::Created, 17),
+            &running,
+            Duration::ZERO,
+        );
         assert!(
             matches!(&full, Err(Refused::Full(j)) if j.position.offset == 17),
             "{full:?}"
         );
         let stopping = Shutdown::new();
         stopping.trigger();
-        let refused = pool.try_submit(job("q18", OrderStatus::Created, 18), &stopping);
+        let refused = pool.try_submit(
+            job("q18", OrderStatus::Created, 18),
+            &stopping,
+            Duration::ZERO,
+        );
         assert!(matches!(refused, Err(Refused::Stopping(_))), "{refused:?}");
         open_gate.send(()).expect("open the gate");
         pool.close_and_join();
-        let gone = WorkerPool::empty().try_submit(job("q19", OrderStatus::Created, 19), &running);
+        let gone = WorkerPool::empty().try_submit(
+            job("q19", OrderStatus::Created, 19),
+            &running,
+            Duration::ZERO,
+        );
         assert!(matches!(gone, Err(Refused::Gone(_))), "{gone:?}");
     }
 

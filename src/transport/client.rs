@@ -76,6 +76,19 @@ pub enum ConnectError {
     Misconfigured(String),
 }
 
+/// When the loop pauses partitions whose records it holds back (their workers' queues are full).
+/// A pause that costs nothing pauses at once; one that throws away what the client fetched ahead
+/// (librdkafka) waits until it spares more than it repeats, or until the workers are stuck.
+/// The default pauses at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PauseBound {
+    /// Records held (all partitions together) past which their partitions are paused.
+    pub held: usize,
+    /// How long the workers may take none of the held records before their partitions are
+    /// paused whatever their number (the database is down, say).
+    pub stuck_after: Duration,
+}
+
 /// A failed client call, described for a log line (never holding a secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientError(pub String);
@@ -107,6 +120,9 @@ pub trait ConsumerClient {
 
     /// Fetches these paused partitions again, from the offset after the last record returned.
     fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError>;
+
+    /// When the loop pauses the partitions of the records it holds back.
+    fn pause_bound(&self) -> PauseBound;
 
     /// Why the calls the client makes by itself inside `poll` besides fetching (metadata,
     /// watermark and group-offset reads) fail: `Some` while the latest call of a kind failed,

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
+use super::client::{
+    ClientError, ConnectError, ConsumerClient, DeadLetterProducer, PauseBound, Polled,
+};
 use super::dead_letter::DeadLetter;
 
 /// What one poll does.
@@ -67,6 +69,8 @@ pub struct FakeBroker {
     pub refuse_committed_offsets: u32,
     /// What `background_failure` reports (a failing metadata read inside `poll`, say).
     pub background_failure: Option<String>,
+    /// What `pause_bound` says (by default: pause as soon as a record is held, like `kafka`).
+    pub pause_bound: PauseBound,
     /// Partitions paused now (the script still delivers what it holds: a poll in progress
     /// returns records of a partition paused meanwhile).
     pub paused: BTreeSet<i32>,
@@ -164,6 +168,10 @@ impl ConsumerClient for Fake {
 
     fn background_failure(&self) -> Option<ClientError> {
         self.state().background_failure.clone().map(ClientError)
+    }
+
+    fn pause_bound(&self) -> PauseBound {
+        self.state().pause_bound
     }
 
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use kafka::client::{CommitOffset, FetchOffset, FetchPartition, GroupOffsetStorage, KafkaClient};
 use kafka::error::KafkaCode;
 
-use super::client::{ClientError, ConnectError, ConsumerClient, Polled};
+use super::client::{ClientError, ConnectError, ConsumerClient, PauseBound, Polled};
 use super::kafka_edge::gap::fill_gap;
 use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
 use super::kafka_edge::read::{fetch_partition, OwnedMessage};
@@ -759,6 +759,15 @@ impl ConsumerClient for KafkaCrateConsumer {
             self.paused.remove(p);
         }
         Ok(())
+    }
+
+    /// A paused partition is only left out of the next fetches: nothing fetched is dropped, so
+    /// a partition is paused as soon as one of its records is held.
+    fn pause_bound(&self) -> PauseBound {
+        PauseBound {
+            held: 0,
+            stuck_after: Duration::ZERO,
+        }
     }
 
     fn background_failure(&self) -> Option<ClientError> {

@@ -37,6 +37,8 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 /// polls, so this bounds what the loop adds to an event's commit (librdkafka's poll returns as
 /// soon as a record is there; an idle loop waits POLL_WAIT and does not spin).
 const IN_FLIGHT_POLL_WAIT: Duration = Duration::from_millis(1);
+/// Longest the loop waits for room in the workers' queues before it polls again.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
 /// How often the high watermarks are read, and a failed committed-offset read is tried again.
 const WATERMARKS_EVERY: Duration = Duration::from_secs(5);
 /// Longest the loop spends sending held dead letters before it polls and commits again.
@@ -111,9 +113,11 @@ pub struct Poller<'a> {
     last_epoch: u64,
     tracker: OffsetTracker,
     /// Jobs whose worker's queue was full, by partition, in offset order: queued before any
-    /// later record of their partition, which stays paused meanwhile. At most one poll's worth
-    /// per partition (it is paused before the next poll).
+    /// later record of their partition. Their partitions are paused as the client's
+    /// [`PauseBound`](super::client::PauseBound) says.
     held: BTreeMap<i32, VecDeque<Job>>,
+    /// When the workers last took a held job (or none was held).
+    room_seen: Instant,
     /// Partitions paused in the client now.
     paused: BTreeSet<i32>,
     /// Partitions whose committed offset could not be read at assignment (tried again with the
@@ -171,6 +175,7 @@ impl<'a> Poller<'a> {
             last_epoch: 0,
             tracker: OffsetTracker::new(),
             held: BTreeMap::new(),
+            room_seen: Instant::now(),
             paused: BTreeSet::new(),
             committed_unread: BTreeSet::new(),
             failing: BTreeMap::new(),
@@ -356,12 +361,16 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// Queues held jobs whose workers have room now, each partition's in offset order.
+    /// Queues held jobs, each partition's in offset order, waiting up to [`ROOM_WAIT`] in all
+    /// for room: a drain then runs at the workers' pace with few polls, as when the loop
+    /// blocked on a full queue, and the loop still polls at least that often.
     fn submit_held(&mut self) {
+        let deadline = Instant::now() + ROOM_WAIT;
         for queue in self.held.values_mut() {
             while let Some(job) = queue.pop_front() {
-                match self.pool.try_submit(job, &self.shutdown) {
-                    Ok(()) => {}
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match self.pool.try_submit(job, &self.shutdown, wait) {
+                    Ok(()) => self.room_seen = Instant::now(),
                     Err(Refused::Full(job)) => {
                         queue.push_front(*job);
                         break;
@@ -376,19 +385,28 @@ impl<'a> Poller<'a> {
             }
         }
         self.held.retain(|_, queue| !queue.is_empty());
+        if self.held.is_empty() {
+            self.room_seen = Instant::now();
+        }
     }
 
-    /// Pauses the partitions backpressure holds back (those with held jobs; every one while
-    /// the dead-letter backlog is past its bound) and resumes the others.
+    /// Pauses the partitions backpressure holds back and resumes the others: every one while
+    /// the dead-letter backlog is past its bound; else those with held jobs once the client's
+    /// [`PauseBound`](super::client::PauseBound) is passed, and a paused one until its held
+    /// jobs are all queued.
     fn sync_pauses(&mut self) {
         let backlog_full = self.backlog_pauses_fetching();
+        let holding: usize = self.held.values().map(VecDeque::len).sum();
+        let bound = self.client.pause_bound();
+        let over =
+            holding > bound.held || (holding > 0 && self.room_seen.elapsed() >= bound.stuck_after);
         let wanted: BTreeSet<i32> = if backlog_full {
             self.owned.clone()
         } else {
             self.held
                 .keys()
                 .copied()
-                .filter(|p| self.owned.contains(p))
+                .filter(|p| self.owned.contains(p) && (over || self.paused.contains(p)))
                 .collect()
         };
         let pause: Vec<i32> = wanted.difference(&self.paused).copied().collect();
@@ -710,7 +728,7 @@ impl<'a> Poller<'a> {
             queue.push_back(job);
             return;
         }
-        match self.pool.try_submit(job, &self.shutdown) {
+        match self.pool.try_submit(job, &self.shutdown, Duration::ZERO) {
             Ok(()) | Err(Refused::Stopping(_)) => {}
             Err(Refused::Full(job)) => self.held.entry(partition).or_default().push_back(*job),
             Err(Refused::Gone(job)) => {

@@ -35,7 +35,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::bounded_commit;
-use super::client::{ClientError, ConnectError, ConsumerClient, DeadLetterProducer, Polled};
+use super::client::{
+    ClientError, ConnectError, ConsumerClient, DeadLetterProducer, PauseBound, Polled,
+};
 use super::dead_letter::DeadLetter;
 use super::start::{Start, Watermarks};
 use super::topic_id::{self, TopicId};
@@ -44,6 +46,8 @@ use crate::ops::log_throttle::{LogThrottle, SUMMARY_EVERY};
 
 /// Most records taken from librdkafka's queue in one poll: keeps commits and rebalances near.
 const MAX_BATCH: usize = 512;
+/// librdkafka's `queued.min.messages`: how many messages of a partition it keeps fetched ahead.
+const QUEUED_MIN_MESSAGES: usize = 10_000;
 /// Most error reports taken from librdkafka's queue in one poll (an outage leaves many).
 const MAX_ERRORS_PER_POLL: usize = 1000;
 /// How long the metadata request after error reports may take: are the brokers back?
@@ -126,7 +130,7 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
         .set("max.partition.fetch.bytes", per_partition.to_string())
         .set("fetch.max.bytes", fetch_max.to_string())
         .set("queued.max.messages.kbytes", queued_kbytes.to_string())
-        .set("queued.min.messages", "10000")
+        .set("queued.min.messages", QUEUED_MIN_MESSAGES.to_string())
         // With a small queue a full queue is common: fetch again soon after it drains, not 1 s
         // later (librdkafka's default).
         .set(
@@ -730,6 +734,18 @@ impl ConsumerClient for RdkafkaConsumer {
         self.consumer()?
             .resume(&tpl)
             .map_err(|e| ClientError(format!("cannot resume partitions {partitions:?}: {e}")))
+    }
+
+    /// librdkafka drops a paused partition's prefetched messages (up to
+    /// [`QUEUED_MIN_MESSAGES`]) and fetches them again on resume: the loop holds twice that
+    /// before pausing, so a pause repeats at most half the work it spares (pausing as soon as
+    /// a record was held took a one-partition drain from 31,000 to 3,000 events/s), unless the
+    /// workers take nothing for a second.
+    fn pause_bound(&self) -> PauseBound {
+        PauseBound {
+            held: 2 * QUEUED_MIN_MESSAGES,
+            stuck_after: Duration::from_secs(1),
+        }
     }
 
     /// librdkafka refreshes metadata and reconnects by itself and reports failures through

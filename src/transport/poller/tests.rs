@@ -20,7 +20,7 @@ use crate::repository::{
     CourierRepository, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
 };
 use crate::shutdown::Shutdown;
-use crate::transport::client::Polled;
+use crate::transport::client::{PauseBound, Polled};
 use crate::transport::dead_letter_backlog::DEFAULT_MAX_LETTERS;
 use crate::transport::fake::{Call, Fake, Step};
 use crate::usecase::OrderEventProcessor;
@@ -767,6 +767,80 @@ fn a_full_worker_queue_pauses_exactly_its_partitions_and_polling_goes_on() {
         summary.outcomes.into_iter().collect::<Vec<_>>(),
         vec![("waiting", 13)]
     );
+}
+
+#[test]
+fn a_client_whose_pause_drops_what_it_fetched_ahead_holds_records_up_to_its_bound_first() {
+    // librdkafka's pause drops the partition's prefetched messages (rdkafka_client says to hold
+    // up to twice them first); here the bound is 5 held records. Worker 0 is held back: the
+    // first 6 records fill its queue with one or two left over, under the bound; 6 more go over.
+    let workers = Workers {
+        count: 2,
+        capacity: 4,
+    };
+    let slow = orders_of_worker("slow", 0, 2, 12);
+    let fake = Fake::new();
+    // Never stuck here: worker 0 is held back on purpose, and only the number may pause.
+    fake.state().pause_bound = PauseBound {
+        held: 5,
+        stuck_after: Duration::from_secs(3600),
+    };
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start_with(fake, Duration::from_secs(5), true, workers);
+    h.gate.close_worker(0, true);
+    h.fake.then(Step::Deliver(records_of(0, 0, &slow[..6])));
+    h.wait_script_taken();
+    h.wait_polls(20);
+    assert!(
+        h.fake
+            .state()
+            .calls
+            .iter()
+            .all(|c| !matches!(c, Call::Pause(_))),
+        "paused under the bound: {:?}",
+        h.fake.state().calls
+    );
+    h.fake.then(Step::Deliver(records_of(0, 6, &slow[6..])));
+    h.wait_for("partition 0 paused over the bound", |h| {
+        h.fake.state().calls.contains(&Call::Pause(vec![0]))
+    });
+    h.gate.close_worker(0, false);
+    h.wait_for("partition 0 resumed", |h| {
+        h.fake.state().calls.contains(&Call::Resume(vec![0]))
+    });
+    h.wait_for("partition 0 committed", |h| h.committed(0) == Some(12));
+    assert_eq!(waiting_among(&h, &slow), slow, "in offset order, each once");
+    let (_, summary) = h.stop();
+    assert_eq!(
+        summary.outcomes.into_iter().collect::<Vec<_>>(),
+        vec![("waiting", 12)]
+    );
+}
+
+#[test]
+fn held_records_the_workers_take_none_of_pause_their_partition_under_the_bound() {
+    let workers = Workers {
+        count: 2,
+        capacity: 4,
+    };
+    let slow = orders_of_worker("stuck", 0, 2, 6);
+    let fake = Fake::new();
+    fake.state().pause_bound = PauseBound {
+        held: 1000,
+        stuck_after: Duration::from_millis(200),
+    };
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start_with(fake, Duration::from_secs(5), true, workers);
+    h.gate.close_worker(0, true);
+    h.fake.then(Step::Deliver(records_of(0, 0, &slow)));
+    h.wait_for("partition 0 paused: the workers took nothing", |h| {
+        h.fake.state().calls.contains(&Call::Pause(vec![0]))
+    });
+    h.gate.close_worker(0, false);
+    h.wait_for("partition 0 committed", |h| h.committed(0) == Some(6));
+    assert!(h.fake.state().calls.contains(&Call::Resume(vec![0])));
+    assert_eq!(waiting_among(&h, &slow), slow);
+    h.stop();
 }
 
 #[test]
