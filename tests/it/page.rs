@@ -164,6 +164,8 @@ fn the_page_shows_what_the_json_routes_say() {
     // During the traffic: a screenshot, and the page says it flows and lists every courier.
     let shot = repo_root().join("target/operator-page.png");
     let _ = std::fs::remove_file(&shot);
+    // target/ is not there when CARGO_TARGET_DIR points elsewhere.
+    std::fs::create_dir_all(repo_root().join("target")).expect("create target/");
     chromium(&url, Some(&shot));
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "no screenshot at {}", shot.display());

@@ -275,8 +275,9 @@ fn rdkafka_rides_out_postgres_down_longer_than_max_poll_interval_without_a_rebal
         down.elapsed(),
         produced - 100
     );
-    // Backpressure held the rest in Kafka: what the workers hold and queue, and at most one
-    // poll's worth per partition held by the loop.
+    // Backpressure held the rest in Kafka: what the workers hold and queue, and what the loop
+    // took before it paused (a second after the workers stopped taking any: rdkafka_client's
+    // PauseBound), less than one poll's worth per partition at this pace.
     let bound = WORKERS * (QUEUE_CAPACITY + BATCH_MAX) + PARTITIONS * ONE_POLL;
     assert!(
         received <= bound,
