@@ -40,7 +40,7 @@ STEADY_SECS="${STEADY_SECS:-20}"
 DIR="${BENCH_DIR:-$REPO/.cache/bench}"
 export PG_STATE_DIR="$DIR/postgres" KAFKA_STATE_DIR="$DIR/kafka"
 METRICS_PORT="${BENCH_METRICS_PORT:-19464}"
-BIN="$REPO/target/release/service-courier"
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/service-courier"
 mkdir -p "$DIR"
 
 "$REPO/scripts/deps.sh"
