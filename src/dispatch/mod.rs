@@ -131,6 +131,15 @@ pub struct WorkerPool {
     drain_budget: Duration,
 }
 
+/// The worker of `order` in a pool of `workers` (`None` for none): a hash of the order id, so
+/// an order's events always meet the same worker, in the order they were read.
+pub fn worker_for(order: &OrderId, workers: usize) -> Option<usize> {
+    let workers = u64::try_from(workers).ok().filter(|n| *n > 0)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    order.hash(&mut h);
+    usize::try_from(h.finish() % workers).ok()
+}
+
 impl WorkerPool {
     /// Starts the workers, each reading its own bounded queue and reporting every job.
     pub fn start<R: CourierRepository + 'static>(
@@ -180,52 +189,15 @@ impl WorkerPool {
     /// The worker that owns an order: stable for the life of the process. `None` for a pool
     /// without workers ([`WorkerPool::empty`]).
     pub fn route(&self, order: &OrderId) -> Option<usize> {
-        let workers = u64::try_from(self.queues.len()).ok().filter(|n| *n > 0)?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        order.hash(&mut h);
-        usize::try_from(h.finish() % workers).ok()
-    }
-
-    /// Queues a job on its order's worker, waiting while that queue is full (calling `waiting`
-    /// now and then, so the caller can show it is alive). Gives the job back if stopping (it
-    /// stays uncommitted and is delivered again after a restart). Once stopping, every job is
-    /// given back, also to a queue with room: a refused event must not be overtaken by a later
-    /// event of its order, or `completed` is applied before the `created` that was refused.
-    pub fn submit(
-        &self,
-        job: Job,
-        shutdown: &Shutdown,
-        mut waiting: impl FnMut(),
-    ) -> Result<(), Box<Job>> {
-        let Some(queue) = self
-            .route(&job.event.order_id)
-            .and_then(|w| self.queues.get(w))
-        else {
-            // No worker left (the pool was closed): the job stays uncommitted.
-            return Err(Box::new(job));
-        };
-        let mut job = job;
-        loop {
-            if shutdown.is_shutdown() {
-                return Err(Box::new(job));
-            }
-            match queue.send_timeout(job, Duration::from_millis(50)) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(j)) if !shutdown.is_shutdown() => {
-                    waiting();
-                    job = j;
-                }
-                Err(SendTimeoutError::Timeout(j)) | Err(SendTimeoutError::Disconnected(j)) => {
-                    return Err(Box::new(j))
-                }
-            }
-        }
+        worker_for(order, self.queues.len())
     }
 
     /// Queues a job on its order's worker if that queue has room within `wait` (at once when
     /// zero): the poller holds a refused job back (and pauses its partition) instead of
-    /// blocking for long, so it keeps polling. Once stopping, every job is refused, as with
-    /// [`WorkerPool::submit`].
+    /// blocking for long, so it keeps polling. Once stopping, every job is given back, also to
+    /// a queue with room (it stays uncommitted and is delivered again after a restart): a
+    /// refused event must not be overtaken by a later event of its order, or `completed` is
+    /// applied before the `created` that was refused.
     pub fn try_submit(&self, job: Job, shutdown: &Shutdown, wait: Duration) -> Result<(), Refused> {
         let Some(queue) = self
             .route(&job.event.order_id)
@@ -302,6 +274,9 @@ mod tests {
     use crate::repository::MemoryRepository;
     use crossbeam_channel::unbounded;
 
+    /// How long a test waits for room in a queue: long, for a slow machine.
+    const QUEUE_WAIT: Duration = Duration::from_secs(60);
+
     fn pool(
         workers: usize,
         capacity: usize,
@@ -358,7 +333,7 @@ mod tests {
                 OrderStatus::Cooking,
                 OrderStatus::Cancelled,
             ] {
-                pool.submit(job(&id, status, offset), &shutdown, || {})
+                pool.try_submit(job(&id, status, offset), &shutdown, QUEUE_WAIT)
                     .expect("queued");
                 offset += 1;
             }
@@ -657,10 +632,10 @@ mod tests {
         };
         let pool = WorkerPool::start(settings, context).expect("start");
         for i in 0..40 {
-            pool.submit(
+            pool.try_submit(
                 job(&format!("q{i}"), OrderStatus::Created, i),
                 &shutdown,
-                || {},
+                QUEUE_WAIT,
             )
             .expect("queued");
         }
@@ -738,7 +713,7 @@ mod tests {
         let held = pool
             .route(&OrderId::parse("gate").expect("id"))
             .expect("a worker");
-        pool.submit(job("gate", OrderStatus::Created, 0), &running, || {})
+        pool.try_submit(job("gate", OrderStatus::Created, 0), &running, QUEUE_WAIT)
             .expect("queued");
         at_gate.recv().expect("the worker reached the gate");
         // Ten orders of the held worker, mixed with ten of others: exactly those ten wait.
@@ -750,10 +725,10 @@ mod tests {
         let mine = ids.iter().filter(|id| route(id) == held).take(10);
         let others = ids.iter().filter(|id| route(id) != held).take(10);
         for (offset, id) in mine.zip(others).flat_map(|(a, b)| [a, b]).enumerate() {
-            pool.submit(
+            pool.try_submit(
                 job(id, OrderStatus::Created, 1 + offset as i64),
                 &running,
-                || {},
+                QUEUE_WAIT,
             )
             .expect("queued");
         }
@@ -818,13 +793,13 @@ mod tests {
     fn once_stopping_every_job_is_given_back_even_to_a_queue_with_room() {
         let (pool, rx, shutdown) = pool(1, 16, Duration::from_secs(1));
         let running = Shutdown::new();
-        pool.submit(job("a", OrderStatus::Created, 0), &running, || {})
+        pool.try_submit(job("a", OrderStatus::Created, 0), &running, QUEUE_WAIT)
             .expect("queued");
         shutdown.trigger();
         // The queue has room, but once stopping nothing more is queued: `created` of b is
         // refused, and so is its `completed`, which must never be applied ahead of it.
         for (offset, status) in [(1, OrderStatus::Created), (2, OrderStatus::Completed)] {
-            let refused = pool.submit(job("b", status, offset), &shutdown, || {});
+            let refused = pool.try_submit(job("b", status, offset), &shutdown, QUEUE_WAIT);
             assert!(refused.is_err(), "offset {offset} queued while stopping");
         }
         pool.close_and_join();
@@ -889,7 +864,11 @@ mod tests {
         let pool = WorkerPool::empty();
         let id = OrderId::parse("o-1").expect("id");
         assert_eq!(pool.route(&id), None);
-        let back = pool.submit(job("o-1", OrderStatus::Created, 0), &Shutdown::new(), || {});
+        let back = pool.try_submit(
+            job("o-1", OrderStatus::Created, 0),
+            &Shutdown::new(),
+            QUEUE_WAIT,
+        );
         assert!(back.is_err(), "an empty pool takes no job");
     }
 

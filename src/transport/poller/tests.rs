@@ -14,7 +14,7 @@ use crate::config::{
     ClientKind, FallbackOffset, GroupSettings, KafkaAccess, KafkaSettings, PartitionSelection,
     SecurityProtocol, SecuritySettings,
 };
-use crate::dispatch::{PoolSettings, WorkerContext, WorkerPool};
+use crate::dispatch::{worker_for, PoolSettings, WorkerContext, WorkerPool};
 use crate::ops::{Health, Metrics};
 use crate::repository::{
     CourierRepository, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
@@ -176,28 +176,10 @@ struct Workers {
     capacity: usize,
 }
 
-/// The worker an order goes to in a pool of `workers` (as [`WorkerPool::route`] says).
+/// The worker an order goes to in a pool of `workers`.
 fn worker_of(order: &str, workers: usize) -> usize {
-    let (tx, _completions) = unbounded();
-    let context = WorkerContext {
-        processor: Arc::new(OrderEventProcessor::new(MemoryRepository::new())),
-        completions: tx,
-        shutdown: Shutdown::new(),
-        metrics: Arc::new(Metrics::default()),
-        health: Arc::new(Health::new(Duration::from_secs(60))),
-    };
-    let settings = PoolSettings {
-        workers,
-        capacity: 1,
-        drain_budget: Duration::ZERO,
-        batch_max: 1,
-    };
-    let pool = WorkerPool::start(settings, context).expect("workers start");
-    let worker = pool
-        .route(&crate::domain::OrderId::parse(order).expect("an order id"))
-        .expect("a worker");
-    pool.close_and_join();
-    worker
+    let order = crate::domain::OrderId::parse(order).expect("an order id");
+    worker_for(&order, workers).expect("a worker")
 }
 
 /// `n` order ids of the form `{prefix}-{i}` that go to `worker` of `workers`.
