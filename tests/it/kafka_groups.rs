@@ -10,12 +10,14 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::groups::*;
-use common::{event, kcat_produce, kcat_produce_codec, oid, wait_until, Service};
+use common::{
+    completed_deliveries, event, kcat_consume_isolated, kcat_consume_positions, kcat_produce,
+    kcat_produce_codec, oid, wait_until, Service,
+};
 use service_courier::repository::{CourierRepository, OrderState, PgRepository, Snapshot};
 
 fn json(id: &str, status: &str, secs: i64) -> String {
@@ -211,15 +213,7 @@ fn scale_out(client: Client) {
     assert!(s.waiting.is_empty(), "waiting: {:?}", s.waiting);
     assert!(s.couriers.iter().all(|c| c.active_order.is_none()));
     // Nothing took effect twice: each courier counts exactly the deliveries it completed.
-    let completed_by_courier = s
-        .orders
-        .values()
-        .filter(|st| matches!(st, OrderState::Completed(Some(_))))
-        .count();
-    assert_eq!(
-        s.statistics().values().sum::<i64>() as usize,
-        completed_by_courier
-    );
+    let completed_by_courier = completed_deliveries(&s);
     assert_eq!(s.deliveries.len(), completed_by_courier);
     assert!(completed_by_courier > couriers_n as usize, "few deliveries");
     assert!(stand.dead_letters().is_empty(), "dead letters appeared");
@@ -328,39 +322,6 @@ fn kafka_crate_applies_gzip_and_snappy_batches_once() {
 
 // ---------------------------------------------------------------------- transactions ----
 
-/// Every record a read_committed reader sees, as (partition, offset, value).
-fn committed_records(brokers: &str, topic: &str) -> Vec<(i32, i64, String)> {
-    read_records(brokers, topic, "read_committed")
-}
-
-fn read_records(brokers: &str, topic: &str, isolation: &str) -> Vec<(i32, i64, String)> {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            brokers,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-X", &format!("isolation.level={isolation}")])
-        .args(["-f", "%p %o %s\n"])
-        .output()
-        .expect("kcat runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ' ');
-            let p = parts.next()?.parse().ok()?;
-            let o = parts.next()?.parse().ok()?;
-            Some((p, o, parts.next()?.to_owned()))
-        })
-        .collect()
-}
-
 #[test]
 fn rdkafka_applies_committed_transactions_and_never_aborted_ones() {
     let Some(stand) = GroupStand::new(2, 50) else {
@@ -418,8 +379,8 @@ fn rdkafka_applies_committed_transactions_and_never_aborted_ones() {
     );
 
     // The aborted records are in the log; a read_committed reader skips them.
-    let committed = committed_records(&stand.brokers, &stand.topic);
-    let everything = read_records(&stand.brokers, &stand.topic, "read_uncommitted");
+    let committed = kcat_consume_positions(&stand.brokers, &stand.topic);
+    let everything = kcat_consume_isolated(&stand.brokers, &stand.topic, "read_uncommitted");
     assert_eq!(committed.len(), 41);
     assert_eq!(everything.len(), 41 + 41);
     // Done when the group's commits cover every committed record (the last offsets of a

@@ -490,15 +490,7 @@ fn six_partitions_of_unkeyed_events_end_in_a_correct_state() {
     }
     assert!(s.waiting.is_empty());
     assert!(s.couriers.iter().all(|c| c.active_order.is_none()));
-    let completed_by_courier = s
-        .orders
-        .values()
-        .filter(|st| matches!(st, OrderState::Completed(Some(_))))
-        .count();
-    assert_eq!(
-        s.statistics().values().sum::<i64>() as usize,
-        completed_by_courier
-    );
+    let completed_by_courier = completed_deliveries(&s);
     assert!(
         completed_by_courier > couriers_n as usize,
         "few deliveries: {completed_by_courier}"

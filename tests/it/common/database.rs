@@ -1,7 +1,7 @@
 //! PostgreSQL for tests: a private schema of the shared server per test ([`TestDb`]), or a
 //! server of the test's own that it may crash and start again ([`OwnPostgres`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -206,9 +206,45 @@ pub fn pg_ctl() -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
-fn command_text(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("command runs");
+/// What `cmd args` prints, trimmed.
+pub fn command_text(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `program` as the owner of `path` (the user the server runs as; PostgreSQL refuses root):
+/// through `runuser` when that is not us, from `/` (which that user can read).
+pub fn as_owner(path: &Path, program: &Path) -> Command {
+    let owner = command_text("stat", &["-c", "%U", &path.to_string_lossy()]);
+    let me = command_text("id", &["-un"]);
+    let mut cmd = if owner == me {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &owner, "--"]).arg(program);
+        c
+    };
+    cmd.current_dir("/");
+    cmd
+}
+
+/// Stops the server of `data` the hard way (`pg_ctl stop -m immediate`): no checkpoint,
+/// connections cut, crash recovery at the next start.
+pub fn crash_server(data: &Path) {
+    let pg_ctl = pg_ctl().expect("pg_ctl found (PG_BIN, PATH or /usr/lib/postgresql)");
+    let out = as_owner(data, &pg_ctl)
+        .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
+        .arg(data)
+        .output()
+        .expect("pg_ctl runs");
+    assert!(
+        out.status.success(),
+        "pg_ctl stop -m immediate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A throwaway PostgreSQL server of the test's own (scripts/postgres.sh in `state`), stopped
@@ -238,30 +274,9 @@ impl OwnPostgres {
     }
 
     /// Stops the server the hard way: no checkpoint, connections cut, crash recovery at the
-    /// next start. Run as the data dir's owner (PostgreSQL refuses root).
+    /// next start.
     pub fn crash(&self) {
-        let data = self.cluster().join("data");
-        let pg_ctl = pg_ctl().expect("pg_ctl");
-        let owner = command_text("stat", &["-c", "%U", &data.to_string_lossy()]);
-        let me = command_text("id", &["-un"]);
-        let mut cmd = if owner == me {
-            Command::new(&pg_ctl)
-        } else {
-            let mut c = Command::new("runuser");
-            c.args(["-u", &owner, "--"]).arg(&pg_ctl);
-            c
-        };
-        let out = cmd
-            .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
-            .arg(&data)
-            .current_dir("/")
-            .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl stop -m immediate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crash_server(&self.cluster().join("data"));
     }
 
     /// Starts it again on the same port (the service keeps the address it was started with);

@@ -113,8 +113,19 @@ pub fn kcat_consume_all(brokers: &str, topic: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every message on a topic as (partition, offset, value), read with kcat.
+/// Every message on a topic as (partition, offset, value), read with kcat (read_committed,
+/// librdkafka's default).
 pub fn kcat_consume_positions(brokers: &str, topic: &str) -> Vec<(i32, i64, String)> {
+    kcat_consume_isolated(brokers, topic, "read_committed")
+}
+
+/// Every message on a topic as (partition, offset, value), read with kcat at `isolation`
+/// (`read_committed`, `read_uncommitted`).
+pub fn kcat_consume_isolated(
+    brokers: &str,
+    topic: &str,
+    isolation: &str,
+) -> Vec<(i32, i64, String)> {
     let out = Command::new("kcat")
         .args([
             "-C",
@@ -127,6 +138,7 @@ pub fn kcat_consume_positions(brokers: &str, topic: &str) -> Vec<(i32, i64, Stri
             "-e",
             "-q",
         ])
+        .args(["-X", &format!("isolation.level={isolation}")])
         .args(["-f", "%p %o %s\n"])
         .output()
         .expect("kcat runs");

@@ -61,11 +61,11 @@ pub use database::{database_url, PrivateDatabase, TestDb};
 pub use events::{at, courier, event, oid, repo_root, unique};
 pub use groups::{rdkafka_produce, Client};
 pub use kafka::{
-    backlog, drained, kcat_consume_all, kcat_consume_positions, kcat_produce, kcat_produce_codec,
-    kcat_produce_to, offsets, produce_to, wait_drained,
+    backlog, drained, kcat_consume_all, kcat_consume_isolated, kcat_consume_positions,
+    kcat_produce, kcat_produce_codec, kcat_produce_to, offsets, produce_to, wait_drained,
 };
 pub use service::{http_get, Instance, Service};
-pub use stand::ServiceStand;
+pub use stand::{completed_deliveries, ServiceStand};
 pub use wait::{wait_for, wait_until};
 
 /// Whether we run in CI, where a missing service is a failure, never a skip.

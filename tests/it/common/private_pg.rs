@@ -6,8 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::database::{as_owner, command_text, crash_server};
 use super::wait::wait_until;
 use super::{repo_root, unique};
+
+/// pg_ctl, as `database::pg_ctl` finds it.
+fn pg_ctl() -> PathBuf {
+    super::database::pg_ctl().expect("pg_ctl found (PG_BIN, PATH or /usr/lib/postgresql)")
+}
 
 /// A private PostgreSQL cluster, stopped when dropped.
 pub struct PrivatePg {
@@ -40,54 +46,6 @@ fn script(args: &[&str], state: &Path) -> Result<String, String> {
             args.join(" ")
         ))
     }
-}
-
-fn command_text(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// pg_ctl, found the way scripts/postgres.sh finds it: PG_BIN, PATH, then the newest
-/// /usr/lib/postgresql/*/bin.
-fn pg_ctl() -> PathBuf {
-    if let Some(bin) = std::env::var_os("PG_BIN") {
-        return PathBuf::from(bin).join("pg_ctl");
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(d) = std::env::split_paths(&path).find(|d| d.join("pg_ctl").is_file()) {
-            return d.join("pg_ctl");
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL binaries installed")
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse().ok()?;
-            let p = e.path().join("bin/pg_ctl");
-            p.is_file().then_some((v, p))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, p)| p).expect("pg_ctl found")
-}
-
-/// `program` as the owner of `path` (the user the server runs as): through `runuser` when that
-/// is not us, from `/` (which that user can read).
-fn as_owner(path: &Path, program: &Path) -> Command {
-    let owner = command_text("stat", &["-c", "%U", &path.to_string_lossy()]);
-    let me = command_text("id", &["-un"]);
-    let mut cmd = if owner == me {
-        Command::new(program)
-    } else {
-        let mut c = Command::new("runuser");
-        c.args(["-u", &owner, "--"]).arg(program);
-        c
-    };
-    cmd.current_dir("/");
-    cmd
 }
 
 /// Runs `cmd` and panics with its output unless it succeeds.
@@ -145,19 +103,9 @@ impl PrivatePg {
             .join("data")
     }
 
-    /// Stops the server the hard way (`pg_ctl stop -m immediate`), as the data dir's owner.
+    /// Stops the server the hard way (`pg_ctl stop -m immediate`).
     pub fn crash(&self) {
-        let data = self.data_dir();
-        let out = as_owner(&data, &pg_ctl())
-            .args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"])
-            .arg(&data)
-            .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl stop -m immediate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crash_server(&self.data_dir());
     }
 
     /// Its port on 127.0.0.1.

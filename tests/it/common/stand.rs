@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use service_courier::domain::TransportType;
-use service_courier::repository::{CourierRepository, Snapshot};
+use service_courier::repository::{CourierRepository, OrderState, Snapshot};
 use service_courier::usecase::couriers;
 
 use super::{at, courier, create_topic, kafka_brokers, unique, wait_drained, Service, TestDb};
@@ -88,4 +88,20 @@ impl ServiceStand {
     pub fn snapshot(&self) -> Snapshot {
         self.db.repo.snapshot().expect("snapshot")
     }
+}
+
+/// How many deliveries couriers completed, after checking that the statistics count exactly
+/// those: nothing took effect twice, nothing was lost.
+pub fn completed_deliveries(s: &Snapshot) -> usize {
+    let completed = s
+        .orders
+        .values()
+        .filter(|st| matches!(st, OrderState::Completed(Some(_))))
+        .count();
+    assert_eq!(
+        s.statistics().values().sum::<i64>(),
+        i64::try_from(completed).expect("a count"),
+        "the statistics count exactly the deliveries completed by a courier"
+    );
+    completed
 }
