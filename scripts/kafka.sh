@@ -3,7 +3,7 @@
 # JVM) on 127.0.0.1, from jars fetched off Maven Central (see kafka/pom.xml).
 #
 # Usage: scripts/kafka.sh start|stop|status
-#        scripts/kafka.sh topic NAME PARTITIONS
+#        scripts/kafka.sh topic NAME PARTITIONS [KEY=VALUE ...]   (topic configs)
 #        scripts/kafka.sh partitions NAME PARTITIONS
 #        scripts/kafka.sh txproduce TOPIC < SCRIPT
 #
@@ -290,11 +290,16 @@ write_env() {
 # ------------------------------------------------------------ commands ----
 
 create_topic() {
-  local name="$1" partitions="$2" out
+  local name="$1" partitions="$2" out config=() kv
   [[ "$partitions" =~ ^[1-9][0-9]*$ ]] || die "partitions must be a positive integer, got '$partitions'"
+  shift 2
+  for kv in "$@"; do
+    [[ "$kv" == *=* ]] || die "a topic config is KEY=VALUE, got '$kv'"
+    config+=(--config "$kv")
+  done
   if ! out="$(run_tool org.apache.kafka.tools.TopicCommand \
       --bootstrap-server "127.0.0.1:$PORT" --create --if-not-exists \
-      --topic "$name" --partitions "$partitions" --replication-factor 1 2>&1)"; then
+      --topic "$name" --partitions "$partitions" --replication-factor 1 "${config[@]}" 2>&1)"; then
     printf '%s\n' "$out" >&2
     die "could not create topic $name"
   fi
@@ -403,10 +408,10 @@ cmd_status() {
 }
 
 cmd_topic() {
-  [ $# -eq 2 ] || die "usage: $0 topic NAME PARTITIONS"
+  [ $# -ge 2 ] || die "usage: $0 topic NAME PARTITIONS [KEY=VALUE ...]"
   running_pid >/dev/null || die "no broker running from $STATE_DIR; run '$0 start' first"
   load_ports
-  create_topic "$1" "$2"
+  create_topic "$@"
 }
 
 cmd_partitions() {
@@ -453,11 +458,12 @@ cmd_txproduce() {
 
 usage() {
   cat >&2 <<EOF
-usage: $0 start|stop|status|topic NAME PARTITIONS|partitions NAME PARTITIONS|txproduce TOPIC
+usage: $0 start|stop|status|topic NAME PARTITIONS [KEY=VALUE ...]|partitions NAME PARTITIONS|txproduce TOPIC
   start       fetch jars if needed, start (or reuse) the broker, create default topics
   stop        stop the broker (SIGTERM, SIGKILL after ${STOP_TIMEOUT}s)
   status      exit 0 if running, and print its version and address
-  topic       create a topic (no-op if it exists), replication factor 1
+  topic       create a topic (no-op if it exists), replication factor 1, with
+              topic configs given as KEY=VALUE (e.g. max.message.bytes=50000)
   partitions  raise a topic's partition count
   txproduce   commit and abort transactions of events read from stdin
               (the script format is in scripts/kafka/TxProducer.java)

@@ -17,7 +17,7 @@ use crate::repository::postgres::{MigrateError, MigrateReport, SchemaStatus};
 use crate::repository::{CourierRepository, PgRepository, RepoError};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::transport::broker::{self, ProbeError};
-use crate::transport::dead_letter::DeadLetterQueue;
+use crate::transport::client::ConsumerClient;
 use crate::transport::kafka_client::KafkaCrateConsumer;
 use crate::transport::rdkafka_client::{RdkafkaConsumer, RdkafkaDeadLetters};
 use crate::transport::{Clients, Poller, PollerExit, Telemetry};
@@ -195,24 +195,21 @@ pub fn serve(settings: &Settings, shutdown: &Shutdown) -> ExitCode {
     }
 }
 
-/// The consumer and dead-letter producer of the client KAFKA_CLIENT selects.
+/// The consumer of the client KAFKA_CLIENT selects, and the dead-letter producer: librdkafka's
+/// for both, since a dead letter's headers need message format v2 (docs/operations.md, "Dead
+/// letters").
 fn clients(kafka: &KafkaSettings) -> Clients {
-    match kafka.access.client {
-        ClientKind::Kafka => Clients {
-            consumer: Box::new(KafkaCrateConsumer::new(kafka.clone())),
-            dead_letters: Box::new(DeadLetterQueue::new(
-                kafka.brokers.clone(),
-                kafka.dlq_topic.clone(),
-            )),
-        },
-        ClientKind::Rdkafka => Clients {
-            consumer: Box::new(RdkafkaConsumer::new(kafka.clone())),
-            dead_letters: Box::new(RdkafkaDeadLetters::new(
-                kafka.brokers.clone(),
-                kafka.access.clone(),
-                kafka.dlq_topic.clone(),
-            )),
-        },
+    let consumer: Box<dyn ConsumerClient> = match kafka.access.client {
+        ClientKind::Kafka => Box::new(KafkaCrateConsumer::new(kafka.clone())),
+        ClientKind::Rdkafka => Box::new(RdkafkaConsumer::new(kafka.clone())),
+    };
+    Clients {
+        consumer,
+        dead_letters: Box::new(RdkafkaDeadLetters::new(
+            kafka.brokers.clone(),
+            kafka.access.clone(),
+            kafka.dlq_topic.clone(),
+        )),
     }
 }
 

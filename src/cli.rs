@@ -54,9 +54,9 @@ pub enum Command {
 /// `dlq …` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Publish dead letters' original payloads to the order topic again, once each: progress
-    /// is committed for the group `<KAFKA_GROUP_ID>.dlq-replay`, so a second replay publishes
-    /// only letters that arrived since.
+    /// Publish dead letters' original messages (key and value) to the order topic again, once
+    /// each: progress is committed for the group `<KAFKA_GROUP_ID>.dlq-replay`, so a second
+    /// replay publishes only letters that arrived since.
     Replay(DlqReplayArgs),
 }
 
@@ -103,10 +103,7 @@ fn rfc3339(s: &str) -> Result<chrono::DateTime<Utc>, String> {
 /// Runs `dlq replay`: prints how many letters were replayed, skipped by the filter and not
 /// replayable (each with its position and why); exit 1 when Kafka fails.
 pub fn run_dlq(command: DlqCommand) -> ExitCode {
-    use crate::config::ClientKind;
-    use crate::transport::dlq_replay::{
-        self, kafka::KafkaDeadLetterLog, rdkafka::RdkafkaDeadLetterLog, ReplayFilter,
-    };
+    use crate::transport::dlq_replay::{self, rdkafka::RdkafkaDeadLetterLog, ReplayFilter};
     let DlqCommand::Replay(args) = command;
     let env = crate::config::from_process_env_with(vec![
         ("KAFKA_BROKERS", args.brokers),
@@ -133,12 +130,10 @@ pub fn run_dlq(command: DlqCommand) -> ExitCode {
         since: args.since,
     };
     let (dlq, topic) = (&dlq, &topic);
-    let replayed = match access.client {
-        ClientKind::Kafka => KafkaDeadLetterLog::connect(brokers, dlq, topic, &group)
-            .map(|mut log| dlq_replay::replay(&mut log, &filter, topic, args.dry_run)),
-        ClientKind::Rdkafka => RdkafkaDeadLetterLog::connect(brokers, access, dlq, topic, &group)
-            .map(|mut log| dlq_replay::replay(&mut log, &filter, topic, args.dry_run)),
-    };
+    // librdkafka whatever KAFKA_CLIENT says (transport::dlq_replay); the security settings
+    // still apply.
+    let replayed = RdkafkaDeadLetterLog::connect(brokers, access, dlq, topic, &group)
+        .map(|mut log| dlq_replay::replay(&mut log, &filter, topic, args.dry_run));
     let outcome = match replayed {
         Ok(outcome) => outcome,
         Err(error) => Err(dlq_replay::ReplayFailure {

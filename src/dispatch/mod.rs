@@ -38,6 +38,8 @@ pub struct Job {
     pub position: Position,
     /// The parsed event.
     pub event: OrderEvent,
+    /// The message key as it arrived (events have none): a dead letter keeps it.
+    pub key: Option<Vec<u8>>,
     /// The message value as it arrived: what a `processing_failed` dead letter carries.
     pub payload: Vec<u8>,
     /// When the poller received it (for latency figures).
@@ -76,6 +78,8 @@ pub struct Completion {
     pub order_id: OrderId,
     /// The job's status family (for metrics).
     pub family: StatusFamily,
+    /// The job's message key as it arrived (for a dead letter).
+    pub key: Option<Vec<u8>>,
     /// The job's message value as it arrived (for a dead letter).
     pub payload: Vec<u8>,
     /// What happened.
@@ -316,6 +320,7 @@ mod tests {
                 status,
                 created_at: chrono::Utc::now(),
             },
+            key: None,
             payload: Vec::new(),
             received: Instant::now(),
         }

@@ -70,6 +70,7 @@ impl<R: CourierRepository> Worker<R> {
                     position: job.position,
                     order_id: job.event.order_id,
                     family: job.event.status.family(),
+                    key: job.key,
                     payload: job.payload,
                     result,
                     latency: job.received.elapsed(),

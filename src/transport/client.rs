@@ -19,6 +19,8 @@ pub enum Polled {
         partition: i32,
         /// Its offset.
         offset: i64,
+        /// Its key, when it has one (events have none; a dead letter keeps it).
+        key: Option<Vec<u8>>,
         /// Its value (an empty value when the message has none).
         value: Vec<u8>,
     },

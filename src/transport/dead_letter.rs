@@ -1,18 +1,31 @@
-//! The dead-letter topic: where a bad event goes with its reason, its source position and its
-//! payload, so nothing is lost and nothing blocks its partition.
+//! The dead-letter topic: where a bad event goes, so nothing is lost and nothing blocks its
+//! partition. A dead letter is the original message (key and value bytes, uncut) with why and
+//! where from in headers (`dlq.reason`, `dlq.detail`, `dlq.topic`, `dlq.partition`,
+//! `dlq.offset`, `dlq.time`): the convention of Spring Kafka's and Karafka's dead-letter
+//! topics, readable by any Kafka tool (`kcat -J`, docs/operations.md), and a replay is a plain
+//! re-produce. A value over the dead-letter topic's size limit is recorded by reference: no
+//! value, and `dlq.value` = `by-reference` with its size in `dlq.value.size`.
 
-use std::time::Duration;
+use chrono::{DateTime, SecondsFormat, Utc};
 
-use chrono::{SecondsFormat, Utc};
-use kafka::client::{KafkaClient, RequiredAcks};
-use kafka::producer::{Producer, Record};
-use serde_json::json;
-
-use super::client::{ClientError, DeadLetterProducer};
-
-/// The most payload bytes copied into an envelope: keeps every envelope far below the broker's
-/// default 1 MB message limit, whatever it escapes.
-pub const MAX_ENVELOPE_PAYLOAD: usize = 64 * 1024;
+/// Header: the machine-readable reason (`BadEvent::code`, or `processing_failed`).
+pub const REASON: &str = "dlq.reason";
+/// Header: the human-readable detail.
+pub const DETAIL: &str = "dlq.detail";
+/// Header: the source topic.
+pub const TOPIC: &str = "dlq.topic";
+/// Header: the source partition, in decimal.
+pub const PARTITION: &str = "dlq.partition";
+/// Header: the source offset, in decimal.
+pub const OFFSET: &str = "dlq.offset";
+/// Header: when the service dead-lettered it, RFC 3339 in UTC.
+pub const TIME: &str = "dlq.time";
+/// Header, on a letter without its value only: [`BY_REFERENCE`].
+pub const VALUE: &str = "dlq.value";
+/// Header, on a letter without its value only: the original value's size in bytes.
+pub const VALUE_SIZE: &str = "dlq.value.size";
+/// What [`VALUE`] says when the value was left out: read it at the source position.
+pub const BY_REFERENCE: &str = "by-reference";
 
 /// One bad event on its way to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,17 +33,19 @@ pub struct DeadLetter {
     /// Machine-readable reason (`BadEvent::code`, or `processing_failed`).
     pub reason: &'static str,
     /// Human-readable detail.
-    pub error: String,
+    pub detail: String,
     /// Source topic.
     pub topic: String,
     /// Source partition.
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
-    /// The original value, at most [`MAX_ENVELOPE_PAYLOAD`] bytes of it.
-    pub payload: Vec<u8>,
-    /// The original value's full size.
-    pub payload_size: usize,
+    /// The original key, when it had one.
+    pub key: Option<Vec<u8>>,
+    /// The original value, whole (empty when it had none).
+    pub value: Vec<u8>,
+    /// When the service gave up on the event.
+    pub time: DateTime<Utc>,
     /// The poller's epoch of the source partition when the event was read (not sent): a
     /// letter of an assignment that is over, or of a replaced log, marks nothing of the
     /// current one.
@@ -38,147 +53,91 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A dead letter for a payload, copying at most [`MAX_ENVELOPE_PAYLOAD`] bytes.
+    /// A dead letter for a message, dead-lettered now.
     pub fn new(
         reason: &'static str,
-        error: String,
+        detail: String,
         topic: &str,
         partition: i32,
         offset: i64,
-        payload: &[u8],
+        key: Option<&[u8]>,
+        value: &[u8],
     ) -> Self {
         Self {
             reason,
-            error,
+            detail,
             topic: topic.to_owned(),
             partition,
             offset,
-            payload: payload[..payload.len().min(MAX_ENVELOPE_PAYLOAD)].to_vec(),
-            payload_size: payload.len(),
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            time: Utc::now(),
             epoch: 0,
         }
     }
 
-    /// The JSON envelope: reason, error, source position and payload (as text when it is
-    /// UTF-8, else as hex), with its size and whether it was cut.
-    pub fn to_json(&self) -> Vec<u8> {
-        let (text, hex) = match std::str::from_utf8(&self.payload) {
-            Ok(s) => (Some(s.to_owned()), None),
-            // Cut inside a multi-byte character: keep the valid part as text.
-            Err(e) if e.error_len().is_none() && self.payload.len() < self.payload_size => {
-                let valid = &self.payload[..e.valid_up_to()];
-                (Some(String::from_utf8_lossy(valid).into_owned()), None)
-            }
-            Err(_) => (
-                None,
-                Some(
-                    self.payload
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>(),
-                ),
-            ),
-        };
-        json!({
-            "reason": self.reason,
-            "error": self.error,
-            "source": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
-            "payload": text,
-            "payload_hex": hex,
-            "payload_size": self.payload_size,
-            "payload_truncated": self.payload.len() < self.payload_size,
-            "dead_lettered_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        })
-        .to_string()
-        .into_bytes()
-    }
-}
-
-/// The `kafka` crate's producer for the dead-letter topic, rebuilt after any failure (the crate
-/// keeps broken connections and stale metadata).
-pub struct DeadLetterQueue {
-    brokers: Vec<String>,
-    topic: String,
-    producer: Option<Producer>,
-}
-
-impl DeadLetterQueue {
-    /// A queue writing to `topic`; connects on first use.
-    pub fn new(brokers: Vec<String>, topic: String) -> Self {
-        Self {
-            brokers,
-            topic,
-            producer: None,
-        }
-    }
-}
-
-impl DeadLetterProducer for DeadLetterQueue {
-    fn topic(&self) -> &str {
-        &self.topic
+    /// The headers of the letter with its value.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (REASON, self.reason.to_owned()),
+            (DETAIL, self.detail.clone()),
+            (TOPIC, self.topic.clone()),
+            (PARTITION, self.partition.to_string()),
+            (OFFSET, self.offset.to_string()),
+            (TIME, self.time.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        ]
     }
 
-    /// Sends one letter and waits for all in-sync replicas to have it.
-    fn send(&mut self, letter: &DeadLetter) -> Result<(), ClientError> {
-        let producer = match self.producer.as_mut() {
-            Some(p) => p,
-            None => self
-                .producer
-                .insert(connect(&self.brokers).map_err(|e| ClientError(e.to_string()))?),
-        };
-        let result = producer.send(&Record::from_value(&self.topic, letter.to_json()));
-        if result.is_err() {
-            self.producer = None;
-        }
-        result.map_err(|e| ClientError(e.to_string()))
+    /// The headers of the letter without its value (over the topic's size limit).
+    pub fn headers_by_reference(&self) -> Vec<(&'static str, String)> {
+        let mut headers = self.headers();
+        headers.push((VALUE, BY_REFERENCE.to_owned()));
+        headers.push((VALUE_SIZE, self.value.len().to_string()));
+        headers
     }
-}
-
-fn connect(brokers: &[String]) -> Result<Producer, kafka::Error> {
-    let mut client = KafkaClient::new(brokers.to_vec());
-    client.set_client_id("service-courier-dlq".into());
-    client.set_retry_max_attempts(3);
-    client.load_metadata_all()?;
-    Producer::from_client(client)
-        .with_ack_timeout(Duration::from_secs(5))
-        .with_required_acks(RequiredAcks::All)
-        .create()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn envelope(payload: &[u8]) -> serde_json::Value {
-        let l = DeadLetter::new("invalid_json", "boom".into(), "t", 2, 99, payload);
-        serde_json::from_slice(&l.to_json()).expect("envelope is JSON")
+    fn letter() -> DeadLetter {
+        DeadLetter::new(
+            "invalid_json",
+            "boom".into(),
+            "t",
+            2,
+            99,
+            Some(b"k"),
+            &[0xff, 0x00],
+        )
     }
 
     #[test]
-    fn utf8_payload_is_kept_as_text() {
-        let e = envelope(br#"{"order_id":"#);
-        assert_eq!(e["reason"], "invalid_json");
-        assert_eq!(e["source"]["partition"], 2);
-        assert_eq!(e["source"]["offset"], 99);
-        assert_eq!(e["payload"], r#"{"order_id":"#);
-        assert_eq!(e["payload_hex"], serde_json::Value::Null);
-        assert_eq!(e["payload_truncated"], false);
+    fn the_headers_say_why_and_where_from_and_the_message_is_kept_whole() {
+        let l = letter();
+        let h = l.headers();
+        let get = |name: &str| h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get(REASON), Some("invalid_json"));
+        assert_eq!(get(DETAIL), Some("boom"));
+        assert_eq!(get(TOPIC), Some("t"));
+        assert_eq!(get(PARTITION), Some("2"));
+        assert_eq!(get(OFFSET), Some("99"));
+        let time = get(TIME).expect("time");
+        assert!(DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(get(VALUE), None);
+        assert_eq!(
+            (l.key.as_deref(), l.value.as_slice()),
+            (Some(&b"k"[..]), &[0xff, 0][..])
+        );
     }
 
     #[test]
-    fn binary_payload_is_hex() {
-        let e = envelope(&[0xff, 0x00, 0x41]);
-        assert_eq!(e["payload"], serde_json::Value::Null);
-        assert_eq!(e["payload_hex"], "ff0041");
-    }
-
-    #[test]
-    fn large_payload_is_cut_and_says_so() {
-        let big = "é".repeat(MAX_ENVELOPE_PAYLOAD); // 2 bytes each: cut mid-character
-        let e = envelope(big.as_bytes());
-        assert_eq!(e["payload_size"], 2 * MAX_ENVELOPE_PAYLOAD);
-        assert_eq!(e["payload_truncated"], true);
-        let kept = e["payload"].as_str().expect("text");
-        assert_eq!(kept.len(), MAX_ENVELOPE_PAYLOAD);
+    fn a_letter_by_reference_says_so_and_the_value_size() {
+        let h = letter().headers_by_reference();
+        let get = |name: &str| h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get(VALUE), Some(BY_REFERENCE));
+        assert_eq!(get(VALUE_SIZE), Some("2"));
+        assert_eq!(get(OFFSET), Some("99"));
     }
 }

@@ -16,7 +16,8 @@ use super::dead_letter::DeadLetter;
 
 /// Letters held before fetching pauses, by default.
 pub const DEFAULT_MAX_LETTERS: usize = 1000;
-/// Payload bytes held before fetching pauses, by default (each letter holds at most 64 KiB).
+/// Value bytes held before fetching pauses, by default (a letter holds its event's whole value,
+/// at most what one fetch reads).
 pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
 
 /// Unsent dead letters, oldest first, with the pause decision.
@@ -76,7 +77,7 @@ impl DeadLetterBacklog {
 
     /// Holds a letter until it is sent. Always accepted (see the module doc).
     pub fn push(&mut self, letter: DeadLetter) {
-        self.bytes += letter.payload.len();
+        self.bytes += letter.value.len();
         self.letters.push_back(letter);
         self.update();
     }
@@ -89,7 +90,7 @@ impl DeadLetterBacklog {
     /// Removes the oldest letter once Kafka accepted it.
     pub fn pop_front(&mut self) -> Option<DeadLetter> {
         let letter = self.letters.pop_front()?;
-        self.bytes -= letter.payload.len();
+        self.bytes -= letter.value.len();
         self.update();
         Some(letter)
     }
@@ -106,7 +107,7 @@ impl DeadLetterBacklog {
         self.letters.retain(|l| {
             let kept = keep(l);
             if kept {
-                bytes += l.payload.len();
+                bytes += l.value.len();
             }
             kept
         });
@@ -164,6 +165,7 @@ mod tests {
             "t",
             0,
             offset,
+            None,
             &vec![b'a'; size],
         )
     }

@@ -480,6 +480,7 @@ impl KafkaCrateConsumer {
             self.pending.push(Polled::Record {
                 partition,
                 offset: m.offset,
+                key: (!m.key.is_empty()).then_some(m.key),
                 value: m.value,
             });
         }

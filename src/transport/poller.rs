@@ -254,8 +254,9 @@ impl<'a> Poller<'a> {
                             Polled::Record {
                                 partition,
                                 offset,
+                                key,
                                 value,
-                            } => self.receive(partition, offset, &value),
+                            } => self.receive(partition, offset, key, value),
                             Polled::Assigned(partitions) => self.assigned(&partitions),
                             Polled::Revoked(partitions) => self.revoke(&partitions),
                             Polled::Stalled {
@@ -669,7 +670,7 @@ impl<'a> Poller<'a> {
 
     /// One message: skip redeliveries and partitions not ours, route events, dead-letter bad
     /// input.
-    fn receive(&mut self, partition: i32, offset: i64, value: &[u8]) {
+    fn receive(&mut self, partition: i32, offset: i64, key: Option<Vec<u8>>, value: Vec<u8>) {
         let Some(&epoch) = self.epochs.get(&partition) else {
             return; // not ours
         };
@@ -682,12 +683,13 @@ impl<'a> Poller<'a> {
             offset,
             epoch,
         };
-        match decode(value, self.settings.fetch_max_bytes_per_partition) {
+        match decode(&value, self.settings.fetch_max_bytes_per_partition) {
             Ok(event) => {
                 let job = Job {
                     position,
                     event,
-                    payload: value.to_vec(),
+                    key,
+                    payload: value,
                     received: Instant::now(),
                 };
                 self.route(job);
@@ -710,7 +712,8 @@ impl<'a> Poller<'a> {
                         &self.settings.topic,
                         partition,
                         offset,
-                        value,
+                        key.as_deref(),
+                        &value,
                     )
                 });
             }
@@ -800,6 +803,7 @@ impl<'a> Poller<'a> {
                         &self.settings.topic,
                         partition,
                         offset,
+                        done.key.as_deref(),
                         &done.payload,
                     )
                 });

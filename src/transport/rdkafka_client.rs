@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -38,7 +38,7 @@ use super::bounded_commit;
 use super::client::{
     ClientError, ConnectError, ConsumerClient, DeadLetterProducer, PauseBound, Polled,
 };
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{self, DeadLetter};
 use super::start::{Start, Watermarks};
 use super::topic_id::{self, TopicId};
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
@@ -660,6 +660,7 @@ impl ConsumerClient for RdkafkaConsumer {
                     polled.push(Polled::Record {
                         partition,
                         offset,
+                        key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().unwrap_or_default().to_vec(),
                     });
                 }
@@ -827,7 +828,7 @@ impl ConsumerClient for RdkafkaConsumer {
 /// The producer's context: remembers the outcome of the last deliveries for `send`.
 #[derive(Default)]
 pub struct DeliveryContext {
-    failures: Mutex<Vec<String>>,
+    failures: Mutex<Vec<KafkaError>>,
     /// librdkafka's lines, throttled.
     log: LibrdkafkaLog,
 }
@@ -850,7 +851,7 @@ impl ProducerContext for DeliveryContext {
             self.failures
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(e.to_string());
+                .push(e.clone());
         }
     }
 }
@@ -871,8 +872,28 @@ impl RdkafkaProducer {
         acks: &str,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::with_config(client_config(brokers, access, client_id), acks, timeout)
+    }
+
+    /// A producer for dead letters: whole messages up to what a broker accepts in one request
+    /// (its `socket.request.max.bytes` default), so only the topic's own limit refuses one.
+    fn for_dead_letters(
+        brokers: &[String],
+        access: &KafkaAccess,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut config = client_config(brokers, access, "service-courier-dlq");
+        config.set("message.max.bytes", DEAD_LETTER_MAX_BYTES.to_string());
+        Self::with_config(config, "all", timeout)
+    }
+
+    fn with_config(
+        mut config: ClientConfig,
+        acks: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let millis = timeout.as_millis().to_string();
-        let producer = client_config(brokers, access, client_id)
+        let producer = config
             .set("acks", acks)
             .set("message.timeout.ms", &millis)
             // A missing topic fails the send within the timeout too (not after librdkafka's
@@ -928,19 +949,73 @@ impl RdkafkaProducer {
             if let Some(k) = key {
                 record = record.key(*k);
             }
-            let mut pending = record;
-            loop {
-                match self.producer.send(pending) {
-                    Ok(()) => break,
-                    // The local queue is full: serve delivery reports, then try again.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        self.producer.poll(Duration::from_millis(10));
-                        pending = back;
-                    }
-                    Err((e, _)) => return Err(ClientError(format!("producing to {topic}: {e}"))),
+            self.enqueue(record)
+                .map_err(|e| ClientError(format!("producing to {topic}: {e}")))?;
+        }
+        self.settle(topic)?
+            .map_err(|failures| failed(topic, &failures, records.len()))
+    }
+
+    /// Sends one dead letter to `topic` and waits until it is acknowledged: with its value, or
+    /// (`by_reference`) without it. `Err(None)` carries no error: the letter is over the size
+    /// limit (the client's or the broker's).
+    fn send_letter(
+        &self,
+        topic: &str,
+        letter: &DeadLetter,
+        by_reference: bool,
+    ) -> Result<(), Option<ClientError>> {
+        let headers = if by_reference {
+            letter.headers_by_reference()
+        } else {
+            letter.headers()
+        };
+        let headers = headers.iter().fold(
+            OwnedHeaders::new_with_capacity(headers.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                })
+            },
+        );
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if !by_reference {
+            record = record.payload(letter.value.as_slice());
+        }
+        if let Some(k) = &letter.key {
+            record = record.key(k.as_slice());
+        }
+        match self.enqueue(record) {
+            Err(e) if too_large(&e) => return Err(None),
+            Err(e) => return Err(Some(ClientError(format!("producing to {topic}: {e}")))),
+            Ok(()) => {}
+        }
+        match self.settle(topic).map_err(Some)? {
+            Ok(()) => Ok(()),
+            Err(failures) if failures.iter().any(too_large) => Err(None),
+            Err(failures) => Err(Some(failed(topic, &failures, 1))),
+        }
+    }
+
+    /// Queues one record, serving delivery reports while librdkafka's queue is full.
+    fn enqueue<'a>(&self, record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+        let mut pending = record;
+        loop {
+            match self.producer.send(pending) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    pending = back;
                 }
+                Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// Waits for every queued record's report (`Err` when they did not all come); the inner
+    /// `Err` holds the failed records' errors.
+    fn settle(&self, topic: &str) -> Result<Result<(), Vec<KafkaError>>, ClientError> {
         self.wait_delivered(topic)?;
         let failures = std::mem::take(
             &mut *self
@@ -950,18 +1025,38 @@ impl RdkafkaProducer {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        match failures.first() {
-            None => Ok(()),
-            Some(e) => Err(ClientError(format!(
-                "producing to {topic}: {} of {} records failed: {e}",
-                failures.len(),
-                records.len()
-            ))),
-        }
+        Ok(if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        })
     }
 }
 
-/// The dead-letter topic through librdkafka (acks=all).
+/// Whether a produce failed because the record is over the size limit (librdkafka's
+/// `message.max.bytes`, or the topic's `max.message.bytes` on the broker).
+fn too_large(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
+/// A produce of `sent` records of which some failed, in words.
+fn failed(topic: &str, failures: &[KafkaError], sent: usize) -> ClientError {
+    match failures.first() {
+        Some(e) => ClientError(format!(
+            "producing to {topic}: {} of {sent} records failed: {e}",
+            failures.len()
+        )),
+        None => ClientError(format!("producing to {topic}: no delivery report")),
+    }
+}
+
+/// The largest dead letter librdkafka itself lets through: a broker's default
+/// `socket.request.max.bytes` (100 MiB), above every event the consumers read.
+const DEAD_LETTER_MAX_BYTES: usize = 100 << 20;
+
+/// The dead-letter topic through librdkafka (acks=all), whichever client consumes: the `kafka`
+/// crate writes message format v0/v1, which has no headers (docs/operations.md, "Dead
+/// letters").
 pub struct RdkafkaDeadLetters {
     topic: String,
     brokers: Vec<String>,
@@ -992,11 +1087,9 @@ impl DeadLetterProducer for RdkafkaDeadLetters {
     fn send(&mut self, letter: &DeadLetter) -> Result<(), ClientError> {
         let producer = match self.producer.as_ref() {
             Some(p) => p,
-            None => self.producer.insert(RdkafkaProducer::new(
+            None => self.producer.insert(RdkafkaProducer::for_dead_letters(
                 &self.brokers,
                 &self.access,
-                "service-courier-dlq",
-                "all",
                 Duration::from_secs(5),
             )?),
         };
@@ -1005,7 +1098,28 @@ impl DeadLetterProducer for RdkafkaDeadLetters {
             producer.check_topic(&self.topic)?;
             self.topic_seen = true;
         }
-        let sent = producer.send_all(&self.topic, &[(None, &letter.to_json())]);
+        let sent = match producer.send_letter(&self.topic, letter, false) {
+            Err(None) => {
+                log::warn!(
+                    "the dead letter of {}/{}@{} ({} bytes) is over {}'s size limit: sent \
+                     without its value ({} = {}); the value stays at its source position",
+                    letter.topic,
+                    letter.partition,
+                    letter.offset,
+                    letter.value.len(),
+                    self.topic,
+                    dead_letter::VALUE,
+                    dead_letter::BY_REFERENCE,
+                );
+                producer.send_letter(&self.topic, letter, true)
+            }
+            other => other,
+        }
+        .map_err(|e| {
+            e.unwrap_or_else(|| {
+                ClientError(format!("producing to {}: over the size limit", self.topic))
+            })
+        });
         self.topic_seen = sent.is_ok();
         sent
     }

@@ -1,7 +1,9 @@
 //! `service-courier dlq replay` against real Kafka and the running service: events the
-//! service dead-letters are published to the order topic again by the replay, once each; a
-//! dry run publishes nothing; letters whose payload was cut cannot be replayed and are
-//! reported; the filter leaves letters out.
+//! service dead-letters are Kafka-native letters (the original key and value, `dlq.*`
+//! headers, read here with `kcat -J`), published to the order topic again by the replay, once
+//! each, keys kept; a letter of the old JSON envelope is replayed too; a dry run publishes
+//! nothing; a letter whose value was over the dead-letter topic's limit is recorded by
+//! reference and reported as not replayable; the filter leaves letters out.
 
 use crate::common;
 
@@ -9,8 +11,8 @@ use std::time::Duration;
 
 use common::kafka_edge::run_binary;
 use common::{
-    create_topic, kafka_brokers, kcat_consume_all, kcat_produce, offsets, unique, wait_until,
-    Service, TestDb,
+    create_topic, create_topic_with, dead_letters, kafka_brokers, kcat_consume_all, kcat_produce,
+    kcat_produce_keyed, offsets, unique, wait_until, Service, TestDb,
 };
 
 /// An event with an unsupported status: the service dead-letters it as `unsupported_status`.
@@ -19,7 +21,7 @@ fn teleported(id: &str) -> String {
 }
 
 #[test]
-fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_reported() {
+fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_letters_by_reference_are_reported() {
     let Some(db) = TestDb::new(2) else { return };
     let Some(brokers) = kafka_brokers() else {
         return;
@@ -28,7 +30,8 @@ fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_
     let dlq = format!("{topic}.dlq");
     let group = unique("group");
     create_topic(&topic, 1);
-    create_topic(&dlq, 2);
+    // A dead-letter topic that takes smaller messages than the order topic.
+    create_topic_with(&dlq, 2, &["max.message.bytes=50000"]);
     let env = vec![
         ("DATABASE_URL", db.url.clone()),
         ("KAFKA_BROKERS", brokers.clone()),
@@ -43,22 +46,54 @@ fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_
         .iter()
         .map(|id| teleported(id))
         .collect();
-    // Over the fetch size and over the envelope's 64 KiB: dead-lettered as too_large, cut.
+    // Over the fetch size (too_large) and over the dead-letter topic's limit: by reference.
     let big = format!(
         r#"{{"order_id":"r-big","status":"created","created_at":"2025-08-06T12:00:00Z","pad":"{}"}}"#,
         "x".repeat(70_000)
     );
-    let mut lines = bad.clone();
+    kcat_produce_keyed(&brokers, &topic, &[format!("key-1\t{}", bad[0])]);
+    let mut lines = bad[1..].to_vec();
     lines.push("not json".into());
     lines.push(big);
     kcat_produce(&brokers, &topic, &lines);
     wait_until(Duration::from_secs(60), "five dead letters", || {
-        kcat_consume_all(&brokers, &dlq).len() == 5
+        dead_letters(&brokers, &dlq).len() == 5
     });
     // Stopped, so the replayed events are not dead-lettered again while the test counts.
     assert_eq!(service.terminate(Duration::from_secs(20)), Some(0));
     let before = kcat_consume_all(&brokers, &topic);
     assert_eq!(before.len(), 5);
+
+    // Readable by any Kafka tool: kcat -J shows the reason and the source in headers, the
+    // original key and value as they were.
+    let letters = dead_letters(&brokers, &dlq);
+    let keyed = letters
+        .iter()
+        .find(|l| l["value"] == bad[0].as_str())
+        .unwrap_or_else(|| panic!("the keyed letter: {letters:#?}"));
+    assert_eq!(keyed["reason"], "unsupported_status");
+    assert_eq!(keyed["key"], "key-1");
+    assert_eq!(keyed["source"]["topic"], topic.as_str());
+    let by_reference: Vec<_> = letters
+        .iter()
+        .filter(|l| l["by_reference"] == true)
+        .collect();
+    assert_eq!(by_reference.len(), 1, "{letters:#?}");
+    assert_eq!(by_reference[0]["reason"], "too_large");
+    assert_eq!(by_reference[0]["value"], serde_json::Value::Null);
+    assert!(by_reference[0]["value_size"].as_i64() > Some(70_000));
+    // A letter of the envelope the service wrote before, still on the topic.
+    let old = serde_json::json!({
+        "reason": "unsupported_status",
+        "error": "unsupported status \"teleported\"",
+        "source": {"topic": topic, "partition": 0, "offset": 0},
+        "payload": teleported("r-old"),
+        "payload_hex": null,
+        "payload_size": teleported("r-old").len(),
+        "payload_truncated": false,
+        "dead_lettered_at": "2026-01-01T00:00:00.000Z",
+    });
+    kcat_produce(&brokers, &dlq, &[old.to_string()]);
 
     let dlq_env: Vec<(&str, String)> = env
         .iter()
@@ -81,10 +116,13 @@ fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_
     // Dry run: says what it would do, publishes and commits nothing.
     let dry = run(&["dlq", "replay", "--dry-run"]);
     assert!(
-        dry.contains("would replay 4, skipped by filter 0, not replayable 1"),
+        dry.contains("would replay 5, skipped by filter 0, not replayable 1"),
         "{dry}"
     );
-    assert!(dry.contains("its payload was cut"), "{dry}");
+    assert!(
+        dry.contains("over the dead-letter topic's size limit"),
+        "{dry}"
+    );
     assert_eq!(
         kcat_consume_all(&brokers, &topic).len(),
         5,
@@ -97,17 +135,24 @@ fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_
         "dry run committed"
     );
 
-    // Replay the unsupported statuses: the three original payloads, once.
+    // Replay the unsupported statuses, both forms: the four original messages, once.
     let first = run(&["dlq", "replay", "--reason", "unsupported_status"]);
     assert!(
-        first.contains("replayed 3, skipped by filter 2, not replayable 0"),
+        first.contains("replayed 4, skipped by filter 2, not replayable 0"),
         "{first}"
     );
     let after = kcat_consume_all(&brokers, &topic);
-    assert_eq!(after.len(), 8);
+    assert_eq!(after.len(), 9);
     let mut replayed = after[5..].to_vec();
     replayed.sort();
-    assert_eq!(replayed, bad, "the original payloads, byte for byte");
+    let mut expected = bad.clone();
+    expected.push(teleported("r-old"));
+    assert_eq!(replayed, expected, "the original values, byte for byte");
+    let keys: Vec<String> = common::kcat_consume_keys(&brokers, &topic)[5..]
+        .iter()
+        .filter_map(|k| k.clone())
+        .collect();
+    assert_eq!(keys, vec!["key-1".to_owned()], "the original key, kept");
 
     // Again: nothing new to replay, nothing published.
     let second = run(&["dlq", "replay"]);
@@ -115,7 +160,7 @@ fn dead_letters_are_replayed_once_dry_runs_publish_nothing_and_cut_payloads_are_
         second.contains("replayed 0, skipped by filter 0, not replayable 0"),
         "{second}"
     );
-    assert_eq!(kcat_consume_all(&brokers, &topic).len(), 8);
+    assert_eq!(kcat_consume_all(&brokers, &topic).len(), 9);
 
     // A dead-letter topic that does not exist: exit 1, saying so.
     let mut missing = dlq_env.clone();

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use common::database::pg_ctl;
 use common::{
-    at, backlog, courier, in_ci, kcat_consume_positions, offsets, produce_to, unique, wait_drained,
+    at, backlog, courier, dead_letters, in_ci, offsets, produce_to, unique, wait_drained,
     wait_until, Client, Instance, Stack,
 };
 use serde_json::{json, Value};
@@ -890,9 +890,13 @@ fn poison_input() {
         .zip(messages.iter().map(|(_, _, m)| m))
         .collect();
     let mut letters: HashMap<(i32, i64), Vec<String>> = HashMap::new();
-    for (_, _, line) in kcat_consume_positions(&stack.brokers(), &dlq) {
-        let v: Value = serde_json::from_str(&line).expect("an envelope is JSON");
-        assert_eq!(v["source"]["topic"], topic.as_str(), "{line:.300}");
+    for v in dead_letters(&stack.brokers(), &dlq) {
+        assert_eq!(
+            v["source"]["topic"],
+            topic.as_str(),
+            "{:.300}",
+            v.to_string()
+        );
         let src = (
             v["source"]["partition"].as_i64().expect("partition") as i32,
             v["source"]["offset"].as_i64().expect("offset"),
@@ -1201,7 +1205,7 @@ fn two_instances_never_double_assign() {
         .collect();
     let db = stack.pg.repo(1).snapshot().expect("snapshot");
     let misplaced = wrong_states(&db, &events);
-    let letters = kcat_consume_positions(&stack.brokers(), &dlq);
+    let letters = dead_letters(&stack.brokers(), &dlq);
     let busy = db
         .couriers
         .iter()

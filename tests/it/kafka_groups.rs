@@ -432,7 +432,7 @@ fn rdkafka_applies_committed_transactions_and_never_aborted_ones() {
     let letters = stand.dead_letters();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0]["reason"], "invalid_json");
-    assert_eq!(letters[0]["payload"], "committed garbage");
+    assert_eq!(letters[0]["value"], "committed garbage");
     assert_eq!(letters[0]["source"]["partition"], 1);
 }
 

@@ -544,7 +544,7 @@ fn a_failover_to_a_promoted_standby_is_ridden_through_and_loses_nothing() {
         first_after - promoting
     );
 
-    let dead = kcat_consume_all(&stand.brokers, &stand.dlq);
+    let dead = dead_letters(&stand.brokers, &stand.dlq);
     assert!(dead.is_empty(), "dead letters: {dead:?}");
     let s = PgRepository::new(standby.url.parse().expect("url"), 1)
         .snapshot()

@@ -155,7 +155,7 @@ fn the_same_created_read_by_two_instances_at_once_is_applied_once_never_dead_let
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
 
-    let letters = kcat_consume_all(&brokers, &dlq);
+    let letters = dead_letters(&brokers, &dlq);
     assert!(letters.is_empty(), "dead letters: {letters:?}");
     let snap = db.repo.snapshot().expect("snapshot");
     snap.check_invariants().expect("invariants");

@@ -1,21 +1,26 @@
-//! `service-courier dlq replay`: publishes dead letters' original payloads to the order topic
+//! `service-courier dlq replay`: publishes dead letters' original messages to the order topic
 //! again (after the cause was fixed), once each. Its progress through the dead-letter topic is
 //! committed for a consumer group of its own (`<KAFKA_GROUP_ID>.dlq-replay`), chunk by chunk
-//! after the chunk's payloads were acknowledged, so a second replay starts where the first
+//! after the chunk's messages were acknowledged, so a second replay starts where the first
 //! ended. Every letter it passes is settled for good: replayed, skipped by the filter, or not
-//! replayable (a payload cut to fit the envelope, or none); a crash between a publish and its
-//! commit publishes that chunk again, which the idempotent handlers absorb.
+//! replayable (its value recorded by reference, or cut to fit an old envelope); a crash
+//! between a publish and its commit publishes that chunk again, which the idempotent handlers
+//! absorb.
 //!
-//! The decisions are here; the Kafka I/O is behind [`DeadLetterLog`], one per client
-//! (KAFKA_CLIENT): `kafka` (the `kafka` crate) and `rdkafka` (librdkafka).
+//! It reads both forms a letter has had: the Kafka-native one (the original key and value,
+//! `dlq.*` headers; `transport::dead_letter`) and the JSON envelope written before it, so no
+//! letter is stranded. The decisions are here; the Kafka I/O is behind [`DeadLetterLog`],
+//! implemented over librdkafka whatever KAFKA_CLIENT says: the `kafka` crate's Fetch v0 gets
+//! records down-converted to a format without headers.
 
-pub mod kafka;
 pub mod rdkafka;
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+
+use crate::transport::dead_letter;
 
 /// A dead letter as stored on the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +29,30 @@ pub struct StoredLetter {
     pub partition: i32,
     /// Its offset there.
     pub offset: i64,
-    /// The envelope (JSON, see `transport::dead_letter`).
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value: the original value, or an envelope (JSON) for letters of the old form.
+    pub value: Vec<u8>,
+    /// Its headers, in order (none on an envelope).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl StoredLetter {
+    /// The value of header `name`, as text.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// A message to publish again: the original key and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    /// The original key.
+    pub key: Option<Vec<u8>>,
+    /// The original value.
     pub value: Vec<u8>,
 }
 
@@ -45,8 +73,8 @@ pub trait DeadLetterLog {
     /// The next letters after the replay's committed position, up to the topic's end as it was
     /// when the replay began; `None` once everything up to there was returned.
     fn next_chunk(&mut self) -> Result<Option<Chunk>, String>;
-    /// Publishes payloads to the order topic, in order, and waits for the acknowledgements.
-    fn publish(&mut self, payloads: &[Vec<u8>]) -> Result<(), String>;
+    /// Publishes messages to the order topic, in order, and waits for the acknowledgements.
+    fn publish(&mut self, messages: &[Original]) -> Result<(), String>;
     /// Commits the replay's progress on a dead-letter partition.
     fn commit(&mut self, partition: i32, next: i64) -> Result<(), String>;
 }
@@ -63,52 +91,115 @@ pub struct ReplayFilter {
 /// What the replay does with one letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Publish this payload to the order topic.
-    Replay(Vec<u8>),
+    /// Publish this message to the order topic.
+    Replay(Original),
     /// The filter leaves it out.
     Filtered,
     /// It cannot be replayed, and why.
     NotReplayable(String),
 }
 
-/// Decides what to do with one stored envelope: letters of another source topic, without a
-/// payload, or with a truncated one cannot be replayed.
-pub fn judge(envelope: &[u8], filter: &ReplayFilter, order_topic: &str) -> Verdict {
-    let letter: Value = match serde_json::from_slice(envelope) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => return Verdict::NotReplayable("not a dead-letter envelope (JSON object)".into()),
+/// What a letter of either form says, as far as the replay is concerned.
+struct Described<'a> {
+    reason: &'a str,
+    time: Option<DateTime<Utc>>,
+    source: &'a str,
+    /// The message, or why there is none to publish.
+    original: Result<Original, String>,
+}
+
+/// Decides what to do with one stored letter: letters of another source topic, or without
+/// their original value, cannot be replayed.
+pub fn judge(letter: &StoredLetter, filter: &ReplayFilter, order_topic: &str) -> Verdict {
+    let envelope;
+    let described = if letter.header(dead_letter::REASON).is_some() {
+        native(letter)
+    } else {
+        envelope = match serde_json::from_slice(&letter.value) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                return Verdict::NotReplayable(
+                    "neither dlq.* headers nor a dead-letter envelope (JSON object)".into(),
+                )
+            }
+        };
+        enveloped(&envelope)
     };
-    let reason = letter["reason"].as_str().unwrap_or_default();
-    if filter.reason.as_deref().is_some_and(|r| r != reason) {
+    if filter
+        .reason
+        .as_deref()
+        .is_some_and(|r| r != described.reason)
+    {
         return Verdict::Filtered;
     }
     if let Some(since) = filter.since {
-        let at = letter["dead_lettered_at"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-        if !at.is_some_and(|at| at >= since) {
+        if !described.time.is_some_and(|at| at >= since) {
             return Verdict::Filtered;
         }
     }
-    let source = letter["source"]["topic"].as_str().unwrap_or_default();
-    if source != order_topic {
+    if described.source != order_topic {
         return Verdict::NotReplayable(format!(
-            "it came from topic {source:?}, not {order_topic:?}"
+            "it came from topic {:?}, not {order_topic:?}",
+            described.source
         ));
     }
-    if letter["payload_truncated"].as_bool() == Some(true) {
-        return Verdict::NotReplayable(format!(
+    match described.original {
+        Ok(original) => Verdict::Replay(original),
+        Err(why) => Verdict::NotReplayable(why),
+    }
+}
+
+fn rfc3339(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A Kafka-native letter: the original message, `dlq.*` headers.
+fn native(letter: &StoredLetter) -> Described<'_> {
+    let original = if letter.header(dead_letter::VALUE) == Some(dead_letter::BY_REFERENCE) {
+        Err(format!(
+            "its value ({} bytes) was over the dead-letter topic's size limit; it is at {}/{}@{}",
+            letter.header(dead_letter::VALUE_SIZE).unwrap_or("?"),
+            letter.header(dead_letter::TOPIC).unwrap_or("?"),
+            letter.header(dead_letter::PARTITION).unwrap_or("?"),
+            letter.header(dead_letter::OFFSET).unwrap_or("?"),
+        ))
+    } else {
+        Ok(Original {
+            key: letter.key.clone(),
+            value: letter.value.clone(),
+        })
+    };
+    Described {
+        reason: letter.header(dead_letter::REASON).unwrap_or_default(),
+        time: rfc3339(letter.header(dead_letter::TIME)),
+        source: letter.header(dead_letter::TOPIC).unwrap_or_default(),
+        original,
+    }
+}
+
+/// A letter of the JSON envelope written before the Kafka-native form: the payload as text or
+/// hex, cut at 64 KiB (a cut one cannot be replayed), no key.
+fn enveloped(letter: &Value) -> Described<'_> {
+    let original = if letter["payload_truncated"].as_bool() == Some(true) {
+        Err(format!(
             "its payload was cut to fit the envelope ({} bytes originally)",
             letter["payload_size"]
-        ));
-    }
-    if let Some(text) = letter["payload"].as_str() {
-        return Verdict::Replay(text.as_bytes().to_vec());
-    }
-    match letter["payload_hex"].as_str().map(from_hex) {
-        Some(Some(bytes)) => Verdict::Replay(bytes),
-        Some(None) => Verdict::NotReplayable("its payload_hex is not hex".into()),
-        None => Verdict::NotReplayable("it holds no payload".into()),
+        ))
+    } else if let Some(text) = letter["payload"].as_str() {
+        Ok(text.as_bytes().to_vec())
+    } else {
+        match letter["payload_hex"].as_str().map(from_hex) {
+            Some(Some(bytes)) => Ok(bytes),
+            Some(None) => Err("its payload_hex is not hex".into()),
+            None => Err("it holds no payload".into()),
+        }
+    };
+    Described {
+        reason: letter["reason"].as_str().unwrap_or_default(),
+        time: rfc3339(letter["dead_lettered_at"].as_str()),
+        source: letter["source"]["topic"].as_str().unwrap_or_default(),
+        original: original.map(|value| Original { key: None, value }),
     }
 }
 
@@ -174,7 +265,7 @@ pub struct ReplayFailure {
 }
 
 /// Replays every letter after the committed position, chunk by chunk: publish the chunk's
-/// replayable payloads, then commit past the chunk. Dry: decide only.
+/// replayable messages, then commit past the chunk. Dry: decide only.
 pub fn replay(
     log: &mut dyn DeadLetterLog,
     filter: &ReplayFilter,
@@ -204,10 +295,10 @@ fn replay_chunk(
 ) -> Result<bool, String> {
     let dry_run = report.dry_run;
     if let Some(chunk) = log.next_chunk()? {
-        let mut payloads = Vec::new();
+        let mut originals = Vec::new();
         for letter in &chunk.letters {
-            match judge(&letter.value, filter, order_topic) {
-                Verdict::Replay(p) => payloads.push(p),
+            match judge(letter, filter, order_topic) {
+                Verdict::Replay(o) => originals.push(o),
                 Verdict::Filtered => report.filtered += 1,
                 Verdict::NotReplayable(why) => report.not_replayable.push(Unreplayable {
                     partition: letter.partition,
@@ -216,12 +307,12 @@ fn replay_chunk(
                 }),
             }
         }
-        report.replayed += payloads.len();
+        report.replayed += originals.len();
         if dry_run {
             return Ok(true);
         }
-        if !payloads.is_empty() {
-            log.publish(&payloads)?;
+        if !originals.is_empty() {
+            log.publish(&originals)?;
         }
         log.commit(chunk.partition, chunk.next)?;
         return Ok(true);
@@ -235,8 +326,39 @@ mod tests {
     use serde_json::json;
 
     const ORDERS: &str = "orders";
+    const AT: &str = "2026-01-01T00:00:00Z";
 
-    fn envelope(reason: &str, at: &str, payload: Value) -> Vec<u8> {
+    fn stored(key: Option<&[u8]>, value: &[u8], headers: &[(&str, &str)]) -> StoredLetter {
+        StoredLetter {
+            partition: 0,
+            offset: 0,
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// A Kafka-native letter, as `transport::dead_letter` writes it.
+    fn native(reason: &str, at: &str, value: &[u8]) -> StoredLetter {
+        stored(
+            Some(b"k"),
+            value,
+            &[
+                (dead_letter::REASON, reason),
+                (dead_letter::DETAIL, "boom"),
+                (dead_letter::TOPIC, ORDERS),
+                (dead_letter::PARTITION, "0"),
+                (dead_letter::OFFSET, "7"),
+                (dead_letter::TIME, at),
+            ],
+        )
+    }
+
+    /// A letter of the old form: a JSON envelope, no headers.
+    fn envelope(reason: &str, at: &str, payload: Value) -> StoredLetter {
         let mut e = json!({
             "reason": reason,
             "error": "boom",
@@ -250,89 +372,130 @@ mod tests {
         for (k, v) in payload.as_object().expect("object") {
             e[k] = v.clone();
         }
-        e.to_string().into_bytes()
+        stored(None, e.to_string().as_bytes(), &[])
     }
 
-    fn text(reason: &str, at: &str, payload: &str) -> Vec<u8> {
+    fn text(reason: &str, at: &str, payload: &str) -> StoredLetter {
         envelope(reason, at, json!({"payload": payload}))
     }
 
+    fn value(v: &[u8]) -> Original {
+        Original {
+            key: None,
+            value: v.to_vec(),
+        }
+    }
+
     #[test]
-    fn a_text_or_hex_payload_is_replayed_byte_for_byte() {
+    fn a_native_letter_is_replayed_as_its_original_key_and_value() {
         let f = ReplayFilter::default();
-        let t = text("unsupported_status", "2026-01-01T00:00:00Z", r#"{"a":1}"#);
+        let l = native("unsupported_status", AT, &[0xff, 0x00, 0x41]);
         assert_eq!(
-            judge(&t, &f, ORDERS),
-            Verdict::Replay(br#"{"a":1}"#.to_vec())
+            judge(&l, &f, ORDERS),
+            Verdict::Replay(Original {
+                key: Some(b"k".to_vec()),
+                value: vec![0xff, 0x00, 0x41],
+            })
         );
-        let h = envelope(
-            "not_utf8",
-            "2026-01-01T00:00:00Z",
-            json!({"payload_hex": "ff0041"}),
+        let mut by_ref = native("too_large", AT, b"");
+        by_ref
+            .headers
+            .push((dead_letter::VALUE.into(), dead_letter::BY_REFERENCE.into()));
+        by_ref
+            .headers
+            .push((dead_letter::VALUE_SIZE.into(), b"2000000".to_vec()));
+        assert!(
+            matches!(judge(&by_ref, &f, ORDERS), Verdict::NotReplayable(w) if w.contains("2000000 bytes") && w.contains("orders/0@7")),
+            "{:?}",
+            judge(&by_ref, &f, ORDERS)
         );
+        assert!(matches!(
+            judge(&native("x", AT, b"v"), &f, "other"),
+            Verdict::NotReplayable(w) if w.contains("came from")
+        ));
+    }
+
+    #[test]
+    fn an_envelope_with_a_text_or_hex_payload_is_replayed_byte_for_byte() {
+        let f = ReplayFilter::default();
+        let t = text("unsupported_status", AT, r#"{"a":1}"#);
+        assert_eq!(judge(&t, &f, ORDERS), Verdict::Replay(value(br#"{"a":1}"#)));
+        let h = envelope("not_utf8", AT, json!({"payload_hex": "ff0041"}));
         assert_eq!(
             judge(&h, &f, ORDERS),
-            Verdict::Replay(vec![0xff, 0x00, 0x41])
+            Verdict::Replay(value(&[0xff, 0x00, 0x41]))
         );
     }
 
     #[test]
-    fn truncated_missing_foreign_or_broken_letters_are_not_replayable() {
+    fn truncated_missing_foreign_or_broken_envelopes_are_not_replayable() {
         let f = ReplayFilter::default();
-        let at = "2026-01-01T00:00:00Z";
         let cut = envelope(
             "too_large",
-            at,
+            AT,
             json!({"payload": "{", "payload_truncated": true}),
         );
         assert!(matches!(judge(&cut, &f, ORDERS), Verdict::NotReplayable(w) if w.contains("cut")));
-        let none = envelope("too_large", at, json!({}));
+        let none = envelope("too_large", AT, json!({}));
         assert!(
             matches!(judge(&none, &f, ORDERS), Verdict::NotReplayable(w) if w.contains("no payload"))
         );
-        let bad_hex = envelope("not_utf8", at, json!({"payload_hex": "f"}));
+        let bad_hex = envelope("not_utf8", AT, json!({"payload_hex": "f"}));
         assert!(matches!(
             judge(&bad_hex, &f, ORDERS),
             Verdict::NotReplayable(_)
         ));
-        let foreign = text("invalid_json", at, "x");
+        let foreign = text("invalid_json", AT, "x");
         assert!(
             matches!(judge(&foreign, &f, "other"), Verdict::NotReplayable(w) if w.contains("came from"))
         );
         assert!(matches!(
-            judge(b"not json", &f, ORDERS),
+            judge(&stored(None, b"not json", &[]), &f, ORDERS),
             Verdict::NotReplayable(_)
         ));
     }
 
     #[test]
-    fn the_filter_selects_by_reason_and_time() {
-        let early = text("invalid_json", "2026-01-01T00:00:00Z", "x");
-        let late = text("unsupported_status", "2026-03-01T10:00:00.123Z", "y");
-        let by_reason = ReplayFilter {
-            reason: Some("unsupported_status".into()),
-            since: None,
-        };
-        assert_eq!(judge(&early, &by_reason, ORDERS), Verdict::Filtered);
-        assert_eq!(
-            judge(&late, &by_reason, ORDERS),
-            Verdict::Replay(b"y".to_vec())
-        );
-        let since = ReplayFilter {
-            reason: None,
-            since: Some("2026-02-01T00:00:00Z".parse().expect("time")),
-        };
-        assert_eq!(judge(&early, &since, ORDERS), Verdict::Filtered);
-        assert_eq!(judge(&late, &since, ORDERS), Verdict::Replay(b"y".to_vec()));
+    fn the_filter_selects_by_reason_and_time_in_both_forms() {
+        let late_at = "2026-03-01T10:00:00.123Z";
+        for (early, late) in [
+            (
+                text("invalid_json", AT, "x"),
+                text("unsupported_status", late_at, "y"),
+            ),
+            (
+                native("invalid_json", AT, b"x"),
+                native("unsupported_status", late_at, b"y"),
+            ),
+        ] {
+            let by_reason = ReplayFilter {
+                reason: Some("unsupported_status".into()),
+                since: None,
+            };
+            assert_eq!(judge(&early, &by_reason, ORDERS), Verdict::Filtered);
+            assert!(matches!(
+                judge(&late, &by_reason, ORDERS),
+                Verdict::Replay(o) if o.value == b"y"
+            ));
+            let since = ReplayFilter {
+                reason: None,
+                since: Some("2026-02-01T00:00:00Z".parse().expect("time")),
+            };
+            assert_eq!(judge(&early, &since, ORDERS), Verdict::Filtered);
+            assert!(matches!(
+                judge(&late, &since, ORDERS),
+                Verdict::Replay(o) if o.value == b"y"
+            ));
+        }
     }
 
     /// An in-memory dead-letter topic of one partition, in chunks of two.
     #[derive(Default)]
     struct FakeLog {
-        letters: Vec<Vec<u8>>,
+        letters: Vec<StoredLetter>,
         committed: i64,
         read: i64,
-        published: Vec<Vec<u8>>,
+        published: Vec<Original>,
     }
 
     impl FakeLog {
@@ -349,9 +512,8 @@ mod tests {
             }
             let letters = (self.read..end)
                 .map(|o| StoredLetter {
-                    partition: 0,
                     offset: o,
-                    value: self.letters[o as usize].clone(),
+                    ..self.letters[o as usize].clone()
                 })
                 .collect();
             self.read = end;
@@ -361,8 +523,8 @@ mod tests {
                 next: end,
             }))
         }
-        fn publish(&mut self, payloads: &[Vec<u8>]) -> Result<(), String> {
-            self.published.extend_from_slice(payloads);
+        fn publish(&mut self, messages: &[Original]) -> Result<(), String> {
+            self.published.extend_from_slice(messages);
             Ok(())
         }
         fn commit(&mut self, _partition: i32, next: i64) -> Result<(), String> {
@@ -378,19 +540,18 @@ mod tests {
             fn next_chunk(&mut self) -> Result<Option<Chunk>, String> {
                 self.0.next_chunk()
             }
-            fn publish(&mut self, payloads: &[Vec<u8>]) -> Result<(), String> {
+            fn publish(&mut self, messages: &[Original]) -> Result<(), String> {
                 if self.0.published.len() >= 2 {
                     return Err("broker gone".into());
                 }
-                self.0.publish(payloads)
+                self.0.publish(messages)
             }
             fn commit(&mut self, partition: i32, next: i64) -> Result<(), String> {
                 self.0.commit(partition, next)
             }
         }
-        let at = "2026-01-01T00:00:00Z";
         let mut log = Failing(FakeLog {
-            letters: (0..4).map(|n| text("x", at, &n.to_string())).collect(),
+            letters: (0..4).map(|n| text("x", AT, &n.to_string())).collect(),
             ..FakeLog::default()
         });
         let failure = replay(&mut log, &ReplayFilter::default(), ORDERS, false)
@@ -402,18 +563,17 @@ mod tests {
 
     #[test]
     fn a_replay_publishes_once_and_a_dry_run_changes_nothing() {
-        let at = "2026-01-01T00:00:00Z";
         let mut log = FakeLog {
             letters: vec![
-                text("unsupported_status", at, "a"),
-                text("invalid_json", at, "b"),
+                text("unsupported_status", AT, "a"),
+                native("invalid_json", AT, b"b"),
                 envelope(
                     "too_large",
-                    at,
+                    AT,
                     json!({"payload": "{", "payload_truncated": true}),
                 ),
-                text("unsupported_status", at, "c"),
-                text("unsupported_status", at, "d"),
+                native("unsupported_status", AT, b"c"),
+                text("unsupported_status", AT, "d"),
             ],
             ..FakeLog::default()
         };
@@ -440,7 +600,14 @@ mod tests {
         );
         assert_eq!(
             log.published,
-            vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]
+            vec![
+                value(b"a"),
+                Original {
+                    key: Some(b"k".to_vec()),
+                    value: b"c".to_vec()
+                },
+                value(b"d")
+            ]
         );
         assert_eq!(log.committed, 5);
         assert_eq!(

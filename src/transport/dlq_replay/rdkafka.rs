@@ -1,4 +1,5 @@
-//! [`DeadLetterLog`] over librdkafka (`KAFKA_CLIENT=rdkafka`): reads one dead-letter partition
+//! [`DeadLetterLog`] over librdkafka (for both clients, see the parent module): reads one
+//! dead-letter partition
 //! at a time with a `BaseConsumer` assigned to it (no group membership: the replay group only
 //! stores offsets), from the group's committed offset to the end the partition had when the
 //! replay began; publishes with the service's blocking producer (all in-sync replicas) and
@@ -9,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::{Chunk, DeadLetterLog, StoredLetter};
+use super::{Chunk, DeadLetterLog, Original, StoredLetter};
 use crate::config::KafkaAccess;
 use crate::transport::bounded_commit;
 use crate::transport::rdkafka_client::{client_config, RdkafkaProducer};
@@ -153,7 +154,15 @@ impl DeadLetterLog for RdkafkaDeadLetterLog {
                         letters.push(StoredLetter {
                             partition,
                             offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
                             value: m.payload().unwrap_or_default().to_vec(),
+                            headers: m.headers().map_or_else(Vec::new, |h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (h.key.to_owned(), h.value.unwrap_or_default().to_vec())
+                                    })
+                                    .collect()
+                            }),
                         });
                         at_end = m.offset() + 1 >= end;
                     }
@@ -189,7 +198,7 @@ impl DeadLetterLog for RdkafkaDeadLetterLog {
         }))
     }
 
-    fn publish(&mut self, payloads: &[Vec<u8>]) -> Result<(), String> {
+    fn publish(&mut self, messages: &[Original]) -> Result<(), String> {
         let producer = match self.producer.as_ref() {
             Some(p) => p,
             None => self.producer.insert(
@@ -203,8 +212,10 @@ impl DeadLetterLog for RdkafkaDeadLetterLog {
                 .map_err(|e| e.to_string())?,
             ),
         };
-        let records: Vec<(Option<&[u8]>, &[u8])> =
-            payloads.iter().map(|p| (None, p.as_slice())).collect();
+        let records: Vec<(Option<&[u8]>, &[u8])> = messages
+            .iter()
+            .map(|m| (m.key.as_deref(), m.value.as_slice()))
+            .collect();
         producer
             .send_all(&self.order_topic, &records)
             .map_err(|e| e.to_string())

@@ -321,6 +321,7 @@ fn records(partition: i32, offsets: std::ops::Range<i64>) -> Vec<Polled> {
         .map(|o| Polled::Record {
             partition,
             offset: o,
+            key: None,
             value: created(&format!("p{partition}-o{o}")).into_bytes(),
         })
         .collect()
@@ -462,6 +463,7 @@ fn a_dead_letter_that_fails_to_send_holds_the_commit_until_it_is_sent() {
     batch.push(Polled::Record {
         partition: 0,
         offset: 1,
+        key: Some(b"k1".to_vec()),
         value: b"{not json".to_vec(),
     });
     batch.extend(records(0, 2..3));
@@ -477,7 +479,13 @@ fn a_dead_letter_that_fails_to_send_holds_the_commit_until_it_is_sent() {
         commits_of(&calls[..sent], 0).iter().all(|o| *o <= 1),
         "committed past an unsent dead letter: {calls:?}"
     );
-    assert_eq!(h.fake.state().dead_letters[0].reason, "invalid_json");
+    let letter = h.fake.state().dead_letters[0].clone();
+    assert_eq!(letter.reason, "invalid_json");
+    assert_eq!(
+        (letter.key.as_deref(), letter.value.as_slice()),
+        (Some(&b"k1"[..]), &b"{not json"[..]),
+        "the original key and value, whole"
+    );
     let (_, summary) = h.stop();
     assert_eq!(summary.dead_letters.get("invalid_json"), Some(&1));
 }
@@ -573,6 +581,7 @@ fn a_recreated_log_is_read_from_its_start_and_no_offset_of_the_old_log_is_commit
         } => Polled::Record {
             partition,
             offset,
+            key: None,
             value: created(&format!("new-{offset}")).into_bytes(),
         },
         other => other,
@@ -601,6 +610,7 @@ fn unsent_dead_letters_past_the_bound_pause_every_partition_while_polling_goes_o
         .map(|o| Polled::Record {
             partition: 0,
             offset: o,
+            key: None,
             value: b"{not json".to_vec(),
         })
         .collect();
@@ -680,6 +690,7 @@ fn records_of(partition: i32, first: i64, orders: &[String]) -> Vec<Polled> {
         .map(|(order, offset)| Polled::Record {
             partition,
             offset,
+            key: None,
             value: created(order).into_bytes(),
         })
         .collect()

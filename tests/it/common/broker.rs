@@ -27,9 +27,15 @@ pub fn kafka_brokers() -> Option<String> {
 
 /// Creates a topic on the shared broker with the project's script.
 pub fn create_topic(name: &str, partitions: u32) {
+    create_topic_with(name, partitions, &[]);
+}
+
+/// [`create_topic`] with topic configs (`KEY=VALUE`, e.g. `max.message.bytes=50000`).
+pub fn create_topic_with(name: &str, partitions: u32, configs: &[&str]) {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts/kafka.sh"))
         .args(["topic", name, &partitions.to_string()])
+        .args(configs)
         .output()
         .expect("scripts/kafka.sh runs");
     assert!(

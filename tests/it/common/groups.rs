@@ -134,12 +134,9 @@ impl GroupStand {
         });
     }
 
-    /// Every envelope on the dead-letter topic.
+    /// Every letter on the dead-letter topic, described by [`super::dead_letters`].
     pub fn dead_letters(&self) -> Vec<serde_json::Value> {
-        super::kcat_consume_all(&self.brokers, &self.dlq)
-            .iter()
-            .map(|l| serde_json::from_str(l).expect("a dead letter is JSON"))
-            .collect()
+        super::dead_letters(&self.brokers, &self.dlq)
     }
 }
 

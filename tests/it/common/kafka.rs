@@ -12,6 +12,11 @@ pub fn kcat_produce(brokers: &str, topic: &str, lines: &[String]) {
     kcat_produce_args(brokers, topic, &[], lines);
 }
 
+/// Produces `key<TAB>value` lines with kcat, keyed.
+pub fn kcat_produce_keyed(brokers: &str, topic: &str, lines: &[String]) {
+    kcat_produce_args(brokers, topic, &["-K", "\t"], lines);
+}
+
 /// Produces lines with kcat to one partition.
 pub fn kcat_produce_to(brokers: &str, topic: &str, partition: i32, lines: &[String]) {
     kcat_produce_args(brokers, topic, &["-p", &partition.to_string()], lines);
@@ -206,4 +211,77 @@ pub fn wait_drained(
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// The key of every message on a topic (null keys as `None`), in the order kcat reads them.
+pub fn kcat_consume_keys(brokers: &str, topic: &str) -> Vec<Option<String>> {
+    kcat_json(brokers, topic)
+        .iter()
+        .map(|m| m["key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every message on a topic as kcat's JSON (`-J`: partition, offset, headers, key, payload).
+fn kcat_json(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            brokers,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-J",
+        ])
+        .output()
+        .expect("kcat runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("kcat -J: {e}: {line}")))
+        .collect()
+}
+
+/// Every dead letter on a topic, read as any Kafka user would (`kcat -C -J`, read_committed)
+/// and described for assertions from its `dlq.*` headers (docs/operations.md, "Dead letters"):
+/// `reason`, `detail`, `source` {`topic`, `partition`, `offset`}, `time`, the original `key` and
+/// `value` (text, lossy; null when none), `by_reference` and `value_size` (for a value left out),
+/// and where the letter itself sits (`partition`, `offset`).
+pub fn dead_letters(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    kcat_json(brokers, topic)
+        .into_iter()
+        .map(|m| {
+            let flat = m["headers"].as_array().cloned().unwrap_or_default();
+            let header = |name: &str| {
+                flat.chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1).cloned())
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            let number = |name: &str| {
+                header(name)
+                    .as_str()
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .map_or(serde_json::Value::Null, serde_json::Value::from)
+            };
+            serde_json::json!({
+                "reason": header("dlq.reason"),
+                "detail": header("dlq.detail"),
+                "source": {
+                    "topic": header("dlq.topic"),
+                    "partition": number("dlq.partition"),
+                    "offset": number("dlq.offset"),
+                },
+                "time": header("dlq.time"),
+                "key": m["key"],
+                "value": m["payload"],
+                "by_reference": header("dlq.value") == "by-reference",
+                "value_size": number("dlq.value.size"),
+                "partition": m["partition"],
+                "offset": m["offset"],
+            })
+        })
+        .collect()
 }

@@ -56,13 +56,14 @@ pub mod service;
 pub mod stand;
 pub mod wait;
 
-pub use broker::{create_topic, kafka_brokers, PrivateBroker, Stack};
+pub use broker::{create_topic, create_topic_with, kafka_brokers, PrivateBroker, Stack};
 pub use database::{database_url, PrivateDatabase, TestDb};
 pub use events::{at, courier, event, oid, repo_root, unique};
 pub use groups::{rdkafka_produce, Client};
 pub use kafka::{
-    backlog, drained, kcat_consume_all, kcat_consume_isolated, kcat_consume_positions,
-    kcat_produce, kcat_produce_codec, kcat_produce_to, offsets, produce_to, wait_drained,
+    backlog, dead_letters, drained, kcat_consume_all, kcat_consume_isolated, kcat_consume_keys,
+    kcat_consume_positions, kcat_produce, kcat_produce_codec, kcat_produce_keyed, kcat_produce_to,
+    offsets, produce_to, wait_drained,
 };
 pub use service::{http_get, Instance, Service};
 pub use stand::{completed_deliveries, ServiceStand};
