@@ -131,23 +131,8 @@ pub fn kcat_consume_isolated(
     topic: &str,
     isolation: &str,
 ) -> Vec<(i32, i64, String)> {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            brokers,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-X", &format!("isolation.level={isolation}")])
-        .args(["-f", "%p %o %s\n"])
-        .output()
-        .expect("kcat runs");
-    String::from_utf8_lossy(&out.stdout)
+    let isolation = format!("isolation.level={isolation}");
+    kcat_read(brokers, topic, &["-X", &isolation, "-f", "%p %o %s\n"])
         .lines()
         .filter_map(|l| {
             let mut parts = l.splitn(3, ' ');
@@ -221,8 +206,9 @@ pub fn kcat_consume_keys(brokers: &str, topic: &str) -> Vec<Option<String>> {
         .collect()
 }
 
-/// Every message on a topic as kcat's JSON (`-J`: partition, offset, headers, key, payload).
-fn kcat_json(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+/// What kcat prints reading a whole topic from its start, in the output format `args` give
+/// (lossy: a value that is not UTF-8 stays readable around it).
+fn kcat_read(brokers: &str, topic: &str, args: &[&str]) -> String {
     let out = Command::new("kcat")
         .args([
             "-C",
@@ -234,11 +220,16 @@ fn kcat_json(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
             "beginning",
             "-e",
             "-q",
-            "-J",
         ])
+        .args(args)
         .output()
         .expect("kcat runs");
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every message on a topic as kcat's JSON (`-J`: partition, offset, headers, key, payload).
+fn kcat_json(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    kcat_read(brokers, topic, &["-J"])
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("kcat -J: {e}: {line}")))
         .collect()
