@@ -231,7 +231,7 @@ fn start_api(
         repo: pg_repository(settings, 2),
         metrics: Arc::clone(metrics),
         pipeline: Arc::default(),
-        token: settings.api_token.as_ref().map(|t| t.expose().to_owned()),
+        token: settings.api_token.clone(),
     };
     let bound = api::serve(addr, api, shutdown.clone())?;
     let guard = if settings.api_token.is_some() {

@@ -99,8 +99,9 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
-/// A secret (KAFKA_SASL_PASSWORD, API_TOKEN): shown as `<redacted>` by `Debug`, so no log line, error or
-/// debug print of the settings can leak it; only the client configuration reads it.
+/// A secret (KAFKA_SASL_PASSWORD, API_TOKEN): shown as `<redacted>` by `Debug`, so no log line,
+/// error or debug print of the settings can leak it; only the client configuration and the
+/// API's token check read it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 

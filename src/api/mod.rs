@@ -30,6 +30,7 @@ mod routes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::Secret;
 use crate::ops::Metrics;
 use crate::repository::{CourierRepository, FleetDirectory};
 use crate::shutdown::Shutdown;
@@ -48,7 +49,7 @@ pub struct Api<R> {
     /// Events/s and stalled partitions, sampled from `metrics`.
     pub pipeline: Arc<Pipeline>,
     /// API_TOKEN: mutating routes need it as a bearer token when set.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 }
 
 /// Binds `addr` and serves the API on [`HANDLER_THREADS`] threads until `shutdown`. Returns the

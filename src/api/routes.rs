@@ -228,7 +228,7 @@ fn authorize<R>(api: &Api<R>, request: &Request) -> Result<(), ApiError> {
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .map(|h| h.value.as_str());
-    if bearer_matches(given, token) {
+    if bearer_matches(given, token.expose()) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(
