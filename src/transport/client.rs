@@ -91,13 +91,75 @@ pub struct PauseBound {
     pub stuck_after: Duration,
 }
 
-/// A failed client call, described for a log line (never holding a secret).
+/// What kind of failure a client call met, from the Kafka error code behind it: the loop
+/// decides on it (a refused commit during a rebalance is not an outage; bad credentials need a
+/// person, not retries). Both clients map their library's codes with the same meaning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Worth trying again as it is: a timeout, a broker gone, a leader moving, no code at all.
+    #[default]
+    Retriable,
+    /// This member's generation is over (expelled from the group, or fenced by a newer
+    /// member): its commits are refused until it joins again, and its partitions move.
+    Fenced,
+    /// The group is rebalancing: a commit is refused for now, and the partitions may move.
+    RebalanceInProgress,
+    /// The topic or partition does not exist (or the broker does not know it yet).
+    UnknownTopicOrPartition,
+    /// Authentication or authorization failed: credentials or ACLs need fixing.
+    Auth,
+    /// The client cannot go on (librdkafka's fatal error): it must be built anew.
+    Fatal,
+}
+
+impl ErrorKind {
+    /// What a person can do about it, for a log line; empty when waiting is the answer.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::Retriable | Self::Fatal => "",
+            Self::Fenced | Self::RebalanceInProgress => {
+                " (the group is moving partitions: what is not committed is read again by their \
+                 next owner)"
+            }
+            Self::UnknownTopicOrPartition => {
+                " (create the topic, e.g. scripts/kafka.sh topic NAME PARTITIONS, or check its \
+                 name)"
+            }
+            Self::Auth => {
+                " (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD and the topic and group \
+                 ACLs)"
+            }
+        }
+    }
+}
+
+/// A failed client call: its kind, and a description for a log line (never holding a secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientError(pub String);
+pub struct ClientError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl ClientError {
+    /// A failure of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A failure worth retrying, or one without a Kafka error code.
+    pub fn retriable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Retriable, message)
+    }
+}
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{}{}", self.message, self.kind.hint())
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::client::{
-    ClientError, ConnectError, ConsumerClient, DeadLetterProducer, PauseBound, Polled,
+    ClientError, ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, PauseBound, Polled,
 };
 use super::dead_letter::DeadLetter;
 
@@ -60,9 +60,10 @@ pub struct FakeBroker {
     pub dead_letters: Vec<DeadLetter>,
     /// Dead-letter sends to fail before one succeeds.
     pub refuse_dead_letters: u32,
-    /// Commits to fail before one succeeds; like the `kafka` client, a failed commit drops the
-    /// session.
+    /// Commits to fail before one succeeds.
     pub refuse_commits: u32,
+    /// How they fail (by default: on the way, as with the broker gone).
+    pub commit_refusal: ErrorKind,
     /// High-watermark reads to fail before one succeeds.
     pub refuse_watermarks: u32,
     /// Committed-offset reads to fail before one succeeds.
@@ -141,7 +142,7 @@ impl ConsumerClient for Fake {
             Some(Step::Deliver(polled)) => Ok(polled),
             Some(Step::Fail(m)) => {
                 self.state().connected = false;
-                Err(ClientError(m))
+                Err(ClientError::retriable(m))
             }
             None => {
                 std::thread::sleep(timeout.min(Duration::from_millis(5)));
@@ -167,7 +168,10 @@ impl ConsumerClient for Fake {
     }
 
     fn background_failure(&self) -> Option<ClientError> {
-        self.state().background_failure.clone().map(ClientError)
+        self.state()
+            .background_failure
+            .clone()
+            .map(ClientError::retriable)
     }
 
     fn pause_bound(&self) -> PauseBound {
@@ -179,8 +183,13 @@ impl ConsumerClient for Fake {
         s.calls.push(Call::Commit(offsets.to_vec()));
         if s.refuse_commits > 0 {
             s.refuse_commits -= 1;
-            s.connected = false;
-            return Err(ClientError("fake commit failed; reconnecting".into()));
+            let kind = s.commit_refusal;
+            // Like the `kafka` client, a commit that failed on the way drops the session; one
+            // the group refused does not.
+            if kind == ErrorKind::Retriable {
+                s.connected = false;
+            }
+            return Err(ClientError::new(kind, "fake commit refused"));
         }
         s.committed.extend(offsets.iter().copied());
         Ok(())
@@ -195,7 +204,7 @@ impl ConsumerClient for Fake {
         let mut s = self.state();
         if s.refuse_watermarks > 0 {
             s.refuse_watermarks -= 1;
-            return Err(ClientError("fake high watermarks unavailable".into()));
+            return Err(ClientError::retriable("fake high watermarks unavailable"));
         }
         Ok(Vec::new())
     }
@@ -204,7 +213,7 @@ impl ConsumerClient for Fake {
         let mut s = self.state();
         if s.refuse_committed_offsets > 0 {
             s.refuse_committed_offsets -= 1;
-            return Err(ClientError("fake committed offsets unavailable".into()));
+            return Err(ClientError::retriable("fake committed offsets unavailable"));
         }
         Ok(partitions
             .iter()
@@ -228,7 +237,10 @@ impl DeadLetterProducer for Fake {
         let mut s = self.state();
         if s.refuse_dead_letters > 0 {
             s.refuse_dead_letters -= 1;
-            return Err(ClientError("fake dead-letter topic unavailable".into()));
+            return Err(ClientError::new(
+                ErrorKind::UnknownTopicOrPartition,
+                "fake dead-letter topic unavailable",
+            ));
         }
         s.calls
             .push(Call::DeadLetter(letter.partition, letter.offset));

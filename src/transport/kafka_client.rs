@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use kafka::client::{CommitOffset, FetchOffset, FetchPartition, GroupOffsetStorage, KafkaClient};
 use kafka::error::KafkaCode;
 
-use super::client::{ClientError, ConnectError, ConsumerClient, PauseBound, Polled};
+use super::client::{ClientError, ConnectError, ConsumerClient, ErrorKind, PauseBound, Polled};
 use super::kafka_edge::gap::fill_gap;
 use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
 use super::kafka_edge::read::{fetch_partition, OwnedMessage};
@@ -126,7 +126,7 @@ impl KafkaCrateConsumer {
     fn client(&mut self) -> Result<&mut KafkaClient, ClientError> {
         self.client
             .as_mut()
-            .ok_or_else(|| ClientError("not connected".into()))
+            .ok_or_else(|| ClientError::retriable("not connected"))
     }
 
     /// Log start and high watermark of every partition of the topic.
@@ -136,7 +136,7 @@ impl KafkaCrateConsumer {
         let read = |client: &mut KafkaClient, at: FetchOffset| {
             client
                 .fetch_topic_offsets(&topic, at)
-                .map_err(|e| ClientError(format!("watermarks of {topic} unavailable: {e}")))
+                .map_err(|e| client_error(&e, format!("watermarks of {topic} unavailable: {e}")))
         };
         let starts = read(client, FetchOffset::Earliest)?;
         let highs = read(client, FetchOffset::Latest)?;
@@ -161,7 +161,7 @@ impl KafkaCrateConsumer {
         let committed = self
             .client()?
             .fetch_group_topic_offset(&group, &topic)
-            .map_err(|e| ClientError(format!("committed offsets unavailable: {e}")))?;
+            .map_err(|e| client_error(&e, format!("committed offsets unavailable: {e}")))?;
         Ok(committed
             .into_iter()
             .filter(|c| c.offset >= 0)
@@ -228,7 +228,7 @@ impl KafkaCrateConsumer {
         let client = self.client()?;
         client
             .load_metadata_all()
-            .map_err(|e| ClientError(format!("cannot load metadata: {e}")))?;
+            .map_err(|e| client_error(&e, format!("cannot load metadata: {e}")))?;
         let now: Vec<i32> = match client.topics().partitions(&topic) {
             Some(p) => p.iter().map(|p| p.id()).collect(),
             None => {
@@ -310,7 +310,7 @@ impl KafkaCrateConsumer {
             if let Ok(client) = self.client() {
                 let loaded = client
                     .load_metadata_all()
-                    .map_err(|e| ClientError(format!("cannot load metadata: {e}")));
+                    .map_err(|e| client_error(&e, format!("cannot load metadata: {e}")));
                 if self.note("metadata", loaded).is_none() {
                     return;
                 }
@@ -356,7 +356,7 @@ impl KafkaCrateConsumer {
             }
             Err(e) => {
                 log::debug!("kafka: {e}");
-                self.failing.insert(kind, e.0);
+                self.failing.insert(kind, e.to_string());
                 None
             }
         }
@@ -574,7 +574,7 @@ impl KafkaCrateConsumer {
         let client = self
             .client
             .as_mut()
-            .ok_or_else(|| ClientError("not connected".into()))?;
+            .ok_or_else(|| ClientError::retriable("not connected"))?;
         match client.fetch_messages(&requests) {
             Ok(responses) => {
                 for t in responses.iter().flat_map(|r| r.topics()) {
@@ -609,7 +609,7 @@ impl KafkaCrateConsumer {
             Err(kafka::Error::UnsupportedCompression) => {
                 // One partition holds an lz4 batch and the whole answer failed: find it.
                 if self.isolate(active) == 0 {
-                    return Err(ClientError(format!(
+                    return Err(ClientError::retriable(format!(
                         "a fetch of {topic} could not be decoded, and no partition alone fails"
                     )));
                 }
@@ -617,9 +617,10 @@ impl KafkaCrateConsumer {
             }
             Err(e) => {
                 self.client = None;
-                return Err(ClientError(format!(
-                    "fetch from {topic} failed: {e}; reconnecting"
-                )));
+                return Err(client_error(
+                    &e,
+                    format!("fetch from {topic} failed: {e}; reconnecting"),
+                ));
             }
         }
         for (p, answer) in answers {
@@ -728,7 +729,7 @@ impl ConsumerClient for KafkaCrateConsumer {
     /// fetch of the others (the broker holds it up to KAFKA_FETCH_MAX_WAIT_MS).
     fn poll(&mut self, timeout: Duration) -> Result<Vec<Polled>, ClientError> {
         if self.client.is_none() {
-            return Err(ClientError("not connected".into()));
+            return Err(ClientError::retriable("not connected"));
         }
         let result = (|| {
             if self.last_metadata.elapsed() >= METADATA_EVERY {
@@ -776,7 +777,7 @@ impl ConsumerClient for KafkaCrateConsumer {
             return None;
         }
         let why: Vec<String> = self.failing.values().cloned().collect();
-        Some(ClientError(why.join("; ")))
+        Some(ClientError::retriable(why.join("; ")))
     }
 
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), ClientError> {
@@ -806,9 +807,10 @@ impl ConsumerClient for KafkaCrateConsumer {
             }
             Err(e) => {
                 self.client = None;
-                Err(ClientError(format!(
-                    "commit of {topic} offsets failed: {e}; reconnecting"
-                )))
+                Err(client_error(
+                    &e,
+                    format!("commit of {topic} offsets failed: {e}; reconnecting"),
+                ))
             }
         }
     }
@@ -839,5 +841,66 @@ impl ConsumerClient for KafkaCrateConsumer {
 
     fn close(&mut self) {
         self.client = None;
+    }
+}
+
+/// What kind of failure a `kafka` crate error is (`ClientError`'s kinds mean the same for both
+/// clients): the broker's error code when it sent one, else retriable (I/O, timeouts).
+fn kind_of(e: &kafka::Error) -> ErrorKind {
+    let code = match e {
+        kafka::Error::Kafka(code) => *code,
+        kafka::Error::TopicPartitionError { error_code, .. } => *error_code,
+        _ => return ErrorKind::Retriable,
+    };
+    match code {
+        KafkaCode::UnknownMemberId | KafkaCode::IllegalGeneration => ErrorKind::Fenced,
+        KafkaCode::RebalanceInProgress => ErrorKind::RebalanceInProgress,
+        KafkaCode::UnknownTopicOrPartition => ErrorKind::UnknownTopicOrPartition,
+        KafkaCode::TopicAuthorizationFailed
+        | KafkaCode::GroupAuthorizationFailed
+        | KafkaCode::ClusterAuthorizationFailed => ErrorKind::Auth,
+        _ => ErrorKind::Retriable,
+    }
+}
+
+/// A `ClientError` of the kind `e` says.
+fn client_error(e: &kafka::Error, message: String) -> ClientError {
+    ClientError::new(kind_of(e), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_crate_errors_map_to_the_kinds_the_loop_decides_on() {
+        let partition = |code| kafka::Error::TopicPartitionError {
+            topic_name: "t".into(),
+            partition_id: 0,
+            error_code: code,
+        };
+        for (e, kind) in [
+            (partition(KafkaCode::IllegalGeneration), ErrorKind::Fenced),
+            (partition(KafkaCode::UnknownMemberId), ErrorKind::Fenced),
+            (
+                kafka::Error::Kafka(KafkaCode::RebalanceInProgress),
+                ErrorKind::RebalanceInProgress,
+            ),
+            (
+                partition(KafkaCode::UnknownTopicOrPartition),
+                ErrorKind::UnknownTopicOrPartition,
+            ),
+            (
+                kafka::Error::Kafka(KafkaCode::GroupAuthorizationFailed),
+                ErrorKind::Auth,
+            ),
+            (
+                partition(KafkaCode::NotLeaderForPartition),
+                ErrorKind::Retriable,
+            ),
+            (kafka::Error::NoHostReachable, ErrorKind::Retriable),
+        ] {
+            assert_eq!(kind_of(&e), kind, "{e}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::client::{ConnectError, ConsumerClient, DeadLetterProducer, Polled};
+use super::client::{ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, Polled};
 use super::dead_letter::DeadLetter;
 use super::dead_letter_backlog::{
     BacklogState, DeadLetterBacklog, DEFAULT_MAX_BYTES, DEFAULT_MAX_LETTERS,
@@ -242,7 +242,7 @@ impl<'a> Poller<'a> {
                 Ok(polled) => {
                     backoff.reset();
                     self.kafka_call("poll", Ok(()));
-                    let background = self.client.background_failure().map(|e| e.0);
+                    let background = self.client.background_failure().map(|e| e.to_string());
                     self.kafka_call("client", background.map_or(Ok(()), Err));
                     for p in polled {
                         // Stopping: route no more (each refused job would wait for a full
@@ -278,8 +278,17 @@ impl<'a> Poller<'a> {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    log::warn!("kafka: {e}; polling again in {delay:?}");
-                    self.kafka_call("poll", Err(e.0));
+                    // What waiting mends is a warning; what needs a person is an error.
+                    let level = match e.kind {
+                        ErrorKind::Retriable
+                        | ErrorKind::Fenced
+                        | ErrorKind::RebalanceInProgress => log::Level::Warn,
+                        ErrorKind::UnknownTopicOrPartition | ErrorKind::Auth | ErrorKind::Fatal => {
+                            log::Level::Error
+                        }
+                    };
+                    log::log!(level, "kafka: {e}; polling again in {delay:?}");
+                    self.kafka_call("poll", Err(e.to_string()));
                     self.wait(delay);
                 }
             }
@@ -330,7 +339,7 @@ impl<'a> Poller<'a> {
             }
             Err(e) => {
                 log::debug!("kafka: {e}");
-                self.kafka_call("watermarks", Err(e.0));
+                self.kafka_call("watermarks", Err(e.to_string()));
             }
         }
         self.read_committed();
@@ -357,7 +366,7 @@ impl<'a> Poller<'a> {
             Err(e) => {
                 log::debug!("kafka: {e}");
                 self.committed_unread.extend(partitions);
-                self.kafka_call("committed offsets", Err(e.0));
+                self.kafka_call("committed offsets", Err(e.to_string()));
             }
         }
     }
@@ -885,11 +894,17 @@ impl<'a> Poller<'a> {
                 log::debug!("committed {topic} offsets {ready:?}");
                 self.kafka_call("commit", Ok(()));
             }
+            // Refused because the group is moving partitions: Kafka is there and answered, so
+            // readiness stands. The points stay ready: the next commit covers those still ours.
+            Err(e) if matches!(e.kind, ErrorKind::Fenced | ErrorKind::RebalanceInProgress) => {
+                log::info!("kafka: {e}");
+                self.kafka_call("commit", Ok(()));
+            }
             Err(e) => {
                 // Not ready until a commit works again: a commit can be the first call to find
                 // the broker gone. The points stay ready, so the next commit tries them again.
                 log::warn!("kafka: {e}");
-                self.kafka_call("commit", Err(e.0));
+                self.kafka_call("commit", Err(e.to_string()));
             }
         }
     }

@@ -36,7 +36,7 @@ use rdkafka::ClientContext;
 
 use super::bounded_commit;
 use super::client::{
-    ClientError, ConnectError, ConsumerClient, DeadLetterProducer, PauseBound, Polled,
+    ClientError, ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, PauseBound, Polled,
 };
 use super::dead_letter::{self, DeadLetter};
 use super::start::{Start, Watermarks};
@@ -522,7 +522,7 @@ impl RdkafkaConsumer {
     fn consumer(&self) -> Result<&BaseConsumer<GroupContext>, ClientError> {
         self.consumer
             .as_ref()
-            .ok_or_else(|| ClientError("not connected".into()))
+            .ok_or_else(|| ClientError::retriable("not connected"))
     }
 
     /// These partitions of the topic, as librdkafka lists them.
@@ -538,7 +538,7 @@ impl RdkafkaConsumer {
         let mut tpl = TopicPartitionList::new();
         for &(partition, offset) in points {
             tpl.add_partition_offset(&self.settings.topic, partition, Offset::Offset(offset))
-                .map_err(|e| ClientError(format!("offset {offset} of {partition}: {e}")))?;
+                .map_err(|e| client_error(&e, format!("offset {offset} of {partition}: {e}")))?;
         }
         Ok(tpl)
     }
@@ -603,7 +603,7 @@ impl ConsumerClient for RdkafkaConsumer {
         let consumer = self
             .consumer
             .as_ref()
-            .ok_or_else(|| ClientError("not connected".into()))?;
+            .ok_or_else(|| ClientError::retriable("not connected"))?;
         let mut fatal = false;
         let mut revoked = false;
         let mut errors = 0;
@@ -697,10 +697,13 @@ impl ConsumerClient for RdkafkaConsumer {
             // Old news or a broker that is down? One metadata request tells: only when no
             // broker answers is it the loop's business (it backs off and /readyz says so).
             if let Err(now) = consumer.fetch_metadata(Some(&self.settings.topic), PROBE_TIMEOUT) {
-                return Err(ClientError(format!(
-                    "consuming {}: {e}; no broker answers ({now})",
-                    self.settings.topic
-                )));
+                return Err(client_error(
+                    &now,
+                    format!(
+                        "consuming {}: {e}; no broker answers ({now})",
+                        self.settings.topic
+                    ),
+                ));
             }
             log::debug!(
                 "kafka: {errors} errors reported by librdkafka since the last poll (the last: \
@@ -727,14 +730,14 @@ impl ConsumerClient for RdkafkaConsumer {
         let tpl = self.partition_list(partitions);
         self.consumer()?
             .pause(&tpl)
-            .map_err(|e| ClientError(format!("cannot pause partitions {partitions:?}: {e}")))
+            .map_err(|e| client_error(&e, format!("cannot pause partitions {partitions:?}: {e}")))
     }
 
     fn resume(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
         let tpl = self.partition_list(partitions);
         self.consumer()?
             .resume(&tpl)
-            .map_err(|e| ClientError(format!("cannot resume partitions {partitions:?}: {e}")))
+            .map_err(|e| client_error(&e, format!("cannot resume partitions {partitions:?}: {e}")))
     }
 
     /// librdkafka drops a paused partition's prefetched messages (up to
@@ -752,7 +755,7 @@ impl ConsumerClient for RdkafkaConsumer {
     /// librdkafka refreshes metadata and reconnects by itself and reports failures through
     /// `poll`; the one read of its own here is the topic's id.
     fn background_failure(&self) -> Option<ClientError> {
-        self.topic_id_failure.clone().map(ClientError)
+        self.topic_id_failure.clone().map(ClientError::retriable)
     }
 
     /// Synchronous, and bounded by COMMIT_TIMEOUT (librdkafka alone would wait for an
@@ -763,12 +766,17 @@ impl ConsumerClient for RdkafkaConsumer {
         let consumer = self.consumer()?;
         let topic = &self.settings.topic;
         if consumer.assignment_lost() {
-            return Err(ClientError(format!(
-                "{topic} offsets not committed: this member lost its partitions"
-            )));
+            return Err(ClientError::new(
+                ErrorKind::Fenced,
+                format!("{topic} offsets not committed: this member lost its partitions"),
+            ));
         }
-        bounded_commit::commit(consumer.client(), &tpl, COMMIT_TIMEOUT)
-            .map_err(|e| ClientError(format!("commit of {topic} offsets failed: {e}")))
+        bounded_commit::commit(consumer.client(), &tpl, COMMIT_TIMEOUT).map_err(|e| {
+            ClientError::new(
+                e.code.map_or(ErrorKind::Retriable, kind_of_code),
+                format!("commit of {topic} offsets failed: {e}"),
+            )
+        })
     }
 
     fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError> {
@@ -777,25 +785,28 @@ impl ConsumerClient for RdkafkaConsumer {
             return Ok(());
         }
         let tpl = self.partition_list(partitions);
-        hand_back(self.consumer()?, &tpl).map_err(|e| ClientError(e.to_string()))
+        hand_back(self.consumer()?, &tpl).map_err(|e| client_error(&e, e.to_string()))
     }
 
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
         let consumer = self.consumer()?;
         let assignment = consumer
             .assignment()
-            .map_err(|e| ClientError(format!("assignment unavailable: {e}")))?;
+            .map_err(|e| client_error(&e, format!("assignment unavailable: {e}")))?;
         let mut marks = Vec::new();
         for e in assignment.elements() {
             // Cheap: one ListOffsets request per owned partition every few seconds.
             match consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)) {
                 Ok((_, high)) => marks.push((e.partition(), high)),
                 Err(err) => {
-                    return Err(ClientError(format!(
-                        "high watermark of {}/{} unavailable: {err}",
-                        e.topic(),
-                        e.partition()
-                    )))
+                    return Err(client_error(
+                        &err,
+                        format!(
+                            "high watermark of {}/{} unavailable: {err}",
+                            e.topic(),
+                            e.partition()
+                        ),
+                    ))
                 }
             }
         }
@@ -807,7 +818,7 @@ impl ConsumerClient for RdkafkaConsumer {
         let consumer = self.consumer()?;
         let committed = consumer
             .committed_offsets(tpl, REQUEST_TIMEOUT)
-            .map_err(|e| ClientError(format!("committed offsets unavailable: {e}")))?;
+            .map_err(|e| client_error(&e, format!("committed offsets unavailable: {e}")))?;
         Ok(committed
             .elements()
             .iter()
@@ -901,7 +912,7 @@ impl RdkafkaProducer {
             .set("topic.metadata.propagation.max.ms", &millis)
             .set("linger.ms", "5")
             .create_with_context(DeliveryContext::default())
-            .map_err(|e| ClientError(format!("cannot create the rdkafka producer: {e}")))?;
+            .map_err(|e| client_error(&e, format!("cannot create the rdkafka producer: {e}")))?;
         Ok(Self { producer, timeout })
     }
 
@@ -911,10 +922,13 @@ impl RdkafkaProducer {
             .producer
             .client()
             .fetch_metadata(Some(topic), self.timeout)
-            .map_err(|e| ClientError(format!("metadata of {topic}: {e}")))?;
+            .map_err(|e| client_error(&e, format!("metadata of {topic}: {e}")))?;
         match metadata.topics().iter().find(|t| t.name() == topic) {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-            _ => Err(ClientError(format!("topic {topic} does not exist"))),
+            _ => Err(ClientError::new(
+                ErrorKind::UnknownTopicOrPartition,
+                format!("topic {topic} does not exist"),
+            )),
         }
     }
 
@@ -933,7 +947,7 @@ impl RdkafkaProducer {
                 {
                     self.producer.poll(Duration::from_millis(1));
                 }
-                Err(e) => return Err(ClientError(format!("producing to {topic}: {e}"))),
+                Err(e) => return Err(client_error(&e, format!("producing to {topic}: {e}"))),
             }
         }
     }
@@ -950,7 +964,7 @@ impl RdkafkaProducer {
                 record = record.key(*k);
             }
             self.enqueue(record)
-                .map_err(|e| ClientError(format!("producing to {topic}: {e}")))?;
+                .map_err(|e| client_error(&e, format!("producing to {topic}: {e}")))?;
         }
         self.settle(topic)?
             .map_err(|failures| failed(topic, &failures, records.len()))
@@ -988,7 +1002,7 @@ impl RdkafkaProducer {
         }
         match self.enqueue(record) {
             Err(e) if too_large(&e) => return Err(None),
-            Err(e) => return Err(Some(ClientError(format!("producing to {topic}: {e}")))),
+            Err(e) => return Err(Some(client_error(&e, format!("producing to {topic}: {e}")))),
             Ok(()) => {}
         }
         match self.settle(topic).map_err(Some)? {
@@ -1042,11 +1056,14 @@ fn too_large(e: &KafkaError) -> bool {
 /// A produce of `sent` records of which some failed, in words.
 fn failed(topic: &str, failures: &[KafkaError], sent: usize) -> ClientError {
     match failures.first() {
-        Some(e) => ClientError(format!(
-            "producing to {topic}: {} of {sent} records failed: {e}",
-            failures.len()
-        )),
-        None => ClientError(format!("producing to {topic}: no delivery report")),
+        Some(e) => client_error(
+            e,
+            format!(
+                "producing to {topic}: {} of {sent} records failed: {e}",
+                failures.len()
+            ),
+        ),
+        None => ClientError::retriable(format!("producing to {topic}: no delivery report")),
     }
 }
 
@@ -1117,12 +1134,47 @@ impl DeadLetterProducer for RdkafkaDeadLetters {
         }
         .map_err(|e| {
             e.unwrap_or_else(|| {
-                ClientError(format!("producing to {}: over the size limit", self.topic))
+                ClientError::retriable(format!("producing to {}: over the size limit", self.topic))
             })
         });
         self.topic_seen = sent.is_ok();
         sent
     }
+}
+
+/// What kind of failure a librdkafka error code is (`ClientError`'s kinds mean the same for
+/// both clients).
+pub fn kind_of_code(code: RDKafkaErrorCode) -> ErrorKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::UnknownMemberId
+        | C::IllegalGeneration
+        | C::FencedInstanceId
+        | C::FencedMemberEpoch
+        | C::StaleMemberEpoch
+        | C::AssignmentLost
+        | C::Fenced => ErrorKind::Fenced,
+        C::RebalanceInProgress => ErrorKind::RebalanceInProgress,
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::UnknownTopicId => {
+            ErrorKind::UnknownTopicOrPartition
+        }
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed => ErrorKind::Auth,
+        C::Fatal => ErrorKind::Fatal,
+        _ => ErrorKind::Retriable,
+    }
+}
+
+/// A `ClientError` of the kind `e`'s code says (retriable when it has none).
+fn client_error(e: &KafkaError, message: String) -> ClientError {
+    ClientError::new(
+        e.rdkafka_error_code()
+            .map_or(ErrorKind::Retriable, kind_of_code),
+        message,
+    )
 }
 
 /// The broker check for librdkafka: one metadata request (librdkafka negotiates protocol
@@ -1135,4 +1187,43 @@ pub fn check_metadata(brokers: &[String], access: &KafkaAccess) -> Result<usize,
         .fetch_metadata(None, Duration::from_secs(5))
         .map(|m| m.brokers().len())
         .map_err(|e| format!("{brokers:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_codes_map_to_the_kinds_the_loop_decides_on() {
+        use RDKafkaErrorCode as C;
+        for (code, kind) in [
+            (C::RebalanceInProgress, ErrorKind::RebalanceInProgress),
+            (C::IllegalGeneration, ErrorKind::Fenced),
+            (C::UnknownMemberId, ErrorKind::Fenced),
+            (C::FencedInstanceId, ErrorKind::Fenced),
+            (C::AssignmentLost, ErrorKind::Fenced),
+            (
+                C::UnknownTopicOrPartition,
+                ErrorKind::UnknownTopicOrPartition,
+            ),
+            (C::UnknownTopic, ErrorKind::UnknownTopicOrPartition),
+            (C::SaslAuthenticationFailed, ErrorKind::Auth),
+            (C::TopicAuthorizationFailed, ErrorKind::Auth),
+            (C::GroupAuthorizationFailed, ErrorKind::Auth),
+            (C::Fatal, ErrorKind::Fatal),
+            (C::AllBrokersDown, ErrorKind::Retriable),
+            (C::RequestTimedOut, ErrorKind::Retriable),
+            (C::NotCoordinator, ErrorKind::Retriable),
+        ] {
+            assert_eq!(kind_of_code(code), kind, "{code:?}");
+        }
+        let e = client_error(
+            &KafkaError::ConsumerCommit(C::RebalanceInProgress),
+            "commit".into(),
+        );
+        assert_eq!(e.kind, ErrorKind::RebalanceInProgress);
+        assert!(e.to_string().contains("next owner"), "{e}");
+        let none = client_error(&KafkaError::NoMessageReceived, "poll".into());
+        assert_eq!(none.kind, ErrorKind::Retriable);
+    }
 }

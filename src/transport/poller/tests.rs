@@ -20,7 +20,7 @@ use crate::repository::{
     CourierRepository, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
 };
 use crate::shutdown::Shutdown;
-use crate::transport::client::{PauseBound, Polled};
+use crate::transport::client::{ErrorKind, PauseBound, Polled};
 use crate::transport::dead_letter_backlog::DEFAULT_MAX_LETTERS;
 use crate::transport::fake::{Call, Fake, Step};
 use crate::usecase::OrderEventProcessor;
@@ -946,6 +946,50 @@ fn readiness_drops_when_a_commit_finds_the_broker_gone_and_reconnects_fail() {
     h.fake.state().refuse_connects = 0;
     h.wait_for("the second event committed", |h| h.committed(0) == Some(2));
     h.wait_for("ready again", |h| !kafka_missing(h));
+    h.stop();
+}
+
+#[test]
+fn a_commit_the_group_refuses_while_it_rebalances_keeps_readiness_and_is_tried_again() {
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    fake.then(Step::Deliver(records(0, 0..1)));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    h.wait_for("the first event committed", |h| h.committed(0) == Some(1));
+    let commits = |h: &Harness| {
+        let calls = h.fake.state().calls.clone();
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::Commit(_)))
+            .count()
+    };
+    for kind in [ErrorKind::RebalanceInProgress, ErrorKind::Fenced] {
+        let (before, connects_before) = {
+            let mut s = h.fake.state();
+            s.refuse_commits = u32::MAX;
+            s.commit_refusal = kind;
+            let connects = s.calls.iter().filter(|c| **c == Call::Connect).count();
+            drop(s);
+            (commits(&h), connects)
+        };
+        let next = h.committed(0).unwrap_or(0);
+        h.fake.then(Step::Deliver(records(0, next..next + 1)));
+        h.wait_for("three commits refused", |h| commits(h) >= before + 3);
+        // Kafka answered each time: not an outage, and no reconnect.
+        assert!(!kafka_missing(&h), "{kind:?}: {:?}", h.health.readiness());
+        let connects = h
+            .fake
+            .state()
+            .calls
+            .iter()
+            .filter(|c| **c == Call::Connect)
+            .count();
+        assert_eq!(connects, connects_before, "{kind:?}: no reconnect");
+        h.fake.state().refuse_commits = 0;
+        h.wait_for("committed once the group lets it", |h| {
+            h.committed(0) == Some(next + 1)
+        });
+    }
     h.stop();
 }
 
