@@ -27,7 +27,7 @@ use super::client::{ClientError, ConnectError, ConsumerClient, ErrorKind, PauseB
 use super::kafka_edge::gap::fill_gap;
 use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
 use super::kafka_edge::read::{fetch_partition, OwnedMessage};
-use super::kafka_edge::watermarks::{check_recreated, vanished_partitions, Seen};
+use super::recreated::{check_recreated, vanished_partitions, Evidence, Seen};
 use super::start::{check_position, Resume, Start, Watermarks};
 use crate::config::KafkaSettings;
 
@@ -335,7 +335,13 @@ impl KafkaCrateConsumer {
                 previous: t.marks,
                 committed: t.committed,
             };
-            match check_recreated(seen, now, group.get(&p).copied()) {
+            let evidence = Evidence {
+                seen,
+                now: Some(now),
+                group_committed: Some(group.get(&p).copied()),
+                ..Evidence::default()
+            };
+            match check_recreated(&evidence) {
                 Some(why) => self.recreated(p, why.to_string(), Some(now)),
                 None => {
                     t.marks = Some(now);

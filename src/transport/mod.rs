@@ -20,6 +20,7 @@ mod librdkafka_owned;
 pub mod offsets;
 mod poller;
 pub mod rdkafka_client;
+pub mod recreated;
 pub mod start;
 pub mod topic_id;
 

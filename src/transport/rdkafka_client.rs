@@ -39,6 +39,7 @@ use super::client::{
     ClientError, ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, PauseBound, Polled,
 };
 use super::dead_letter::{self, DeadLetter};
+use super::recreated::{check_recreated, Evidence};
 use super::start::{Start, Watermarks};
 use super::topic_id::{self, TopicId};
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};
@@ -459,8 +460,13 @@ impl RdkafkaConsumer {
             }
         };
         self.topic_id_failure = None;
-        let before = self.topic_id.replace(now);
-        let Some(before) = before.filter(|b| *b != now) else {
+        let Some(before) = self.topic_id.replace(now) else {
+            return Vec::new();
+        };
+        let Some(why) = check_recreated(&Evidence {
+            topic_id: Some((before, now)),
+            ..Evidence::default()
+        }) else {
             return Vec::new();
         };
         let mut reports = Vec::new();
@@ -471,7 +477,7 @@ impl RdkafkaConsumer {
             }
             reports.push(Polled::Recreated {
                 partition,
-                reason: format!("the topic's id changed from {before} to {now}"),
+                reason: why.to_string(),
             });
         }
         reports
@@ -489,13 +495,13 @@ impl RdkafkaConsumer {
         offset: i64,
     ) -> Option<Polled> {
         let expected = next?;
-        if offset < expected {
+        if let Some(why) = check_recreated(&Evidence {
+            read: Some((offset, expected)),
+            ..Evidence::default()
+        }) {
             return Some(Polled::Recreated {
                 partition,
-                reason: format!(
-                    "offset {offset} was read after offset {}: the log started again",
-                    expected - 1
-                ),
+                reason: why.to_string(),
             });
         }
         if offset == expected {

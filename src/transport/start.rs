@@ -9,6 +9,7 @@
 use std::fmt;
 
 use super::client::Polled;
+use super::recreated::Recreated;
 use crate::config::FallbackOffset;
 
 /// A partition's watermarks at one moment.
@@ -81,8 +82,8 @@ impl fmt::Display for Resume {
                 high,
             } => write!(
                 f,
-                "committed offset {committed} is past the log's end {high} (the topic was \
-                 recreated); reading from the log start {log_start}"
+                "{}: the topic was recreated; reading from the log start {log_start}",
+                Recreated::CommittedPastEnd { committed, high }
             ),
         }
     }
@@ -184,9 +185,11 @@ impl Start {
                 committed, log_end, ..
             } => Some(Polled::Recreated {
                 partition,
-                reason: format!(
-                    "the group's committed offset {committed} lies past the log's end {log_end}"
-                ),
+                reason: Recreated::CommittedPastEnd {
+                    committed,
+                    high: log_end,
+                }
+                .to_string(),
             }),
         }
     }

@@ -20,6 +20,14 @@ pub struct TopicId {
     low: i64,
 }
 
+impl TopicId {
+    /// An id from its two halves (tests of the rules that compare ids).
+    #[cfg(test)]
+    pub(crate) fn from_parts(high: i64, low: i64) -> Self {
+        Self { high, low }
+    }
+}
+
 impl fmt::Display for TopicId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}{:016x}", self.high as u64, self.low as u64)

@@ -15,7 +15,7 @@ use kafka::consumer::Consumer;
 use service_courier::transport::kafka_edge::gap::fill_gap;
 use service_courier::transport::kafka_edge::probe::{probe_partitions, ProbeState, Undecodable};
 use service_courier::transport::kafka_edge::read::read_watermarks;
-use service_courier::transport::kafka_edge::watermarks::{check_recreated, Recreated, Seen};
+use service_courier::transport::recreated::{check_recreated, Evidence, Recreated, Seen};
 use service_courier::transport::start::{check_position, Resume, Watermarks};
 
 /// The largest fetch the gap filling may use (the service's default fetch size).
@@ -387,8 +387,14 @@ fn a_topic_recreated_and_refilled_past_its_old_end_is_detected() {
             high: 20
         }
     );
+    let evidence = |group_committed| Evidence {
+        seen,
+        now: Some(now),
+        group_committed: Some(group_committed),
+        ..Evidence::default()
+    };
     // The watermarks alone look like growth ...
-    assert_eq!(check_recreated(seen, now, Some(10)), None);
+    assert_eq!(check_recreated(&evidence(Some(10))), None);
     // ... but deleting the topic deleted the group's offsets for it.
     let mut group_committed = Some(10);
     common::wait_until(
@@ -405,7 +411,7 @@ fn a_topic_recreated_and_refilled_past_its_old_end_is_detected() {
         },
     );
     assert_eq!(
-        check_recreated(seen, now, group_committed),
+        check_recreated(&evidence(group_committed)),
         Some(Recreated::CommitVanished { committed: 10 })
     );
 }

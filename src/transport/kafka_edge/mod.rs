@@ -5,8 +5,6 @@
 //!   fetch response; a jump in offsets is read again in small fetches, or proved empty.
 //! - [`probe`]: any undecodable partition fails a whole multi-partition fetch; fetching each
 //!   partition alone says which one, where and why, in words a person can act on.
-//! - [`watermarks`]: a topic deleted and recreated, or a committed offset that left the log,
-//!   decided from log start and high watermark (pure functions).
 //! - [`read`]: one partition fetched alone, with owned messages and typed failures; every
 //!   partition's watermarks.
 //!
@@ -14,7 +12,7 @@
 //! with the crate's low-level `KafkaClient` and keeps each partition's next offset itself:
 //!
 //! - at connect and for a partition added later: [`read::read_watermarks`] and
-//!   [`watermarks::check_position`] against the group's committed offset (the only place the
+//!   `transport::start::check_position` against the group's committed offset (the only place the
 //!   offsets that left the log before they were read can be named; with `latest`, where the log
 //!   start is committed first so the backlog is not skipped too);
 //! - per fetched message set: when its first offset is above the partition's next offset,
@@ -26,10 +24,9 @@
 //!   codec; what precedes the bad batch is read with [`gap::fill_gap`], and that partition
 //!   stalls while the others flow;
 //! - every few seconds: [`read::read_watermarks`] and the group's committed offsets into
-//!   [`watermarks::check_recreated`]; on a verdict, that partition is read again from its log
+//!   `transport::recreated::check_recreated` (the rule both clients share); on a verdict, that partition is read again from its log
 //!   start.
 
 pub mod gap;
 pub mod probe;
 pub mod read;
-pub mod watermarks;

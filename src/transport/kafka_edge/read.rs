@@ -8,7 +8,7 @@ use std::fmt;
 use kafka::client::{FetchOffset, FetchPartition, KafkaClient};
 use kafka::error::KafkaCode;
 
-use super::watermarks::Watermarks;
+use crate::transport::start::Watermarks;
 
 /// A message read back from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

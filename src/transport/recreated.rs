@@ -1,22 +1,21 @@
-//! Decisions over a partition's watermarks (log start offset, high watermark), pure so they
-//! can be tested alone. The poller reads the watermarks every few seconds (ListOffsets
-//! earliest and latest) and asks:
+//! Whether a partition's log is still the one being read, or a new one (the topic was deleted
+//! and created again under the same name): one decision for both clients, pure, from whatever
+//! evidence the client has. A new log's offsets start again at 0, so the partition's tracking
+//! (offsets seen, in flight, committed) must be reset and it is read from its log start, or
+//! the new events would be taken for redeliveries and dropped.
 //!
-//! - [`check_recreated`]: was the topic deleted and created again under the same name? A log
-//!   never shrinks: a high watermark at or below an offset already received, a log start that
-//!   moved backwards, or fewer partitions than before mean a new log, whose offsets restart at
-//!   0. Deleting a topic also deletes the offsets groups committed for it, so a commit of ours
-//!   that the group no longer holds says the same, even once the new log has grown past the
-//!   old one (Metadata v0 has no topic id to compare). The partition's tracking (offsets seen,
-//!   in flight, committed) must then be reset, or the new events would be taken for
-//!   redeliveries and dropped.
-//!
-//! Where a partition starts, and whether an offset is still in the log, is decided once for both
-//! clients in `transport::start`.
+//! The evidence, strongest first: the topic's id changed (KIP-516; librdkafka reads it, the
+//! `kafka` crate's Metadata v0 has none); an offset was read below the one expected next; a
+//! log never shrinks, so a high watermark at or below an offset already received, a committed
+//! offset past the log's end, a log start that moved backwards, or a falling high watermark;
+//! deleting a topic deletes the offsets groups committed for it, so a commit of ours that the
+//! group no longer holds, even once the new log has grown past the old one; and a topic cannot
+//! lose partitions. Where a partition starts is `transport::start`'s.
 
 use std::fmt;
 
-pub use crate::transport::start::Watermarks;
+use super::start::Watermarks;
+use super::topic_id::TopicId;
 
 /// What the poller knew of a partition before reading its watermarks again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,14 +28,50 @@ pub struct Seen {
     pub committed: Option<i64>,
 }
 
-/// Why a partition's log is not the one the poller was reading.
+/// What a client can tell about a partition's log now, each piece when it has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The topic's id when it was read before, and now.
+    pub topic_id: Option<(TopicId, TopicId)>,
+    /// An offset just read, and the offset expected next (one past the last one read).
+    pub read: Option<(i64, i64)>,
+    /// What was known of the partition before its watermarks were read again.
+    pub seen: Seen,
+    /// Its watermarks, just read.
+    pub now: Option<Watermarks>,
+    /// The offset the group holds for it, just read (`Some(None)`: it holds none).
+    pub group_committed: Option<Option<i64>>,
+}
+
+/// Why a partition's log is not the one that was being read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recreated {
+    /// The topic's id changed.
+    TopicIdChanged {
+        /// The id before.
+        before: TopicId,
+        /// The id now.
+        now: TopicId,
+    },
+    /// An offset was read below the one expected next: the log started again.
+    OffsetWentBack {
+        /// The offset read.
+        offset: i64,
+        /// The offset expected.
+        expected: i64,
+    },
     /// The high watermark fell below an offset already received.
     HighWatermarkBelowReceived {
         /// The highest offset received.
         received: i64,
         /// The high watermark now.
+        high: i64,
+    },
+    /// The group's committed offset lies past the log's end (found at assignment).
+    CommittedPastEnd {
+        /// The committed offset.
+        committed: i64,
+        /// The log's end.
         high: i64,
     },
     /// The log start moved backwards.
@@ -64,9 +99,21 @@ pub enum Recreated {
 impl fmt::Display for Recreated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::TopicIdChanged { before, now } => {
+                write!(f, "the topic's id changed from {before} to {now}")
+            }
+            Self::OffsetWentBack { offset, expected } => write!(
+                f,
+                "offset {offset} was read after offset {}: the log started again",
+                expected - 1
+            ),
             Self::HighWatermarkBelowReceived { received, high } => write!(
                 f,
                 "the high watermark is {high} but offset {received} was already received"
+            ),
+            Self::CommittedPastEnd { committed, high } => write!(
+                f,
+                "the group's committed offset {committed} lies past the log's end {high}"
             ),
             Self::LogStartMovedBack { before, now } => {
                 write!(f, "the log start moved back from {before} to {now}")
@@ -82,14 +129,21 @@ impl fmt::Display for Recreated {
     }
 }
 
-/// Whether the partition's log is a new one (the topic was deleted and created again): then
-/// reset the partition's tracking and read it from its log start. `None`: the same log.
-/// `group_committed` is the offset the group holds now (OffsetFetch; `None` when it holds none).
-pub fn check_recreated(
-    seen: Seen,
-    now: Watermarks,
-    group_committed: Option<i64>,
-) -> Option<Recreated> {
+/// Whether the partition's log is a new one: then reset the partition's tracking and read it
+/// from its log start. `None`: the same log, as far as the evidence goes.
+pub fn check_recreated(evidence: &Evidence) -> Option<Recreated> {
+    if let Some((before, now)) = evidence.topic_id {
+        if before != now {
+            return Some(Recreated::TopicIdChanged { before, now });
+        }
+    }
+    if let Some((offset, expected)) = evidence.read {
+        if offset < expected {
+            return Some(Recreated::OffsetWentBack { offset, expected });
+        }
+    }
+    let seen = evidence.seen;
+    let now = evidence.now?;
     if let Some(received) = seen.highest_received {
         if now.high <= received {
             return Some(Recreated::HighWatermarkBelowReceived {
@@ -98,7 +152,7 @@ pub fn check_recreated(
             });
         }
     }
-    if let (Some(committed), None) = (seen.committed, group_committed) {
+    if let (Some(committed), Some(None)) = (seen.committed, evidence.group_committed) {
         return Some(Recreated::CommitVanished { committed });
     }
     let previous = seen.previous?;
@@ -144,6 +198,17 @@ mod tests {
         Watermarks { log_start, high }
     }
 
+    /// What the `kafka` client knows every few seconds: what it saw, the watermarks and the
+    /// group's offset just read.
+    fn watermarks(seen: Seen, now: Watermarks, group: Option<i64>) -> Option<Recreated> {
+        check_recreated(&Evidence {
+            seen,
+            now: Some(now),
+            group_committed: Some(group),
+            ..Evidence::default()
+        })
+    }
+
     #[test]
     fn a_growing_log_is_the_same_log() {
         let seen = Seen {
@@ -151,9 +216,9 @@ mod tests {
             previous: Some(marks(0, 42)),
             committed: Some(40),
         };
-        assert_eq!(check_recreated(seen, marks(0, 42), Some(40)), None);
+        assert_eq!(watermarks(seen, marks(0, 42), Some(40)), None);
         assert_eq!(
-            check_recreated(seen, marks(10, 90), Some(42)),
+            watermarks(seen, marks(10, 90), Some(42)),
             None,
             "retention moved the start"
         );
@@ -167,14 +232,14 @@ mod tests {
             committed: None,
         };
         assert_eq!(
-            check_recreated(seen, marks(0, 29), None),
+            watermarks(seen, marks(0, 29), None),
             Some(Recreated::HighWatermarkBelowReceived {
                 received: 29,
                 high: 29
             })
         );
         assert_eq!(
-            check_recreated(seen, marks(0, 0), None),
+            watermarks(seen, marks(0, 0), None),
             Some(Recreated::HighWatermarkBelowReceived {
                 received: 29,
                 high: 0
@@ -190,7 +255,7 @@ mod tests {
             committed: None,
         };
         assert_eq!(
-            check_recreated(seen, marks(0, 200), None),
+            watermarks(seen, marks(0, 200), None),
             Some(Recreated::LogStartMovedBack {
                 before: 100,
                 now: 0
@@ -206,10 +271,10 @@ mod tests {
             committed: None,
         };
         assert_eq!(
-            check_recreated(seen, marks(0, 3), None),
+            watermarks(seen, marks(0, 3), None),
             Some(Recreated::HighWatermarkFell { before: 50, now: 3 })
         );
-        assert_eq!(check_recreated(Seen::default(), marks(0, 3), None), None);
+        assert_eq!(watermarks(Seen::default(), marks(0, 3), None), None);
     }
 
     #[test]
@@ -221,14 +286,46 @@ mod tests {
             previous: Some(marks(0, 30)),
             committed: Some(30),
         };
-        assert_eq!(check_recreated(seen, marks(0, 60), Some(30)), None);
+        assert_eq!(watermarks(seen, marks(0, 60), Some(30)), None);
         assert_eq!(
-            check_recreated(seen, marks(0, 60), None),
+            watermarks(seen, marks(0, 60), None),
             Some(Recreated::CommitVanished { committed: 30 })
         );
         assert_eq!(
             Recreated::CommitVanished { committed: 30 }.to_string(),
             "the group no longer holds the committed offset 30"
+        );
+    }
+
+    #[test]
+    fn a_changed_topic_id_or_an_offset_read_again_is_a_new_log_whatever_the_rest_says() {
+        let id = |low| TopicId::from_parts(1, low);
+        let by_id = |before, now| {
+            check_recreated(&Evidence {
+                topic_id: Some((id(before), id(now))),
+                now: Some(marks(0, 100)),
+                ..Evidence::default()
+            })
+        };
+        assert_eq!(by_id(7, 7), None);
+        assert_eq!(
+            by_id(7, 8),
+            Some(Recreated::TopicIdChanged {
+                before: id(7),
+                now: id(8)
+            })
+        );
+        let read = |offset, expected| {
+            check_recreated(&Evidence {
+                read: Some((offset, expected)),
+                ..Evidence::default()
+            })
+        };
+        assert_eq!(read(10, 10), None);
+        assert_eq!(read(12, 10), None, "a jump forward is markers or compaction");
+        assert_eq!(
+            read(0, 10).map(|r| r.to_string()),
+            Some("offset 0 was read after offset 9: the log started again".into())
         );
     }
 
