@@ -322,7 +322,11 @@ mod tests {
             })
         };
         assert_eq!(read(10, 10), None);
-        assert_eq!(read(12, 10), None, "a jump forward is markers or compaction");
+        assert_eq!(
+            read(12, 10),
+            None,
+            "a jump forward is markers or compaction"
+        );
         assert_eq!(
             read(0, 10).map(|r| r.to_string()),
             Some("offset 0 was read after offset 9: the log started again".into())
