@@ -253,15 +253,8 @@ impl GroupContext {
         for p in &all {
             everything.add_partition(&topic, *p);
         }
-        let committed: HashMap<i32, i64> = consumer
-            .committed_offsets(everything, REQUEST_TIMEOUT)?
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect();
+        let committed: HashMap<i32, i64> =
+            offsets_of(&consumer.committed_offsets(everything, REQUEST_TIMEOUT)?).collect();
         let group_committed = !committed.is_empty();
         let mut starts = Vec::new();
         for p in partitions_of(tpl) {
@@ -825,14 +818,7 @@ impl ConsumerClient for RdkafkaConsumer {
         let committed = consumer
             .committed_offsets(tpl, REQUEST_TIMEOUT)
             .map_err(|e| client_error(&e, format!("committed offsets unavailable: {e}")))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect())
+        Ok(offsets_of(&committed).collect())
     }
 
     /// Leaves the group: what is still assigned is handed back at once (the final commit is
@@ -1146,6 +1132,17 @@ impl DeadLetterProducer for RdkafkaDeadLetters {
         self.topic_seen = sent.is_ok();
         sent
     }
+}
+
+/// The real offsets in a partition list, as (partition, offset): the group's committed
+/// offsets, without the partitions it holds none for.
+pub fn offsets_of(list: &TopicPartitionList) -> impl Iterator<Item = (i32, i64)> + '_ {
+    list.elements()
+        .into_iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+            _ => None,
+        })
 }
 
 /// What kind of failure a librdkafka error code is (`ClientError`'s kinds mean the same for

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::handover;
 use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId};
-use crate::repository::{CourierRepository, RepoError};
+use crate::repository::{CourierRecord, CourierRepository, RepoError, StorageTx};
 
 /// Why a courier command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,20 +93,16 @@ pub fn pause(
     id: CourierId,
     at: DateTime<Utc>,
 ) -> Result<CourierChange, CourierCommandError> {
-    repo.transaction(&mut |tx| {
-        let Some(record) = tx.lock_courier(id)? else {
-            return Ok(None);
-        };
+    with_courier(repo, id, &mut |tx, record| {
         if record.status != CourierStatus::Paused {
             tx.set_courier_status(id, CourierStatus::Paused, at)?;
         }
-        Ok(Some(CourierChange {
+        Ok(CourierChange {
             id,
             status: CourierStatus::Paused,
             took: None,
-        }))
-    })?
-    .ok_or(CourierCommandError::NotFound(id))
+        })
+    })
 }
 
 /// Resumes a paused courier: busy again if they carry an order, else they take the
@@ -116,30 +112,39 @@ pub fn resume(
     id: CourierId,
     at: DateTime<Utc>,
 ) -> Result<CourierChange, CourierCommandError> {
-    repo.transaction(&mut |tx| {
-        let Some(record) = tx.lock_courier(id)? else {
-            return Ok(None);
-        };
+    with_courier(repo, id, &mut |tx, record| {
         if record.status != CourierStatus::Paused {
-            return Ok(Some(CourierChange {
+            return Ok(CourierChange {
                 id,
                 status: record.status,
                 took: None,
-            }));
+            });
         }
         if record.active_order.is_some() {
             tx.set_courier_status(id, CourierStatus::Busy, at)?;
-            return Ok(Some(CourierChange {
+            return Ok(CourierChange {
                 id,
                 status: CourierStatus::Busy,
                 took: None,
-            }));
+            });
         }
         let took = handover::offer(tx, &record, at)?;
-        Ok(Some(changed(id, took)))
+        Ok(changed(id, took))
+    })
+    .inspect(|change| close_gap(repo, change, at))
+}
+
+/// Runs `change` in one transaction on courier `id`, locked; `NotFound` when there is none.
+fn with_courier(
+    repo: &impl CourierRepository,
+    id: CourierId,
+    change: &mut dyn FnMut(&mut dyn StorageTx, CourierRecord) -> Result<CourierChange, RepoError>,
+) -> Result<CourierChange, CourierCommandError> {
+    repo.transaction(&mut |tx| match tx.lock_courier(id)? {
+        Some(record) => change(tx, record).map(Some),
+        None => Ok(None),
     })?
     .ok_or(CourierCommandError::NotFound(id))
-    .inspect(|change| close_gap(repo, change, at))
 }
 
 fn changed(id: CourierId, took: Option<OrderId>) -> CourierChange {

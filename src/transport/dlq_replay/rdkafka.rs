@@ -16,7 +16,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::{Chunk, DeadLetterLog, Original, StoredLetter};
 use crate::config::KafkaAccess;
 use crate::transport::bounded_commit;
-use crate::transport::rdkafka_client::{client_config, RdkafkaProducer};
+use crate::transport::rdkafka_client::{client_config, offsets_of, RdkafkaProducer};
 
 /// Most letters in one chunk (each chunk is published, then committed).
 const CHUNK_LETTERS: usize = 500;
@@ -86,16 +86,12 @@ impl RdkafkaDeadLetterLog {
         for p in &partitions {
             all.add_partition(dlq_topic, *p);
         }
-        let committed: BTreeMap<i32, i64> = consumer
-            .committed_offsets(all, REQUEST_TIMEOUT)
-            .map_err(|e| format!("cannot read the offsets of group {group}: {e}"))?
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect();
+        let committed: BTreeMap<i32, i64> = offsets_of(
+            &consumer
+                .committed_offsets(all, REQUEST_TIMEOUT)
+                .map_err(|e| format!("cannot read the offsets of group {group}: {e}"))?,
+        )
+        .collect();
         let mut progress = BTreeMap::new();
         for p in partitions {
             let (start, end) = consumer
