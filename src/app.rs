@@ -17,10 +17,10 @@ use crate::repository::postgres::{MigrateError, MigrateReport, SchemaStatus};
 use crate::repository::{CourierRepository, PgRepository, RepoError};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::transport::broker::{self, ProbeError};
-use crate::transport::client::ConsumerClient;
 use crate::transport::kafka_client::KafkaCrateConsumer;
 use crate::transport::rdkafka_client::{RdkafkaConsumer, RdkafkaDeadLetters};
-use crate::transport::{Clients, Poller, PollerExit, Telemetry};
+use crate::transport::runtime::client::ConsumerClient;
+use crate::transport::runtime::{Clients, Poller, PollerExit, Telemetry};
 use crate::usecase::OrderEventProcessor;
 
 /// Exit code when the broker lacks a protocol version the chosen client needs: restarting won't

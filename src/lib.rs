@@ -15,7 +15,7 @@
 //!   same contract tests: PostgreSQL (r2d2 pool, blocking transactions) and an in-memory fake.
 //! - [`config`]: typed settings from `.env` and the environment, checked once.
 //! - [`transport`]: Kafka and nothing about couriers: the poller decodes, dead-letters bad
-//!   input and commits each partition's finished prefix of offsets ([`transport::offsets`]).
+//!   input and commits each partition's finished prefix of offsets ([`transport::runtime::offsets`]).
 //! - [`dispatch`]: routes each event by `hash(order id)` to one worker's bounded queue, so an
 //!   order's events stay in order while the pool runs in parallel.
 //! - [`shutdown`]: SIGINT/SIGTERM stop polling; workers drain for at most the drain budget,

@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 use kafka::client::{CommitOffset, FetchOffset, FetchPartition, GroupOffsetStorage, KafkaClient};
 use kafka::error::KafkaCode;
 
-use super::client::{ClientError, ConnectError, ConsumerClient, ErrorKind, PauseBound, Polled};
 use super::kafka_edge::gap::fill_gap;
 use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
 use super::kafka_edge::read::{fetch_partition, OwnedMessage};
 use super::recreated::{check_recreated, vanished_partitions, Evidence, Seen};
+use super::runtime::client::{
+    ClientError, ConnectError, ConsumerClient, ErrorKind, PauseBound, Polled,
+};
 use super::start::{check_position, Resume, Start, Watermarks};
 use crate::config::KafkaSettings;
 

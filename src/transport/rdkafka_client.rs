@@ -35,11 +35,11 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::bounded_commit;
-use super::client::{
+use super::recreated::{check_recreated, Evidence};
+use super::runtime::client::{
     ClientError, ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, PauseBound, Polled,
 };
-use super::dead_letter::{self, DeadLetter};
-use super::recreated::{check_recreated, Evidence};
+use super::runtime::dead_letter::{self, DeadLetter};
 use super::start::{Start, Watermarks};
 use super::topic_id::{self, TopicId};
 use crate::config::{FallbackOffset, KafkaAccess, KafkaSettings, SaslMechanism};

@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-use super::client::Polled;
 use super::recreated::Recreated;
+use super::runtime::client::Polled;
 use crate::config::FallbackOffset;
 
 /// A partition's watermarks at one moment.

@@ -8,7 +8,7 @@
 //! absorb.
 //!
 //! It reads both forms a letter has had: the Kafka-native one (the original key and value,
-//! `dlq.*` headers; `transport::dead_letter`) and the JSON envelope written before it, so no
+//! `dlq.*` headers; `transport::runtime::dead_letter`) and the JSON envelope written before it, so no
 //! letter is stranded. The decisions are here; the Kafka I/O is behind [`DeadLetterLog`],
 //! implemented over librdkafka whatever KAFKA_CLIENT says: the `kafka` crate's Fetch v0 gets
 //! records down-converted to a format without headers.
@@ -20,7 +20,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::transport::dead_letter;
+use crate::transport::runtime::dead_letter;
 
 /// A dead letter as stored on the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,7 +341,7 @@ mod tests {
         }
     }
 
-    /// A Kafka-native letter, as `transport::dead_letter` writes it.
+    /// A Kafka-native letter, as `transport::runtime::dead_letter` writes it.
     fn native(reason: &str, at: &str, value: &[u8]) -> StoredLetter {
         stored(
             Some(b"k"),

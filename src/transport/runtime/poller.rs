@@ -22,12 +22,12 @@ use super::dead_letter::DeadLetter;
 use super::dead_letter_backlog::{
     BacklogState, DeadLetterBacklog, DEFAULT_MAX_BYTES, DEFAULT_MAX_LETTERS,
 };
-use super::decode::decode;
 use super::offsets::OffsetTracker;
 use crate::config::KafkaSettings;
 use crate::dispatch::{Completion, Job, JobResult, Position, Refused, WorkerPool};
 use crate::ops::{Health, LogThrottle, Metrics};
 use crate::shutdown::{Backoff, Shutdown};
+use crate::transport::decode::decode;
 
 /// How long one poll may wait for records when none are there (the `kafka` crate's fetch waits
 /// KAFKA_FETCH_MAX_WAIT_MS at the broker instead). Short, so commits, gauges and a stop request

@@ -1,4 +1,4 @@
-//! The poller's loop driven through a scripted client ([`crate::transport::fake`]): poll
+//! The poller's loop driven through a scripted client ([`crate::transport::runtime::fake`]): poll
 //! errors, redeliveries, revocations and dead letters, with real workers over the in-memory
 //! repository behind a gate that holds transactions back on demand.
 
@@ -20,9 +20,9 @@ use crate::repository::{
     CourierRepository, FleetGauges, MemoryRepository, RepoError, Snapshot, StorageTx,
 };
 use crate::shutdown::Shutdown;
-use crate::transport::client::{ErrorKind, PauseBound, Polled};
-use crate::transport::dead_letter_backlog::DEFAULT_MAX_LETTERS;
-use crate::transport::fake::{Call, Fake, Step};
+use crate::transport::runtime::client::{ErrorKind, PauseBound, Polled};
+use crate::transport::runtime::dead_letter_backlog::DEFAULT_MAX_LETTERS;
+use crate::transport::runtime::fake::{Call, Fake, Step};
 use crate::usecase::OrderEventProcessor;
 
 /// Holds transactions back: open, or a number of transactions still allowed through; and
