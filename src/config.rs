@@ -375,6 +375,27 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// A setting that names one of `choices` (case-insensitive); `None` when it is not set.
+    fn choice<T: Copy>(
+        &self,
+        name: &'static str,
+        choices: &[(&str, T)],
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(given) = self.raw(name) else {
+            return Ok(None);
+        };
+        match choices
+            .iter()
+            .find(|(word, _)| word.eq_ignore_ascii_case(&given))
+        {
+            Some((_, value)) => Ok(Some(*value)),
+            None => Err(ConfigError {
+                variable: name,
+                problem: format!("{given:?} is not {}", words(choices)),
+            }),
+        }
+    }
+
     fn bounded(
         &self,
         name: &'static str,
@@ -447,17 +468,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// Kafka besides the addresses. The `kafka` crate is built without TLS, so it takes
     /// plaintext only.
     pub fn kafka_access(&self) -> Result<KafkaAccess, ConfigError> {
-        let client = match self.raw("KAFKA_CLIENT").map(|v| v.to_ascii_lowercase()) {
-            None => ClientKind::Kafka,
-            Some(v) if v == "kafka" => ClientKind::Kafka,
-            Some(v) if v == "rdkafka" => ClientKind::Rdkafka,
-            Some(v) => {
-                return Err(ConfigError {
-                    variable: "KAFKA_CLIENT",
-                    problem: format!("{v:?} is not kafka or rdkafka"),
-                })
-            }
-        };
+        let client = self
+            .choice(
+                "KAFKA_CLIENT",
+                &[
+                    ("kafka", ClientKind::Kafka),
+                    ("rdkafka", ClientKind::Rdkafka),
+                ],
+            )?
+            .unwrap_or(ClientKind::Kafka);
         let protocol = self.security_protocol()?;
         if client == ClientKind::Kafka && protocol != SecurityProtocol::Plaintext {
             return Err(ConfigError {
@@ -474,24 +493,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     fn security_protocol(&self) -> Result<SecurityProtocol, ConfigError> {
-        Ok(
-            match self
-                .raw("KAFKA_SECURITY_PROTOCOL")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("plaintext") => SecurityProtocol::Plaintext,
-                Some("ssl") => SecurityProtocol::Ssl,
-                Some("sasl_plaintext") => SecurityProtocol::SaslPlaintext,
-                Some("sasl_ssl") => SecurityProtocol::SaslSsl,
-                Some(v) => {
-                    return Err(ConfigError {
-                        variable: "KAFKA_SECURITY_PROTOCOL",
-                        problem: format!("{v:?} is not plaintext, ssl, sasl_plaintext or sasl_ssl"),
-                    })
-                }
-            },
-        )
+        Ok(self
+            .choice(
+                "KAFKA_SECURITY_PROTOCOL",
+                &[
+                    ("plaintext", SecurityProtocol::Plaintext),
+                    ("ssl", SecurityProtocol::Ssl),
+                    ("sasl_plaintext", SecurityProtocol::SaslPlaintext),
+                    ("sasl_ssl", SecurityProtocol::SaslSsl),
+                ],
+            )?
+            .unwrap_or(SecurityProtocol::Plaintext))
     }
 
     fn security(&self, protocol: SecurityProtocol) -> Result<SecuritySettings, ConfigError> {
@@ -500,27 +512,19 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             problem: format!("{what} (KAFKA_SECURITY_PROTOCOL={})", protocol.as_str()),
         };
         let sasl = if protocol.uses_sasl() {
-            let mechanism = match self
-                .raw("KAFKA_SASL_MECHANISM")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                Some("plain") => SaslMechanism::Plain,
-                Some("scram-sha-256") => SaslMechanism::ScramSha256,
-                Some("scram-sha-512") => SaslMechanism::ScramSha512,
-                Some(v) => {
-                    return Err(ConfigError {
-                        variable: "KAFKA_SASL_MECHANISM",
-                        problem: format!("{v:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-                    })
-                }
-                None => {
-                    return Err(needs(
+            let mechanisms = [
+                ("PLAIN", SaslMechanism::Plain),
+                ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
+                ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
+            ];
+            let mechanism = self
+                .choice("KAFKA_SASL_MECHANISM", &mechanisms)?
+                .ok_or_else(|| {
+                    needs(
                         "KAFKA_SASL_MECHANISM",
-                        "is not set; expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-                    ))
-                }
-            };
+                        &format!("is not set; expected {}", words(&mechanisms)),
+                    )
+                })?;
             let username = self
                 .raw("KAFKA_SASL_USERNAME")
                 .ok_or_else(|| needs("KAFKA_SASL_USERNAME", "is not set"))?;
@@ -664,20 +668,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let brokers = self.brokers()?;
-        let fallback_offset = match self
-            .raw("KAFKA_FALLBACK_OFFSET")
-            .map(|v| v.to_ascii_lowercase())
-        {
-            None => FallbackOffset::Earliest,
-            Some(v) if v == "earliest" => FallbackOffset::Earliest,
-            Some(v) if v == "latest" => FallbackOffset::Latest,
-            Some(v) => {
-                return Err(ConfigError {
-                    variable: "KAFKA_FALLBACK_OFFSET",
-                    problem: format!("{v:?} is not earliest or latest"),
-                })
-            }
-        };
+        let fallback_offset = self
+            .choice(
+                "KAFKA_FALLBACK_OFFSET",
+                &[
+                    ("earliest", FallbackOffset::Earliest),
+                    ("latest", FallbackOffset::Latest),
+                ],
+            )?
+            .unwrap_or(FallbackOffset::Earliest);
         let access = self.kafka_access()?;
         let membership = self.membership(access.client)?;
         let workers = self.bounded("WORKERS", 4, 1..=256)? as usize;
@@ -725,17 +724,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             http_addr: listen_addr(self, "HTTP_ADDR", DEFAULT_HTTP_ADDR)?,
             api_token: api_token(self)?,
             deadlines: DeadlineSettings {
-                policy: match self.raw("DEADLINE_POLICY").map(|v| v.to_ascii_lowercase()) {
-                    None => DeadlinePolicy::Complete,
-                    Some(v) if v == "complete" => DeadlinePolicy::Complete,
-                    Some(v) if v == "report" => DeadlinePolicy::Report,
-                    Some(v) => {
-                        return Err(ConfigError {
-                            variable: "DEADLINE_POLICY",
-                            problem: format!("{v:?} is not complete or report"),
-                        })
-                    }
-                },
+                policy: self
+                    .choice(
+                        "DEADLINE_POLICY",
+                        &[
+                            ("complete", DeadlinePolicy::Complete),
+                            ("report", DeadlinePolicy::Report),
+                        ],
+                    )?
+                    .unwrap_or(DeadlinePolicy::Complete),
                 check_every: Duration::from_millis(self.bounded(
                     "DEADLINE_CHECK_MS",
                     10_000,
@@ -826,6 +823,18 @@ fn listen_addr<F: Fn(&str) -> Option<String>>(
             variable: name,
             problem: format!("{v:?} is not host:port (or empty to disable)"),
         }),
+    }
+}
+
+/// `a, b or c`: the words of a setting's choices, for its error.
+fn words<T>(choices: &[(&str, T)]) -> String {
+    match choices {
+        [] => String::new(),
+        [only] => only.0.to_owned(),
+        [init @ .., last] => {
+            let init: Vec<&str> = init.iter().map(|(w, _)| *w).collect();
+            format!("{} or {}", init.join(", "), last.0)
+        }
     }
 }
 
@@ -933,6 +942,39 @@ mod tests {
         let mut all = BASE.to_vec();
         all.extend_from_slice(extra);
         env(&all).settings()
+    }
+
+    #[test]
+    fn a_setting_that_names_a_choice_takes_any_case_and_a_wrong_word_names_them_all() {
+        let s = with(&[
+            ("KAFKA_CLIENT", "RdKafka"),
+            ("DEADLINE_POLICY", "REPORT"),
+            ("KAFKA_FALLBACK_OFFSET", "Latest"),
+        ])
+        .expect("valid");
+        assert_eq!(s.kafka.access.client, ClientKind::Rdkafka);
+        assert_eq!(s.deadlines.policy, DeadlinePolicy::Report);
+        assert_eq!(s.kafka.fallback_offset, FallbackOffset::Latest);
+        for (var, value, words) in [
+            (
+                "KAFKA_CLIENT",
+                "librdkafka",
+                "\"librdkafka\" is not kafka or rdkafka",
+            ),
+            (
+                "DEADLINE_POLICY",
+                "skip",
+                "\"skip\" is not complete or report",
+            ),
+            (
+                "KAFKA_SECURITY_PROTOCOL",
+                "tls",
+                "\"tls\" is not plaintext, ssl, sasl_plaintext or sasl_ssl",
+            ),
+        ] {
+            let err = with(&[(var, value)]).expect_err(var);
+            assert_eq!((err.variable, err.problem.as_str()), (var, words));
+        }
     }
 
     #[test]
