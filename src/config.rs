@@ -26,6 +26,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A setting whose value is one of a few words, in any case.
+trait Choice: Copy + 'static {
+    /// Each word and what it means, in the order an error lists them.
+    const WORDS: &'static [(&'static str, Self)];
+}
+
+impl Choice for FallbackOffset {
+    const WORDS: &'static [(&'static str, Self)] =
+        &[("earliest", Self::Earliest), ("latest", Self::Latest)];
+}
+
+impl Choice for ClientKind {
+    const WORDS: &'static [(&'static str, Self)] =
+        &[("kafka", Self::Kafka), ("rdkafka", Self::Rdkafka)];
+}
+
+impl Choice for SecurityProtocol {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("plaintext", Self::Plaintext),
+        ("ssl", Self::Ssl),
+        ("sasl_plaintext", Self::SaslPlaintext),
+        ("sasl_ssl", Self::SaslSsl),
+    ];
+}
+
+impl Choice for SaslMechanism {
+    const WORDS: &'static [(&'static str, Self)] = &[
+        ("PLAIN", Self::Plain),
+        ("SCRAM-SHA-256", Self::ScramSha256),
+        ("SCRAM-SHA-512", Self::ScramSha512),
+    ];
+}
+
+impl Choice for DeadlinePolicy {
+    const WORDS: &'static [(&'static str, Self)] =
+        &[("complete", Self::Complete), ("report", Self::Report)];
+}
+
 /// Where the first event of a new consumer group starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FallbackOffset {
@@ -375,23 +413,19 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
-    /// A setting that names one of `choices` (case-insensitive); `None` when it is not set.
-    fn choice<T: Copy>(
-        &self,
-        name: &'static str,
-        choices: &[(&str, T)],
-    ) -> Result<Option<T>, ConfigError> {
+    /// A setting that names one of `T`'s words (case-insensitive); `None` when it is not set.
+    fn choice<T: Choice>(&self, name: &'static str) -> Result<Option<T>, ConfigError> {
         let Some(given) = self.raw(name) else {
             return Ok(None);
         };
-        match choices
+        match T::WORDS
             .iter()
             .find(|(word, _)| word.eq_ignore_ascii_case(&given))
         {
             Some((_, value)) => Ok(Some(*value)),
             None => Err(ConfigError {
                 variable: name,
-                problem: format!("{given:?} is not {}", words(choices)),
+                problem: format!("{given:?} is not {}", words::<T>()),
             }),
         }
     }
@@ -468,15 +502,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// Kafka besides the addresses. The `kafka` crate is built without TLS, so it takes
     /// plaintext only.
     pub fn kafka_access(&self) -> Result<KafkaAccess, ConfigError> {
-        let client = self
-            .choice(
-                "KAFKA_CLIENT",
-                &[
-                    ("kafka", ClientKind::Kafka),
-                    ("rdkafka", ClientKind::Rdkafka),
-                ],
-            )?
-            .unwrap_or(ClientKind::Kafka);
+        let client = self.choice("KAFKA_CLIENT")?.unwrap_or(ClientKind::Kafka);
         let protocol = self.security_protocol()?;
         if client == ClientKind::Kafka && protocol != SecurityProtocol::Plaintext {
             return Err(ConfigError {
@@ -494,15 +520,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 
     fn security_protocol(&self) -> Result<SecurityProtocol, ConfigError> {
         Ok(self
-            .choice(
-                "KAFKA_SECURITY_PROTOCOL",
-                &[
-                    ("plaintext", SecurityProtocol::Plaintext),
-                    ("ssl", SecurityProtocol::Ssl),
-                    ("sasl_plaintext", SecurityProtocol::SaslPlaintext),
-                    ("sasl_ssl", SecurityProtocol::SaslSsl),
-                ],
-            )?
+            .choice("KAFKA_SECURITY_PROTOCOL")?
             .unwrap_or(SecurityProtocol::Plaintext))
     }
 
@@ -512,19 +530,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             problem: format!("{what} (KAFKA_SECURITY_PROTOCOL={})", protocol.as_str()),
         };
         let sasl = if protocol.uses_sasl() {
-            let mechanisms = [
-                ("PLAIN", SaslMechanism::Plain),
-                ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
-                ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
-            ];
-            let mechanism = self
-                .choice("KAFKA_SASL_MECHANISM", &mechanisms)?
-                .ok_or_else(|| {
-                    needs(
-                        "KAFKA_SASL_MECHANISM",
-                        &format!("is not set; expected {}", words(&mechanisms)),
-                    )
-                })?;
+            let mechanism = self.choice("KAFKA_SASL_MECHANISM")?.ok_or_else(|| {
+                needs(
+                    "KAFKA_SASL_MECHANISM",
+                    &format!("is not set; expected {}", words::<SaslMechanism>()),
+                )
+            })?;
             let username = self
                 .raw("KAFKA_SASL_USERNAME")
                 .ok_or_else(|| needs("KAFKA_SASL_USERNAME", "is not set"))?;
@@ -669,13 +680,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let brokers = self.brokers()?;
         let fallback_offset = self
-            .choice(
-                "KAFKA_FALLBACK_OFFSET",
-                &[
-                    ("earliest", FallbackOffset::Earliest),
-                    ("latest", FallbackOffset::Latest),
-                ],
-            )?
+            .choice("KAFKA_FALLBACK_OFFSET")?
             .unwrap_or(FallbackOffset::Earliest);
         let access = self.kafka_access()?;
         let membership = self.membership(access.client)?;
@@ -725,13 +730,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             api_token: api_token(self)?,
             deadlines: DeadlineSettings {
                 policy: self
-                    .choice(
-                        "DEADLINE_POLICY",
-                        &[
-                            ("complete", DeadlinePolicy::Complete),
-                            ("report", DeadlinePolicy::Report),
-                        ],
-                    )?
+                    .choice("DEADLINE_POLICY")?
                     .unwrap_or(DeadlinePolicy::Complete),
                 check_every: Duration::from_millis(self.bounded(
                     "DEADLINE_CHECK_MS",
@@ -827,8 +826,8 @@ fn listen_addr<F: Fn(&str) -> Option<String>>(
 }
 
 /// `a, b or c`: the words of a setting's choices, for its error.
-fn words<T>(choices: &[(&str, T)]) -> String {
-    match choices {
+fn words<T: Choice>() -> String {
+    match T::WORDS {
         [] => String::new(),
         [only] => only.0.to_owned(),
         [init @ .., last] => {
