@@ -25,7 +25,7 @@ use kafka::error::KafkaCode;
 
 use super::kafka_edge::gap::fill_gap;
 use super::kafka_edge::probe::{probe_partitions, ProbeState, UNDECODABLE_ADVICE};
-use super::kafka_edge::read::{fetch_partition, OwnedMessage};
+use super::kafka_edge::read::{fetch_partition, owned_from, OwnedMessage};
 use super::recreated::{check_recreated, vanished_partitions, Evidence, Seen};
 use super::runtime::client::{
     ClientError, ConnectError, ConsumerClient, ErrorKind, PauseBound, Polled,
@@ -593,18 +593,7 @@ impl KafkaCrateConsumer {
                         let p = part.partition();
                         let from = active.get(&p).copied().unwrap_or(0);
                         let answer = match part.data() {
-                            Ok(d) => Ok((
-                                d.highwatermark_offset(),
-                                d.messages()
-                                    .iter()
-                                    .filter(|m| m.offset >= from)
-                                    .map(|m| OwnedMessage {
-                                        offset: m.offset,
-                                        key: m.key.to_vec(),
-                                        value: m.value.to_vec(),
-                                    })
-                                    .collect(),
-                            )),
+                            Ok(d) => Ok((d.highwatermark_offset(), owned_from(d, from))),
                             Err(e) => Err(match &*e {
                                 kafka::Error::Kafka(code) => Some(*code),
                                 _ => None,

@@ -21,6 +21,20 @@ pub struct OwnedMessage {
     pub value: Vec<u8>,
 }
 
+/// The messages of a partition's fetched data at or after `from`, copied out of the response
+/// (a message set can start before the offset asked for).
+pub fn owned_from(data: &kafka::client::fetch::Data, from: i64) -> Vec<OwnedMessage> {
+    data.messages()
+        .iter()
+        .filter(|m| m.offset >= from)
+        .map(|m| OwnedMessage {
+            offset: m.offset,
+            key: m.key.to_vec(),
+            value: m.value.to_vec(),
+        })
+        .collect()
+}
+
 /// What one fetch of one partition returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionRead {
@@ -89,16 +103,7 @@ pub fn fetch_partition(
         })?;
         return Ok(PartitionRead {
             high_watermark: data.highwatermark_offset(),
-            messages: data
-                .messages()
-                .iter()
-                .filter(|m| m.offset >= offset)
-                .map(|m| OwnedMessage {
-                    offset: m.offset,
-                    key: m.key.to_vec(),
-                    value: m.value.to_vec(),
-                })
-                .collect(),
+            messages: owned_from(data, offset),
         });
     }
     Err(ReadError::NoLeader)
