@@ -13,7 +13,12 @@
 #   5. pgbench with WORKERS clients, twice: the batch ceiling, the statements the service sends
 #      for a batch of BATCH_MAX events (scripts/bench/batch.sql.in, filled with the SQL of
 #      src/repository/postgres/tx.rs), which the drain is measured against; and the per-event
-#      ceiling, one transaction per event (scripts/bench/per_event.sql), what batching gained;
+#      ceiling, one transaction per event (scripts/bench/per_event.sql), what batching gained.
+#      The ceiling replays each order's events in order; the unkeyed backlog does not (events
+#      of one order land on different partitions, so some `completed` come before their
+#      `created` and cost almost nothing), so the judged ratio is that of a keyed backlog
+#      (`simulate --keyed`: an order's events in order on one partition), drained BENCH_RUNS
+#      times with BENCH_DEFAULT_WORKERS;
 #   6. a sample of what PostgreSQL backends wait on during a drain (the profile);
 #   7. with BENCH_BASELINE=<commit>: that commit built from git (into $BENCH_DIR) and the same
 #      backlog drained BENCH_RUNS more times by it and by this tree, alternating, with
@@ -115,6 +120,17 @@ fi
 TOTAL="$(cat "$DIR/$TOPIC.events")"
 log "backlog: $TOTAL events on $TOPIC"
 
+# 1b. The keyed backlog: the same lifecycles, each order's events in order on one partition.
+KEYED_TOPIC="bench.keyed.$ORDERS"
+if ! [ -f "$DIR/$KEYED_TOPIC.events" ]; then
+  "$REPO/scripts/kafka.sh" topic "$KEYED_TOPIC" 6 >/dev/null
+  log "producing the keyed backlog: $ORDERS lifecycles (seed 42, keyed by order)"
+  "$BIN" simulate --orders "$ORDERS" --burst --short --seed 42 --concurrency 1000 \
+    --cancel-ratio 0.3 --keyed --topic "$KEYED_TOPIC" | tee "$DIR/produce-keyed.out"
+  grep -o 'sent [0-9]*' "$DIR/produce-keyed.out" | awk '{print $2}' >"$DIR/$KEYED_TOPIC.events"
+fi
+KEYED_TOTAL="$(cat "$DIR/$KEYED_TOPIC.events")"
+
 # 2. Drains, and 6. the profile (sampled during the first drain with the default workers).
 declare -A RATE CPU RSS
 for w in $WORKER_SET; do
@@ -161,6 +177,20 @@ for client in $CLIENTS; do
     CRATE[$client]+="$rate "; CCPU[$client]+="$cpu "; CRSS[$client]+="$rss "
     log "drain: KAFKA_CLIENT=$client, $DEFAULT_WORKERS workers, run $r: $rate events/s, cpu ${cpu}s, peak RSS ${rss} MB"
   done
+done
+
+# 2c. The keyed backlog, with the default worker count: what the batch ceiling is compared with.
+KRATE=
+for r in $(seq 1 "$RUNS"); do
+  reset_db
+  t0=$(date +%s.%N)
+  TOPIC="$KEYED_TOPIC" start_service "$DEFAULT_WORKERS" "bench-keyed-$r-$RANDOM"
+  wait_committed "$KEYED_TOTAL"
+  t1=$(date +%s.%N)
+  stop_service
+  rate=$(awk -v n="$KEYED_TOTAL" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
+  KRATE+="$rate "
+  log "drain: keyed backlog, $DEFAULT_WORKERS workers, run $r: $rate events/s"
 done
 
 # 7. The baseline: drains by it and by this tree, alternating (run in the order of the list).
@@ -212,7 +242,7 @@ quantile() { # q file
           printf "%.1f", 1000 * (prev_b + f * (b[i] - prev_b)); exit }
         prev_b = b[i]; prev_c = c[i] } }' "$2"
 }
-declare -A P50 P99 STEADY_N
+declare -A P50 P99 PP50 PP99 STEADY_N
 for client in $CLIENTS; do
   reset_db
   STEADY_TOPIC="bench.steady.$client.$(date +%s)"
@@ -225,9 +255,14 @@ for client in $CLIENTS; do
   "$BIN" simulate --orders $((STEADY_RATE * STEADY_SECS / 7)) --rate "$STEADY_RATE" --seed 43 \
     --topic "$STEADY_TOPIC" >/dev/null
   sleep 2
-  curl -s "127.0.0.1:$METRICS_PORT/metrics" | grep '^courier_event_age_seconds_bucket' >"$DIR/age-$client.txt"
+  curl -s "127.0.0.1:$METRICS_PORT/metrics" >"$DIR/steady-$client.metrics"
+  grep '^courier_event_age_seconds_bucket' "$DIR/steady-$client.metrics" >"$DIR/age-$client.txt"
+  grep '^courier_event_processing_seconds_bucket' "$DIR/steady-$client.metrics" >"$DIR/processing-$client.txt"
   stop_service
   P50[$client]=$(quantile 0.5 "$DIR/age-$client.txt"); P99[$client]=$(quantile 0.99 "$DIR/age-$client.txt")
+  # The service's part: from the poller's receipt to the worker's report (queue, transaction,
+  # commit); the rest of the age is the producer, the broker and the fetch.
+  PP50[$client]=$(quantile 0.5 "$DIR/processing-$client.txt"); PP99[$client]=$(quantile 0.99 "$DIR/processing-$client.txt")
   STEADY_N[$client]=$(tail -n1 "$DIR/age-$client.txt" | awk '{print $NF}')
   log "steady: KAFKA_CLIENT=$client: p50 ${P50[$client]} ms, p99 ${P99[$client]} ms (${STEADY_N[$client]} events)"
 done
@@ -250,7 +285,8 @@ awk -v dir="$DIR" '/^@[A-Z_]+@$/ { f = dir "/" tolower(substr($0, 2, length($0) 
     while ((getline line < f) > 0) print line; close(f); next } { print }' \
   "$REPO/scripts/bench/batch.sql.in" >"$DIR/batch.sql"
 declare -A CEIL BCEIL
-for w in $WORKER_SET; do
+# Every worker count drained, the keyed drain's default included.
+for w in $(printf '%s\n' $WORKER_SET "$DEFAULT_WORKERS" | sort -nu); do
   # Enough couriers that no order waits: each client holds up to 4/5 BATCH_MAX of them.
   reset_db "$BIN" $((COURIERS > 2 * w * BATCH ? COURIERS : 2 * w * BATCH))
   tps=$(pgbench -n -M prepared -c "$w" -j "$w" -T 10 -D batch="$BATCH" -D prev=0 -f "$DIR/batch.sql" \
@@ -282,6 +318,11 @@ for w in $WORKER_SET; do
   bratio=$(awk -v a="$r" -v b="${BCEIL[$w]}" 'BEGIN {printf "%.0f%%", 100 * a / b}')
   printf '| %s | %s | %s | %.1f | %s | %s | %s | %sx |\n' "$w" "$r" "$c" "$m" "${BCEIL[$w]}" "$bratio" "${CEIL[$w]}" "$ratio"
 done
+keyed=$(echo "$KRATE" | tr ' ' '\n' | grep . | median)
+if [ -n "${BCEIL[$DEFAULT_WORKERS]:-}" ]; then
+  awk -v k="$keyed" -v c="${BCEIL[$DEFAULT_WORKERS]}" -v w="$DEFAULT_WORKERS" -v n="$KEYED_TOTAL" \
+    'BEGIN {printf "\nkeyed backlog (%d events, each order in order, as the ceiling replays them), %d workers: drain %d events/s = %.0f%% of the batch ceiling (goal: at least 70%%)\n", n, w, k, 100 * k / c}'
+fi
 echo
 printf '| KAFKA_CLIENT (%s workers) | drain events/s | CPU s | peak RSS MB | vs kafka |\n' "$DEFAULT_WORKERS"
 printf '|---|---:|---:|---:|---:|\n'
@@ -310,7 +351,7 @@ if [ -n "$BASE_BIN" ]; then
 fi
 echo
 for client in $CLIENTS; do
-  echo "steady phase, KAFKA_CLIENT=$client: $STEADY_RATE events/s for ${STEADY_SECS}s (${STEADY_N[$client]} events): event-to-commit p50 ${P50[$client]} ms, p99 ${P99[$client]} ms"
+  echo "steady phase, KAFKA_CLIENT=$client: $STEADY_RATE events/s for ${STEADY_SECS}s (${STEADY_N[$client]} events): event-to-commit p50 ${P50[$client]} ms, p99 ${P99[$client]} ms; receipt to applied (queue and transaction) p50 ${PP50[$client]} ms, p99 ${PP99[$client]} ms"
 done
 echo "SIGTERM under full load ($DEFAULT_WORKERS workers): exit code $code after ${STOP_SECS} s; restart finished the backlog ($ended/$ORDERS orders ended)"
 echo
