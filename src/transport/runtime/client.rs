@@ -108,7 +108,7 @@ pub enum ErrorKind {
     UnknownTopicOrPartition,
     /// Authentication or authorization failed: credentials or ACLs need fixing.
     Auth,
-    /// The client cannot go on (librdkafka's fatal error): it must be built anew.
+    /// librdkafka's fatal error: the client cannot go on as it is (logged as an error).
     Fatal,
 }
 
