@@ -199,10 +199,10 @@ impl BatchOutline {
     /// waiting order takes a courier (when none is free the order waits, and storage then holds
     /// every free courier there is, see `repository/postgres/held.rs`); an end of an assigned
     /// order frees its courier, who takes the head of the queue; an end of an unseen or waiting
-    /// order frees nobody. Exact, except in three rare cases: a freed courier who is paused
-    /// takes nothing (one queue head fewer than counted); a freed courier takes an order of
-    /// this batch that is waiting, and a later step ends it (one queue head more: storage asks
-    /// the database, a round trip) or repeats its `created` (one courier fewer).
+    /// order frees nobody. Exact, except in rare cases: a freed courier who is paused takes
+    /// nothing (one queue head counted too many); a freed courier takes a waiting order this
+    /// batch names, and a later step ends it (one queue head too few: storage asks the
+    /// database, a round trip) or repeats its `created` (one courier counted too many).
     pub fn needs(&self, state: impl Fn(&OrderId) -> Option<OrderState>) -> BatchNeeds {
         /// An order as the count follows it through the batch.
         #[derive(Clone, Copy, PartialEq, Eq)]
