@@ -135,7 +135,7 @@ fi
 # The modules of the test crate (tests/it) that run the service against Kafka: phase 2 runs
 # them with rdkafka (a `MODULE::` filter each).
 SERVICE_TESTS=(api dead_letters deadlines dlq_replay faults kafka_edge_service kafka_groups
-  kafka_service
+  kafka_service lag
   observability ops page reliability_db reliability_kafka security)
 
 # The matrix. The Kafka 4.x broker starts in the background while phase 1 runs (its start-up

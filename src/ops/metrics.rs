@@ -73,8 +73,29 @@ impl Histogram {
 /// Offsets of one partition.
 #[derive(Debug, Clone, Copy, Default)]
 struct PartitionGauge {
+    /// The next offset to read, as last committed.
     committed: Option<i64>,
+    /// The partition's end as the client last saw it (the poller reads it with every commit).
     high_watermark: Option<i64>,
+}
+
+impl PartitionGauge {
+    /// What `/metrics`, `/partitions` and `/pipeline` show: the committed offset never above
+    /// the end. The poller reads the client's newest end with every commit, so a committed
+    /// offset above it only means an end read a moment older than the commit (librdkafka's
+    /// statistics come once a second): shown at the end, with lag 0, never as a negative lag
+    /// clamped away (issue #21; docs/operations.md, "Metrics").
+    fn reading(&self, partition: i32) -> PartitionReading {
+        let committed = match (self.committed, self.high_watermark) {
+            (Some(c), Some(end)) => Some(c.min(end)),
+            (c, _) => c,
+        };
+        PartitionReading {
+            partition,
+            committed,
+            high_watermark: self.high_watermark,
+        }
+    }
 }
 
 /// One partition's offsets as last seen, for the HTTP API's pipeline view.
@@ -82,14 +103,16 @@ struct PartitionGauge {
 pub struct PartitionReading {
     /// Which partition.
     pub partition: i32,
-    /// Next offset to read, as committed; `None` before the first commit.
+    /// Next offset to read, as committed (never above `high_watermark`); `None` before the
+    /// first commit.
     pub committed: Option<i64>,
-    /// The partition's end; `None` before the first fetch.
+    /// The partition's end: the last stable offset under read_committed, else the high
+    /// watermark; `None` before the client has seen one.
     pub high_watermark: Option<i64>,
 }
 
 impl PartitionReading {
-    /// High watermark minus the committed offset, as `courier_consumer_lag` renders it.
+    /// The end minus the committed offset, as `courier_consumer_lag` renders it.
     pub fn lag(&self) -> Option<i64> {
         self.high_watermark
             .map(|hw| (hw - self.committed.unwrap_or(0)).max(0))
@@ -184,7 +207,8 @@ impl Metrics {
             .committed = Some(next);
     }
 
-    /// A partition's high watermark, for the lag.
+    /// A partition's end as the client last saw it (last stable offset or high watermark),
+    /// for the lag.
     pub fn high_watermark(&self, partition: i32, offset: i64) {
         locked(&self.partitions)
             .entry(partition)
@@ -275,11 +299,7 @@ impl Metrics {
     pub fn partition_readings(&self) -> Vec<PartitionReading> {
         locked(&self.partitions)
             .iter()
-            .map(|(p, g)| PartitionReading {
-                partition: *p,
-                committed: g.committed,
-                high_watermark: g.high_watermark,
-            })
+            .map(|(p, g)| g.reading(*p))
             .collect()
     }
 
@@ -350,7 +370,7 @@ impl Metrics {
         );
         self.age.render(&mut out, name);
 
-        let partitions = locked(&self.partitions).clone();
+        let partitions = self.partition_readings();
         let name = "courier_committed_offset";
         header(
             &mut out,
@@ -358,23 +378,21 @@ impl Metrics {
             "gauge",
             "Next offset to read, as committed, per partition.",
         );
-        for (p, c) in partitions
-            .iter()
-            .filter_map(|(p, g)| g.committed.map(|c| (p, c)))
-        {
-            let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {c}");
+        for r in &partitions {
+            if let Some(c) = r.committed {
+                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {c}", r.partition);
+            }
         }
         let name = "courier_consumer_lag";
         header(
             &mut out,
             name,
             "gauge",
-            "High watermark minus committed offset, per partition.",
+            "Last stable offset (or high watermark) minus committed offset, per partition.",
         );
-        for (p, g) in &partitions {
-            if let Some(hw) = g.high_watermark {
-                let lag = (hw - g.committed.unwrap_or(0)).max(0);
-                let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {lag}");
+        for r in &partitions {
+            if let Some(lag) = r.lag() {
+                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {lag}", r.partition);
             }
         }
 
@@ -536,6 +554,31 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_committed_offset_is_never_shown_above_the_end() {
+        // A commit newer than the end last read: shown at the end, lag 0 (not 6 above it).
+        let m = Metrics::default();
+        m.high_watermark(0, 134);
+        m.committed(0, 140);
+        let reading = m.partition_readings()[0];
+        assert_eq!(
+            (reading.committed, reading.high_watermark, reading.lag()),
+            (Some(134), Some(134), Some(0))
+        );
+        let text = m.render();
+        assert!(
+            text.contains("courier_committed_offset{partition=\"0\"} 134\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("courier_consumer_lag{partition=\"0\"} 0\n"),
+            "{text}"
+        );
+        // The next end read with the commit: the true lag again.
+        m.high_watermark(0, 150);
+        assert_eq!(m.partition_readings()[0].lag(), Some(10));
     }
 
     #[test]

@@ -560,14 +560,21 @@ impl KafkaCrateConsumer {
         }
     }
 
-    /// One fetch of every partition of the share that is not stalled nor in doubt.
+    /// One fetch of every partition of the share that is not stalled nor in doubt. Paused
+    /// partitions ride along asking for 1 byte (0 means the client's default to the crate): too
+    /// little for a message, but the answer carries their high watermark (Fetch v0 sends it for
+    /// every partition asked), so their lag stays current while they are held back, without a
+    /// request of their own.
     fn fetch(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        let active: BTreeMap<i32, i64> = self
+        let readable: BTreeMap<i32, i64> = self
             .share
             .iter()
-            .filter(|(p, t)| t.stall.is_none() && !t.suspect && !self.paused.contains(p))
+            .filter(|(_, t)| t.stall.is_none() && !t.suspect)
             .map(|(p, t)| (*p, t.next))
             .collect();
+        let (paused, active): (BTreeMap<i32, i64>, BTreeMap<i32, i64>) = readable
+            .into_iter()
+            .partition(|(p, _)| self.paused.contains(p));
         if active.is_empty() {
             std::thread::sleep(timeout);
             return Ok(());
@@ -576,6 +583,11 @@ impl KafkaCrateConsumer {
         let requests: Vec<FetchPartition<'_>> = active
             .iter()
             .map(|(p, o)| FetchPartition::new(&topic, *p, *o).with_max_bytes(self.fetch_window))
+            .chain(
+                paused
+                    .iter()
+                    .map(|(p, o)| FetchPartition::new(&topic, *p, *o).with_max_bytes(1)),
+            )
             .collect();
         type Answer = Result<(i64, Vec<OwnedMessage>), Option<KafkaCode>>;
         let mut answers: Vec<(i32, Answer)> = Vec::new();
@@ -621,6 +633,13 @@ impl KafkaCrateConsumer {
             }
         }
         for (p, answer) in answers {
+            if paused.contains_key(&p) {
+                // Asked for its high watermark only; anything else waits for its resume.
+                if let (Ok((high, _)), Some(t)) = (&answer, self.share.get_mut(&p)) {
+                    t.high = Some(*high);
+                }
+                continue;
+            }
             match answer {
                 Ok((high, messages)) => {
                     if let Some(t) = self.share.get_mut(&p) {
@@ -654,19 +673,50 @@ impl KafkaCrateConsumer {
     /// Nothing came back although offsets remain: a message larger than the window (or than
     /// any accepted event), or only transaction markers. Fetch the partition alone: first with
     /// KAFKA_FETCH_MAX_BYTES_PER_PARTITION, then, if even that brought nothing, with room for
-    /// the largest message.
+    /// the largest message. Still nothing below the high watermark: Fetch v0 leaves control
+    /// batches (commit and abort markers) out of its down-converted answer and hands out every
+    /// other record, so what lies between is markers only: the partition has been read up to
+    /// the high watermark ([`Polled::Passed`]), and its commit point follows, so a fully read
+    /// transactional partition shows lag 0 and is not fetched again and again. (A batch larger
+    /// than the whole limit, which needs the broker's `message.max.bytes` above 64 MiB, would
+    /// look the same.)
     fn fetch_alone(&mut self, partition: i32, next: i64) {
         let topic = self.settings.topic.clone();
         let window = self.fetch_window;
         let sizes = [self.fetch_bytes, self.fetch_limit];
         let Ok(client) = self.client() else { return };
+        let mut empty_below = None;
         for size in sizes.into_iter().filter(|size| *size > window) {
             match fetch_partition(client, &topic, partition, next, size) {
-                Ok(read) if read.messages.is_empty() && next < read.high_watermark => continue,
+                Ok(read) if read.messages.is_empty() && next < read.high_watermark => {
+                    empty_below = Some(read.high_watermark);
+                }
                 Ok(read) => return self.deliver(partition, read.messages),
                 Err(e) => return log::debug!("kafka: {topic}/{partition}@{next}: {e}"),
             }
         }
+        if let Some(high) = empty_below {
+            self.pass(partition, high);
+        }
+    }
+
+    /// `partition` holds no record from its next offset up to `to` (markers only): reading goes
+    /// on from `to`, and the loop hears it.
+    fn pass(&mut self, partition: i32, to: i64) {
+        let Some(t) = self.share.get_mut(&partition) else {
+            return;
+        };
+        if to <= t.next {
+            return;
+        }
+        log::debug!(
+            "kafka: {}/{partition}: offsets {}..{to} hold only transaction markers; read past them",
+            self.settings.topic,
+            t.next
+        );
+        t.next = to;
+        t.high = Some(t.high.map_or(to, |h| h.max(to)));
+        self.pending.push(Polled::Passed { partition, to });
     }
 }
 

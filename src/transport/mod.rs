@@ -5,9 +5,9 @@
 //! - `runtime`: the loop, written once against the client seam, with its offsets,
 //!   backpressure and dead-letter backlog; start there.
 //! - The clients behind the seam: `kafka_client` (the `kafka` crate, with its workarounds in
-//!   `kafka_edge`) and `rdkafka_client` (librdkafka; `topic_id` and `bounded_commit` are what it
-//!   needs beyond the `rdkafka` crate's API). The rules both share: where a partition starts
-//!   (`start`) and whether its log is a new one (`recreated`).
+//!   `kafka_edge`) and `rdkafka_client` (librdkafka; `topic_id`, `bounded_commit` and
+//!   `rdkafka_ends` are what it needs beyond the `rdkafka` crate's API). The rules both share:
+//!   where a partition starts (`start`) and whether its log is a new one (`recreated`).
 //! - `decode` (bytes to an order event or a bad event), `broker` (the protocol check at
 //!   start), and `dlq_replay` (the `dlq replay` command).
 
@@ -19,6 +19,7 @@ pub mod kafka_client;
 pub mod kafka_edge;
 mod librdkafka_owned;
 pub mod rdkafka_client;
+pub mod rdkafka_ends;
 pub mod recreated;
 pub mod runtime;
 pub mod start;

@@ -21,7 +21,7 @@
 //! topic's id (`topic_id`), read every few seconds, does, and the partitions are then read
 //! again from the new log's start (docs/rules.md, "Delivery semantics").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::bounded_commit;
+use super::rdkafka_ends::{self, PartitionEnd};
 use super::recreated::{check_recreated, Evidence};
 use super::runtime::client::{
     ClientError, ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, PauseBound, Polled,
@@ -59,6 +60,12 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the topic's id is read: a topic deleted and created again is found within this.
 const TOPIC_ID_CHECK: Duration = Duration::from_secs(5);
+/// The bounds of how often librdkafka reports its statistics, which carry each partition's
+/// last stable offset and where its end was last reached (`rdkafka_ends`): the lag's end, read
+/// without a broker round trip. Between them, as often as offsets are committed
+/// (KAFKA_COMMIT_INTERVAL_MS), so a committed offset is never fresher than the end it is shown
+/// against by more than one interval (issue #21).
+const STATISTICS_EVERY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
 /// assigned within this (plus a rebalance).
 const METADATA_REFRESH: Duration = Duration::from_secs(10);
@@ -141,7 +148,17 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
         .set(
             "topic.metadata.refresh.interval.ms",
             METADATA_REFRESH.as_millis().to_string(),
-        );
+        )
+        .set(
+            "statistics.interval.ms",
+            s.commit_interval
+                .clamp(STATISTICS_EVERY.0, STATISTICS_EVERY.1)
+                .as_millis()
+                .to_string(),
+        )
+        // Once per end reached, in order with the records: with the statistics, says how far a
+        // partition was read past its transaction markers (`rdkafka_ends`).
+        .set("enable.partition.eof", "true");
     if let Some(id) = &s.membership.instance_id {
         config.set("group.instance.id", id);
     }
@@ -209,10 +226,15 @@ enum Change {
     Revoked(Vec<i32>),
 }
 
-/// The consumer's context: takes assignments, records revocations for the loop.
+/// The consumer's context: takes assignments, records revocations for the loop, keeps the
+/// latest statistics of the order topic's partitions.
 struct GroupContext {
     /// Where partitions without a committed offset start (KAFKA_FALLBACK_OFFSET).
     fallback: FallbackOffset,
+    /// The order topic, whose partitions' statistics are kept.
+    topic: String,
+    /// The partitions' ends from statistics not yet taken by `poll`.
+    ends: Mutex<Option<BTreeMap<i32, PartitionEnd>>>,
     /// Changes since the loop last looked.
     changes: Mutex<Vec<Change>>,
     /// Closing: revocations are handed back at once (the final commit is done).
@@ -222,9 +244,11 @@ struct GroupContext {
 }
 
 impl GroupContext {
-    fn new(fallback: FallbackOffset) -> Self {
+    fn new(fallback: FallbackOffset, topic: String) -> Self {
         Self {
             fallback,
+            topic,
+            ends: Mutex::default(),
             changes: Mutex::default(),
             closing: Default::default(),
             log: LibrdkafkaLog::default(),
@@ -280,6 +304,14 @@ impl GroupContext {
     fn take(&self) -> Vec<Change> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
     }
+
+    /// The partitions' ends from statistics that arrived since the last call.
+    fn take_ends(&self) -> Option<BTreeMap<i32, PartitionEnd>> {
+        self.ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -288,7 +320,22 @@ impl ClientContext for GroupContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(&error, reason);
+        // A partition's end reached (`enable.partition.eof`) is news for `poll`, not a fault.
+        if !matches!(error, KafkaError::PartitionEOF(_))
+            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            self.log.error(&error, reason);
+        }
+    }
+
+    /// Served inside `poll`, in queue order with the records: keeps the order topic's part.
+    fn stats_raw(&self, statistics: &[u8]) {
+        match rdkafka_ends::parse(statistics, &self.topic) {
+            Ok(ends) => {
+                *self.ends.lock().unwrap_or_else(PoisonError::into_inner) = Some(ends);
+            }
+            Err(e) => self.log.note("statistics", log::Level::Warn, e),
+        }
     }
 }
 
@@ -391,6 +438,11 @@ pub struct RdkafkaConsumer {
     /// The offset expected next on each partition read: a record below it means a new log, one
     /// above it may mean offsets that left the log unread.
     next: HashMap<i32, i64>,
+    /// Partitions whose end librdkafka signalled after their last record (and since their
+    /// assignment or seek): the statistics may then say they were read past markers.
+    eof_since_record: BTreeSet<i32>,
+    /// Each partition's last stable offset, from the latest statistics: the lag's end.
+    ends: BTreeMap<i32, i64>,
     /// The topic's id when last read, and when that was.
     topic_id: Option<TopicId>,
     topic_id_read: Option<Instant>,
@@ -408,6 +460,8 @@ impl RdkafkaConsumer {
             fenced: false,
             announced: Default::default(),
             next: HashMap::new(),
+            eof_since_record: BTreeSet::new(),
+            ends: BTreeMap::new(),
             topic_id: None,
             topic_id_read: None,
             topic_id_failure: None,
@@ -426,6 +480,8 @@ impl RdkafkaConsumer {
         self.subscribed = false;
         self.fenced = false;
         self.next.clear();
+        self.eof_since_record.clear();
+        self.ends.clear();
     }
 
     /// Reads the topic's id when due. A new id means the topic was deleted and created again:
@@ -465,6 +521,7 @@ impl RdkafkaConsumer {
         let mut reports = Vec::new();
         for &partition in &self.announced {
             self.next.remove(&partition);
+            self.eof_since_record.remove(&partition);
             if let Err(e) = consumer.seek(topic, partition, Offset::Beginning, REQUEST_TIMEOUT) {
                 log::warn!("kafka: cannot move {topic}/{partition} to its new log's start: {e}");
             }
@@ -552,7 +609,10 @@ impl ConsumerClient for RdkafkaConsumer {
     fn connect(&mut self) -> Result<(), ConnectError> {
         if self.consumer.is_none() {
             let consumer: BaseConsumer<GroupContext> = consumer_config(&self.settings)
-                .create_with_context(GroupContext::new(self.settings.fallback_offset))
+                .create_with_context(GroupContext::new(
+                    self.settings.fallback_offset,
+                    self.settings.topic.clone(),
+                ))
                 .map_err(|e| {
                     ConnectError::Misconfigured(format!("cannot create the rdkafka consumer: {e}"))
                 })?;
@@ -612,7 +672,8 @@ impl ConsumerClient for RdkafkaConsumer {
         while polled.len() < MAX_BATCH {
             let next = consumer.poll(wait);
             wait = Duration::ZERO;
-            // Group changes happened before the record this poll returned.
+            // Statistics and group changes were served before the record this poll returned.
+            let ends = consumer.context().take_ends();
             let changes = consumer.context().take();
             let changed = !changes.is_empty();
             for change in changes {
@@ -621,6 +682,7 @@ impl ConsumerClient for RdkafkaConsumer {
                         self.announced.extend(p.iter().copied());
                         for partition in &p {
                             self.next.remove(partition);
+                            self.eof_since_record.remove(partition);
                         }
                         polled.push(Polled::Assigned(p));
                         for (partition, start) in starts {
@@ -639,15 +701,36 @@ impl ConsumerClient for RdkafkaConsumer {
                         for partition in &p {
                             self.announced.remove(partition);
                             self.next.remove(partition);
+                            self.eof_since_record.remove(partition);
+                            self.ends.remove(partition);
                         }
                         revoked = true;
                         polled.push(Polled::Revoked(p));
                     }
                 }
             }
+            if let Some(ends) = ends {
+                // Statistics served in the same call as a group change may describe either
+                // side of it: their ends are kept, what they say was passed is not.
+                for (partition, end) in ends {
+                    if let Some(stable) = end.stable {
+                        self.ends.insert(partition, stable);
+                    }
+                    let passed = rdkafka_ends::passed(
+                        end,
+                        self.next.get(&partition).copied(),
+                        !changed && self.eof_since_record.contains(&partition),
+                    );
+                    if let Some(to) = passed {
+                        self.next.insert(partition, to);
+                        polled.push(Polled::Passed { partition, to });
+                    }
+                }
+            }
             match next {
                 Some(Ok(m)) => {
                     let (partition, offset) = (m.partition(), m.offset());
+                    self.eof_since_record.remove(&partition);
                     polled.extend(Self::check_position(
                         consumer,
                         &self.settings.topic,
@@ -663,7 +746,9 @@ impl ConsumerClient for RdkafkaConsumer {
                         value: m.payload().unwrap_or_default().to_vec(),
                     });
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.eof_since_record.insert(partition);
+                }
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     // Every partition is lost: the loop forgets them (their unfinished events
                     // stay uncommitted), and `release` then drops this consumer.
@@ -711,6 +796,7 @@ impl ConsumerClient for RdkafkaConsumer {
         }
         if fatal {
             self.next.clear();
+            self.eof_since_record.clear();
             let lost: Vec<i32> = std::mem::take(&mut self.announced).into_iter().collect();
             self.fenced = true;
             if lost.is_empty() {
@@ -787,29 +873,16 @@ impl ConsumerClient for RdkafkaConsumer {
         hand_back(self.consumer()?, &tpl).map_err(|e| client_error(&e, e.to_string()))
     }
 
+    /// The last stable offsets of the latest statistics (read_committed: an open transaction
+    /// is not lag yet): no broker round trip, so the loop reads them with every commit.
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError> {
-        let consumer = self.consumer()?;
-        let assignment = consumer
-            .assignment()
-            .map_err(|e| client_error(&e, format!("assignment unavailable: {e}")))?;
-        let mut marks = Vec::new();
-        for e in assignment.elements() {
-            // Cheap: one ListOffsets request per owned partition every few seconds.
-            match consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)) {
-                Ok((_, high)) => marks.push((e.partition(), high)),
-                Err(err) => {
-                    return Err(client_error(
-                        &err,
-                        format!(
-                            "high watermark of {}/{} unavailable: {err}",
-                            e.topic(),
-                            e.partition()
-                        ),
-                    ))
-                }
-            }
-        }
-        Ok(marks)
+        self.consumer()?;
+        Ok(self
+            .ends
+            .iter()
+            .filter(|(p, _)| self.announced.contains(p))
+            .map(|(p, end)| (*p, *end))
+            .collect())
     }
 
     fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {

@@ -23,6 +23,7 @@ mod kafka_edge;
 mod kafka_edge_service;
 mod kafka_groups;
 mod kafka_service;
+mod lag;
 mod migrations;
 mod migrations_restart;
 mod observability;

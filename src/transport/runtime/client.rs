@@ -48,6 +48,17 @@ pub enum Polled {
     /// A stalled partition is read again (the batch became readable, or the group's committed
     /// offset was moved past it).
     Resumed(i32),
+    /// Every offset of this partition below `to` that the client did not deliver holds no
+    /// record: transaction markers, or records of aborted transactions that read_committed
+    /// leaves out. The client has read up to `to`, so the loop's commit point may reach it once
+    /// every record delivered below it is finished: a fully read transactional partition then
+    /// shows lag 0, not the marker's 1 (issue #21; docs/operations.md, "Metrics").
+    Passed {
+        /// The partition.
+        partition: i32,
+        /// The offset after the last marker passed: the next offset that can hold a record.
+        to: i64,
+    },
     /// Offsets `from..to` of this partition left the log (retention, DeleteRecords) before they
     /// were read: reading resumes at `to`. The loop logs and counts them; they are gone.
     Skipped {
@@ -199,8 +210,11 @@ pub trait ConsumerClient {
     /// Hands revoked partitions back to the group, after their last commit.
     fn release(&mut self, partitions: &[i32]) -> Result<(), ClientError>;
 
-    /// The high watermark (offset after the newest record) of each partition it knows, for the
-    /// lag gauge.
+    /// The end of each partition it reads, as newest seen: the last stable offset under
+    /// read_committed (open transactions are not lag yet), else the high watermark. From what
+    /// the client already holds (its fetch responses, librdkafka's statistics): no broker round
+    /// trip, so the loop reads it with every commit and shows committed offset and end from one
+    /// view (docs/operations.md, "Metrics").
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError>;
 
     /// The group's committed offsets of `partitions` (those without one are left out), for the

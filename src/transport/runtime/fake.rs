@@ -66,6 +66,8 @@ pub struct FakeBroker {
     pub commit_refusal: ErrorKind,
     /// High-watermark reads to fail before one succeeds.
     pub refuse_watermarks: u32,
+    /// Each partition's end as the client has seen it: what `high_watermarks` returns.
+    pub ends: BTreeMap<i32, i64>,
     /// Committed-offset reads to fail before one succeeds.
     pub refuse_committed_offsets: u32,
     /// What `background_failure` reports (a failing metadata read inside `poll`, say).
@@ -206,7 +208,7 @@ impl ConsumerClient for Fake {
             s.refuse_watermarks -= 1;
             return Err(ClientError::retriable("fake high watermarks unavailable"));
         }
-        Ok(Vec::new())
+        Ok(s.ends.iter().map(|(p, end)| (*p, *end)).collect())
     }
 
     fn committed_offsets(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, ClientError> {

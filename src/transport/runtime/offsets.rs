@@ -72,6 +72,21 @@ impl OffsetTracker {
         }
     }
 
+    /// The client read `partition` up to `to`: every offset below it not received holds no
+    /// record (transaction markers, aborted records left out by read_committed), so the commit
+    /// point may reach `to` once every received offset below it is finished. Offsets below
+    /// `to` received later are taken for redeliveries.
+    pub fn pass(&mut self, partition: i32, to: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        if p.finished_below.is_some_and(|below| below >= to) || to <= 0 {
+            return;
+        }
+        // The last offset below `to` stands for all of them, finished: the prefix moves past
+        // it once what precedes it is finished.
+        p.open.entry(to - 1).or_insert(true);
+        p.advance();
+    }
+
     /// Partitions whose commit point moved since the last commit: `(partition, next offset to
     /// read)`, ascending by partition.
     pub fn ready_to_commit(&self) -> Vec<(i32, i64)> {
@@ -174,6 +189,30 @@ mod tests {
         assert_eq!(t.ready_to_commit(), vec![(1, 106)]);
         t.finish(1, 230);
         assert_eq!(t.ready_to_commit(), vec![(1, 231)]);
+    }
+
+    #[test]
+    fn offsets_passed_by_the_client_move_the_commit_point_once_what_precedes_is_finished() {
+        // Records 10 and 11, then a commit marker at 12: the client has read up to 13.
+        let mut t = OffsetTracker::new();
+        t.receive(0, 10);
+        t.receive(0, 11);
+        t.pass(0, 13);
+        t.finish(0, 11);
+        assert_eq!(t.ready_to_commit(), vec![], "10 is not finished");
+        t.finish(0, 10);
+        assert_eq!(t.ready_to_commit(), vec![(0, 13)]);
+        assert_eq!(t.in_flight(), 0, "a marker is never in flight");
+        assert!(!t.receive(0, 12), "below the pass: not a record of ours");
+        assert!(t.receive(0, 13));
+        // Only markers since the assignment (nothing received): straight to the pass.
+        t.pass(4, 7);
+        assert_eq!(t.ready_to_commit(), vec![(0, 13), (4, 7)]);
+        // A pass at or below the commit point changes nothing.
+        t.committed(4, 7);
+        t.pass(4, 5);
+        t.pass(4, 7);
+        assert_eq!(t.ready_to_commit(), vec![(0, 13)]);
     }
 
     #[test]

@@ -39,8 +39,9 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 const IN_FLIGHT_POLL_WAIT: Duration = Duration::from_millis(1);
 /// Longest the loop waits for room in the workers' queues before it polls again.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
-/// How often the high watermarks are read, and a failed committed-offset read is tried again.
-const WATERMARKS_EVERY: Duration = Duration::from_secs(5);
+/// How often a failed committed-offset read is tried again. (The partitions' ends are read
+/// with every commit: see [`Poller::read_ends`].)
+const COMMITTED_RETRY_EVERY: Duration = Duration::from_secs(5);
 /// Longest the loop spends sending held dead letters before it polls and commits again.
 const DEAD_LETTER_SLICE: Duration = Duration::from_secs(1);
 
@@ -120,8 +121,8 @@ pub struct Poller<'a> {
     room_seen: Instant,
     /// Partitions paused in the client now.
     paused: BTreeSet<i32>,
-    /// Partitions whose committed offset could not be read at assignment (tried again with the
-    /// watermarks).
+    /// Partitions whose committed offset could not be read at assignment (tried again every
+    /// [`COMMITTED_RETRY_EVERY`]).
     committed_unread: BTreeSet<i32>,
     /// Kafka calls, by kind, whose latest attempt failed: why. `/readyz` fails while any does.
     failing: BTreeMap<&'static str, String>,
@@ -141,7 +142,8 @@ pub struct Poller<'a> {
     summary: RunSummary,
     last_commit: Instant,
     last_progress: (Instant, u64),
-    last_watermarks: Instant,
+    /// When a failed committed-offset read was last tried again.
+    last_committed_retry: Instant,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -195,7 +197,7 @@ impl<'a> Poller<'a> {
             summary: RunSummary::default(),
             last_commit: Instant::now(),
             last_progress: (Instant::now(), 0),
-            last_watermarks: Instant::now(),
+            last_committed_retry: Instant::now(),
             metrics: telemetry.metrics,
             health: telemetry.health,
         }
@@ -273,6 +275,7 @@ impl<'a> Poller<'a> {
                             Polled::Recreated { partition, reason } => {
                                 self.recreated(partition, &reason)
                             }
+                            Polled::Passed { partition, to } => self.passed(partition, to),
                         }
                     }
                 }
@@ -319,20 +322,34 @@ impl<'a> Poller<'a> {
         }
     }
 
-    /// Refreshes the gauges: in-flight count, queue depths, and every few seconds the high
-    /// watermarks (for the lag).
+    /// Refreshes the gauges: in-flight count, queue depths; every few seconds tries again a
+    /// committed-offset read that failed.
     fn observe(&mut self) {
         self.health.in_flight(self.tracker.in_flight());
         self.metrics.queue_depths(self.pool.queue_depths());
-        if self.last_watermarks.elapsed() < WATERMARKS_EVERY || !self.client.is_connected() {
+        if self.last_committed_retry.elapsed() < COMMITTED_RETRY_EVERY
+            || !self.client.is_connected()
+        {
             return;
         }
-        self.last_watermarks = Instant::now();
+        self.last_committed_retry = Instant::now();
+        self.read_committed();
+    }
+
+    /// Shows each owned partition's end as the client last saw it, beside the offset just
+    /// committed. Read with every commit (the client answers from what it holds, no broker
+    /// round trip), so the committed offset is never fresher than the end it is compared with:
+    /// read every 5 s against commits every second, the lag read 0 while events waited (issue
+    /// #21; docs/operations.md, "Metrics").
+    fn read_ends(&mut self) {
+        if !self.client.is_connected() {
+            return;
+        }
         match self.client.high_watermarks() {
-            Ok(offsets) => {
-                for (partition, offset) in offsets {
+            Ok(ends) => {
+                for (partition, end) in ends {
                     if self.owned.contains(&partition) {
-                        self.metrics.high_watermark(partition, offset);
+                        self.metrics.high_watermark(partition, end);
                     }
                 }
                 self.kafka_call("watermarks", Ok(()));
@@ -342,7 +359,6 @@ impl<'a> Poller<'a> {
                 self.kafka_call("watermarks", Err(e.to_string()));
             }
         }
-        self.read_committed();
     }
 
     /// Reads the group's committed offsets of the partitions whose read failed before (and
@@ -533,6 +549,15 @@ impl<'a> Poller<'a> {
             "kafka: partition {}/{partition} is read again",
             self.settings.topic
         );
+    }
+
+    /// The client read past markers (or aborted records) up to `to`: the commit point may
+    /// follow, so a fully read transactional partition commits its end (lag 0), as the Java
+    /// consumer's position does.
+    fn passed(&mut self, partition: i32, to: i64) {
+        if self.owned.contains(&partition) {
+            self.tracker.pass(partition, to);
+        }
     }
 
     /// Offsets `from..to` left the log before they were read: gone; say which and count them.
@@ -861,9 +886,12 @@ impl<'a> Poller<'a> {
         }
     }
 
+    /// Commits and reads the partitions' ends, every KAFKA_COMMIT_INTERVAL_MS: both gauges from
+    /// one view.
     fn commit_if_due(&mut self) {
         if self.last_commit.elapsed() >= self.settings.commit_interval {
             self.commit();
+            self.read_ends();
             self.last_commit = Instant::now();
         }
     }

@@ -1038,3 +1038,86 @@ fn readiness_follows_every_failed_kafka_call_and_comes_back_when_they_work() {
     h.wait_for("ready again", |h| !kafka_missing(h));
     h.stop();
 }
+
+/// Partition 0's committed offset, end and lag as `/partitions` shows them.
+fn reading(h: &Harness) -> Option<(Option<i64>, Option<i64>, Option<i64>)> {
+    h.metrics
+        .partition_readings()
+        .into_iter()
+        .find(|r| r.partition == 0)
+        .map(|r| (r.committed, r.high_watermark, r.lag()))
+}
+
+#[test]
+fn the_end_is_read_with_every_commit_and_a_commit_is_never_shown_past_it() {
+    // Issue #21: ends read every 5 s against commits every second showed committed offsets
+    // above the high watermark and lag 0 while events waited.
+    let fake = Fake::new();
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start(fake, Duration::from_secs(5), true);
+    for k in 1..=5 {
+        let end = 10 * k;
+        // As a client sees it: the end arrives with the records it fetched.
+        h.fake.state().ends.insert(0, end);
+        h.fake.then(Step::Deliver(records(0, end - 10..end)));
+        h.wait_for("the batch committed", |h| h.committed(0) == Some(end));
+        // Shown by the next commit tick (10 ms here), not by a slower refresh.
+        let shown = Instant::now();
+        h.wait_for("the end shown with the commit", |h| {
+            reading(h) == Some((Some(end), Some(end), Some(0)))
+        });
+        assert!(
+            shown.elapsed() < Duration::from_secs(1),
+            "the end of batch {k} took {:?} to show",
+            shown.elapsed()
+        );
+    }
+    // The client's end a moment older than the records it handed out (librdkafka's
+    // statistics come once a second): the commit is shown at the end, never above it.
+    h.fake.then(Step::Deliver(records(0, 50..58)));
+    h.wait_for("the batch committed", |h| h.committed(0) == Some(58));
+    h.wait_polls(3);
+    assert_eq!(reading(&h), Some((Some(50), Some(50), Some(0))));
+    h.fake.state().ends.insert(0, 60);
+    h.wait_for("the newer end shown", |h| {
+        reading(h) == Some((Some(58), Some(60), Some(2)))
+    });
+    assert_eq!(
+        metric(&h, "courier_consumer_lag{partition=\"0\"}"),
+        Some(2),
+        "the gauge shows what /partitions shows"
+    );
+    h.stop();
+}
+
+#[test]
+fn offsets_the_client_passed_are_committed_so_a_fully_read_transaction_shows_lag_0() {
+    // Records 0..3 of a transaction, its commit marker at 3: the client read up to 4.
+    let fake = Fake::new();
+    fake.state().ends.insert(0, 4);
+    fake.then(Step::Deliver(vec![Polled::Assigned(vec![0])]));
+    let h = Harness::start(fake, Duration::from_secs(5), false);
+    h.fake.then(Step::Deliver(records(0, 0..3)));
+    h.fake.then(Step::Deliver(vec![Polled::Passed {
+        partition: 0,
+        to: 4,
+    }]));
+    h.wait_script_taken();
+    assert_eq!(h.committed(0), None, "the records are not finished yet");
+    h.gate.set(None);
+    h.wait_for("the marker committed past", |h| h.committed(0) == Some(4));
+    h.wait_for("lag 0 shown", |h| {
+        reading(h) == Some((Some(4), Some(4), Some(0)))
+    });
+    // Only markers since (a second transaction aborted, say): straight to the pass.
+    h.fake.state().ends.insert(0, 9);
+    h.fake.then(Step::Deliver(vec![Polled::Passed {
+        partition: 0,
+        to: 9,
+    }]));
+    h.wait_for("the markers committed past", |h| h.committed(0) == Some(9));
+    h.wait_for("lag 0 shown", |h| {
+        reading(h) == Some((Some(9), Some(9), Some(0)))
+    });
+    h.stop();
+}
