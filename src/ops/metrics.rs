@@ -345,14 +345,7 @@ impl Metrics {
 
     /// Each partition's offsets, by partition.
     pub fn partition_readings(&self) -> Vec<PartitionReading> {
-        locked(&self.scraped.partitions)
-            .iter()
-            .map(|(p, g)| PartitionReading {
-                partition: *p,
-                committed: g.committed,
-                high_watermark: g.high_watermark,
-            })
-            .collect()
+        self.scraped.partition_readings()
     }
 
     /// The fleet gauges just read from the database, or `None` when they could not be read
@@ -385,6 +378,20 @@ fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
     Ok(())
 }
 
+impl Scraped {
+    /// Each partition's offsets, by partition: the pipeline view's and the lag series' one source.
+    fn partition_readings(&self) -> Vec<PartitionReading> {
+        locked(&self.partitions)
+            .iter()
+            .map(|(p, g)| PartitionReading {
+                partition: *p,
+                committed: g.committed,
+                high_watermark: g.high_watermark,
+            })
+            .collect()
+    }
+}
+
 impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), FmtError> {
         let dead_letters = locked(&self.dead_letters).clone();
@@ -400,26 +407,23 @@ impl Collector for Scraped {
                 .encode_family(&[("reason", reason)])?
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
-        let partitions = locked(&self.partitions).clone();
-        let per_partition = |value: fn(&PartitionGauge) -> Option<i64>| {
-            partitions
+        let readings = self.partition_readings();
+        let per_partition = |value: fn(&PartitionReading) -> Option<i64>| {
+            readings
                 .iter()
-                .filter_map(move |(p, g)| value(g).map(|v| ([("partition", *p)], v)))
+                .filter_map(move |r| value(r).map(|v| ([("partition", r.partition)], v)))
         };
         gauges(
             &mut encoder,
             "courier_committed_offset",
             "Next offset to read, as committed, per partition.",
-            per_partition(|g| g.committed),
+            per_partition(|r| r.committed),
         )?;
         gauges(
             &mut encoder,
             "courier_consumer_lag",
             "High watermark minus committed offset, per partition.",
-            per_partition(|g| {
-                g.high_watermark
-                    .map(|hw| (hw - g.committed.unwrap_or(0)).max(0))
-            }),
+            per_partition(PartitionReading::lag),
         )?;
         let stalled = locked(&self.stalled).clone();
         gauges(
