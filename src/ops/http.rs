@@ -42,7 +42,7 @@ pub fn serve(
 
 fn answer(request: Request, metrics: &Metrics, health: &Health) {
     let (status, body, kind) = match request.url() {
-        "/metrics" => (200, metrics.render(), "text/plain; version=0.0.4"),
+        "/metrics" => (200, metrics.render(), super::metrics::CONTENT_TYPE),
         "/healthz" => check(health.liveness()),
         "/readyz" => check(health.readiness()),
         _ => (

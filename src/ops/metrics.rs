@@ -1,11 +1,23 @@
-//! Counters and gauges, kept with atomics and small maps, rendered in the Prometheus text format.
-//! Hand-written: a dozen series do not justify the `prometheus` crate and its dependencies.
+//! The service's series, kept and rendered by `prometheus-client` (the Prometheus project's Rust
+//! client) in the OpenMetrics text format. Series known at each event are the crate's counters,
+//! families and histograms; those computed at scrape time (lag, stalled partitions, queue
+//! depths, the fleet while fresh) come from `Scraped`, a collector over the last readings.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::fmt::Error as FmtError;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, NoLabelSet,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Upper bounds of the processing-latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -26,49 +38,13 @@ const AGE_BUCKETS: [f64; 20] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// A Prometheus histogram with fixed bucket bounds (seconds), lock-free.
-#[derive(Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// Cumulative: bucket i counts observations <= bounds[i].
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
+/// The content type of [`Metrics::render`]'s text, for the `/metrics` answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str) {
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            let n = bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
+/// The label set of `courier_events_applied_total`: family and outcome.
+type Applied = [(&'static str, &'static str); 2];
+/// The label set of a per-partition series.
+type ByPartition = [(&'static str, i32); 1];
 
 /// Offsets of one partition.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,8 +59,8 @@ impl PartitionGauge {
     /// What `/metrics`, `/partitions` and `/pipeline` show: the committed offset never above
     /// the end. The poller reads the client's newest end with every commit, so a committed
     /// offset above it only means an end read a moment older than the commit (librdkafka's
-    /// statistics come once a second): shown at the end, with lag 0, never as a negative lag
-    /// clamped away (issue #21; docs/operations.md, "Metrics").
+    /// statistics come once a commit interval): shown at the end, with lag 0, never as a
+    /// negative lag clamped away (issue #21; docs/operations.md, "Lag").
     fn reading(&self, partition: i32) -> PartitionReading {
         let committed = match (self.committed, self.high_watermark) {
             (Some(c), Some(end)) => Some(c.min(end)),
@@ -119,53 +95,140 @@ impl PartitionReading {
     }
 }
 
-/// Every series the service exports.
-#[derive(Debug)]
-pub struct Metrics {
-    consumed: AtomicU64,
-    applied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    dead_letters: Mutex<BTreeMap<&'static str, u64>>,
-    latency: Histogram,
-    age: Histogram,
+/// The readings whose series are computed at scrape time; the registry's collector.
+#[derive(Debug, Default)]
+struct Scraped {
     partitions: Mutex<BTreeMap<i32, PartitionGauge>>,
     queue_depths: Mutex<Vec<usize>>,
-    db_errors: AtomicU64,
-    db_retries: AtomicU64,
     /// Per partition: whether it is stalled (cannot be read for now).
     stalled: Mutex<BTreeMap<i32, bool>>,
-    /// Per partition: offsets that left the log before they were read.
-    skipped: Mutex<BTreeMap<i32, u64>>,
-    /// Dead letters not yet accepted by Kafka, and whether fetching is paused for them.
-    dead_letter_backlog: AtomicU64,
-    dead_letters_paused: AtomicBool,
-    /// Active deliveries past their deadline, as the deadline pass last counted them.
-    overdue: AtomicU64,
-    /// Deliveries the deadline pass completed.
-    deadline_completions: AtomicU64,
+    /// Dead letters by reason: a map rather than a `Family`, which cannot be listed for
+    /// [`Metrics::dead_letter_counts`].
+    dead_letters: Mutex<BTreeMap<&'static str, u64>>,
     /// Couriers by status and waiting orders as the sampler last read them, and when: `/metrics`
     /// serves them from here and never waits on the database.
     fleet: Mutex<Option<(Instant, FleetGauges)>>,
 }
 
+/// Every series the service exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    consumed: Counter,
+    applied: Family<Applied, Counter>,
+    /// All outcomes together, for the pipeline view (a `Family` cannot be summed).
+    applied_total: Counter,
+    latency: Histogram,
+    age: Histogram,
+    db_errors: Counter,
+    db_retries: Counter,
+    /// Per partition: offsets that left the log before they were read.
+    skipped: Family<ByPartition, Counter>,
+    /// Dead letters not yet accepted by Kafka, and whether fetching is paused for them.
+    dead_letter_backlog: Gauge,
+    fetching_paused: Gauge,
+    /// Active deliveries past their deadline, as the deadline pass last counted them.
+    overdue: Gauge,
+    /// Deliveries the deadline pass completed.
+    deadline_completions: Counter,
+    scraped: Arc<Scraped>,
+}
+
+/// Registers `metric` as `name` with `help`, both written as they are exposed: the registry
+/// appends `_total` to a counter's name and a period to the help itself, so those are taken off
+/// first.
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    let name = name.strip_suffix("_total").unwrap_or(name);
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
+        let mut r = Registry::default();
+        let consumed = add(
+            &mut r,
+            "courier_events_consumed_total",
+            "Messages received from Kafka.",
+            Counter::default(),
+        );
+        let applied = add(
+            &mut r,
+            "courier_events_applied_total",
+            "Events applied, by status family and outcome.",
+            Family::default(),
+        );
+        let latency = add(
+            &mut r,
+            "courier_event_processing_seconds",
+            "Time from receipt of an event to the commit of its transaction.",
+            Histogram::new(LATENCY_BUCKETS),
+        );
+        let age = add(
+            &mut r,
+            "courier_event_age_seconds",
+            "Time from an event's created_at (its send time) to the commit of its transaction.",
+            Histogram::new(AGE_BUCKETS),
+        );
+        let skipped = add(
+            &mut r,
+            "courier_offsets_skipped_total",
+            "Offsets that left the log (retention, DeleteRecords, a skipped batch) before they were read.",
+            Family::default(),
+        );
+        let dead_letter_backlog = add(
+            &mut r,
+            "courier_dead_letter_backlog",
+            "Dead letters not yet accepted by the dead-letter topic (their offsets stay uncommitted).",
+            Gauge::default(),
+        );
+        let fetching_paused = add(
+            &mut r,
+            "courier_fetching_paused",
+            "1 while fetching is paused because too many dead letters are unsent.",
+            Gauge::default(),
+        );
+        let overdue = add(
+            &mut r,
+            "courier_deliveries_overdue",
+            "Active deliveries whose deadline has passed (the deadline pass's last count).",
+            Gauge::default(),
+        );
+        let deadline_completions = add(
+            &mut r,
+            "courier_deadline_completions_total",
+            "Deliveries completed at their deadline by the deadline pass (DEADLINE_POLICY=complete).",
+            Counter::default(),
+        );
+        let db_errors = add(
+            &mut r,
+            "courier_db_errors_total",
+            "Failed database calls.",
+            Counter::default(),
+        );
+        let db_retries = add(
+            &mut r,
+            "courier_db_retries_total",
+            "Events retried after a transient database failure.",
+            Counter::default(),
+        );
+        let scraped = Arc::new(Scraped::default());
+        r.register_collector(Box::new(Arc::clone(&scraped)));
         Self {
-            consumed: AtomicU64::new(0),
-            applied: Mutex::default(),
-            dead_letters: Mutex::default(),
-            latency: Histogram::new(&LATENCY_BUCKETS),
-            age: Histogram::new(&AGE_BUCKETS),
-            partitions: Mutex::default(),
-            queue_depths: Mutex::default(),
-            db_errors: AtomicU64::new(0),
-            db_retries: AtomicU64::new(0),
-            stalled: Mutex::default(),
-            skipped: Mutex::default(),
-            dead_letter_backlog: AtomicU64::new(0),
-            dead_letters_paused: AtomicBool::new(false),
-            overdue: AtomicU64::new(0),
-            deadline_completions: AtomicU64::new(0),
-            fleet: Mutex::default(),
+            registry: r,
+            consumed,
+            applied,
+            latency,
+            age,
+            skipped,
+            dead_letter_backlog,
+            fetching_paused,
+            overdue,
+            deadline_completions,
+            db_errors,
+            db_retries,
+            applied_total: Counter::default(),
+            scraped,
         }
     }
 }
@@ -178,30 +241,35 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Metrics {
     /// A message was received from Kafka (valid or not, redeliveries excluded).
     pub fn consumed(&self) {
-        self.consumed.fetch_add(1, Ordering::Relaxed);
+        self.consumed.inc();
     }
 
     /// An event was applied: its status family, its outcome label and how long it took from
     /// receipt to commit.
     pub fn applied(&self, family: &'static str, outcome: &'static str, latency: Duration) {
-        *locked(&self.applied).entry((family, outcome)).or_default() += 1;
-        self.latency.observe(latency);
+        self.applied
+            .get_or_create(&[("family", family), ("outcome", outcome)])
+            .inc();
+        self.applied_total.inc();
+        self.latency.observe(latency.as_secs_f64());
     }
 
     /// How old an applied event was at its commit: now minus its `created_at` (the producer's
     /// clock; negative skew counts as zero).
     pub fn event_age(&self, age: Duration) {
-        self.age.observe(age);
+        self.age.observe(age.as_secs_f64());
     }
 
     /// A bad event reached the dead-letter topic.
     pub fn dead_lettered(&self, reason: &'static str) {
-        *locked(&self.dead_letters).entry(reason).or_default() += 1;
+        *locked(&self.scraped.dead_letters)
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// A partition's offsets were committed up to `next`.
     pub fn committed(&self, partition: i32, next: i64) {
-        locked(&self.partitions)
+        locked(&self.scraped.partitions)
             .entry(partition)
             .or_default()
             .committed = Some(next);
@@ -210,7 +278,7 @@ impl Metrics {
     /// A partition's end as the client last saw it (last stable offset or high watermark),
     /// for the lag.
     pub fn high_watermark(&self, partition: i32, offset: i64) {
-        locked(&self.partitions)
+        locked(&self.scraped.partitions)
             .entry(partition)
             .or_default()
             .high_watermark = Some(offset);
@@ -218,77 +286,81 @@ impl Metrics {
 
     /// A partition was handed to another instance: its gauges are that instance's now.
     pub fn forget_partition(&self, partition: i32) {
-        locked(&self.partitions).remove(&partition);
-        locked(&self.stalled).remove(&partition);
+        locked(&self.scraped.partitions).remove(&partition);
+        locked(&self.scraped.stalled).remove(&partition);
     }
 
     /// A partition became ours: its `courier_partition_stalled` series exists from now on (0
     /// until it stalls), so dashboards and alerts see every partition, not only stalled ones.
     pub fn partition_owned(&self, partition: i32) {
-        locked(&self.stalled).entry(partition).or_insert(false);
+        locked(&self.scraped.stalled)
+            .entry(partition)
+            .or_insert(false);
     }
 
     /// The current depth of each worker's queue.
     pub fn queue_depths(&self, depths: Vec<usize>) {
-        *locked(&self.queue_depths) = depths;
+        *locked(&self.scraped.queue_depths) = depths;
     }
 
     /// A database call failed.
     pub fn db_error(&self) {
-        self.db_errors.fetch_add(1, Ordering::Relaxed);
+        self.db_errors.inc();
     }
 
     /// Whether a partition is stalled (an undecodable batch, offsets that cannot be accounted
     /// for): `courier_partition_stalled`.
     pub fn partition_stalled(&self, partition: i32, stalled: bool) {
-        locked(&self.stalled).insert(partition, stalled);
+        locked(&self.scraped.stalled).insert(partition, stalled);
     }
 
     /// Offsets of a partition that left the log before they were read.
     pub fn offsets_skipped(&self, partition: i32, n: u64) {
-        *locked(&self.skipped).entry(partition).or_default() += n;
+        self.skipped
+            .get_or_create(&[("partition", partition)])
+            .inc_by(n);
     }
 
     /// Dead letters held unsent, and whether fetching is paused for them.
     pub fn dead_letter_backlog(&self, held: usize, paused: bool) {
         self.dead_letter_backlog
-            .store(held as u64, Ordering::Relaxed);
-        self.dead_letters_paused.store(paused, Ordering::Relaxed);
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.fetching_paused.set(i64::from(paused));
     }
 
     /// Active deliveries whose deadline has passed, as just counted: `courier_deliveries_overdue`.
     pub fn overdue_deliveries(&self, n: u64) {
-        self.overdue.store(n, Ordering::Relaxed);
+        self.overdue.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The deadline pass completed `n` deliveries: `courier_deadline_completions_total`.
     pub fn deadline_completions(&self, n: u64) {
-        self.deadline_completions.fetch_add(n, Ordering::Relaxed);
+        self.deadline_completions.inc_by(n);
     }
 
     /// A failed event is being retried.
     pub fn db_retry(&self) {
-        self.db_retries.fetch_add(1, Ordering::Relaxed);
+        self.db_retries.inc();
     }
 
     /// Messages received so far (the counter behind `courier_events_consumed_total`).
     pub fn consumed_total(&self) -> u64 {
-        self.consumed.load(Ordering::Relaxed)
+        self.consumed.get()
     }
 
     /// Events applied so far, all outcomes together.
     pub fn applied_total(&self) -> u64 {
-        locked(&self.applied).values().sum()
+        self.applied_total.get()
     }
 
     /// Dead letters so far, by reason.
     pub fn dead_letter_counts(&self) -> BTreeMap<&'static str, u64> {
-        locked(&self.dead_letters).clone()
+        locked(&self.scraped.dead_letters).clone()
     }
 
     /// The partitions the poller reports stalled now (`courier_partition_stalled` 1).
     pub fn stalled_partitions(&self) -> Vec<i32> {
-        locked(&self.stalled)
+        locked(&self.scraped.stalled)
             .iter()
             .filter(|(_, stalled)| **stalled)
             .map(|(p, _)| *p)
@@ -297,212 +369,126 @@ impl Metrics {
 
     /// Each partition's offsets, by partition.
     pub fn partition_readings(&self) -> Vec<PartitionReading> {
-        locked(&self.partitions)
-            .iter()
-            .map(|(p, g)| g.reading(*p))
-            .collect()
+        self.scraped.partition_readings()
     }
 
     /// The fleet gauges just read from the database, or `None` when they could not be read
     /// (their series then leave `/metrics`).
     pub fn fleet_sampled(&self, fleet: Option<FleetGauges>) {
-        *locked(&self.fleet) = fleet.map(|f| (Instant::now(), f));
+        *locked(&self.scraped.fleet) = fleet.map(|f| (Instant::now(), f));
     }
 
-    /// The fleet gauges last sampled, unless older than [`FLEET_SERVED_FOR`].
-    fn fleet(&self) -> Option<FleetGauges> {
-        let reading = *locked(&self.fleet);
-        reading
-            .filter(|(at, _)| at.elapsed() <= FLEET_SERVED_FOR)
-            .map(|(_, f)| f)
-    }
-
-    /// The Prometheus text exposition (version 0.0.4): each family's HELP and TYPE, then its
-    /// samples. Reads memory only: the database-backed gauges are the sampler's last reading.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]). Reads memory only: the
+    /// database-backed gauges are the sampler's last reading.
     pub fn render(&self) -> String {
-        let fleet = self.fleet();
         let mut out = String::with_capacity(4096);
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-
-        let name = "courier_events_consumed_total";
-        header(&mut out, name, "counter", "Messages received from Kafka.");
-        let _ = writeln!(out, "{name} {}", self.consumed.load(Ordering::Relaxed));
-
-        let name = "courier_events_applied_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Events applied, by status family and outcome.",
-        );
-        for ((fam, outcome), n) in locked(&self.applied).iter() {
-            let _ = writeln!(out, "{name}{{family=\"{fam}\",outcome=\"{outcome}\"}} {n}");
-        }
-
-        let name = "courier_dead_letters_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Events sent to the dead-letter topic, by reason.",
-        );
-        for (reason, n) in locked(&self.dead_letters).iter() {
-            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
-        }
-
-        let name = "courier_event_processing_seconds";
-        header(
-            &mut out,
-            name,
-            "histogram",
-            "Time from receipt of an event to the commit of its transaction.",
-        );
-        self.latency.render(&mut out, name);
-
-        let name = "courier_event_age_seconds";
-        header(
-            &mut out,
-            name,
-            "histogram",
-            "Time from an event's created_at (its send time) to the commit of its transaction.",
-        );
-        self.age.render(&mut out, name);
-
-        let partitions = self.partition_readings();
-        let name = "courier_committed_offset";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Next offset to read, as committed, per partition.",
-        );
-        for r in &partitions {
-            if let Some(c) = r.committed {
-                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {c}", r.partition);
-            }
-        }
-        let name = "courier_consumer_lag";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Last stable offset (or high watermark) minus committed offset, per partition.",
-        );
-        for r in &partitions {
-            if let Some(lag) = r.lag() {
-                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {lag}", r.partition);
-            }
-        }
-
-        let name = "courier_partition_stalled";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "1 while a partition cannot be read (see /healthz for the offset and cause).",
-        );
-        for (p, stalled) in locked(&self.stalled).iter() {
-            let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {}", u8::from(*stalled));
-        }
-        let name = "courier_offsets_skipped_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Offsets that left the log (retention, DeleteRecords, a skipped batch) before they were read.",
-        );
-        for (p, n) in locked(&self.skipped).iter() {
-            let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {n}");
-        }
-        let name = "courier_dead_letter_backlog";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Dead letters not yet accepted by the dead-letter topic (their offsets stay uncommitted).",
-        );
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            self.dead_letter_backlog.load(Ordering::Relaxed)
-        );
-        let name = "courier_fetching_paused";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "1 while fetching is paused because too many dead letters are unsent.",
-        );
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            u8::from(self.dead_letters_paused.load(Ordering::Relaxed))
-        );
-
-        let name = "courier_worker_queue_depth";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Events waiting in each worker's queue.",
-        );
-        for (w, d) in locked(&self.queue_depths).iter().enumerate() {
-            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {d}");
-        }
-
-        if let Some(f) = fleet {
-            let name = "courier_orders_waiting";
-            header(&mut out, name, "gauge", "Orders waiting for a courier.");
-            let _ = writeln!(out, "{name} {}", f.waiting_orders);
-            let name = "courier_couriers";
-            header(&mut out, name, "gauge", "Couriers by status.");
-            for (status, n) in [
-                ("available", f.available),
-                ("busy", f.busy),
-                ("paused", f.paused),
-            ] {
-                let _ = writeln!(out, "{name}{{status=\"{status}\"}} {n}");
-            }
-        }
-
-        let name = "courier_deliveries_overdue";
-        header(
-            &mut out,
-            name,
-            "gauge",
-            "Active deliveries whose deadline has passed (the deadline pass's last count).",
-        );
-        let _ = writeln!(out, "{name} {}", self.overdue.load(Ordering::Relaxed));
-        let name = "courier_deadline_completions_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Deliveries completed at their deadline by the deadline pass (DEADLINE_POLICY=complete).",
-        );
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            self.deadline_completions.load(Ordering::Relaxed)
-        );
-
-        let name = "courier_db_errors_total";
-        header(&mut out, name, "counter", "Failed database calls.");
-        let _ = writeln!(out, "{name} {}", self.db_errors.load(Ordering::Relaxed));
-        let name = "courier_db_retries_total";
-        header(
-            &mut out,
-            name,
-            "counter",
-            "Events retried after a transient database failure.",
-        );
-        let _ = writeln!(out, "{name} {}", self.db_retries.load(Ordering::Relaxed));
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
+/// Writes one gauge family: its HELP and TYPE, then one sample per label set.
+fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), FmtError> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+impl Scraped {
+    /// Each partition's offsets, by partition: the pipeline view's and the lag series' one source.
+    fn partition_readings(&self) -> Vec<PartitionReading> {
+        locked(&self.partitions)
+            .iter()
+            .map(|(p, g)| g.reading(*p))
+            .collect()
+    }
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), FmtError> {
+        let dead_letters = locked(&self.dead_letters).clone();
+        let name = "courier_dead_letters_total";
+        let mut family = encoder.encode_descriptor(
+            name.trim_end_matches("_total"),
+            "Events sent to the dead-letter topic, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in dead_letters {
+            family
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        let readings = self.partition_readings();
+        let per_partition = |value: fn(&PartitionReading) -> Option<i64>| {
+            readings
+                .iter()
+                .filter_map(move |r| value(r).map(|v| ([("partition", r.partition)], v)))
+        };
+        gauges(
+            &mut encoder,
+            "courier_committed_offset",
+            "Next offset to read, as committed, per partition.",
+            per_partition(|r| r.committed),
+        )?;
+        gauges(
+            &mut encoder,
+            "courier_consumer_lag",
+            "Last stable offset (or high watermark) minus committed offset, per partition.",
+            per_partition(PartitionReading::lag),
+        )?;
+        let stalled = locked(&self.stalled).clone();
+        gauges(
+            &mut encoder,
+            "courier_partition_stalled",
+            "1 while a partition cannot be read (see /healthz for the offset and cause).",
+            stalled
+                .iter()
+                .map(|(p, s)| ([("partition", *p)], i64::from(*s))),
+        )?;
+        let depths = locked(&self.queue_depths).clone();
+        gauges(
+            &mut encoder,
+            "courier_worker_queue_depth",
+            "Events waiting in each worker's queue.",
+            depths
+                .iter()
+                .enumerate()
+                .map(|(w, d)| ([("worker", w)], *d)),
+        )?;
+        let fleet = *locked(&self.fleet);
+        if let Some((_, f)) = fleet.filter(|(at, _)| at.elapsed() <= FLEET_SERVED_FOR) {
+            encoder
+                .encode_descriptor(
+                    "courier_orders_waiting",
+                    "Orders waiting for a courier.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&f.waiting_orders)?;
+            gauges(
+                &mut encoder,
+                "courier_couriers",
+                "Couriers by status.",
+                [
+                    ("available", f.available),
+                    ("busy", f.busy),
+                    ("paused", f.paused),
+                ]
+                .map(|(status, n)| ([("status", status)], n)),
+            )?;
+        }
+        Ok(())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,12 +534,16 @@ mod tests {
             "courier_dead_letter_backlog 12",
             "courier_fetching_paused 1",
             "courier_couriers{status=\"busy\"} 2",
+            // OpenMetrics: a counter's family is named without `_total`; one period ends a help.
+            "# TYPE courier_events_consumed counter",
+            "# HELP courier_events_consumed Messages received from Kafka.",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
+        assert!(text.ends_with("\n# EOF\n"), "no EOF marker in\n{text}");
     }
 
     #[test]
@@ -599,7 +589,7 @@ mod tests {
         let old = Instant::now()
             .checked_sub(FLEET_SERVED_FOR + Duration::from_secs(1))
             .expect("the clock is past a few seconds");
-        *locked(&m.fleet) = Some((old, fleet));
+        *locked(&m.scraped.fleet) = Some((old, fleet));
         assert!(!m.render().contains("courier_couriers"));
     }
 }
