@@ -83,8 +83,8 @@ impl PartitionGauge {
     /// What `/metrics`, `/partitions` and `/pipeline` show: the committed offset never above
     /// the end. The poller reads the client's newest end with every commit, so a committed
     /// offset above it only means an end read a moment older than the commit (librdkafka's
-    /// statistics come once a commit interval): shown at the end, with lag 0, never as a negative lag
-    /// clamped away (issue #21; docs/operations.md, "Lag").
+    /// statistics come once a commit interval): shown at the end, with lag 0, never as a
+    /// negative lag clamped away (issue #21; docs/operations.md, "Lag").
     fn reading(&self, partition: i32) -> PartitionReading {
         let committed = match (self.committed, self.high_watermark) {
             (Some(c), Some(end)) => Some(c.min(end)),
