@@ -2,8 +2,8 @@
 //! client's protocol), poll, decode, hand events to the dispatch layer, dead-letter bad ones,
 //! and commit offsets only behind events whose transactions committed. The poller's loop is
 //! written once against the client seam (`client`); `kafka_client` implements it with the
-//! `kafka` crate, `rdkafka_client` with librdkafka (`topic_id`, `bounded_commit` and `rdkafka_ends` are what
-//! it needs beyond the `rdkafka` crate's API).
+//! `kafka` crate, `rdkafka_client` with librdkafka (`topic_id`, `bounded_commit` and
+//! `rdkafka_ends` are what it needs beyond the `rdkafka` crate's API).
 
 pub mod bounded_commit;
 pub mod broker;

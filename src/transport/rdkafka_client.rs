@@ -60,9 +60,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the topic's id is read: a topic deleted and created again is found within this.
 const TOPIC_ID_CHECK: Duration = Duration::from_secs(5);
 /// The bounds of how often librdkafka reports its statistics, which carry each partition's
-/// last stable offset (`rdkafka_ends`): the lag's end, read without a broker round trip. Between them, as often as offsets are committed
-/// (KAFKA_COMMIT_INTERVAL_MS), so a committed offset is never fresher than the end it is shown
-/// against by more than one interval (issue #21).
+/// last stable offset (`rdkafka_ends`): the lag's end, read without a broker round trip.
+/// Between them, as often as offsets are committed (KAFKA_COMMIT_INTERVAL_MS), so a committed
+/// offset is never fresher than the end it is shown against by more than one interval (issue
+/// #21).
 const STATISTICS_EVERY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
 /// assigned within this (plus a rebalance).

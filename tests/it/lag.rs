@@ -168,10 +168,10 @@ fn a_fully_read_transactional_partition_shows_its_end(client: Client) {
 
 /// Bursts produced while the service runs, each drained: every sample of `/partitions` shows a
 /// committed offset no higher than the end; the burst's end within [`SEEN_WITHIN`], and from
-/// then on a lag no lower than the true lag (the burst's end minus the group's committed offset, read
-/// from the broker after the sample: the committed offset only grows). Several bursts, because
-/// an end read every few seconds (issue #21) is sometimes read just after a burst landed and
-/// before the first commit past it.
+/// then on a lag no lower than the true lag (the burst's end minus the group's committed
+/// offset, read from the broker after the sample: the committed offset only grows). Several
+/// bursts, because an end read every few seconds (issue #21) is sometimes read just after a
+/// burst landed and before the first commit past it.
 fn sampled_lag_is_never_below_the_true_lag(client: Client) {
     let Some(stand) = GroupStand::new(2, 50) else {
         return;
