@@ -21,7 +21,7 @@
 //! topic's id (`topic_id`), read every few seconds, does, and the partitions are then read
 //! again from the new log's start (docs/rules.md, "Delivery semantics").
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::bounded_commit;
-use super::rdkafka_ends::{self, PartitionEnd};
+use super::rdkafka_ends;
 use super::recreated::{check_recreated, Evidence};
 use super::runtime::client::{
     ClientError, ConnectError, ConsumerClient, DeadLetterProducer, ErrorKind, PauseBound, Polled,
@@ -61,10 +61,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the topic's id is read: a topic deleted and created again is found within this.
 const TOPIC_ID_CHECK: Duration = Duration::from_secs(5);
 /// The bounds of how often librdkafka reports its statistics, which carry each partition's
-/// last stable offset and where its end was last reached (`rdkafka_ends`): the lag's end, read
-/// without a broker round trip. Between them, as often as offsets are committed
-/// (KAFKA_COMMIT_INTERVAL_MS), so a committed offset is never fresher than the end it is shown
-/// against by more than one interval (issue #21).
+/// last stable offset (`rdkafka_ends`): the lag's end, read without a broker round trip.
+/// Between them, as often as offsets are committed (KAFKA_COMMIT_INTERVAL_MS), so a committed
+/// offset is never fresher than the end it is shown against by more than one interval (issue
+/// #21).
 const STATISTICS_EVERY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 /// How often librdkafka refreshes the topic's metadata: partitions added to the topic are
 /// assigned within this (plus a rebalance).
@@ -155,10 +155,7 @@ fn consumer_config(s: &KafkaSettings) -> ClientConfig {
                 .clamp(STATISTICS_EVERY.0, STATISTICS_EVERY.1)
                 .as_millis()
                 .to_string(),
-        )
-        // Once per end reached, in order with the records: with the statistics, says how far a
-        // partition was read past its transaction markers (`rdkafka_ends`).
-        .set("enable.partition.eof", "true");
+        );
     if let Some(id) = &s.membership.instance_id {
         config.set("group.instance.id", id);
     }
@@ -234,7 +231,7 @@ struct GroupContext {
     /// The order topic, whose partitions' statistics are kept.
     topic: String,
     /// The partitions' ends from statistics not yet taken by `poll`.
-    ends: Mutex<Option<BTreeMap<i32, PartitionEnd>>>,
+    ends: Mutex<Option<BTreeMap<i32, i64>>>,
     /// Changes since the loop last looked.
     changes: Mutex<Vec<Change>>,
     /// Closing: revocations are handed back at once (the final commit is done).
@@ -306,7 +303,7 @@ impl GroupContext {
     }
 
     /// The partitions' ends from statistics that arrived since the last call.
-    fn take_ends(&self) -> Option<BTreeMap<i32, PartitionEnd>> {
+    fn take_ends(&self) -> Option<BTreeMap<i32, i64>> {
         self.ends
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -320,12 +317,7 @@ impl ClientContext for GroupContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // A partition's end reached (`enable.partition.eof`) is news for `poll`, not a fault.
-        if !matches!(error, KafkaError::PartitionEOF(_))
-            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
-        {
-            self.log.error(&error, reason);
-        }
+        self.log.error(&error, reason);
     }
 
     /// Served inside `poll`, in queue order with the records: keeps the order topic's part.
@@ -438,9 +430,6 @@ pub struct RdkafkaConsumer {
     /// The offset expected next on each partition read: a record below it means a new log, one
     /// above it may mean offsets that left the log unread.
     next: HashMap<i32, i64>,
-    /// Partitions whose end librdkafka signalled after their last record (and since their
-    /// assignment or seek): the statistics may then say they were read past markers.
-    eof_since_record: BTreeSet<i32>,
     /// Each partition's last stable offset, from the latest statistics: the lag's end.
     ends: BTreeMap<i32, i64>,
     /// The topic's id when last read, and when that was.
@@ -460,7 +449,6 @@ impl RdkafkaConsumer {
             fenced: false,
             announced: Default::default(),
             next: HashMap::new(),
-            eof_since_record: BTreeSet::new(),
             ends: BTreeMap::new(),
             topic_id: None,
             topic_id_read: None,
@@ -480,7 +468,6 @@ impl RdkafkaConsumer {
         self.subscribed = false;
         self.fenced = false;
         self.next.clear();
-        self.eof_since_record.clear();
         self.ends.clear();
     }
 
@@ -521,7 +508,6 @@ impl RdkafkaConsumer {
         let mut reports = Vec::new();
         for &partition in &self.announced {
             self.next.remove(&partition);
-            self.eof_since_record.remove(&partition);
             if let Err(e) = consumer.seek(topic, partition, Offset::Beginning, REQUEST_TIMEOUT) {
                 log::warn!("kafka: cannot move {topic}/{partition} to its new log's start: {e}");
             }
@@ -682,7 +668,6 @@ impl ConsumerClient for RdkafkaConsumer {
                         self.announced.extend(p.iter().copied());
                         for partition in &p {
                             self.next.remove(partition);
-                            self.eof_since_record.remove(partition);
                         }
                         polled.push(Polled::Assigned(p));
                         for (partition, start) in starts {
@@ -701,7 +686,6 @@ impl ConsumerClient for RdkafkaConsumer {
                         for partition in &p {
                             self.announced.remove(partition);
                             self.next.remove(partition);
-                            self.eof_since_record.remove(partition);
                             self.ends.remove(partition);
                         }
                         revoked = true;
@@ -709,28 +693,12 @@ impl ConsumerClient for RdkafkaConsumer {
                     }
                 }
             }
-            if let Some(ends) = ends {
-                // Statistics served in the same call as a group change may describe either
-                // side of it: their ends are kept, what they say was passed is not.
-                for (partition, end) in ends {
-                    if let Some(stable) = end.stable {
-                        self.ends.insert(partition, stable);
-                    }
-                    let passed = rdkafka_ends::passed(
-                        end,
-                        self.next.get(&partition).copied(),
-                        !changed && self.eof_since_record.contains(&partition),
-                    );
-                    if let Some(to) = passed {
-                        self.next.insert(partition, to);
-                        polled.push(Polled::Passed { partition, to });
-                    }
-                }
+            for (partition, stable) in ends.into_iter().flatten() {
+                self.ends.insert(partition, stable);
             }
             match next {
                 Some(Ok(m)) => {
                     let (partition, offset) = (m.partition(), m.offset());
-                    self.eof_since_record.remove(&partition);
                     polled.extend(Self::check_position(
                         consumer,
                         &self.settings.topic,
@@ -746,9 +714,7 @@ impl ConsumerClient for RdkafkaConsumer {
                         value: m.payload().unwrap_or_default().to_vec(),
                     });
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.eof_since_record.insert(partition);
-                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     // Every partition is lost: the loop forgets them (their unfinished events
                     // stay uncommitted), and `release` then drops this consumer.
@@ -796,7 +762,6 @@ impl ConsumerClient for RdkafkaConsumer {
         }
         if fatal {
             self.next.clear();
-            self.eof_since_record.clear();
             let lost: Vec<i32> = std::mem::take(&mut self.announced).into_iter().collect();
             self.fenced = true;
             if lost.is_empty() {

@@ -49,10 +49,10 @@ pub enum Polled {
     /// offset was moved past it).
     Resumed(i32),
     /// Every offset of this partition below `to` that the client did not deliver holds no
-    /// record: transaction markers, or records of aborted transactions that read_committed
-    /// leaves out. The client has read up to `to`, so the loop's commit point may reach it once
-    /// every record delivered below it is finished: a fully read transactional partition then
-    /// shows lag 0, not the marker's 1 (issue #21; docs/operations.md, "Metrics").
+    /// record: transaction markers (the `kafka` client finds them: Fetch v0 leaves them out).
+    /// The client has read up to `to`, so the loop's commit point may reach it once every
+    /// record delivered below it is finished: a fully read transactional partition then shows
+    /// lag 0, not the marker's 1 (issue #21; docs/operations.md, "Lag").
     Passed {
         /// The partition.
         partition: i32,
@@ -214,7 +214,7 @@ pub trait ConsumerClient {
     /// read_committed (open transactions are not lag yet), else the high watermark. From what
     /// the client already holds (its fetch responses, librdkafka's statistics): no broker round
     /// trip, so the loop reads it with every commit and shows committed offset and end from one
-    /// view (docs/operations.md, "Metrics").
+    /// view (docs/operations.md, "Lag").
     fn high_watermarks(&mut self) -> Result<Vec<(i32, i64)>, ClientError>;
 
     /// The group's committed offsets of `partitions` (those without one are left out), for the

@@ -340,7 +340,7 @@ impl<'a> Poller<'a> {
     /// committed. Read with every commit (the client answers from what it holds, no broker
     /// round trip), so the committed offset is never fresher than the end it is compared with:
     /// read every 5 s against commits every second, the lag read 0 while events waited (issue
-    /// #21; docs/operations.md, "Metrics").
+    /// #21; docs/operations.md, "Lag").
     fn read_ends(&mut self) {
         if !self.client.is_connected() {
             return;
