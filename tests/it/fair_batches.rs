@@ -156,6 +156,14 @@ fn passed_over_only_held_rows<K: std::hash::Hash + Eq + Clone + std::fmt::Debug>
     violations
 }
 
+/// What each batch took, by `pick` over its outcomes (a courier assigned, a waiting order
+/// served), batch by batch.
+fn picks<T>(log: &[Applied], pick: impl Fn(&Outcome) -> Option<T>) -> Vec<Vec<T>> {
+    log.iter()
+        .map(|a| a.outcomes.iter().filter_map(|(_, o)| pick(o)).collect())
+        .collect()
+}
+
 fn summary(violations: &[String]) -> String {
     format!(
         "{} violations; the first: {:#?}",
@@ -198,18 +206,10 @@ fn four_workers_with_batches_of_64_keep_the_ranking_and_the_queue() {
         .collect();
     let started = Instant::now();
     let log_a = run(&p, work);
-    let took: Vec<Vec<CourierId>> = log_a
-        .iter()
-        .map(|a| {
-            a.outcomes
-                .iter()
-                .filter_map(|(_, o)| match o {
-                    Outcome::Assigned(c) => Some(*c),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    let took: Vec<Vec<CourierId>> = picks(&log_a, |o| match o {
+        Outcome::Assigned(c) => Some(*c),
+        _ => None,
+    });
     let assigned: usize = took.iter().map(Vec::len).sum();
     assert_eq!(
         assigned,
@@ -313,20 +313,12 @@ fn four_workers_with_batches_of_64_keep_the_ranking_and_the_queue() {
         events / BATCH,
         events as f64 / started.elapsed().as_secs_f64()
     );
-    let served: Vec<Vec<OrderId>> = log_b
-        .iter()
-        .map(|a| {
-            a.outcomes
-                .iter()
-                .filter_map(|(_, o)| match o {
-                    Outcome::Completed(Some(Release { took, .. }))
-                    | Outcome::Cancelled(Some(Release { took, .. })) => took.clone(),
-                    Outcome::Assigned(_) => panic!("no courier is free in phase B"),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    let served: Vec<Vec<OrderId>> = picks(&log_b, |o| match o {
+        Outcome::Completed(Some(Release { took, .. }))
+        | Outcome::Cancelled(Some(Release { took, .. })) => took.clone(),
+        Outcome::Assigned(_) => panic!("no courier is free in phase B"),
+        _ => None,
+    });
     assert_eq!(
         served.iter().map(Vec::len).sum::<usize>(),
         ROUNDS * COURIERS as usize,

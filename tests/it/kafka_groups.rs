@@ -111,12 +111,9 @@ fn ending(i: usize) -> &'static str {
 /// and no courier ever holds two orders.
 fn scale_out(client: Client) {
     let couriers_n = 20;
-    let Some(stand) = GroupStand::new(6, couriers_n) else {
+    let Some(stand) = GroupStand::for_client(client, 6, couriers_n) else {
         return;
     };
-    if client == Client::Kafka && kafka_crate_refused(&stand) {
-        return;
-    }
     let split = |i: usize| -> Vec<(&'static str, String)> {
         match client {
             Client::Kafka => vec![
@@ -219,15 +216,9 @@ fn scale_out(client: Client) {
     assert!(stand.dead_letters().is_empty(), "dead letters appeared");
 }
 
-#[test]
-fn rdkafka_group_moves_a_killed_members_partitions_and_takes_in_a_fourth() {
-    scale_out(Client::Rdkafka);
-}
-
-#[test]
-fn kafka_crate_static_split_survives_a_sigkill_and_a_replacement() {
-    scale_out(Client::Kafka);
-}
+per_client!(scale_out:
+    kafka_crate_static_split_survives_a_sigkill_and_a_replacement,
+    rdkafka_group_moves_a_killed_members_partitions_and_takes_in_a_fourth);
 
 // ---------------------------------------------------------------------------- codecs ----
 
@@ -241,12 +232,9 @@ const PER_BATCH: usize = 20;
 fn codecs(client: Client, batches: &[(i32, &str)]) {
     let orders = batches.len() * PER_BATCH;
     // A courier per order: nobody waits, so every order ends completed by a courier.
-    let Some(stand) = GroupStand::new(2, orders as u32) else {
+    let Some(stand) = GroupStand::for_client(client, 2, orders as u32) else {
         return;
     };
-    if client == Client::Kafka && kafka_crate_refused(&stand) {
-        return;
-    }
     for (b, (partition, codec)) in batches.iter().enumerate() {
         let mut lines = Vec::new();
         for i in 0..PER_BATCH {

@@ -199,18 +199,6 @@ fn lifecycles(prefix: &str, n: usize) -> Vec<OrderEvent> {
     events
 }
 
-/// Hires `n` couriers in one statement (ids 1..=n, like the model's).
-fn hire_many(db: &TestDb, n: u32) {
-    db.client()
-        .execute(
-            "INSERT INTO couriers (name, phone, status, transport_type)
-             SELECT 'c' || g, '+7' || lpad(g::text, 10, '0'), 'available', 'car'
-             FROM generate_series(1, $1) g",
-            &[&(n as i32)],
-        )
-        .expect("hire");
-}
-
 fn model_with(events: &[OrderEvent], couriers_n: u32) -> Snapshot {
     let repo = MemoryRepository::new();
     for n in 1..=couriers_n {
@@ -231,7 +219,8 @@ fn sigterm_mid_stream_commits_what_was_applied_and_a_restart_continues() {
     let Some(stand) = Stand::new(3, 0) else {
         return;
     };
-    hire_many(&stand.db, orders);
+    // Ids 1..=n, like the model's.
+    common::groups::hire(&stand.db, orders);
     let mut events = Vec::new();
     for i in 0..orders {
         let id = format!("s-{i}");

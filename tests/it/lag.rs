@@ -120,12 +120,9 @@ fn pending(prefix: &str, n: usize) -> Vec<String> {
 /// client cannot tell safely how far it read past it (src/transport/rdkafka_ends.rs), so its
 /// committed offset stays after the last record.
 fn a_fully_read_transactional_partition_shows_its_end(client: Client) {
-    let Some(stand) = GroupStand::new(1, 5) else {
+    let Some(stand) = GroupStand::for_client(client, 1, 5) else {
         return;
     };
-    if client == Client::Kafka && kafka_crate_refused(&stand) {
-        return;
-    }
     let mut service = stand.start(client, &[]);
     let api = api_addr(&service);
     let on_0 = |values: Vec<String>| -> Vec<(i32, String)> {
@@ -173,12 +170,9 @@ fn a_fully_read_transactional_partition_shows_its_end(client: Client) {
 /// bursts, because an end read every few seconds (issue #21) is sometimes read just after a
 /// burst landed and before the first commit past it.
 fn sampled_lag_is_never_below_the_true_lag(client: Client) {
-    let Some(stand) = GroupStand::new(2, 50) else {
+    let Some(stand) = GroupStand::for_client(client, 2, 50) else {
         return;
     };
-    if client == Client::Kafka && kafka_crate_refused(&stand) {
-        return;
-    }
     let mut service = stand.start(client, &[]);
     // Running and caught up: the ends it shows are those of before the first burst.
     rdkafka_produce(
@@ -268,22 +262,10 @@ fn drain_sampled(
     }
 }
 
-#[test]
-fn kafka_crate_a_fully_read_transactional_partition_shows_lag_0() {
-    a_fully_read_transactional_partition_shows_its_end(Client::Kafka);
-}
+per_client!(a_fully_read_transactional_partition_shows_its_end:
+    kafka_crate_a_fully_read_transactional_partition_shows_lag_0,
+    rdkafka_a_fully_read_transactional_partition_shows_its_last_stable_offset);
 
-#[test]
-fn rdkafka_a_fully_read_transactional_partition_shows_its_last_stable_offset() {
-    a_fully_read_transactional_partition_shows_its_end(Client::Rdkafka);
-}
-
-#[test]
-fn kafka_crate_sampled_lag_is_never_below_the_true_lag() {
-    sampled_lag_is_never_below_the_true_lag(Client::Kafka);
-}
-
-#[test]
-fn rdkafka_sampled_lag_is_never_below_the_true_lag() {
-    sampled_lag_is_never_below_the_true_lag(Client::Rdkafka);
-}
+per_client!(sampled_lag_is_never_below_the_true_lag:
+    kafka_crate_sampled_lag_is_never_below_the_true_lag,
+    rdkafka_sampled_lag_is_never_below_the_true_lag);

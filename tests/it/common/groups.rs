@@ -65,6 +65,16 @@ pub struct GroupStand {
 impl GroupStand {
     /// A fresh topic of `partitions`, its dead-letter topic and `couriers` hired couriers; `None`
     /// when skipping outside CI (see `database_url`).
+    /// [`GroupStand::new`] for a scenario of `client`, or `None` when the `kafka` crate is on
+    /// Kafka 4.x, where [`kafka_crate_refused`] has asserted its refusal at start instead.
+    pub fn for_client(client: Client, partitions: u32, couriers: u32) -> Option<Self> {
+        let stand = Self::new(partitions, couriers)?;
+        if client == Client::Kafka && kafka_crate_refused(&stand) {
+            return None;
+        }
+        Some(stand)
+    }
+
     pub fn new(partitions: u32, couriers: u32) -> Option<Self> {
         let db = TestDb::new(2)?;
         let brokers = kafka_brokers()?;

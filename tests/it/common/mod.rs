@@ -42,6 +42,22 @@ macro_rules! contract {
     };
 }
 
+/// One scenario as two tests, one per client: `per_client!(scenario: kafka_test, rdkafka_test)`
+/// calls `scenario(Client::Kafka)` and `scenario(Client::Rdkafka)`.
+macro_rules! per_client {
+    ($scenario:ident: $kafka:ident, $rdkafka:ident) => {
+        #[test]
+        fn $kafka() {
+            $scenario($crate::common::Client::Kafka);
+        }
+
+        #[test]
+        fn $rdkafka() {
+            $scenario($crate::common::Client::Rdkafka);
+        }
+    };
+}
+
 pub mod api;
 pub mod broker;
 pub mod database;
