@@ -52,10 +52,12 @@ impl Choice for SecurityProtocol {
 }
 
 impl Choice for SaslMechanism {
+    /// In lower case like the others (the value is taken in any case; librdkafka's own
+    /// spelling is `as_str`'s).
     const WORDS: &'static [(&'static str, Self)] = &[
-        ("PLAIN", Self::Plain),
-        ("SCRAM-SHA-256", Self::ScramSha256),
-        ("SCRAM-SHA-512", Self::ScramSha512),
+        ("plain", Self::Plain),
+        ("scram-sha-256", Self::ScramSha256),
+        ("scram-sha-512", Self::ScramSha512),
     ];
 }
 
