@@ -519,6 +519,32 @@ impl RdkafkaConsumer {
         reports
     }
 
+    /// Transaction markers passed after the last record handed out, as [`Polled::Passed`].
+    /// librdkafka serves a marker inside its poll without handing it out and moves the
+    /// consumer's position past it (`rd_kafka_position`: the application's position, which a
+    /// control message moves only once the records before it were handed out). Asked when a
+    /// poll brought no record, so a fully read transactional partition is committed past its
+    /// trailing marker and shows lag 0 (docs/operations.md, "Lag").
+    fn passed_markers(&mut self) -> Vec<Polled> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Vec::new();
+        };
+        let Ok(positions) = consumer.position() else {
+            return Vec::new();
+        };
+        let mut passed = Vec::new();
+        for e in positions.elements_for_topic(&self.settings.topic) {
+            let (partition, Offset::Offset(to)) = (e.partition(), e.offset()) else {
+                continue;
+            };
+            if let Some(next) = self.next.get_mut(&partition).filter(|next| to > **next) {
+                *next = to;
+                passed.push(Polled::Passed { partition, to });
+            }
+        }
+        passed
+    }
+
     /// The reports a record at `offset` of `partition` calls for before it is handed on: the
     /// log was replaced (the offset went back), or offsets left it unread (the offset jumped
     /// past the log's start). A jump the log's start does not explain is a transaction marker,
@@ -759,6 +785,9 @@ impl ConsumerClient for RdkafkaConsumer {
                 "kafka: {errors} errors reported by librdkafka since the last poll (the last: \
                  {e}); the brokers answer again"
             );
+        }
+        if !fatal && !polled.iter().any(|p| matches!(p, Polled::Record { .. })) {
+            polled.extend(self.passed_markers());
         }
         if fatal {
             self.next.clear();

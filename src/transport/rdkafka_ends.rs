@@ -7,7 +7,8 @@
 //! Not read from here: how far a partition was read past its transaction markers. The
 //! statistics' `eof_offset` (with `enable.partition.eof`) looked like it, but it runs ahead of
 //! the records the consumer has been handed (a restart test committed offsets whose events had
-//! not been applied), so `rdkafka` leaves a trailing marker counted as lag 1.
+//! not been applied); the consumer's position says it safely (`rdkafka_client`,
+//! `passed_markers`).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,9 +1,8 @@
 //! Truthful lag (issue #21, item 3) against a real broker, for both clients: `/partitions`
 //! shows committed offsets and ends from one view, so the lag it shows is never below the true
 //! lag (the end minus what the group has committed, read from the broker), a committed offset is
-//! never shown above the end, and with `kafka` transaction markers are not lag: a fully read
-//! transactional partition shows lag 0 and its group commits its end (with `rdkafka` a trailing
-//! marker still shows as lag 1). The rules are in docs/operations.md,
+//! never shown above the end, and transaction markers are not lag: a fully read transactional
+//! partition shows lag 0 and its group commits its end. The rules are in docs/operations.md,
 //! "Metrics"; the `kafka`-crate scenarios run where the crate can work (Kafka 3.x) and assert
 //! its refusal at start on Kafka 4.x instead (`kafka_crate_refused`).
 
@@ -115,10 +114,8 @@ fn pending(prefix: &str, n: usize) -> Vec<String> {
 
 /// Transactions on partition 0, committed and aborted, the last one committed: its marker is
 /// the partition's last offset. The service reads it all; `/partitions` must then show the
-/// partition's end (its last stable offset) and, with `kafka`, lag 0, the group having
-/// committed past the marker. With `rdkafka` the trailing marker still counts as lag 1: the
-/// client cannot tell safely how far it read past it (src/transport/rdkafka_ends.rs), so its
-/// committed offset stays after the last record.
+/// partition's end (its last stable offset) and lag 0, the group having committed past the
+/// marker (`Polled::Passed`: src/transport/kafka_client.rs, src/transport/rdkafka_client.rs).
 fn a_fully_read_transactional_partition_shows_its_end(client: Client) {
     let Some(stand) = GroupStand::for_client(client, 1, 5) else {
         return;
@@ -144,11 +141,7 @@ fn a_fully_read_transactional_partition_shows_its_end(client: Client) {
     );
     // 10 + marker + 5 + marker + 7 + marker.
     let end = 25;
-    let committed = match client {
-        Client::Kafka => end,
-        Client::Rdkafka => end - 1,
-    };
-    let lag = end - committed;
+    let (committed, lag) = (end, 0);
     wait_until(LIMIT, "the partition's end shown, read to it", || {
         assert!(service.running(), "died:\n{}", service.log_text());
         let now = shown(&api);
@@ -264,7 +257,7 @@ fn drain_sampled(
 
 per_client!(a_fully_read_transactional_partition_shows_its_end:
     kafka_crate_a_fully_read_transactional_partition_shows_lag_0,
-    rdkafka_a_fully_read_transactional_partition_shows_its_last_stable_offset);
+    rdkafka_a_fully_read_transactional_partition_shows_lag_0);
 
 per_client!(sampled_lag_is_never_below_the_true_lag:
     kafka_crate_sampled_lag_is_never_below_the_true_lag,
