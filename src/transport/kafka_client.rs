@@ -103,6 +103,12 @@ pub struct KafkaCrateConsumer {
 /// by [`KafkaCrateConsumer::fetch_alone`].
 const FETCH_WINDOW: i32 = 256 << 10;
 
+/// The most offsets in a row taken to be transaction markers when a fetch returns nothing
+/// below the high watermark. Markers follow one another only when several transactions end
+/// with nothing between them (one per producer, in practice); a longer run is a batch the
+/// fetch could not hold, and the partition stalls instead of passing it unread.
+const MAX_MARKERS_IN_A_ROW: i64 = 64;
+
 impl KafkaCrateConsumer {
     /// A client that connects on the loop's first call to `connect`.
     pub fn new(settings: KafkaSettings) -> Self {
@@ -677,9 +683,9 @@ impl KafkaCrateConsumer {
     /// batches (commit and abort markers) out of its down-converted answer and hands out every
     /// other record, so what lies between is markers only: the partition has been read up to
     /// the high watermark ([`Polled::Passed`]), and its commit point follows, so a fully read
-    /// transactional partition shows lag 0 and is not fetched again and again. (A batch larger
-    /// than the whole limit, which needs the broker's `message.max.bytes` above 64 MiB, would
-    /// look the same.)
+    /// transactional partition shows lag 0 and is not fetched again and again. A batch larger
+    /// than the whole limit (the broker's `message.max.bytes` above 64 MiB) looks the same, so
+    /// a gap longer than [`MAX_MARKERS_IN_A_ROW`] stalls the partition instead, saying why.
     fn fetch_alone(&mut self, partition: i32, next: i64) {
         let topic = self.settings.topic.clone();
         let window = self.fetch_window;
@@ -695,8 +701,22 @@ impl KafkaCrateConsumer {
                 Err(e) => return log::debug!("kafka: {topic}/{partition}@{next}: {e}"),
             }
         }
-        if let Some(high) = empty_below {
-            self.pass(partition, high);
+        match empty_below {
+            Some(high) if high - next <= MAX_MARKERS_IN_A_ROW => self.pass(partition, high),
+            Some(high) => self.stall(
+                partition,
+                next,
+                format!(
+                    "nothing readable at offset {next} although the log holds {} offsets up to \
+                     {high}: a batch larger than {} bytes (the broker's message.max.bytes above \
+                     it) or a run of transaction markers longer than {MAX_MARKERS_IN_A_ROW}; \
+                     move the group's committed offset past it once its events are handled \
+                     (docs/operations.md, \"Troubleshooting\")",
+                    high - next,
+                    self.fetch_limit
+                ),
+            ),
+            None => {}
         }
     }
 
@@ -854,9 +874,17 @@ impl ConsumerClient for KafkaCrateConsumer {
             }
             Err(e) => {
                 self.client = None;
+                let held = if group_held_by_another(&e) {
+                    format!(
+                        " (another member holds group {group}, and this client commits without \
+                         joining it: stop that member or set another KAFKA_GROUP_ID)"
+                    )
+                } else {
+                    String::new()
+                };
                 Err(client_error(
                     &e,
-                    format!("commit of {topic} offsets failed: {e}; reconnecting"),
+                    format!("commit of {topic} offsets failed: {e}{held}; reconnecting"),
                 ))
             }
         }
@@ -894,19 +922,43 @@ impl ConsumerClient for KafkaCrateConsumer {
 /// What kind of failure a `kafka` crate error is (`ClientError`'s kinds mean the same for both
 /// clients): the broker's error code when it sent one, else retriable (I/O, timeouts).
 fn kind_of(e: &kafka::Error) -> ErrorKind {
-    let code = match e {
-        kafka::Error::Kafka(code) => *code,
-        kafka::Error::TopicPartitionError { error_code, .. } => *error_code,
-        _ => return ErrorKind::Retriable,
+    let Some(code) = code_of(e) else {
+        return ErrorKind::Retriable;
     };
     match code {
-        KafkaCode::UnknownMemberId | KafkaCode::IllegalGeneration => ErrorKind::Fenced,
-        KafkaCode::RebalanceInProgress => ErrorKind::RebalanceInProgress,
+        // Never a passing rebalance here: the crate commits without joining the group, which
+        // the broker takes only while the group has no members. These codes mean another
+        // member holds KAFKA_GROUP_ID (an `rdkafka` instance, a console consumer), and every
+        // commit will be refused until it leaves: an outage for this client.
+        KafkaCode::UnknownMemberId
+        | KafkaCode::IllegalGeneration
+        | KafkaCode::RebalanceInProgress => ErrorKind::Retriable,
         KafkaCode::UnknownTopicOrPartition => ErrorKind::UnknownTopicOrPartition,
         KafkaCode::TopicAuthorizationFailed
         | KafkaCode::GroupAuthorizationFailed
         | KafkaCode::ClusterAuthorizationFailed => ErrorKind::Auth,
         _ => ErrorKind::Retriable,
+    }
+}
+
+/// Whether the broker refused a commit because the group has members (see [`kind_of`]).
+fn group_held_by_another(e: &kafka::Error) -> bool {
+    matches!(
+        code_of(e),
+        Some(
+            KafkaCode::UnknownMemberId
+                | KafkaCode::IllegalGeneration
+                | KafkaCode::RebalanceInProgress
+        )
+    )
+}
+
+/// The broker's error code behind a `kafka` crate error, when it sent one.
+fn code_of(e: &kafka::Error) -> Option<KafkaCode> {
+    match e {
+        kafka::Error::Kafka(code) => Some(*code),
+        kafka::Error::TopicPartitionError { error_code, .. } => Some(*error_code),
+        _ => None,
     }
 }
 
@@ -927,11 +979,15 @@ mod tests {
             error_code: code,
         };
         for (e, kind) in [
-            (partition(KafkaCode::IllegalGeneration), ErrorKind::Fenced),
-            (partition(KafkaCode::UnknownMemberId), ErrorKind::Fenced),
+            // The crate never joins the group: a refusal is another member's group, for good.
+            (
+                partition(KafkaCode::IllegalGeneration),
+                ErrorKind::Retriable,
+            ),
+            (partition(KafkaCode::UnknownMemberId), ErrorKind::Retriable),
             (
                 kafka::Error::Kafka(KafkaCode::RebalanceInProgress),
-                ErrorKind::RebalanceInProgress,
+                ErrorKind::Retriable,
             ),
             (
                 partition(KafkaCode::UnknownTopicOrPartition),

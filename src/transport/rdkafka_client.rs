@@ -954,6 +954,8 @@ impl RdkafkaProducer {
     ) -> Result<Self, ClientError> {
         let mut config = client_config(brokers, access, "service-courier-dlq");
         config.set("message.max.bytes", DEAD_LETTER_MAX_BYTES.to_string());
+        // A letter whose acknowledgement was lost and that is sent again is written once.
+        config.set("enable.idempotence", "true");
         Self::with_config(config, "all", timeout)
     }
 
@@ -1134,9 +1136,13 @@ const DEAD_LETTER_MAX_BYTES: usize = 100 << 20;
 /// crate writes message format v0/v1, which has no headers (docs/operations.md, "Dead
 /// letters").
 pub struct RdkafkaDeadLetters {
+    /// The dead-letter topic.
     topic: String,
+    /// Where to connect.
     brokers: Vec<String>,
+    /// The security settings (the same as the consumer's).
     access: KafkaAccess,
+    /// Built on the first letter; dropped by nothing (librdkafka reconnects by itself).
     producer: Option<RdkafkaProducer>,
     /// The topic was seen to exist since the last failure.
     topic_seen: bool,

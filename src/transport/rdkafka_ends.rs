@@ -18,19 +18,25 @@ use serde::Deserialize;
 /// STATISTICS.md; the `rdkafka` crate's `Statistics` parses every field, the brokers' too).
 #[derive(Deserialize)]
 struct Document {
+    /// By topic name.
     #[serde(default)]
     topics: HashMap<String, Topic>,
 }
 
+/// One topic of the statistics.
 #[derive(Deserialize)]
 struct Topic {
+    /// By partition number (as text).
     #[serde(default)]
     partitions: HashMap<String, Partition>,
 }
 
+/// One partition of the statistics.
 #[derive(Deserialize)]
 struct Partition {
+    /// Its number (-1: librdkafka's internal partition).
     partition: i32,
+    /// Its last stable offset as of the latest fetch response.
     #[serde(default = "unknown")]
     ls_offset: i64,
 }

@@ -26,6 +26,8 @@ pub const VALUE: &str = "dlq.value";
 pub const VALUE_SIZE: &str = "dlq.value.size";
 /// What [`VALUE`] says when the value was left out: read it at the source position.
 pub const BY_REFERENCE: &str = "by-reference";
+/// The most bytes of `dlq.detail` a letter without its value carries.
+pub const DETAIL_BY_REFERENCE: usize = 1024;
 
 /// One bad event on its way to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +90,17 @@ impl DeadLetter {
         ]
     }
 
-    /// The headers of the letter without its value (over the topic's size limit).
+    /// The headers of the letter without its value (over the topic's size limit), its detail
+    /// cut to [`DETAIL_BY_REFERENCE`] bytes so that the letter is small whatever the error said.
     pub fn headers_by_reference(&self) -> Vec<(&'static str, String)> {
         let mut headers = self.headers();
+        if let Some((_, detail)) = headers.iter_mut().find(|(name, _)| *name == DETAIL) {
+            let mut end = detail.len().min(DETAIL_BY_REFERENCE);
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
         headers.push((VALUE, BY_REFERENCE.to_owned()));
         headers.push((VALUE_SIZE, self.value.len().to_string()));
         headers
@@ -133,11 +143,19 @@ mod tests {
     }
 
     #[test]
-    fn a_letter_by_reference_says_so_and_the_value_size() {
+    fn a_letter_by_reference_says_so_and_the_value_size_with_its_detail_cut() {
         let h = letter().headers_by_reference();
         let get = |name: &str| h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
         assert_eq!(get(VALUE), Some(BY_REFERENCE));
         assert_eq!(get(VALUE_SIZE), Some("2"));
         assert_eq!(get(OFFSET), Some("99"));
+        assert_eq!(get(DETAIL), Some("boom"));
+        let long = DeadLetter {
+            detail: "é".repeat(DETAIL_BY_REFERENCE),
+            ..letter()
+        };
+        let h = long.headers_by_reference();
+        let detail = h.iter().find(|(n, _)| *n == DETAIL).map(|(_, v)| v.clone());
+        assert_eq!(detail.map(|d| d.len()), Some(DETAIL_BY_REFERENCE));
     }
 }

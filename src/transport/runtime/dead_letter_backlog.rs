@@ -23,10 +23,13 @@ pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
 /// Unsent dead letters, oldest first, with the pause decision.
 #[derive(Debug)]
 pub struct DeadLetterBacklog {
+    /// The letters, oldest first.
     letters: VecDeque<DeadLetter>,
-    /// Payload bytes held.
+    /// Value bytes held.
     bytes: usize,
+    /// Letters held past which fetching pauses.
     max_letters: usize,
+    /// Value bytes held past which fetching pauses.
     max_bytes: usize,
     /// Whether fetching is paused (kept between calls: pausing has hysteresis).
     paused: bool,
