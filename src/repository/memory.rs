@@ -12,9 +12,7 @@ use super::{
     CourierView, DeliveryView, FleetDirectory, FleetGauges, OrderState, OrderView, OverdueDelivery,
     QueueView, RepoError, Snapshot, StorageTx, WaitingOrder,
 };
-use crate::domain::{
-    CompletedBy, CourierId, CourierRank, CourierStatus, NewCourier, OrderId, QueueKey,
-};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 
 /// The fake repository. Cheap to create; starts empty.
 #[derive(Debug, Default)]
@@ -33,7 +31,7 @@ struct OrderRow {
     state: OrderState,
     /// Place in the waiting queue while `state` is `Waiting`: when the order was created, then
     /// its arrival.
-    waiting_seq: Option<QueueKey<u64>>,
+    waiting_seq: Option<(DateTime<Utc>, u64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -93,7 +91,7 @@ impl CourierRepository for MemoryRepository {
 
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         let state = self.lock();
-        let mut waiting: Vec<(QueueKey<u64>, OrderId)> = state
+        let mut waiting: Vec<((DateTime<Utc>, u64), OrderId)> = state
             .orders
             .iter()
             .filter_map(|(id, row)| row.waiting_seq.map(|seq| (seq, id.clone())))
@@ -183,7 +181,7 @@ impl FleetDirectory for MemoryRepository {
 
     fn queue(&self, limit: usize) -> Result<QueueView, RepoError> {
         let state = self.lock();
-        let mut waiting: Vec<(QueueKey<u64>, WaitingOrder)> = state
+        let mut waiting: Vec<((DateTime<Utc>, u64), WaitingOrder)> = state
             .orders
             .iter()
             .filter_map(|(id, row)| {
@@ -192,7 +190,7 @@ impl FleetDirectory for MemoryRepository {
                     place,
                     WaitingOrder {
                         order: id.clone(),
-                        since: place.created_at,
+                        since: place.0,
                     },
                 ))
             })
@@ -294,10 +292,7 @@ impl MemoryState {
     fn put_order(&mut self, order: &OrderId, state: OrderState, at: DateTime<Utc>) {
         let waiting_seq = if state == OrderState::Waiting {
             self.next_waiting_seq += 1;
-            Some(QueueKey {
-                created_at: at,
-                arrival: self.next_waiting_seq,
-            })
+            Some((at, self.next_waiting_seq))
         } else {
             None
         };
@@ -335,11 +330,7 @@ impl StorageTx for MemoryState {
             .couriers
             .values()
             .filter(|c| c.view.status == CourierStatus::Available)
-            .min_by_key(|c| CourierRank {
-                completed_deliveries: c.view.completed_deliveries,
-                available_since: c.available_since,
-                id: c.view.id,
-            })
+            .min_by_key(|c| (c.view.completed_deliveries, c.available_since, c.view.id))
             .map(|c| c.view.id);
         Ok(best.and_then(|id| self.record(id)))
     }

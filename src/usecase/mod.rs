@@ -20,7 +20,7 @@ pub use outcome::{Outcome, Release};
 use crossbeam_channel::Sender;
 
 use crate::domain::OrderEvent;
-use crate::repository::{BatchOutline, BatchStep, CourierRepository, RepoError, StepKind};
+use crate::repository::{BatchOutline, CourierRepository, RepoError};
 
 /// Applies order events to a repository: the one entry point the transport calls.
 pub struct OrderEventProcessor<R> {
@@ -151,22 +151,22 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
     }
 }
 
-/// What a batch will touch: its orders, and the events among them that may take or free a
-/// courier.
+/// What a batch will touch: its orders, and at most how many couriers it takes and releases.
 fn outline(events: &[&OrderEvent]) -> BatchOutline {
-    let mut steps = Vec::with_capacity(events.len());
+    let mut outline = BatchOutline::default();
     for event in events {
-        let kind = match factory::StatusHandler::for_status(event.status) {
+        match factory::StatusHandler::for_status(event.status) {
             factory::StatusHandler::Ignore => continue,
-            factory::StatusHandler::Assign => StepKind::Assign,
-            factory::StatusHandler::Cancel | factory::StatusHandler::Complete => StepKind::End,
-        };
-        steps.push(BatchStep {
-            order: event.order_id.clone(),
-            kind,
-        });
+            factory::StatusHandler::Assign => outline.takes += 1,
+            factory::StatusHandler::Cancel | factory::StatusHandler::Complete => {
+                outline.releases += 1
+            }
+        }
+        outline.orders.push(event.order_id.clone());
     }
-    BatchOutline::of_steps(steps)
+    outline.orders.sort_unstable();
+    outline.orders.dedup();
+    outline
 }
 
 /// Whether a committed outcome may have left an order waiting beside a free courier when

@@ -11,9 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{
-    CompletedBy, CourierId, CourierRank, CourierStatus, OrderId, QueueKey, TransportType,
-};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, OrderId, TransportType};
 use crate::repository::{CourierRecord, OrderState, RepoError};
 
 /// An order row as this transaction sees it.
@@ -29,17 +27,6 @@ pub(super) struct HeldOrder {
     pub dirty: bool,
     /// Has a row in the database (else it is inserted when written).
     pub stored: bool,
-}
-
-impl HeldOrder {
-    /// Its place in the queue (meaningful while it waits).
-    fn queue_key(&self) -> QueueKey<QueuePlace> {
-        QueueKey {
-            // A waiting order always has its creation time; none would sort first.
-            created_at: self.since.unwrap_or(DateTime::<Utc>::MIN_UTC),
-            arrival: self.queue,
-        }
-    }
 }
 
 /// When a waiting order arrived in the FIFO queue: the tie-break between orders created at the
@@ -66,12 +53,12 @@ pub(super) struct HeldCourier {
 }
 
 impl HeldCourier {
-    fn rank(&self) -> CourierRank {
-        CourierRank {
-            completed_deliveries: self.completed_deliveries,
-            available_since: self.available_since,
-            id: self.record.id,
-        }
+    fn rank(&self) -> (i64, DateTime<Utc>, CourierId) {
+        (
+            self.completed_deliveries,
+            self.available_since,
+            self.record.id,
+        )
     }
 }
 
@@ -105,37 +92,39 @@ pub(super) struct NewDelivery {
     pub completed_by: Option<CompletedBy>,
 }
 
-/// How far the rows locked up front answer a kind of pick without asking the database. `K` is
-/// the pick's order: [`CourierRank`] for free couriers, [`QueueKey`] for waiting orders.
+/// How far the rows locked up front answer a kind of pick without asking the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Coverage<K> {
+pub(super) enum Coverage {
     /// Nothing was locked up front: ask the database.
     Unknown,
-    /// As many rows came as were asked for, the last of them at this key: any row not held here
-    /// (and not held by another transaction) comes after it. So a pick whose best held row is
-    /// at or before it is answered here, however many picks came before or rows left the pick
-    /// (an order ended while waiting) meanwhile.
-    Upto(K),
+    /// The next `n` picks are answered here: `n` rows were asked for and `n` came, and any row
+    /// not locked ranks after all of them.
+    Next(usize),
     /// Fewer rows came than were asked for: every row there is to pick is held.
     All,
 }
 
-impl<K: Ord> Coverage<K> {
-    /// The coverage after asking for `asked` rows and getting `got`, the last at `last`.
-    pub fn after_asking(asked: usize, got: usize, last: Option<K>) -> Self {
-        match last {
-            _ if got < asked => Self::All,
-            Some(last) if asked > 0 => Self::Upto(last),
-            _ => Self::Unknown,
+impl Coverage {
+    /// The coverage after asking for `asked` rows and getting `got`.
+    pub fn after_asking(asked: usize, got: usize) -> Self {
+        if got < asked {
+            Self::All
+        } else if asked == 0 {
+            Self::Unknown
+        } else {
+            Self::Next(asked)
         }
     }
 
-    /// Whether a pick whose best held row is at `best` may be answered from the held rows.
-    fn answers(&self, best: Option<&K>) -> bool {
+    /// Whether a pick may be answered from held rows; counts the pick if so.
+    fn answers(&mut self) -> bool {
         match self {
             Self::All => true,
-            Self::Upto(last) => best.is_some_and(|b| b <= last),
-            Self::Unknown => false,
+            Self::Next(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -165,53 +154,6 @@ pub(super) struct Completion {
     pub by: CompletedBy,
 }
 
-/// A courier row to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct CourierWrite {
-    /// Which courier.
-    pub id: CourierId,
-    /// Their status.
-    pub status: CourierStatus,
-    /// Their completed deliveries: the rank's first key.
-    pub completed_deliveries: i64,
-    /// Since when they are available: the rank's second key.
-    pub available_since: DateTime<Utc>,
-}
-
-/// An order row to update.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct OrderWrite {
-    /// Which order.
-    pub id: OrderId,
-    /// Its state.
-    pub state: OrderState,
-    /// Its stored queue place (`waiting_seq`), while waiting; `None` when it is fresh (numbered
-    /// from the sequence on write, see [`Changes::fresh_waiting`]) or not waiting.
-    pub queue_seq: Option<i64>,
-    /// When it was created, while waiting: the queue's first key.
-    pub waiting_since: WaitingSince,
-}
-
-/// An order seen for the first time, to insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct NewOrderWrite {
-    /// Which order.
-    pub id: OrderId,
-    /// Its state.
-    pub state: OrderState,
-    /// When it was created, while waiting.
-    pub waiting_since: WaitingSince,
-}
-
-/// A `courier_orders` row to insert, with its order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Insertion {
-    /// Which order.
-    pub order: OrderId,
-    /// The row.
-    pub delivery: NewDelivery,
-}
-
 /// Net changes, ready to be written as arrays.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
@@ -220,13 +162,14 @@ pub(super) struct Changes {
     /// Active deliveries to stamp completed.
     pub completed: Vec<Completion>,
     /// Deliveries to insert.
-    pub inserted: Vec<Insertion>,
-    /// Couriers to write.
-    pub couriers: Vec<CourierWrite>,
-    /// Orders to update.
-    pub orders: Vec<OrderWrite>,
-    /// Orders seen for the first time, to insert.
-    pub new_orders: Vec<NewOrderWrite>,
+    pub inserted: Vec<(OrderId, NewDelivery)>,
+    /// Couriers to write: id, status, completed deliveries, available since.
+    pub couriers: Vec<(CourierId, CourierStatus, i64, DateTime<Utc>)>,
+    /// Orders to update: id, state, stored queue place (None when fresh or not waiting), when
+    /// created (while waiting).
+    pub orders: Vec<(OrderId, OrderState, Option<i64>, WaitingSince)>,
+    /// Orders seen for the first time, to insert: id, state, when created (while waiting).
+    pub new_orders: Vec<(OrderId, OrderState, WaitingSince)>,
     /// Orders that joined the queue, in queue order: numbered from the sequence on write.
     pub fresh_waiting: Vec<OrderId>,
 }
@@ -251,9 +194,9 @@ pub(super) struct HeldRows {
     deliveries: BTreeMap<OrderId, DeliveryChange>,
     next_fresh: u64,
     /// Free couriers locked up front.
-    pub free_couriers: Coverage<CourierRank>,
+    pub free_couriers: Coverage,
     /// Waiting orders locked up front.
-    pub waiting_orders: Coverage<QueueKey<QueuePlace>>,
+    pub waiting_orders: Coverage,
 }
 
 impl Default for HeldRows {
@@ -349,37 +292,32 @@ impl HeldRows {
     }
 
     /// The best free courier held, when the held rows can tell.
-    pub fn pick_free_courier(&self) -> Pick<CourierRecord> {
-        let best = self
-            .couriers
-            .values()
-            .filter(|c| c.record.status == CourierStatus::Available)
-            .min_by_key(|c| c.rank());
-        if !self
-            .free_couriers
-            .answers(best.map(HeldCourier::rank).as_ref())
-        {
+    pub fn pick_free_courier(&mut self) -> Pick<CourierRecord> {
+        if !self.free_couriers.answers() {
             return Pick::AskDatabase;
         }
-        Pick::Held(best.map(|c| c.record.clone()))
+        Pick::Held(
+            self.couriers
+                .values()
+                .filter(|c| c.record.status == CourierStatus::Available)
+                .min_by_key(|c| c.rank())
+                .map(|c| c.record.clone()),
+        )
     }
 
     /// The first waiting order in the queue held (created earliest, then arrived first), when
     /// the held rows can tell.
-    pub fn pick_waiting_order(&self) -> Pick<OrderId> {
-        let first = self
-            .orders
-            .iter()
-            .filter(|(_, o)| o.state == OrderState::Waiting)
-            .map(|(id, o)| (o.queue_key(), id))
-            .min();
-        if !self
-            .waiting_orders
-            .answers(first.as_ref().map(|(key, _)| key))
-        {
+    pub fn pick_waiting_order(&mut self) -> Pick<OrderId> {
+        if !self.waiting_orders.answers() {
             return Pick::AskDatabase;
         }
-        Pick::Held(first.map(|(_, id)| id.clone()))
+        Pick::Held(
+            self.orders
+                .iter()
+                .filter(|(_, o)| o.state == OrderState::Waiting)
+                .min_by_key(|(_, o)| (o.since, o.queue))
+                .map(|(id, _)| id.clone()),
+        )
     }
 
     fn order_mut(&mut self, id: &OrderId) -> Result<&mut HeldOrder, RepoError> {
@@ -527,10 +465,7 @@ impl HeldRows {
         let mut changes = Changes::default();
         for (id, change) in std::mem::take(&mut self.deliveries) {
             match change {
-                DeliveryChange::Insert(delivery) => changes.inserted.push(Insertion {
-                    order: id,
-                    delivery,
-                }),
+                DeliveryChange::Insert(new) => changes.inserted.push((id, new)),
                 DeliveryChange::Complete { courier, at, by } => {
                     changes.completed.push(Completion {
                         order: id,
@@ -544,12 +479,12 @@ impl HeldRows {
         }
         for held in self.couriers.values_mut().filter(|c| c.dirty) {
             held.dirty = false;
-            changes.couriers.push(CourierWrite {
-                id: held.record.id,
-                status: held.record.status,
-                completed_deliveries: held.completed_deliveries,
-                available_since: held.available_since,
-            });
+            changes.couriers.push((
+                held.record.id,
+                held.record.status,
+                held.completed_deliveries,
+                held.available_since,
+            ));
         }
         let mut fresh: Vec<(u64, OrderId)> = Vec::new();
         for (id, held) in self.orders.iter_mut().filter(|(_, o)| o.dirty) {
@@ -562,27 +497,22 @@ impl HeldRows {
                 }
                 _ => None,
             };
-            let waiting_since = held.since.filter(|_| held.state == OrderState::Waiting);
+            let since = held.since.filter(|_| held.state == OrderState::Waiting);
             if held.stored {
-                changes.orders.push(OrderWrite {
-                    id: id.clone(),
-                    state: held.state.clone(),
-                    queue_seq: stored,
-                    waiting_since,
-                });
+                changes
+                    .orders
+                    .push((id.clone(), held.state.clone(), stored, since));
             } else {
                 held.stored = true;
-                changes.new_orders.push(NewOrderWrite {
-                    id: id.clone(),
-                    state: held.state.clone(),
-                    waiting_since,
-                });
+                changes
+                    .new_orders
+                    .push((id.clone(), held.state.clone(), since));
             }
         }
         fresh.sort();
         changes.fresh_waiting = fresh.into_iter().map(|(_, id)| id).collect();
-        changes.orders.sort_by(|a, b| a.id.cmp(&b.id));
-        changes.new_orders.sort_by(|a, b| a.id.cmp(&b.id));
+        changes.orders.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.new_orders.sort_by(|a, b| a.0.cmp(&b.0));
         changes
     }
 }
@@ -615,7 +545,7 @@ mod tests {
     #[test]
     fn picks_the_courier_with_fewest_deliveries_then_longest_free() {
         let mut rows = HeldRows {
-            free_couriers: Coverage::All,
+            free_couriers: Coverage::after_asking(3, 3),
             ..HeldRows::default()
         };
         courier(&mut rows, 1, 2, 0);
@@ -628,28 +558,16 @@ mod tests {
     }
 
     #[test]
-    fn answers_only_picks_the_locked_rows_prove() {
-        let rank = |n: i64, completed: i64, since: i64| CourierRank {
-            completed_deliveries: completed,
-            available_since: at(since),
-            id: CourierId(n),
-        };
-        // Courier 1 was the last of those locked: any other free courier ranks after it.
+    fn answers_only_as_many_picks_as_were_covered() {
         let mut rows = HeldRows {
-            free_couriers: Coverage::after_asking(1, 1, Some(rank(1, 0, 0))),
+            free_couriers: Coverage::after_asking(1, 1),
             ..HeldRows::default()
         };
         courier(&mut rows, 1, 0, 0);
         assert!(matches!(rows.pick_free_courier(), Pick::Held(Some(_))));
-        rows.set_courier_status(CourierId(1), CourierStatus::Busy, at(1))
-            .expect("held");
-        assert_eq!(rows.pick_free_courier(), Pick::AskDatabase);
-        // A courier freed by this transaction who ranks after the last one locked: the database
-        // may hold a better one.
-        courier(&mut rows, 2, 1, 0);
         assert_eq!(rows.pick_free_courier(), Pick::AskDatabase);
         let mut all = HeldRows {
-            free_couriers: Coverage::after_asking(4, 1, Some(rank(1, 0, 0))),
+            free_couriers: Coverage::after_asking(4, 1),
             ..HeldRows::default()
         };
         courier(&mut all, 1, 0, 0);
@@ -657,25 +575,6 @@ mod tests {
             assert!(matches!(all.pick_free_courier(), Pick::Held(Some(_))));
         }
         assert_eq!(HeldRows::default().pick_free_courier(), Pick::AskDatabase);
-    }
-
-    #[test]
-    fn an_order_that_left_the_queue_does_not_stand_for_the_rows_behind_it() {
-        let key = |seq: i64, since: i64| QueueKey {
-            created_at: at(since),
-            arrival: QueuePlace::Stored(seq),
-        };
-        // "head" was the one waiting order locked for a pick; "named" waits too, later in line.
-        let mut rows = HeldRows {
-            waiting_orders: Coverage::after_asking(1, 1, Some(key(1, 0))),
-            ..HeldRows::default()
-        };
-        rows.hold_order(id("head"), OrderState::Waiting, Some(1), Some(at(0)));
-        rows.hold_order(id("named"), OrderState::Waiting, Some(9), Some(at(50)));
-        rows.set_order_state(&id("head"), &OrderState::Cancelled, at(60))
-            .expect("held");
-        // Orders nobody locked may come between the head and "named".
-        assert_eq!(rows.pick_waiting_order(), Pick::AskDatabase);
     }
 
     #[test]
@@ -754,16 +653,11 @@ mod tests {
         rows.drop_delivery(&id("gone")).expect("drop");
         let changes = rows.take_changes();
         assert_eq!(changes.inserted.len(), 1);
-        assert_eq!(changes.inserted[0].delivery.completed_at, Some(at(20)));
+        assert_eq!(changes.inserted[0].1.completed_at, Some(at(20)));
         assert!(changes.deleted.is_empty() && changes.completed.is_empty());
         assert_eq!(
             changes.couriers,
-            vec![CourierWrite {
-                id: CourierId(1),
-                status: CourierStatus::Busy,
-                completed_deliveries: 1,
-                available_since: at(0),
-            }]
+            vec![(CourierId(1), CourierStatus::Busy, 1, at(0))]
         );
     }
 

@@ -1,10 +1,7 @@
 //! One PostgreSQL transaction behind the [`StorageTx`] steps. Steps work on [`HeldRows`]: the
 //! rows the transaction has locked, with its changes kept in memory. A batch locks everything it
-//! will touch in two statements ([`StorageTx::lock_batch`]): its orders, then, counted from
-//! their states, exactly the free couriers and waiting orders its steps will take (a row held
-//! and not taken would be passed over by concurrent transactions: README, "The rules"). Its
-//! steps then cost no round trip, and [`PgTx::flush`] writes the net changes in one set-based
-//! statement. So a batch of
+//! will touch in two statements ([`StorageTx::lock_batch`]), its steps then cost no round
+//! trip, and [`PgTx::flush`] writes the net changes in one set-based statement. So a batch of
 //! 256 events costs five round trips (with BEGIN and COMMIT) instead of three to six per event.
 //!
 //! Whenever a step needs the database after all (a row not locked up front, a pick the held rows
@@ -15,12 +12,10 @@ use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::Row;
 
-use super::held::{Changes, Coverage, HeldRows, Pick, QueuePlace};
+use super::held::{Changes, Coverage, HeldRows, Pick};
 use super::session::OpenTx;
 use super::{bad_row, classify, get, order_id, order_state, parse_col};
-use crate::domain::{
-    CompletedBy, CourierId, CourierRank, CourierStatus, NewCourier, OrderId, QueueKey,
-};
+use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
 use crate::repository::{
     BatchOutline, CourierRecord, OrderState, OverdueDelivery, RepoError, StorageTx,
 };
@@ -35,12 +30,10 @@ const LOCK_ORDERS: &str = "
     FOR UPDATE";
 
 /// Locks, in one statement: couriers by id ($1); the `$2` best free couriers nobody else holds
-/// (`CourierRank`: fewest completed deliveries, then available longest, then lowest id; the
-/// index `couriers_next_available`); the first `$3` waiting orders nobody else holds
-/// (`QueueKey`: created earliest, then arrived first; the index `orders_queue_by_creation`).
-/// `$2` and `$3` are what the batch's steps will take ([`BatchOutline::needs`]), and `$4` more
-/// waiting orders once all `$2` couriers are found (the ends of orders the batch assigns). A
-/// row per locked courier or order, its `kind` first.
+/// (fewest completed deliveries, then available longest, then lowest id: the index
+/// `couriers_next_available`); the first `$3` waiting orders nobody else holds (created earliest,
+/// then arrived first: the index `orders_queue_by_creation`). A row per locked courier or order,
+/// its `kind` first.
 const LOCK_COURIERS_AND_QUEUE: &str = "
     WITH named AS (
         SELECT c.id, c.status, c.transport_type, c.completed_deliveries, c.available_since,
@@ -62,7 +55,7 @@ const LOCK_COURIERS_AND_QUEUE: &str = "
         SELECT order_id, state, courier_id, waiting_seq, waiting_since FROM orders
         WHERE waiting_seq IS NOT NULL
         ORDER BY waiting_since, waiting_seq
-        LIMIT $3::int8 + CASE WHEN (SELECT count(*) FROM free) >= $2 THEN $4::int8 ELSE 0 END
+        LIMIT $3
         FOR UPDATE SKIP LOCKED
     )
     SELECT 'named' AS kind, *, NULL::text, NULL::text, NULL::int8, NULL::int8,
@@ -161,19 +154,6 @@ const INSERT_COURIER: &str = "
     VALUES ($1, $2, 'paused', $3, $4)
     RETURNING id";
 
-/// What one `LOCK_COURIERS_AND_QUEUE` locked of the free couriers and the queue.
-#[derive(Debug, Default)]
-struct Locked {
-    /// The free couriers, best first.
-    free: Vec<CourierId>,
-    /// The waiting orders, first in line first.
-    waiting: Vec<OrderId>,
-    /// The rank of the last free courier: every free courier not locked ranks after it.
-    last_free: Option<CourierRank>,
-    /// The key of the last waiting order: every waiting order not locked comes after it.
-    last_waiting: Option<QueueKey<QueuePlace>>,
-}
-
 /// One open transaction (with its connection's statement cache) and the rows it holds.
 pub(super) struct PgTx<'a> {
     tx: OpenTx<'a>,
@@ -218,38 +198,31 @@ impl<'a> PgTx<'a> {
         let finished_couriers: Vec<i64> = c.completed.iter().map(|d| d.courier.0).collect();
         let finished_at: Vec<DateTime<Utc>> = c.completed.iter().map(|d| d.at).collect();
         let finished_by: Vec<&str> = c.completed.iter().map(|d| d.by.as_str()).collect();
-        let courier_ids: Vec<i64> = c.couriers.iter().map(|k| k.id.0).collect();
-        let courier_statuses: Vec<&str> = c.couriers.iter().map(|k| k.status.as_str()).collect();
-        let courier_completed: Vec<i64> =
-            c.couriers.iter().map(|k| k.completed_deliveries).collect();
-        let courier_since: Vec<DateTime<Utc>> =
-            c.couriers.iter().map(|k| k.available_since).collect();
-        let order_ids: Vec<&str> = c.orders.iter().map(|o| o.id.as_str()).collect();
-        let order_states: Vec<&str> = c.orders.iter().map(|o| o.state.as_str()).collect();
-        let order_couriers: Vec<Option<i64>> =
-            c.orders.iter().map(|o| courier_of(&o.state)).collect();
-        let new_ids: Vec<&str> = c.new_orders.iter().map(|o| o.id.as_str()).collect();
-        let new_states: Vec<&str> = c.new_orders.iter().map(|o| o.state.as_str()).collect();
+        let courier_ids: Vec<i64> = c.couriers.iter().map(|k| (k.0).0).collect();
+        let courier_statuses: Vec<&str> = c.couriers.iter().map(|k| k.1.as_str()).collect();
+        let courier_completed: Vec<i64> = c.couriers.iter().map(|k| k.2).collect();
+        let courier_since: Vec<DateTime<Utc>> = c.couriers.iter().map(|k| k.3).collect();
+        let order_ids: Vec<&str> = c.orders.iter().map(|o| o.0.as_str()).collect();
+        let order_states: Vec<&str> = c.orders.iter().map(|o| o.1.as_str()).collect();
+        let order_couriers: Vec<Option<i64>> = c.orders.iter().map(|o| courier_of(&o.1)).collect();
+        let new_ids: Vec<&str> = c.new_orders.iter().map(|o| o.0.as_str()).collect();
+        let new_states: Vec<&str> = c.new_orders.iter().map(|o| o.1.as_str()).collect();
         let new_couriers: Vec<Option<i64>> =
-            c.new_orders.iter().map(|o| courier_of(&o.state)).collect();
-        let order_seqs: Vec<Option<i64>> = c.orders.iter().map(|o| o.queue_seq).collect();
-        let order_since: Vec<Option<DateTime<Utc>>> =
-            c.orders.iter().map(|o| o.waiting_since).collect();
-        let new_since: Vec<Option<DateTime<Utc>>> =
-            c.new_orders.iter().map(|o| o.waiting_since).collect();
+            c.new_orders.iter().map(|o| courier_of(&o.1)).collect();
+        let order_seqs: Vec<Option<i64>> = c.orders.iter().map(|o| o.2).collect();
+        let order_since: Vec<Option<DateTime<Utc>>> = c.orders.iter().map(|o| o.3).collect();
+        let new_since: Vec<Option<DateTime<Utc>>> = c.new_orders.iter().map(|o| o.2).collect();
         let fresh: Vec<&str> = c.fresh_waiting.iter().map(OrderId::as_str).collect();
-        let new_deliveries: Vec<&str> = c.inserted.iter().map(|d| d.order.as_str()).collect();
-        let new_couriers_of: Vec<i64> = c.inserted.iter().map(|d| d.delivery.courier.0).collect();
-        let assigned: Vec<DateTime<Utc>> =
-            c.inserted.iter().map(|d| d.delivery.assigned_at).collect();
-        let deadlines: Vec<DateTime<Utc>> =
-            c.inserted.iter().map(|d| d.delivery.deadline).collect();
+        let new_deliveries: Vec<&str> = c.inserted.iter().map(|d| d.0.as_str()).collect();
+        let new_couriers_of: Vec<i64> = c.inserted.iter().map(|d| d.1.courier.0).collect();
+        let assigned: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.assigned_at).collect();
+        let deadlines: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.deadline).collect();
         let completed: Vec<Option<DateTime<Utc>>> =
-            c.inserted.iter().map(|d| d.delivery.completed_at).collect();
+            c.inserted.iter().map(|d| d.1.completed_at).collect();
         let completed_by: Vec<Option<&str>> = c
             .inserted
             .iter()
-            .map(|d| d.delivery.completed_by.map(CompletedBy::as_str))
+            .map(|d| d.1.completed_by.map(CompletedBy::as_str))
             .collect();
         let rows = self
             .query(
@@ -365,30 +338,22 @@ impl<'a> PgTx<'a> {
     }
 
     /// Locks and holds couriers by id, the `free` best free couriers and the `waiting`
-    /// longest-waiting orders nobody else holds (`waiting_once_free` more if all `free` couriers
-    /// were found).
+    /// longest-waiting orders nobody else holds. Returns the free couriers and the waiting
+    /// orders it locked.
     fn lock_couriers_and_queue(
         &mut self,
         ids: &[i64],
         free: usize,
         waiting: usize,
-        waiting_once_free: usize,
-    ) -> Result<Locked, RepoError> {
-        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX / 4);
-        let (free, waiting, more) = (count(free), count(waiting), count(waiting_once_free));
-        let rows = self.query(LOCK_COURIERS_AND_QUEUE, &[&ids, &free, &waiting, &more])?;
-        let mut locked = Locked::default();
+    ) -> Result<(Vec<CourierId>, Vec<OrderId>), RepoError> {
+        let free = i64::try_from(free).unwrap_or(i64::MAX);
+        let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+        let rows = self.query(LOCK_COURIERS_AND_QUEUE, &[&ids, &free, &waiting])?;
+        let (mut free_ids, mut waiting_ids) = (Vec::new(), Vec::new());
         for row in &rows {
             let kind: &str = get(row, 0)?;
             if kind == "waiting" {
-                let key = QueueKey {
-                    created_at: get(row, QUEUE_COLUMNS + 4)?,
-                    arrival: QueuePlace::Stored(get(row, QUEUE_COLUMNS + 3)?),
-                };
-                locked.last_waiting = locked.last_waiting.max(Some(key));
-                locked
-                    .waiting
-                    .push(self.hold_order_row(row, QUEUE_COLUMNS)?);
+                waiting_ids.push(self.hold_order_row(row, QUEUE_COLUMNS)?);
                 continue;
             }
             let record = CourierRecord {
@@ -399,20 +364,12 @@ impl<'a> PgTx<'a> {
                     .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
                     .transpose()?,
             };
-            let (completed_deliveries, available_since) = (get(row, 4)?, get(row, 5)?);
             if kind == "free" {
-                let rank = CourierRank {
-                    completed_deliveries,
-                    available_since,
-                    id: record.id,
-                };
-                locked.last_free = locked.last_free.max(Some(rank));
-                locked.free.push(record.id);
+                free_ids.push(record.id);
             }
-            self.held
-                .hold_courier(record, completed_deliveries, available_since);
+            self.held.hold_courier(record, get(row, 4)?, get(row, 5)?);
         }
-        Ok(locked)
+        Ok((free_ids, waiting_ids))
     }
 
     /// A courier, held (locked) first if need be.
@@ -435,34 +392,17 @@ impl StorageTx for PgTx<'_> {
         if !ids.is_empty() {
             self.lock_orders(&ids)?;
         }
-        // From the orders' states, exactly how many free couriers and queue heads the steps
-        // will take: a row held and not taken would push concurrent transactions to a worse
-        // courier or a younger order (README, "The rules").
-        let needs = outline.needs(|id| self.held.order(id).cloned());
         let carriers: Vec<i64> = self
             .held
             .unheld_couriers_of_orders()
             .into_iter()
             .map(|c| c.0)
             .collect();
-        if !carriers.is_empty() || needs.couriers > 0 || needs.queue_heads > 0 {
-            let locked = self.lock_couriers_and_queue(
-                &carriers,
-                needs.couriers,
-                needs.queue_heads,
-                needs.queue_heads_once_assigned,
-            )?;
-            // The statement asked for the extra heads only if it found every courier.
-            let heads = needs.queue_heads
-                + if locked.free.len() >= needs.couriers {
-                    needs.queue_heads_once_assigned
-                } else {
-                    0
-                };
-            self.held.free_couriers =
-                Coverage::after_asking(needs.couriers, locked.free.len(), locked.last_free);
-            self.held.waiting_orders =
-                Coverage::after_asking(heads, locked.waiting.len(), locked.last_waiting);
+        if !carriers.is_empty() || outline.takes > 0 || outline.releases > 0 {
+            let (free, waiting) =
+                self.lock_couriers_and_queue(&carriers, outline.takes, outline.releases)?;
+            self.held.free_couriers = Coverage::after_asking(outline.takes, free.len());
+            self.held.waiting_orders = Coverage::after_asking(outline.releases, waiting.len());
         }
         Ok(())
     }
@@ -493,9 +433,8 @@ impl StorageTx for PgTx<'_> {
             Pick::Held(courier) => Ok(courier),
             Pick::AskDatabase => {
                 self.flush()?;
-                let locked = self.lock_couriers_and_queue(&[], 1, 0, 0)?;
-                Ok(locked
-                    .free
+                let (picked, _) = self.lock_couriers_and_queue(&[], 1, 0)?;
+                Ok(picked
                     .first()
                     .and_then(|id| self.held.courier(*id).cloned()))
             }
@@ -531,7 +470,7 @@ impl StorageTx for PgTx<'_> {
         }
         // Its active delivery may have pending changes: write them before reading it.
         self.flush()?;
-        self.lock_couriers_and_queue(&[id.0], 0, 0, 0)?;
+        self.lock_couriers_and_queue(&[id.0], 0, 0)?;
         Ok(self.held.courier(id).cloned())
     }
 
@@ -540,8 +479,8 @@ impl StorageTx for PgTx<'_> {
             Pick::Held(order) => Ok(order),
             Pick::AskDatabase => {
                 self.flush()?;
-                let locked = self.lock_couriers_and_queue(&[], 0, 1, 0)?;
-                Ok(locked.waiting.into_iter().next())
+                let (_, waiting) = self.lock_couriers_and_queue(&[], 0, 1)?;
+                Ok(waiting.into_iter().next())
             }
         }
     }
@@ -626,50 +565,5 @@ fn courier_of(state: &OrderState) -> Option<i64> {
     match state {
         OrderState::Assigned(c) | OrderState::Completed(Some(c)) => Some(c.0),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whitespace collapsed, so a statement's layout does not matter.
-    fn flat(sql: &str) -> String {
-        sql.split_whitespace().collect::<Vec<_>>().join(" ")
-    }
-
-    /// `columns` with each prefixed by `alias.`.
-    fn qualified(alias: &str, columns: &str) -> String {
-        columns
-            .split(", ")
-            .map(|c| format!("{alias}.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    #[test]
-    fn the_statements_sort_by_the_domain_keys() {
-        let lock = flat(LOCK_COURIERS_AND_QUEUE);
-        let rank = format!("ORDER BY {}", qualified("c", CourierRank::SQL_ORDER));
-        let queue = format!("ORDER BY {}", QueueKey::<i64>::SQL_ORDER);
-        assert!(
-            lock.contains(&rank),
-            "{rank} not in LOCK_COURIERS_AND_QUEUE"
-        );
-        assert!(
-            lock.contains(&queue),
-            "{queue} not in LOCK_COURIERS_AND_QUEUE"
-        );
-        // The indexes the two picks read in order.
-        for schema in [
-            include_str!("../../../migrations/0001_initial.sql"),
-            include_str!("../../../schema.sql"),
-        ] {
-            let schema = flat(schema);
-            let rank = format!("ON couriers ({})", CourierRank::SQL_ORDER);
-            let queue = format!("ON orders ({})", QueueKey::<i64>::SQL_ORDER);
-            assert!(schema.contains(&rank), "no index {rank}");
-            assert!(schema.contains(&queue), "no index {queue}");
-        }
     }
 }
