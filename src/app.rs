@@ -544,8 +544,7 @@ fn loggers_for(level: log::LevelFilter) -> Vec<Box<dyn simplelog::SharedLogger>>
         // The kafka crate's warnings repeat what our own lines say, once per retry.
         others
             .add_filter_ignore_str("kafka")
-            .add_filter_ignore_str("r2d2")
-            .add_filter_ignore_str("tiny_http");
+            .add_filter_ignore_str("r2d2");
     }
     let colour = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         simplelog::ColorChoice::Auto

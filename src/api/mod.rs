@@ -13,12 +13,11 @@
 //! - [`request`]: what is read from a request, with bounds: body size, time, the bearer token.
 //! - [`pipeline`]: events/s and stalled partitions, sampled once a second from [`Metrics`].
 //!
-//! Synchronous: a fixed number of handler threads take requests from one tiny_http server.
-//! Slow clients: every connection has read and write timeouts ([`crate::ops::listener`]:
-//! tiny_http has none of its own), so a silent client loses its connection; tiny_http reads
-//! request heads, and bodies up to 1 KiB, on threads of its own; a larger or chunked body is
-//! read on a short-lived thread of its own within [`request::BODY_DEADLINE`], so no client holds
-//! a handler (see [`routes::handle`]).
+//! Synchronous: a fixed number of handler threads answer requests that the listener's
+//! connection threads have read in full, head and body ([`crate::ops::listener`],
+//! [`crate::ops::http1`]). Slow clients: every connection has read and write timeouts, a head
+//! and a body each have a deadline ([`crate::ops::http1::BODY_DEADLINE`]), and none of that waiting
+//! happens on a handler, so no client holds one (see [`routes::handle`]).
 
 mod delivery;
 mod json;

@@ -1,49 +1,23 @@
 //! What the API reads from a request, each with a bound: the body (64 KiB, and a deadline), the
 //! bearer token (compared in constant time), the query string and percent-encoded path parts.
 
-use std::io::ErrorKind;
-use std::time::{Duration, Instant};
-
 use subtle::ConstantTimeEq;
 
 use super::reply::ApiError;
+use crate::ops::http1::{BodyError, Request};
 
-/// The largest body accepted; larger ones are refused with 413.
-pub const MAX_BODY: usize = 64 * 1024;
+pub use crate::ops::http1::MAX_BODY;
 
-/// How long a whole body may take to arrive. Each read also blocks at most
-/// [`super::SOCKET_TIMEOUT`], so a client trickling bytes holds a handler this long at most.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Reads the body: 413 above [`MAX_BODY`] (from Content-Length before reading anything, or
-/// while reading), 408 when it takes longer than [`BODY_DEADLINE`] or the client goes quiet.
-pub fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
-    if request.body_length().is_some_and(|n| n > MAX_BODY) {
-        return Err(too_large());
-    }
-    let deadline = Instant::now() + BODY_DEADLINE;
-    let reader = request.as_reader();
-    let mut body = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if Instant::now() > deadline {
-            return Err(too_slow());
-        }
-        match reader.read(&mut chunk) {
-            Ok(0) => return Ok(body),
-            Ok(n) => {
-                body.extend_from_slice(&chunk[..n]);
-                if body.len() > MAX_BODY {
-                    return Err(too_large());
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(too_slow())
-            }
-            Err(e) => return Err(ApiError::bad_request(format!("cannot read the body: {e}"))),
-        }
-    }
+/// The body, read by the connection thread before the request got here, or the error that
+/// says why not: 413 above [`MAX_BODY`] (from Content-Length before reading anything, or while
+/// decoding chunks), 408 when it took longer than [`crate::ops::http1::BODY_DEADLINE`] or the
+/// client went quiet, 400 when its framing is broken.
+pub fn read_body(request: &Request) -> Result<&[u8], ApiError> {
+    request.body().map_err(|e| match e {
+        BodyError::TooLarge => too_large(),
+        BodyError::TooSlow => too_slow(),
+        BodyError::Malformed(why) => ApiError::bad_request(format!("cannot read the body: {why}")),
+    })
 }
 
 fn too_large() -> ApiError {

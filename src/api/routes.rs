@@ -2,11 +2,9 @@
 //! here panics on input, and a panic anywhere below is caught and answered with 500.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use chrono::Utc;
 use serde::de::DeserializeOwned;
-use tiny_http::{Header, Method, Request, Response};
 
 use super::delivery;
 use super::json::{self, Message};
@@ -14,6 +12,7 @@ use super::reply::{ApiError, Reply};
 use super::request::{bearer_matches, percent_decode, query_param, read_body};
 use super::Api;
 use crate::domain::{CourierId, CourierStatus, NewCourier, OrderId, Phone, TransportType};
+use crate::ops::http1::{Method, Request, Response};
 use crate::repository::{
     CourierPatch, CourierRemoval, CourierRepository, FleetDirectory, RepoError,
 };
@@ -30,75 +29,16 @@ const QUEUE_DEFAULT: usize = 100;
 
 type Outcome = Result<Reply, ApiError>;
 
-/// Answers one request on the calling handler thread, unless reading its body (or draining it:
-/// tiny_http reads what is left of a body when the request is dropped) could block on the
-/// client. Such a request is answered on a short-lived thread of its own, and the handler moves
-/// on at once, so a slow client never holds a handler. Those threads are bounded as tiny_http's
-/// own are: one per open connection at most (a connection's next request is not read before
-/// its body is), and each ends within [`super::request::BODY_DEADLINE`] plus the connection's
-/// read timeout (see `listener`).
-///
-/// Not every request reaches this function. tiny_http 0.12 answers by itself, on its own
-/// connection thread, a request line it cannot parse (`GARBAGE`, no path, a version other than
-/// HTTP/0.9 to 3.0) and a malformed header line: `ClientConnection::next` (its `client.rs`)
-/// writes `Response::new_empty(400)` and closes the connection, so those 400s have an empty
-/// body, not our `{"error": ...}`. Nothing in its API hooks that path (no error callback, no
-/// custom response), and the server owns the accepted sockets, so the only ways to a JSON
-/// body are a patched tiny_http or a proxy of our own accepting in front of it (a second hop
-/// per connection, and the peer address lost). Neither is worth a malformed request:
-/// `tests/it/api.rs` pins the behaviour so an upgrade that changes it is noticed. A request with a
-/// method, a path and a version, however odd (`BREW /ping HTTP/1.1`), does reach us.
-pub fn handle<R: CourierRepository + FleetDirectory + 'static>(
-    api: &Arc<Api<R>>,
-    request: Request,
-) {
-    if body_in_memory(&request) {
-        return answer(api, request);
-    }
-    let own = Arc::clone(api);
-    // Handed over through a channel, so that if the thread can't start the request is still
-    // ours to answer (dropping it here could block).
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let spawned = std::thread::Builder::new()
-        .name("api-body".into())
-        .spawn(move || {
-            if let Ok(request) = rx.recv() {
-                answer(&own, request);
-            }
-        });
-    match spawned {
-        Ok(_) => {
-            let _ = tx.send(request);
-        }
-        Err(e) => {
-            log::error!("api: cannot start a thread for a request body ({e}); answering here");
-            answer(api, request);
-        }
-    }
-}
-
-/// Whether the request's body is already in memory (or absent), so that nothing about it can
-/// block: tiny_http reads bodies of up to 1 KiB before handing the request over, unless the
-/// client asked for `100 Continue`; a body of unknown length (chunked) is read lazily.
-fn body_in_memory(request: &Request) -> bool {
-    let header = |name: &'static str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str().to_ascii_lowercase())
-    };
-    let lazy = header("Transfer-Encoding").is_some()
-        || header("Expect").is_some()
-        || header("Connection").is_some_and(|c| c.contains("upgrade"));
-    !lazy && request.body_length().map_or(true, |n| n <= 1024)
-}
-
-fn answer<R: CourierRepository + FleetDirectory>(api: &Api<R>, mut request: Request) {
+/// Answers one request, on a handler thread. Its head and body are already in memory (the
+/// listener's connection threads read them, within their deadlines, and write the answer), so
+/// nothing here waits on the client. What cannot be read as a request at all (a garbage
+/// request line, a malformed header, a version other than HTTP/1) never gets here: the
+/// connection thread refuses it with `{"error": ...}` itself (`ops::http1::connection`).
+pub fn handle<R: CourierRepository + FleetDirectory>(api: &Api<R>, request: &Request) -> Response {
     let started = std::time::Instant::now();
     let method = request.method().clone();
-    let url = request.url().to_owned();
-    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| route(api, &mut request)))
+    let url = request.url();
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| route(api, request)))
         .unwrap_or_else(|_| {
             Err(ApiError::internal(format!(
                 "a handler panicked on {method} {url}"
@@ -119,20 +59,12 @@ fn answer<R: CourierRepository + FleetDirectory>(api: &Api<R>, mut request: Requ
             started.elapsed()
         );
     }
-    let mut response = Response::from_data(reply.body).with_status_code(status);
-    for (name, value) in
-        std::iter::once(("Content-Type", reply.content_type.to_owned())).chain(reply.headers)
-    {
-        if let Ok(h) = Header::from_bytes(name, value) {
-            response.add_header(h);
-        }
-    }
-    if let Err(e) = request.respond(response) {
-        log::debug!("api: response to {method} {path} not sent: {e}");
-    }
+    let mut response = Response::new(status, reply.content_type, reply.body);
+    response.headers.extend(reply.headers);
+    response
 }
 
-fn route<R: CourierRepository + FleetDirectory>(api: &Api<R>, request: &mut Request) -> Outcome {
+fn route<R: CourierRepository + FleetDirectory>(api: &Api<R>, request: &Request) -> Outcome {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -223,12 +155,7 @@ fn authorize<R>(api: &Api<R>, request: &Request) -> Result<(), ApiError> {
     let Some(token) = &api.token else {
         return Ok(());
     };
-    let given = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str());
-    if bearer_matches(given, token.expose()) {
+    if bearer_matches(request.header("Authorization"), token.expose()) {
         Ok(())
     } else {
         Err(ApiError::unauthorized(
@@ -237,7 +164,7 @@ fn authorize<R>(api: &Api<R>, request: &Request) -> Result<(), ApiError> {
     }
 }
 
-fn parse_body<T: DeserializeOwned>(request: &mut Request) -> Result<T, ApiError> {
+fn parse_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
     let body = read_body(request)?;
     // serde would read an array as a struct's fields in order; a body must be an object.
     if !body.trim_ascii_start().starts_with(b"{") {
@@ -245,7 +172,7 @@ fn parse_body<T: DeserializeOwned>(request: &mut Request) -> Result<T, ApiError>
             "invalid JSON: the body must be one JSON object",
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 fn courier_id(raw: &str) -> Result<CourierId, ApiError> {

@@ -2,15 +2,14 @@
 //!
 //! Every answer comes from memory: the database-backed gauges are the sampler's last reading
 //! (`ops::sampler`), readiness and liveness are marks on [`Health`]. So a frozen or stopped
-//! database never holds a probe. Slow clients cannot hold it either: tiny_http reads request
-//! heads on threads of its own, the listener ([`super::listener`]) gives every connection read
-//! and write timeouts, and an answer (at most a few KiB) fits in the socket's send buffer, so
-//! the handler never waits on a client that reads slowly.
+//! database never holds a probe. Slow clients cannot hold it either: the listener
+//! ([`super::listener`]) reads requests and writes answers on connection threads of its own,
+//! with read and write timeouts, so the handler never waits on a client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tiny_http::{Header, Request, Response};
+use super::http1::{Request, Response};
 
 use super::listener::Listener;
 use super::{Health, Metrics};
@@ -40,7 +39,7 @@ pub fn serve(
     Ok(listener.bound)
 }
 
-fn answer(request: Request, metrics: &Metrics, health: &Health) {
+fn answer(request: &Request, metrics: &Metrics, health: &Health) -> Response {
     let (status, body, kind) = match request.url() {
         "/metrics" => (200, metrics.render(), super::metrics::CONTENT_TYPE),
         "/healthz" => check(health.liveness()),
@@ -51,13 +50,7 @@ fn answer(request: Request, metrics: &Metrics, health: &Health) {
             "text/plain",
         ),
     };
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Ok(h) = Header::from_bytes("Content-Type", kind) {
-        response = response.with_header(h);
-    }
-    if let Err(e) = request.respond(response) {
-        log::debug!("http: response not sent: {e}");
-    }
+    Response::new(status, kind, body)
 }
 
 /// Why `variable=addr` could not be listened on, in words that say what to do: a port in use

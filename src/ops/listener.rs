@@ -1,57 +1,68 @@
 //! The listening socket of both HTTP endpoints (the API's, `HTTP_ADDR`, and the operator's
-//! `/metrics`, `/healthz`, `/readyz`, `METRICS_ADDR`), built so that every connection has read
-//! and write timeouts:
-//! tiny_http sets none, and a connection that sends nothing (a half-sent head, an idle
-//! keep-alive, a stalled body) would otherwise hold one of its threads for good, and its thread
-//! pool then queues new connections behind such threads.
+//! `/metrics`, `/healthz`, `/readyz`, `METRICS_ADDR`) and the threads that serve it, so that no
+//! client, however slow or silent, holds a handler:
 //!
-//! Linux copies a listening socket's `SO_RCVTIMEO` and `SO_SNDTIMEO` to every socket `accept`
-//! returns, so they are set on the listener. The same timeout also bounds `accept` itself, and
-//! tiny_http ends its accept loop on the first error, so one of the handler threads connects to
-//! the listener every second between requests: `accept` never waits long enough to time out.
-//! (Not a thread of its own: each thread costs peak RSS, see docs/performance.md.) Should it
-//! time out anyway (every handler busy for longer than the timeout), a handler thread starts a
-//! new tiny_http server on the same socket (`rebuild`); connections that arrive meanwhile wait
-//! in the socket's backlog.
+//! - one accept thread (`{name}-accept`) hands each new connection to a connection thread;
+//! - connection threads (`{name}-conn`, at most [`MAX_CONNECTION_THREADS`], started when needed
+//!   and ended after [`CONNECTION_THREAD_IDLE`] without work) do all the reading and writing
+//!   ([`super::http1::connection`]), with read and write timeouts on every connection;
+//! - a fixed number of handler threads (`{name}-0`, …) answer requests whose head and body are
+//!   already in memory, and never touch a socket.
+//!
+//! Every connection thread busy means new connections wait in the socket's backlog until one
+//! is free; each is freed within the timeouts (a silent client within
+//! [`CONNECTION_TIMEOUT`], a trickling one within the head's or the body's deadline).
 
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use super::http1::CONNECTION_TIMEOUT;
+use super::http1::{connection, Request, Response};
 use crate::shutdown::Shutdown;
 
-/// How long a read or write on a connection may block; then tiny_http drops the connection.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections served at once per endpoint (each on a thread of its own while open).
+pub const MAX_CONNECTION_THREADS: usize = 64;
 
-/// How often a handler thread connects to keep `accept` from timing out, well inside
-/// [`CONNECTION_TIMEOUT`].
-const KEEPER_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an idle connection thread waits for a new connection before it ends.
+pub const CONNECTION_THREAD_IDLE: Duration = Duration::from_secs(10);
 
-/// How long a handler thread waits for a request before it looks at the shutdown flag and the
-/// keeper's clock again.
-const HANDLER_WAKE: Duration = Duration::from_millis(200);
+/// How long the accept thread, a handler thread, or a connection thread waiting for its
+/// answer, blocks before it looks at the shutdown flag again.
+const WAKE: Duration = Duration::from_millis(200);
 
-/// The socket and the tiny_http server currently accepting on it.
+/// A connection thread's stack: it parses heads and copies bytes, nothing deep.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// A request on its way to a handler, and where its answer goes.
+struct Job {
+    /// The request, head and body read.
+    request: Request,
+    /// The connection thread waiting for the answer.
+    answer: Sender<Response>,
+}
+
+/// What a handler does with a request.
+pub type Handle = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+/// The bound socket of one endpoint.
 pub struct Listener {
     /// Which endpoint, for log lines and thread names (`api`, `http`).
     name: &'static str,
+    /// The listening socket; its read timeout ([`WAKE`]) bounds `accept`.
     socket: TcpListener,
-    server: RwLock<Arc<tiny_http::Server>>,
     /// Where the socket is bound.
     pub bound: SocketAddr,
-    /// Where the keeper's connections go (`bound`, or loopback when bound to every interface).
-    keeper_target: SocketAddr,
-    /// Milliseconds after `started` of the keeper's last connection.
-    kept_at: AtomicU64,
-    started: Instant,
 }
 
 impl Listener {
-    /// Binds `addr` and starts serving on it; `name` says which endpoint in log lines and
-    /// thread names. Requests are taken by [`Listener::start_handlers`].
+    /// Binds `addr`; `name` says which endpoint in log lines and thread names. Requests are
+    /// served once [`Listener::start_handlers`] runs.
     pub fn bind(addr: &str, name: &'static str) -> std::io::Result<Arc<Self>> {
         let target = addr
             .to_socket_addrs()?
@@ -63,118 +74,239 @@ impl Listener {
             Some(Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
-        socket.set_read_timeout(Some(CONNECTION_TIMEOUT))?;
-        socket.set_write_timeout(Some(CONNECTION_TIMEOUT))?;
+        // Bounds `accept`, so the accept thread sees the shutdown flag.
+        socket.set_read_timeout(Some(WAKE))?;
         socket.bind(&target.into())?;
         socket.listen(128)?;
         let socket: TcpListener = socket.into();
         let bound = socket.local_addr()?;
-        let server = serve_on(&socket)?;
         Ok(Arc::new(Self {
             name,
             socket,
-            server: RwLock::new(server),
             bound,
-            keeper_target: loopback(bound),
-            kept_at: AtomicU64::new(0),
-            started: Instant::now(),
         }))
     }
 
-    /// Starts `threads` handler threads (`{name}-0`, …) that pass each request to `handle`
-    /// until `shutdown`.
+    /// Starts `threads` handler threads (`{name}-0`, …) that answer each request with `handle`,
+    /// and the accept thread, until `shutdown`. The socket closes when the accept thread ends.
     pub fn start_handlers(
         self: &Arc<Self>,
         threads: usize,
         shutdown: &Shutdown,
-        handle: Arc<dyn Fn(tiny_http::Request) + Send + Sync>,
+        handle: Handle,
     ) -> std::io::Result<()> {
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(MAX_CONNECTION_THREADS);
         for n in 0..threads {
-            let (listener, shutdown, handle) =
-                (Arc::clone(self), shutdown.clone(), Arc::clone(&handle));
+            let (queue, shutdown, handle) = (queue.clone(), shutdown.clone(), Arc::clone(&handle));
+            let name = self.name;
             std::thread::Builder::new()
-                .name(format!("{}-{n}", self.name))
-                .spawn(move || {
-                    while !shutdown.is_shutdown() {
-                        let server = listener.server();
-                        match server.recv_timeout(HANDLER_WAKE) {
-                            Ok(Some(request)) => handle(request),
-                            Ok(None) => {}
-                            // tiny_http reports one error when its accept loop ends.
-                            Err(e) => {
-                                log::warn!("{}: {e}", listener.name);
-                                listener.rebuild(&server);
-                            }
-                        }
-                        listener.keep_accepting();
-                    }
-                })?;
+                .name(format!("{name}-{n}"))
+                .spawn(move || answer_jobs(name, &queue, &shutdown, &*handle))?;
         }
+        let (idle_tx, idle_rx) = crossbeam_channel::bounded(0);
+        let pool = Arc::new(ConnectionPool {
+            name: self.name,
+            jobs,
+            idle_tx,
+            idle_rx,
+            live: AtomicUsize::new(0),
+            shutdown: shutdown.clone(),
+        });
+        let listener = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("{}-accept", self.name))
+            .spawn(move || listener.accept_until_stopped(&pool))?;
         Ok(())
     }
 
-    /// Connects to the listener once [`KEEPER_INTERVAL`] has passed since the last time
-    /// (whichever handler thread gets here first): connected and closed at once, tiny_http reads
-    /// the end and drops it.
-    fn keep_accepting(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        let last = self.kept_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < KEEPER_INTERVAL.as_millis() as u64
-            || self
-                .kept_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        if let Err(e) = TcpStream::connect_timeout(&self.keeper_target, KEEPER_INTERVAL) {
-            log::debug!(
-                "{}: keeper cannot connect to {}: {e}",
-                self.name,
-                self.keeper_target
-            );
-        }
-    }
-
-    /// The server accepting now.
-    fn server(&self) -> Arc<tiny_http::Server> {
-        Arc::clone(&self.server.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// `failed`'s accept loop has ended: serve the socket with a new server (once, whoever
-    /// of the handler threads noticed first).
-    fn rebuild(&self, failed: &Arc<tiny_http::Server>) {
-        let mut current = self.server.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, failed) {
-            return;
-        }
-        match serve_on(&self.socket) {
-            Ok(server) => {
-                log::warn!(
-                    "{}: tiny_http's accept loop ended; serving on a new one",
-                    self.name
-                );
-                *current = server;
+    /// Accepts connections and hands them over until stopping.
+    fn accept_until_stopped(&self, pool: &Arc<ConnectionPool>) {
+        while !pool.shutdown.is_shutdown() {
+            match self.socket.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = configure(&stream) {
+                        log::debug!("{}: dropping a connection: {e}", self.name);
+                        continue;
+                    }
+                    pool.hand_over(stream);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                // Out of file descriptors, say: wait rather than spin.
+                Err(e) => {
+                    log::warn!("{}: accept: {e}", self.name);
+                    std::thread::sleep(WAKE);
+                }
             }
-            Err(e) => log::error!("{}: cannot serve {} again: {e}", self.name, self.bound),
         }
     }
 }
 
-fn serve_on(socket: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
-    let server = tiny_http::Server::from_listener(socket.try_clone()?, None)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(Arc::new(server))
+/// Timeouts on every connection: a read or write that blocks longer ends it.
+fn configure(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(CONNECTION_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECTION_TIMEOUT))?;
+    stream.set_nodelay(true)
 }
 
-/// Where the keeper connects: the bound address, or loopback when bound to every interface.
-fn loopback(bound: SocketAddr) -> SocketAddr {
-    let mut target = bound;
-    if target.ip().is_unspecified() {
-        target.set_ip(match bound {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
+/// Answers jobs until stopping; a handler that panics is answered with 500.
+fn answer_jobs(
+    name: &str,
+    queue: &Receiver<Job>,
+    shutdown: &Shutdown,
+    handle: &(dyn Fn(&Request) -> Response + Send + Sync),
+) {
+    while !shutdown.is_shutdown() {
+        match queue.recv_timeout(WAKE) {
+            Ok(job) => {
+                let response = std::panic::catch_unwind(AssertUnwindSafe(|| handle(&job.request)))
+                    .unwrap_or_else(|_| {
+                        log::error!("{name}: a handler panicked on {}", job.request.method());
+                        Response::error(500, "internal error")
+                    });
+                // The connection thread may have given up (stopping): nothing to do then.
+                let _ = job.answer.send(response);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
-    target
+}
+
+/// The connection threads of one endpoint.
+struct ConnectionPool {
+    /// Which endpoint.
+    name: &'static str,
+    /// Requests to the handlers.
+    jobs: Sender<Job>,
+    /// A connection for an idle thread (a rendezvous: taken only by a thread waiting for it).
+    idle_tx: Sender<TcpStream>,
+    /// Where idle threads wait.
+    idle_rx: Receiver<TcpStream>,
+    /// Connection threads alive.
+    live: AtomicUsize,
+    /// The stop flag.
+    shutdown: Shutdown,
+}
+
+impl ConnectionPool {
+    /// Gives `stream` to an idle connection thread, or to a new one, or (every thread busy)
+    /// to the first that is free.
+    fn hand_over(self: &Arc<Self>, stream: TcpStream) {
+        let mut stream = match self.idle_tx.try_send(stream) {
+            Ok(()) => return,
+            Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => s,
+        };
+        if self.live.fetch_add(1, Ordering::SeqCst) < MAX_CONNECTION_THREADS {
+            let pool = Arc::clone(self);
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-conn", self.name))
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || {
+                    if let Ok(first) = rx.recv() {
+                        pool.serve_connections(first);
+                    }
+                    pool.live.fetch_sub(1, Ordering::SeqCst);
+                });
+            match spawned {
+                Ok(_) => match tx.send(stream) {
+                    Ok(()) => return,
+                    Err(back) => stream = back.0,
+                },
+                Err(e) => {
+                    log::warn!("{}: cannot start a connection thread: {e}", self.name);
+                    self.live.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        } else {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        while !self.shutdown.is_shutdown() {
+            match self.idle_tx.send_timeout(stream, WAKE) {
+                Ok(()) => return,
+                Err(e) => stream = e.into_inner(),
+            }
+        }
+    }
+
+    /// Serves `first`, then whatever connection comes next, until idle too long or stopping.
+    fn serve_connections(&self, first: TcpStream) {
+        let mut next = Some(first);
+        while let Some(stream) = next.take() {
+            connection::serve(stream, &|| self.shutdown.is_shutdown(), &mut |request| {
+                self.dispatch(request)
+            });
+            if self.shutdown.is_shutdown() {
+                return;
+            }
+            next = self.idle_rx.recv_timeout(CONNECTION_THREAD_IDLE).ok();
+        }
+    }
+
+    /// Hands `request` to a handler and waits for its answer; `None` when stopping.
+    fn dispatch(&self, request: Request) -> Option<Response> {
+        let (answer, answered) = crossbeam_channel::bounded(1);
+        self.jobs.send(Job { request, answer }).ok()?;
+        loop {
+            match answered.recv_timeout(WAKE) {
+                Ok(response) => return Some(response),
+                Err(_) if self.shutdown.is_shutdown() => return None,
+                Err(RecvTimeoutError::Timeout) => {}
+                // The handler thread ended without answering.
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Some(Response::error(500, "internal error"))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    #[test]
+    fn silent_clients_hold_no_handler_and_stopping_closes_the_socket() {
+        let listener = Listener::bind("127.0.0.1:0", "test").expect("bind");
+        let shutdown = Shutdown::new();
+        let echo: Handle = Arc::new(|r: &Request| Response::new(200, "text/plain", r.url()));
+        listener
+            .start_handlers(1, &shutdown, echo)
+            .expect("threads start");
+        let addr = listener.bound;
+        drop(listener);
+        // More half-sent heads than handlers: each holds a connection thread, no handler.
+        let silent: Vec<TcpStream> = (0..8)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(b"GET /sil").expect("send");
+                s
+            })
+            .collect();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(b"GET /answered HTTP/1.0\r\n\r\n")
+            .expect("send");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n/answered"), "{answer}");
+        // Stopping: the accept thread ends and the socket closes.
+        shutdown.trigger();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_ok() {
+            assert!(Instant::now() < deadline, "still accepting after stopping");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(silent);
+    }
 }

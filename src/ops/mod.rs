@@ -7,6 +7,7 @@
 
 pub mod health;
 pub mod http;
+pub mod http1;
 pub mod listener;
 pub mod log_throttle;
 pub mod metrics;

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -435,12 +435,14 @@ fn a_slow_client_holds_no_handler_and_is_cut_off() {
         text.starts_with("HTTP/1.1 408"),
         "no 408 for a trickling body: {text:?}"
     );
-    // Every stalled client is cut off in the end: a body with 408, a head by closing.
+    // Every stalled client is cut off in the end with a JSON 408: a body by the route, a head
+    // by the server.
     for mut s in stalled {
         s.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");
-        let (code, _) = read_response(&mut s);
-        assert!(code == 408 || code == 0, "a stalled client got {code}");
+        let (code, text) = read_response(&mut s);
+        assert_eq!(code, 408, "a stalled client got {code}: {text}");
+        assert!(body(&text)["error"].is_string(), "{text}");
     }
     assert_eq!(stand.call("GET", "/ping", None).0, 200);
 }
@@ -570,8 +572,8 @@ fn with_a_token_changes_need_it_and_it_never_reaches_the_log() {
 #[test]
 fn a_client_that_never_reads_its_answer_holds_no_handler() {
     // Requests whose answers are never read (HTTP/1.0: one request per connection) must not
-    // stop others. (Idle HTTP/1.1 keep-alive connections are tiny_http's to hold: see the
-    // docs/http-api.md, "Threads and slow clients".)
+    // stop others: connection threads write the answers, not handlers (docs/http-api.md,
+    // "Threads and slow clients").
     let Some(stand) = ApiStand::start(1, &[]) else {
         return;
     };
@@ -1055,39 +1057,216 @@ fn errors_carry_their_headers_and_tokens_take_any_case_of_bearer() {
 }
 
 #[test]
-fn a_garbage_request_line_is_refused_by_tiny_http_and_the_service_stays_up() {
-    // tiny_http 0.12 answers a request line it cannot parse by itself, before the request
-    // reaches our handlers: 400 with an empty body, then it closes the connection (see the
-    // note on `routes::handle`). This pins that behaviour, so a tiny_http upgrade that hands
-    // such requests over (and lets them get a JSON body) is noticed.
+fn a_request_that_does_not_parse_is_refused_with_json_and_the_service_stays_up() {
+    // What cannot be read as a request (a garbage request line, a malformed header, a version
+    // other than HTTP/1, a head too large, a framing or expectation we do not serve) is
+    // refused by the server itself (src/ops/http1), with `{"error": ...}` as every other
+    // refusal, and the connection is closed (the reads below end).
     let Some(stand) = ApiStand::start(1, &[]) else {
         return;
     };
-    for garbage in [
-        &b"GARBAGE\r\n\r\n"[..],
-        b"GET\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
-    ] {
+    let huge = format!(
+        "GET /ping HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let cases: Vec<(&[u8], u16)> = vec![
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET\r\n\r\n", 400),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET /ping HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 505),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+        (huge.as_bytes(), 431),
+        (
+            concat!(
+                "POST /courier HTTP/1.1\r\nHost: x\r\n",
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+            400,
+        ),
+        (
+            b"POST /courier HTTP/1.1\r\nHost: x\r\nContent-Length: five\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /courier HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST /courier HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n",
+            417,
+        ),
+    ];
+    for (wire, expected) in cases {
+        let shown = String::from_utf8_lossy(&wire[..wire.len().min(60)]).into_owned();
         let mut s = TcpStream::connect(&stand.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
-        s.write_all(garbage).expect("send");
+        s.write_all(wire).expect("send");
         let (code, head, text) = common::api::read_response_with_head(&mut s);
-        assert_eq!(code, 400, "{:?}: {head}", String::from_utf8_lossy(garbage));
-        assert_eq!(text, "", "tiny_http now sends a body: make it JSON");
+        assert_eq!(code, expected, "{shown:?}: {head}");
+        assert_eq!(
+            header(&head, "Content-Type").as_deref(),
+            Some("application/json"),
+            "{shown:?}: {head}"
+        );
+        assert_eq!(
+            header(&head, "Connection").as_deref(),
+            Some("close"),
+            "{head}"
+        );
+        assert!(body(&text)["error"].is_string(), "{shown:?}: {text}");
     }
-    // A bad header line is tiny_http's too.
+    // A chunked body whose framing breaks reaches the route, which says so in JSON (400).
     let mut s = TcpStream::connect(&stand.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    s.write_all(b"GET /ping HTTP/1.1\r\nno colon here\r\n\r\n")
+    s.write_all(b"POST /courier HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         .expect("send");
-    assert_eq!(read_response(&mut s).0, 400);
+    let (code, text) = read_response(&mut s);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        body(&text)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("chunk")),
+        "{text}"
+    );
     // Anything with a method, a path and a version reaches us, and every error of ours is JSON.
     let (code, text) = stand.call("BREW", "/ping", None);
     assert_eq!(code, 405, "{text}");
     assert!(body(&text)["error"].is_string());
     assert_eq!(stand.call("GET", "/ping", None).0, 200);
+    assert!(!stand.service.log_text().contains("panicked"));
+}
+
+/// Reads one response from a connection that stays open: (status code, head, body). The body
+/// is Content-Length bytes, none when `head_only` (the answer to HEAD).
+fn read_one(reader: &mut BufReader<TcpStream>, head_only: bool) -> (u16, String, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("read a head line");
+        assert!(n > 0, "the connection closed inside a head: {head:?}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let length: usize = header(&head, "Content-Length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut text = vec![0; if head_only { 0 } else { length }];
+    reader.read_exact(&mut text).expect("read the body");
+    (code, head, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[test]
+fn one_connection_carries_pipelined_chunked_and_expecting_requests_until_close() {
+    let Some(stand) = ApiStand::start(1, &[]) else {
+        return;
+    };
+    let s = TcpStream::connect(&stand.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut writer = s.try_clone().expect("clone");
+    let mut reader = BufReader::new(s);
+    // Two requests in one write: answered in order, the connection kept (HTTP/1.1).
+    writer
+        .write_all(
+            concat!(
+                "GET /ping HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /about HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("send");
+    let (code, head, text) = read_one(&mut reader, false);
+    assert_eq!(
+        (code, body(&text)),
+        (200, json!({"message": "pong"})),
+        "{head}"
+    );
+    assert_eq!(header(&head, "Connection"), None, "{head}");
+    let (code, _, text) = read_one(&mut reader, false);
+    assert_eq!(code, 200);
+    assert_eq!(body(&text)["service"], "service-courier");
+    // A chunked body, in two chunks with an extension, and a trailer.
+    let (first, second) = ANN.split_at(10);
+    let chunked = format!(
+        "POST /courier HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x};ext=1\r\n{second}\r\n0\r\n\
+         X-Trailer: t\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    writer.write_all(chunked.as_bytes()).expect("send");
+    let (code, head, text) = read_one(&mut reader, false);
+    assert_eq!(code, 201, "{head}{text}");
+    let id = body(&text)["id"].as_i64().expect("id");
+    // Expect: 100-continue: the body goes after the interim answer.
+    let patch = format!(r#"{{"id":{id},"status":"paused"}}"#);
+    writer
+        .write_all(
+            format!(
+                "PUT /courier HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+                 Content-Length: {}\r\n\r\n",
+                patch.len()
+            )
+            .as_bytes(),
+        )
+        .expect("send");
+    let (code, head, _) = read_one(&mut reader, false);
+    assert_eq!(code, 100, "{head}");
+    writer.write_all(patch.as_bytes()).expect("send");
+    let (code, _, text) = read_one(&mut reader, false);
+    assert_eq!(code, 200, "{text}");
+    // HEAD: the length GET would have, and no body (the next answer starts right after).
+    writer
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let (code, head, _) = read_one(&mut reader, true);
+    assert_eq!(code, 200, "{head}");
+    let page_length: usize = header(&head, "Content-Length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    assert!(page_length > 1000, "{head}");
+    // `Connection: close`: answered, then closed.
+    writer
+        .write_all(
+            format!("GET /courier/{id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("send");
+    let (code, head, text) = read_one(&mut reader, false);
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(body(&text)["status"], "paused");
+    assert_eq!(header(&head, "Connection").as_deref(), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).ok(), Some(0), "{rest:?}");
+    // HTTP/1.0 closes after one answer unless it asks to keep alive.
+    let s = TcpStream::connect(&stand.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut writer = s.try_clone().expect("clone");
+    let mut reader = BufReader::new(s);
+    writer
+        .write_all(
+            b"GET /ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /ping HTTP/1.0\r\n\r\n",
+        )
+        .expect("send");
+    let (code, head, _) = read_one(&mut reader, false);
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "Connection").as_deref(), Some("keep-alive"));
+    let (code, head, _) = read_one(&mut reader, false);
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "Connection").as_deref(), Some("close"));
+    assert_eq!(reader.read_to_end(&mut rest).ok(), Some(0));
 }
 
 #[test]

@@ -60,6 +60,20 @@ fn metrics_count_a_known_stream_and_probes_answer() {
     });
     assert_eq!(service.get("/healthz").0, 200);
     assert_eq!(service.get("/nope").0, 404);
+    // What is not a request at all is refused in JSON here too (src/ops/http1), then closed.
+    let mut garbage = std::net::TcpStream::connect(service.http_addr()).expect("connect");
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut garbage, b"GARBAGE\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut garbage, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("Content-Type: application/json\r\n")
+            && answer.ends_with("\r\n\r\n{\"error\":\"malformed request head: invalid token\"}"),
+        "{answer}"
+    );
 
     let lines = vec![
         json("a", "created", 1),
