@@ -136,6 +136,9 @@ impl Listener {
                         std::io::ErrorKind::WouldBlock
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::Interrupted
+                            // A client that gave up before it was accepted.
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
                     ) => {}
                 // Out of file descriptors, say: wait rather than spin.
                 Err(e) => {
@@ -215,15 +218,21 @@ impl ConnectionPool {
                     pool.live.fetch_sub(1, Ordering::SeqCst);
                 });
             match spawned {
-                Ok(_) => match tx.send(stream) {
-                    Ok(()) => return,
-                    Err(back) => stream = back.0,
-                },
+                // The new thread receives it first thing (a channel of one: never blocks).
+                Ok(_) => {
+                    let _ = tx.send(stream);
+                }
+                // Dropped: the client sees the connection closed and may try again. Waiting
+                // instead for a thread to free up could wait for good when none is alive.
                 Err(e) => {
-                    log::warn!("{}: cannot start a connection thread: {e}", self.name);
+                    log::warn!(
+                        "{}: cannot start a connection thread ({e}); closing a connection",
+                        self.name
+                    );
                     self.live.fetch_sub(1, Ordering::SeqCst);
                 }
             }
+            return;
         } else {
             self.live.fetch_sub(1, Ordering::SeqCst);
         }

@@ -53,6 +53,11 @@ fn read_chunked<S: Read>(
                 Err(_) => return Err(malformed("an invalid chunk size")),
             }
         };
+        if !strict_chunk_line(&incoming.buffered()[..line]) {
+            return Err(malformed(
+                "a chunk-size line that is not hex digits, extensions and CRLF",
+            ));
+        }
         incoming.consume(line);
         if size == 0 {
             skip_trailers(incoming, deadline)?;
@@ -73,14 +78,27 @@ fn read_chunked<S: Read>(
     }
 }
 
-/// Skips trailer lines up to the empty line that ends the message.
+/// Whether a chunk-size line is as RFC 9112 writes it: hex digits first, CRLF last, no other
+/// line end or control byte in between (httparse also takes an empty size or a bare LF inside an
+/// extension, which a proxy in front may split differently).
+fn strict_chunk_line(line: &[u8]) -> bool {
+    let Some(inner) = line.strip_suffix(b"\r\n") else {
+        return false;
+    };
+    inner.first().is_some_and(u8::is_ascii_hexdigit)
+        && !inner.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// Skips trailer lines up to the empty line that ends the message; every line ends in CRLF.
 fn skip_trailers<S: Read>(incoming: &mut Incoming<S>, deadline: Instant) -> Result<(), BodyError> {
     let mut skipped = 0;
     loop {
         match incoming.buffered().iter().position(|&b| b == b'\n') {
             Some(end) => {
-                let empty =
-                    incoming.buffered()[..end] == *b"" || incoming.buffered()[..end] == *b"\r";
+                if end == 0 || incoming.buffered()[end - 1] != b'\r' {
+                    return Err(malformed("a trailer line not ended by CRLF"));
+                }
+                let empty = end == 1;
                 incoming.consume(end + 1);
                 if empty {
                     return Ok(());
@@ -171,6 +189,30 @@ mod tests {
             decode(b"", Framing::Length(u64::MAX)).0,
             Err(BodyError::TooLarge)
         );
+    }
+
+    #[test]
+    fn chunk_lines_and_trailers_are_taken_only_as_rfc_9112_writes_them() {
+        assert_eq!(
+            chunked(b"3;name=value\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n").as_deref(),
+            Ok(&b"abc"[..])
+        );
+        // An empty size, an extension alone, a bare LF inside an extension, a bare-LF line
+        // end, a bare-LF trailer: each httparse or a loose reader would take.
+        for wire in [
+            &b"\r\n\r\n"[..],
+            b";ext\r\n\r\n",
+            b"3;a\nb\r\nabc\r\n0\r\n\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+            b"0\r\nX-Trailer: 1\n\r\n",
+            b"0\r\n\n",
+        ] {
+            assert!(
+                matches!(chunked(wire), Err(BodyError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
     }
 
     #[test]

@@ -152,7 +152,17 @@ impl Head {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .collect();
-        if !codings.is_empty() {
+        if self.values("Transfer-Encoding").next().is_some() {
+            if codings.is_empty() {
+                return Err(Refusal::new(400, "an empty Transfer-Encoding"));
+            }
+            // RFC 9112, 6.1: a 1.0 recipient can't know where such a body ends.
+            if self.minor_version == 0 {
+                return Err(Refusal::new(
+                    400,
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
+            }
             if !lengths.is_empty() {
                 return Err(Refusal::new(
                     400,
@@ -316,6 +326,14 @@ mod tests {
             status("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"),
             Err(400)
         );
+        // Present but naming no coding: a proxy may frame by it, so it is not ignored.
+        assert_eq!(
+            status("Transfer-Encoding: \r\nContent-Length: 5\r\n"),
+            Err(400)
+        );
+        assert_eq!(status("Transfer-Encoding: ,\r\n"), Err(400));
+        let one_oh = head("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(one_oh.framing().map_err(|r| r.status), Err(400));
         assert_eq!(status("Transfer-Encoding: gzip, chunked\r\n"), Err(501));
         assert_eq!(status("Transfer-Encoding: chunked, chunked\r\n"), Err(501));
     }
