@@ -1166,16 +1166,22 @@ fn read_one(reader: &mut BufReader<TcpStream>, head_only: bool) -> (u16, String,
     (code, head, String::from_utf8_lossy(&text).into_owned())
 }
 
+/// One connection to the stand's API: where requests are written, and where answers are read
+/// (patiently: the machine may be busy).
+fn open_connection(stand: &ApiStand) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(&stand.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let writer = s.try_clone().expect("clone");
+    (writer, BufReader::new(s))
+}
+
 #[test]
 fn one_connection_carries_pipelined_chunked_and_expecting_requests_until_close() {
     let Some(stand) = ApiStand::start(1, &[]) else {
         return;
     };
-    let s = TcpStream::connect(&stand.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut writer = s.try_clone().expect("clone");
-    let mut reader = BufReader::new(s);
+    let (mut writer, mut reader) = open_connection(&stand);
     // Two requests in one write: answered in order, the connection kept (HTTP/1.1).
     writer
         .write_all(
@@ -1250,11 +1256,7 @@ fn one_connection_carries_pipelined_chunked_and_expecting_requests_until_close()
     let mut rest = Vec::new();
     assert_eq!(reader.read_to_end(&mut rest).ok(), Some(0), "{rest:?}");
     // HTTP/1.0 closes after one answer unless it asks to keep alive.
-    let s = TcpStream::connect(&stand.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut writer = s.try_clone().expect("clone");
-    let mut reader = BufReader::new(s);
+    let (mut writer, mut reader) = open_connection(&stand);
     writer
         .write_all(
             b"GET /ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /ping HTTP/1.0\r\n\r\n",
