@@ -21,7 +21,7 @@
 #      times with BENCH_DEFAULT_WORKERS;
 #   6. a sample of what PostgreSQL backends wait on during a drain (the profile);
 #   7. with BENCH_BASELINE=<commit>: that commit built from git (into $BENCH_DIR) and the same
-#      backlog drained BENCH_RUNS more times by it and by this tree, alternating, with
+#      backlog drained BENCH_RUNS more times by it and by this tree, in ABBA pairs, with
 #      BENCH_DEFAULT_WORKERS and the `kafka` client, so a regression shows as a ratio measured
 #      in one run.
 # Prints a table of medians.
@@ -193,11 +193,16 @@ for r in $(seq 1 "$RUNS"); do
   log "drain: keyed backlog, $DEFAULT_WORKERS workers, run $r: $rate events/s"
 done
 
-# 7. The baseline: drains by it and by this tree, alternating (run in the order of the list).
+# 7. The baseline: drains by it and by this tree in pairs, ABBA: the binary that drains second
+#    in a pair runs about 10% faster (a warmer page cache and broker), so the order flips every
+#    run and an even BENCH_RUNS cancels it. The judged ratio is the geometric mean of the pairs'.
 declare -A BRATE BCPU BRSS
+PAIRS=""
 if [ -n "$BASE_BIN" ]; then
   for r in $(seq 1 "$RUNS"); do
-    for which in head base; do
+    order="head base"; [ $((r % 2)) -eq 0 ] && order="base head"
+    declare -A PAIR=()
+    for which in $order; do
       bin="$BIN"; [ "$which" = base ] && bin="$BASE_BIN"
       reset_db "$bin"
       t0=$(date +%s.%N)
@@ -208,9 +213,10 @@ if [ -n "$BASE_BIN" ]; then
       rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$SERVICE_PID/status")
       stop_service
       rate=$(awk -v n="$TOTAL" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
-      BRATE[$which]+="$rate "; BCPU[$which]+="$cpu "; BRSS[$which]+="$rss "
+      BRATE[$which]+="$rate "; BCPU[$which]+="$cpu "; BRSS[$which]+="$rss "; PAIR[$which]=$rate
       log "drain: $which ($([ "$which" = base ] && echo "$base_rev" || echo "this tree")), run $r: $rate events/s, cpu ${cpu}s, peak RSS ${rss} MB"
     done
+    PAIRS+="$(awk -v a="${PAIR[head]}" -v b="${PAIR[base]}" 'BEGIN {printf "%.4f", a / b}') "
   done
 fi
 
@@ -347,7 +353,10 @@ if [ -n "$BASE_BIN" ]; then
     eval "B_${which}_R=$r B_${which}_C=$c B_${which}_M=$m"
   done
   awk -v r1="$B_head_R" -v r0="$B_base_R" -v c1="$B_head_C" -v c0="$B_base_C" -v m1="$B_head_M" -v m0="$B_base_M" \
-    'BEGIN {printf "this tree / baseline: drain %.2fx, CPU %.2fx, peak RSS %.2fx\n", r1 / r0, c1 / c0, m1 / m0}'
+    'BEGIN {printf "this tree / baseline (medians): drain %.2fx, CPU %.2fx, peak RSS %.2fx\n", r1 / r0, c1 / c0, m1 / m0}'
+  echo "$PAIRS" | tr ' ' '\n' | grep . | awk -v runs="$RUNS" '{s += log($1); n++; l = l sprintf(" %.2f", $1)}
+    END {printf "this tree / baseline, pair by pair (ABBA):%s; geometric mean %.2fx%s\n", l, exp(s / n),
+         (runs % 2 ? " (odd BENCH_RUNS: this tree drained first once more; use an even count)" : "")}'
 fi
 echo
 for client in $CLIENTS; do
