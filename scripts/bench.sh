@@ -281,7 +281,9 @@ tx_sql() { # const name, then sed expression for its parameters
     "$REPO/src/repository/postgres/tx.rs" | sed -E "$2"
 }
 tx_sql LOCK_ORDERS 's/\$1([^0-9]|$)/:l1\1/g' >"$DIR/lock_orders.sql"
-tx_sql LOCK_COURIERS_AND_QUEUE 's/\$1([^0-9]|$)/:carriers\1/g; s/\$2([^0-9]|$)/:per_side\1/g; s/\$3([^0-9]|$)/:per_side\1/g' \
+# Its $4 (waiting orders for ends of orders the batch itself assigns) is 0: in the template's mix
+# every ending is of an order created in the client's previous transaction.
+tx_sql LOCK_COURIERS_AND_QUEUE 's/\$1([^0-9]|$)/:carriers\1/g; s/\$2([^0-9]|$)/:per_side\1/g; s/\$3([^0-9]|$)/:per_side\1/g; s/\$4([^0-9]|$)/0\1/g' \
   >"$DIR/lock_couriers_and_queue.sql"
 tx_sql WRITE_CHANGES 's/\$([0-9]+)/:w\1/g' >"$DIR/write_changes.sql"
 for f in lock_orders lock_couriers_and_queue write_changes; do

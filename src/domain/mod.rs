@@ -5,7 +5,9 @@
 mod courier;
 mod event;
 mod order;
+mod rank;
 
 pub use courier::{CourierId, CourierStatus, NewCourier, ParseCourierError, Phone, TransportType};
 pub use event::{BadEvent, OrderEvent};
 pub use order::{CompletedBy, OrderId, OrderStatus, ParseOrderError, StatusFamily};
+pub use rank::{CourierRank, QueueKey};

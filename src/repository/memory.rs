@@ -12,7 +12,9 @@ use super::{
     CourierView, DeliveryView, FleetDirectory, FleetGauges, OrderState, OrderView, OverdueDelivery,
     QueueView, RepoError, Snapshot, StorageTx, WaitingOrder,
 };
-use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
+use crate::domain::{
+    CompletedBy, CourierId, CourierRank, CourierStatus, NewCourier, OrderId, QueueKey,
+};
 
 /// The fake repository. Cheap to create; starts empty.
 #[derive(Debug, Default)]
@@ -31,7 +33,7 @@ struct OrderRow {
     state: OrderState,
     /// Place in the waiting queue while `state` is `Waiting`: when the order was created, then
     /// its arrival.
-    waiting_seq: Option<(DateTime<Utc>, u64)>,
+    waiting_seq: Option<QueueKey<u64>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,7 +93,7 @@ impl CourierRepository for MemoryRepository {
 
     fn snapshot(&self) -> Result<Snapshot, RepoError> {
         let state = self.lock();
-        let mut waiting: Vec<((DateTime<Utc>, u64), OrderId)> = state
+        let mut waiting: Vec<(QueueKey<u64>, OrderId)> = state
             .orders
             .iter()
             .filter_map(|(id, row)| row.waiting_seq.map(|seq| (seq, id.clone())))
@@ -181,7 +183,7 @@ impl FleetDirectory for MemoryRepository {
 
     fn queue(&self, limit: usize) -> Result<QueueView, RepoError> {
         let state = self.lock();
-        let mut waiting: Vec<((DateTime<Utc>, u64), WaitingOrder)> = state
+        let mut waiting: Vec<(QueueKey<u64>, WaitingOrder)> = state
             .orders
             .iter()
             .filter_map(|(id, row)| {
@@ -190,7 +192,7 @@ impl FleetDirectory for MemoryRepository {
                     place,
                     WaitingOrder {
                         order: id.clone(),
-                        since: place.0,
+                        since: place.created_at,
                     },
                 ))
             })
@@ -292,7 +294,10 @@ impl MemoryState {
     fn put_order(&mut self, order: &OrderId, state: OrderState, at: DateTime<Utc>) {
         let waiting_seq = if state == OrderState::Waiting {
             self.next_waiting_seq += 1;
-            Some((at, self.next_waiting_seq))
+            Some(QueueKey {
+                created_at: at,
+                arrival: self.next_waiting_seq,
+            })
         } else {
             None
         };
@@ -330,7 +335,11 @@ impl StorageTx for MemoryState {
             .couriers
             .values()
             .filter(|c| c.view.status == CourierStatus::Available)
-            .min_by_key(|c| (c.view.completed_deliveries, c.available_since, c.view.id))
+            .min_by_key(|c| CourierRank {
+                completed_deliveries: c.view.completed_deliveries,
+                available_since: c.available_since,
+                id: c.view.id,
+            })
             .map(|c| c.view.id);
         Ok(best.and_then(|id| self.record(id)))
     }

@@ -146,11 +146,105 @@ pub trait CourierRepository: Send + Sync {
 pub struct BatchOutline {
     /// Every order the batch has events for, each once.
     pub orders: Vec<OrderId>,
-    /// At most how many free couriers its steps may take (one per `created`).
-    pub takes: usize,
-    /// At most how many couriers it may release, each of whom may take a waiting order (one per
-    /// cancellation or completion).
-    pub releases: usize,
+    /// The batch's events that may take or free a courier, in the order they are applied.
+    pub steps: Vec<BatchStep>,
+}
+
+/// One event of a batch that may take or free a courier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchStep {
+    /// The order the event is for.
+    pub order: OrderId,
+    /// What the event does to couriers.
+    pub kind: StepKind,
+}
+
+/// What an event may do to couriers (the handlers' rules, `usecase/{assign,cancel,complete}.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// A `created`: the best free courier takes the order, if it is unseen or waiting.
+    Assign,
+    /// A cancellation or completion (or a deadline): an assigned order's courier is freed and
+    /// takes the head of the queue.
+    End,
+}
+
+/// How many picks a batch's steps make, from the stored states of its orders: what storage
+/// locks up front so that it holds no row a step will not take (README, "The rules": the best
+/// available courier, first created first served, also across concurrent transactions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchNeeds {
+    /// Picks of the best free courier: one per `created` of an order unseen or waiting at its
+    /// turn.
+    pub couriers: usize,
+    /// Picks of the head of the queue: one per courier freed (an end of an assigned order).
+    pub queue_heads: usize,
+    /// More picks of the head of the queue, made only if every courier pick finds a courier:
+    /// one per end of an order that a `created` of this batch assigns (with no courier free,
+    /// that order waits instead, and its end frees nobody).
+    pub queue_heads_once_assigned: usize,
+}
+
+impl BatchOutline {
+    /// An outline of `steps`, its orders each once.
+    pub fn of_steps(steps: Vec<BatchStep>) -> Self {
+        let mut orders: Vec<OrderId> = steps.iter().map(|s| s.order.clone()).collect();
+        orders.sort_unstable();
+        orders.dedup();
+        Self { orders, steps }
+    }
+
+    /// The picks the steps will make, given each order's state before the batch (`None`: not
+    /// known, taken as unseen). Each step follows its handler: a `created` of an unseen or
+    /// waiting order takes a courier (when none is free the order waits, and storage then holds
+    /// every free courier there is, see `repository/postgres/held.rs`); an end of an assigned
+    /// order frees its courier, who takes the head of the queue; an end of an unseen or waiting
+    /// order frees nobody. Exact, except in rare cases: a freed courier who is paused takes
+    /// nothing (one queue head counted too many); a freed courier takes a waiting order this
+    /// batch names, and a later step ends it (one queue head too few: storage asks the
+    /// database, a round trip) or repeats its `created` (one courier counted too many).
+    pub fn needs(&self, state: impl Fn(&OrderId) -> Option<OrderState>) -> BatchNeeds {
+        /// An order as the count follows it through the batch.
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Seen {
+            /// Unseen or waiting: a `created` takes a courier, an end frees nobody.
+            Open,
+            /// Given a courier by this batch, if one is free.
+            Assigning,
+            /// Assigned before the batch: an end frees its courier.
+            Carried,
+            /// Completed or cancelled: nothing changes it.
+            Ended,
+        }
+        let mut seen: std::collections::HashMap<&OrderId, Seen> = std::collections::HashMap::new();
+        let mut needs = BatchNeeds::default();
+        for step in &self.steps {
+            let at = seen
+                .entry(&step.order)
+                .or_insert_with(|| match state(&step.order) {
+                    None | Some(OrderState::Unseen | OrderState::Waiting) => Seen::Open,
+                    Some(OrderState::Assigned(_)) => Seen::Carried,
+                    Some(OrderState::Completed(_) | OrderState::Cancelled) => Seen::Ended,
+                });
+            *at = match (step.kind, *at) {
+                (StepKind::Assign, Seen::Open) => {
+                    needs.couriers += 1;
+                    Seen::Assigning
+                }
+                (StepKind::End, Seen::Carried) => {
+                    needs.queue_heads += 1;
+                    Seen::Ended
+                }
+                (StepKind::End, Seen::Assigning) => {
+                    needs.queue_heads_once_assigned += 1;
+                    Seen::Ended
+                }
+                (StepKind::End, Seen::Open) => Seen::Ended,
+                (_, unchanged) => unchanged,
+            };
+        }
+        needs
+    }
 }
 
 /// An active delivery whose deadline has passed, found and locked by the deadline pass.
@@ -247,4 +341,54 @@ pub trait StorageTx {
         courier: &NewCourier,
         at: DateTime<Utc>,
     ) -> Result<CourierRecord, RepoError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(order: &str, kind: StepKind) -> BatchStep {
+        BatchStep {
+            order: OrderId::parse(order).expect("id"),
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_batch_needs_a_pick_only_for_a_step_that_makes_one() {
+        use StepKind::{Assign, End};
+        let outline = BatchOutline::of_steps(vec![
+            step("new", Assign),
+            step("new", Assign), // a duplicate: assigned by the step before
+            step("new", End),    // frees its courier (if it found one), who takes the head
+            step("new", End),    // a duplicate: ended already
+            step("waiting", Assign),
+            step("carried", Assign), // assigned already: a duplicate
+            step("carried", End),
+            step("ghost", End), // never seen: ends without a courier
+            step("ghost", Assign),
+            step("done", End), // ended already
+            step("done", Assign),
+        ]);
+        assert_eq!(outline.orders.len(), 5);
+        let needs = outline.needs(|id| match id.as_str() {
+            "waiting" => Some(OrderState::Waiting),
+            "carried" => Some(OrderState::Assigned(CourierId(1))),
+            "done" => Some(OrderState::Completed(None)),
+            "ghost" => Some(OrderState::Unseen),
+            _ => None,
+        });
+        assert_eq!(
+            needs,
+            BatchNeeds {
+                couriers: 2,
+                queue_heads: 1,
+                queue_heads_once_assigned: 1,
+            }
+        );
+        assert_eq!(
+            BatchOutline::default().needs(|_| None),
+            BatchNeeds::default()
+        );
+    }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::{handover, Release};
 use crate::domain::{CompletedBy, OrderId};
-use crate::repository::{BatchOutline, OrderState, RepoError, StorageTx};
+use crate::repository::{BatchOutline, BatchStep, OrderState, RepoError, StepKind, StorageTx};
 
 /// A delivery the pass completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +40,15 @@ pub fn complete_overdue(
         return Ok(Vec::new());
     }
     // Their couriers, and as many waiting orders as couriers are freed, in one round trip.
-    tx.lock_batch(&BatchOutline {
-        orders: overdue.iter().map(|d| d.order.clone()).collect(),
-        takes: 0,
-        releases: overdue.len(),
-    })?;
+    tx.lock_batch(&BatchOutline::of_steps(
+        overdue
+            .iter()
+            .map(|d| BatchStep {
+                order: d.order.clone(),
+                kind: StepKind::End,
+            })
+            .collect(),
+    ))?;
     let mut completed = Vec::with_capacity(overdue.len());
     for due in overdue {
         // Locked and held already: no round trip.

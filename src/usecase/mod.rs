@@ -20,7 +20,7 @@ pub use outcome::{Outcome, Release};
 use crossbeam_channel::Sender;
 
 use crate::domain::OrderEvent;
-use crate::repository::{BatchOutline, CourierRepository, RepoError};
+use crate::repository::{BatchOutline, BatchStep, CourierRepository, RepoError, StepKind};
 
 /// Applies order events to a repository: the one entry point the transport calls.
 pub struct OrderEventProcessor<R> {
@@ -151,22 +151,22 @@ impl<R: CourierRepository> OrderEventProcessor<R> {
     }
 }
 
-/// What a batch will touch: its orders, and at most how many couriers it takes and releases.
+/// What a batch will touch: its orders, and the events among them that may take or free a
+/// courier.
 fn outline(events: &[&OrderEvent]) -> BatchOutline {
-    let mut outline = BatchOutline::default();
+    let mut steps = Vec::with_capacity(events.len());
     for event in events {
-        match factory::StatusHandler::for_status(event.status) {
+        let kind = match factory::StatusHandler::for_status(event.status) {
             factory::StatusHandler::Ignore => continue,
-            factory::StatusHandler::Assign => outline.takes += 1,
-            factory::StatusHandler::Cancel | factory::StatusHandler::Complete => {
-                outline.releases += 1
-            }
-        }
-        outline.orders.push(event.order_id.clone());
+            factory::StatusHandler::Assign => StepKind::Assign,
+            factory::StatusHandler::Cancel | factory::StatusHandler::Complete => StepKind::End,
+        };
+        steps.push(BatchStep {
+            order: event.order_id.clone(),
+            kind,
+        });
     }
-    outline.orders.sort_unstable();
-    outline.orders.dedup();
-    outline
+    BatchOutline::of_steps(steps)
 }
 
 /// Whether a committed outcome may have left an order waiting beside a free courier when

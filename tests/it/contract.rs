@@ -5,7 +5,9 @@
 use crate::common;
 
 use common::{at, courier, event, oid};
-use service_courier::domain::{CompletedBy, CourierId, CourierStatus, OrderEvent, TransportType};
+use service_courier::domain::{
+    CompletedBy, CourierId, CourierRank, CourierStatus, OrderEvent, QueueKey, TransportType,
+};
 use service_courier::repository::{CourierRepository, OrderState, RepoError, Snapshot};
 use service_courier::usecase::couriers::{self, CourierCommandError};
 use service_courier::usecase::{OrderEventProcessor, Outcome, Release};
@@ -451,7 +453,126 @@ fn the_deadline_pass_completes_overdue_deliveries_at_their_deadline<R: CourierRe
     assert_eq!(p.repository().count_overdue(t(60 * 60)).expect("count"), 2);
 }
 
+/// The ranking and the queue order, with ties on every key but the last, are exactly the
+/// domain's `CourierRank` and `QueueKey` (which the SQL's `ORDER BY` names too: see the unit
+/// test in `repository/postgres/tx.rs`): picked one transaction at a time (PostgreSQL sorts) and
+/// several in one batch (the rows a transaction holds are sorted in memory).
+fn picks_and_serves_by_the_domain_keys<R: CourierRepository>(repo: R) {
+    // Hired in pairs at the same instant: ties on both keys but the id.
+    let ids: Vec<CourierId> = (0..8u32)
+        .map(|n| hire(&repo, n, TransportType::Car, i64::from(n / 2)))
+        .collect();
+    let p = OrderEventProcessor::new(repo);
+    for (k, o) in ["d0", "d1", "d2", "d3"].iter().enumerate() {
+        assert_eq!(
+            apply(&p, event(o, "created", 100)),
+            Outcome::Assigned(ids[k])
+        );
+    }
+    // d0 and d1 completed at the same instant, d2 earlier; d3 cancelled (never counts).
+    apply(&p, event("d0", "completed", 200));
+    apply(&p, event("d1", "completed", 200));
+    apply(&p, event("d2", "completed", 150));
+    apply(&p, event("d3", "cancelled", 120));
+    let rank = |k: usize, deliveries: i64, since: i64| CourierRank {
+        completed_deliveries: deliveries,
+        available_since: at(since),
+        id: ids[k],
+    };
+    let mut expected = [
+        rank(0, 1, 200),
+        rank(1, 1, 200),
+        rank(2, 1, 150),
+        rank(3, 0, 120),
+        rank(4, 0, 2),
+        rank(5, 0, 2),
+        rank(6, 0, 3),
+        rank(7, 0, 3),
+    ];
+    expected.sort();
+    let expected: Vec<CourierId> = expected.iter().map(|r| r.id).collect();
+    let mut picked = Vec::new();
+    for k in 0..3 {
+        match apply(&p, event(&format!("o{k}"), "created", 300)) {
+            Outcome::Assigned(c) => picked.push(c),
+            other => panic!("o{k}: {other:?}"),
+        }
+    }
+    let rest: Vec<OrderEvent> = (3..8)
+        .map(|k| event(&format!("o{k}"), "created", 300))
+        .collect();
+    for outcome in p
+        .apply_batch(&rest.iter().collect::<Vec<_>>())
+        .expect("batch")
+    {
+        match outcome {
+            Outcome::Assigned(c) => picked.push(c),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(picked, expected, "couriers picked out of CourierRank order");
+
+    // Waiting orders created at colliding instants, arriving out of creation order: two alone,
+    // three in one batch.
+    let arrivals = [
+        ("w-a", 500),
+        ("w-b", 490),
+        ("w-c", 500),
+        ("w-d", 490),
+        ("w-e", 480),
+    ];
+    for (o, t) in &arrivals[..2] {
+        assert_eq!(apply(&p, event(o, "created", *t)), Outcome::Waiting);
+    }
+    let batch: Vec<OrderEvent> = arrivals[2..]
+        .iter()
+        .map(|(o, t)| event(o, "created", *t))
+        .collect();
+    let outcomes = p
+        .apply_batch(&batch.iter().collect::<Vec<_>>())
+        .expect("batch");
+    assert!(outcomes.iter().all(|o| *o == Outcome::Waiting));
+    let mut queue: Vec<(QueueKey<usize>, &str)> = arrivals
+        .iter()
+        .enumerate()
+        .map(|(arrival, (o, t))| {
+            (
+                QueueKey {
+                    created_at: at(*t),
+                    arrival,
+                },
+                *o,
+            )
+        })
+        .collect();
+    queue.sort();
+    let queue: Vec<_> = queue.iter().map(|(_, o)| oid(o)).collect();
+    assert_eq!(
+        snap(&p).waiting,
+        queue,
+        "the queue is out of QueueKey order"
+    );
+    // Freed couriers serve it: one alone, four in one batch.
+    let mut served = Vec::new();
+    let mut took = |out: Outcome| match out {
+        Outcome::Completed(Some(Release { took: Some(o), .. })) => served.push(o),
+        other => panic!("{other:?}"),
+    };
+    took(apply(&p, event("o0", "completed", 600)));
+    let ends: Vec<OrderEvent> = (1..5)
+        .map(|k| event(&format!("o{k}"), "completed", 600))
+        .collect();
+    for out in p
+        .apply_batch(&ends.iter().collect::<Vec<_>>())
+        .expect("batch")
+    {
+        took(out);
+    }
+    assert_eq!(served, queue, "waiting orders served out of QueueKey order");
+}
+
 contract!(
+    picks_and_serves_by_the_domain_keys,
     created_assigns_an_available_courier_with_its_deadline,
     deadlines_follow_the_transport,
     picks_fewest_completed_then_longest_available,

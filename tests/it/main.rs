@@ -17,6 +17,7 @@ mod dead_letters;
 mod deadlines;
 mod dlq_replay;
 mod env_sample;
+mod fair_batches;
 mod faults;
 mod kafka_edge;
 mod kafka_edge_service;

@@ -1,8 +1,9 @@
 //! Real PostgreSQL under concurrency: 8 threads apply `created` for 2,000 distinct orders
 //! against 100 couriers. Exactly 100 are assigned, 1,900 wait in arrival order, no courier is
 //! taken twice; completing the 100 hands the couriers the next 100 in FIFO order. Also: racing
-//! pairing passes, and a lock held by someone else bounded by `DB_LOCK_TIMEOUT_MS` directly and
-//! through PgBouncer in transaction mode.
+//! pairing passes, a lock held by someone else bounded by `DB_LOCK_TIMEOUT_MS` directly and
+//! through PgBouncer in transaction mode, and a new order committed meanwhile that must not
+//! make a write wait on a third transaction.
 
 use crate::common;
 
@@ -303,4 +304,133 @@ fn a_held_lock_is_bounded_by_db_lock_timeout_directly_and_through_pgbouncer() {
     };
     let through = PooledDb::repository_with(&pooled.url, 1, short_lock_wait());
     assert_lock_wait_is_bounded(&through, pooled.db.client());
+}
+
+#[test]
+fn a_new_order_committed_meanwhile_fails_the_write_at_once_without_touching_its_delivery() {
+    // Found by `migrations_restart` (a deadlock, one run in about twenty). B applies a duplicate
+    // `created o`: it locked its orders before A committed o, so it holds o as new. C then
+    // completes o and has written that, uncommitted. B's write can't insert o (A's row is
+    // there). Trying to (the insert waits on C's update of that row), or inserting o's
+    // delivery anyway (it waits on C's update of A's delivery), makes B wait on C; and C,
+    // inserting its own new orders, may be waiting on one B inserted: a cycle. B's write must
+    // fail at once instead, a transient failure that the retry turns into a duplicate. Without
+    // either half of the fix in `WRITE_CHANGES` (`orders_new` leaves out orders committed
+    // meanwhile, `delivered` inserts nothing unless every new order went in), B waits on C
+    // until `DB_LOCK_TIMEOUT_MS` and this fails.
+    use service_courier::repository::{BatchOutline, BatchStep, StepKind};
+    use service_courier::usecase::factory::StatusHandler;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let Some(db) = TestDb::new(4) else { return };
+    let hired: Vec<_> = (1..=3)
+        .map(|n| {
+            couriers::add(&db.repo, &courier(n, TransportType::Car), at(n as i64))
+                .expect("hire")
+                .id
+        })
+        .collect();
+    let o = common::oid("o");
+    let outline = |kind| {
+        BatchOutline::of_steps(vec![BatchStep {
+            order: o.clone(),
+            kind,
+        }])
+    };
+    // Each transaction says where it stands, then waits for the test's go.
+    let park = |name: &'static str| {
+        let (reached_tx, reached) = mpsc::channel::<()>();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let wait = move || {
+            reached_tx.send(()).expect("the test waits");
+            go_rx
+                .recv()
+                .unwrap_or_else(|_| panic!("{name}: the test gives the go"));
+        };
+        (wait, reached, go)
+    };
+    let deadline = Duration::from_secs(120);
+
+    // A: `created o`, parked before its commit.
+    let (a_wait, a_reached, a_go) = park("A");
+    let (repo, a_outline, a_o) = (db.repo.clone(), outline(StepKind::Assign), o.clone());
+    let a = std::thread::spawn(move || {
+        repo.transaction(&mut |tx| {
+            tx.lock_batch(&a_outline)?;
+            let out = StatusHandler::Assign.handle(tx, &a_o, at(10))?;
+            a_wait();
+            Ok(out)
+        })
+    });
+    a_reached.recv_timeout(deadline).expect("A assigned o");
+
+    // B: the duplicate `created o` locks its batch while A's o is not yet committed.
+    let (b_wait, b_reached, b_go) = park("B");
+    let (repo, b_outline, b_o) = (db.repo.clone(), outline(StepKind::Assign), o.clone());
+    let b = std::thread::spawn(move || {
+        repo.transaction(&mut |tx| {
+            tx.lock_batch(&b_outline)?;
+            b_wait();
+            StatusHandler::Assign.handle(tx, &b_o, at(10))
+        })
+    });
+    b_reached
+        .recv_timeout(deadline)
+        .expect("B locked its batch");
+    a_go.send(()).expect("A commits");
+    let assigned = a.join().expect("thread A").expect("A commits");
+    assert_eq!(assigned, Outcome::Assigned(hired[0]));
+
+    // C: `completed o`, written (a step that reads the database writes what is pending first)
+    // and parked before its commit.
+    let (c_wait, c_reached, c_go) = park("C");
+    let (repo, c_outline, c_o, other) =
+        (db.repo.clone(), outline(StepKind::End), o.clone(), hired[2]);
+    let c = std::thread::spawn(move || {
+        repo.transaction(&mut |tx| {
+            tx.lock_batch(&c_outline)?;
+            let out = StatusHandler::Complete.handle(tx, &c_o, at(20))?;
+            tx.lock_courier(other)?;
+            c_wait();
+            Ok(out)
+        })
+    });
+    c_reached.recv_timeout(deadline).expect("C completed o");
+
+    // B goes on while C is still open: its write must not wait on C.
+    let (b_done_tx, b_done) = mpsc::channel();
+    b_go.send(()).expect("B goes on");
+    let b_watch = std::thread::spawn(move || {
+        let result = b.join().expect("thread B");
+        let _ = b_done_tx.send(result);
+    });
+    let b_result = b_done.recv_timeout(deadline);
+    c_go.send(()).expect("C commits");
+    let completed = c.join().expect("thread C").expect("C commits");
+    b_watch.join().expect("watcher");
+    match b_result {
+        Ok(Err(e @ RepoError::Transient(_))) => assert!(
+            e.to_string()
+                .contains("inserted by another transaction meanwhile"),
+            "B failed for another reason (a lock wait on C ended by DB_LOCK_TIMEOUT_MS?): {e}"
+        ),
+        Ok(other) => panic!("B's write should fail as transient, got {other:?}"),
+        Err(_) => panic!("B's write waited on C's open transaction"),
+    }
+    assert_eq!(
+        completed,
+        Outcome::Completed(Some(Release {
+            courier: hired[0],
+            took: None
+        }))
+    );
+    // Applied again, B's event is the duplicate it is.
+    let p = OrderEventProcessor::new(db.repo.clone());
+    assert_eq!(
+        p.apply(&event("o", "created", 10)).expect("B again"),
+        Outcome::Duplicate
+    );
+    let end = db.repo.snapshot().expect("snapshot");
+    end.check_invariants().expect("consistent");
+    assert_eq!(end.orders[&o], OrderState::Completed(Some(hired[0])));
 }

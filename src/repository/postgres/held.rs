@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CompletedBy, CourierId, CourierStatus, OrderId, TransportType};
+use crate::domain::{
+    CompletedBy, CourierId, CourierRank, CourierStatus, OrderId, QueueKey, TransportType,
+};
 use crate::repository::{CourierRecord, OrderState, RepoError};
 
 /// An order row as this transaction sees it.
@@ -25,8 +27,20 @@ pub(super) struct HeldOrder {
     pub since: Option<DateTime<Utc>>,
     /// Changed since last written.
     pub dirty: bool,
-    /// Has a row in the database (else it is inserted when written).
+    /// Has a row in the database; else it is inserted when written (see
+    /// [`HeldRows::take_changes`]).
     pub stored: bool,
+}
+
+impl HeldOrder {
+    /// Its place in the queue (meaningful while it waits).
+    fn queue_key(&self) -> QueueKey<QueuePlace> {
+        QueueKey {
+            // A waiting order always has its creation time; none would sort first.
+            created_at: self.since.unwrap_or(DateTime::<Utc>::MIN_UTC),
+            arrival: self.queue,
+        }
+    }
 }
 
 /// When a waiting order arrived in the FIFO queue: the tie-break between orders created at the
@@ -53,12 +67,12 @@ pub(super) struct HeldCourier {
 }
 
 impl HeldCourier {
-    fn rank(&self) -> (i64, DateTime<Utc>, CourierId) {
-        (
-            self.completed_deliveries,
-            self.available_since,
-            self.record.id,
-        )
+    fn rank(&self) -> CourierRank {
+        CourierRank {
+            completed_deliveries: self.completed_deliveries,
+            available_since: self.available_since,
+            id: self.record.id,
+        }
     }
 }
 
@@ -92,39 +106,37 @@ pub(super) struct NewDelivery {
     pub completed_by: Option<CompletedBy>,
 }
 
-/// How far the rows locked up front answer a kind of pick without asking the database.
+/// How far the rows locked up front answer a kind of pick without asking the database. `K` is
+/// the pick's order: [`CourierRank`] for free couriers, [`QueueKey`] for waiting orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Coverage {
+pub(super) enum Coverage<K> {
     /// Nothing was locked up front: ask the database.
     Unknown,
-    /// The next `n` picks are answered here: `n` rows were asked for and `n` came, and any row
-    /// not locked ranks after all of them.
-    Next(usize),
+    /// As many rows came as were asked for, the last of them at this key: any row not held here
+    /// (and not held by another transaction) comes after it. So a pick whose best held row is
+    /// at or before it is answered here, however many picks came before or rows left the pick
+    /// (an order ended while waiting) meanwhile.
+    Upto(K),
     /// Fewer rows came than were asked for: every row there is to pick is held.
     All,
 }
 
-impl Coverage {
-    /// The coverage after asking for `asked` rows and getting `got`.
-    pub fn after_asking(asked: usize, got: usize) -> Self {
-        if got < asked {
-            Self::All
-        } else if asked == 0 {
-            Self::Unknown
-        } else {
-            Self::Next(asked)
+impl<K: Ord> Coverage<K> {
+    /// The coverage after asking for `asked` rows and getting `got`, the last at `last`.
+    pub fn after_asking(asked: usize, got: usize, last: Option<K>) -> Self {
+        match last {
+            _ if got < asked => Self::All,
+            Some(last) if asked > 0 => Self::Upto(last),
+            _ => Self::Unknown,
         }
     }
 
-    /// Whether a pick may be answered from held rows; counts the pick if so.
-    fn answers(&mut self) -> bool {
+    /// Whether a pick whose best held row is at `best` may be answered from the held rows.
+    fn answers(&self, best: Option<&K>) -> bool {
         match self {
             Self::All => true,
-            Self::Next(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
+            Self::Upto(last) => best.is_some_and(|b| b <= last),
+            Self::Unknown => false,
         }
     }
 }
@@ -154,6 +166,42 @@ pub(super) struct Completion {
     pub by: CompletedBy,
 }
 
+/// A courier row to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CourierWrite {
+    /// Which courier.
+    pub id: CourierId,
+    /// Their status.
+    pub status: CourierStatus,
+    /// Their completed deliveries: the rank's first key.
+    pub completed_deliveries: i64,
+    /// Since when they are available: the rank's second key.
+    pub available_since: DateTime<Utc>,
+}
+
+/// An order row to update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OrderWrite {
+    /// Which order.
+    pub id: OrderId,
+    /// Its state.
+    pub state: OrderState,
+    /// Its stored queue place (`waiting_seq`), while waiting; `None` when it is fresh (numbered
+    /// from the sequence on write, see [`Changes::fresh_waiting`]) or not waiting.
+    pub queue_seq: Option<i64>,
+    /// When it was created, while waiting: the queue's first key.
+    pub waiting_since: WaitingSince,
+}
+
+/// A `courier_orders` row to insert, with its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Insertion {
+    /// Which order.
+    pub order: OrderId,
+    /// The row.
+    pub delivery: NewDelivery,
+}
+
 /// Net changes, ready to be written as arrays.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
@@ -162,14 +210,13 @@ pub(super) struct Changes {
     /// Active deliveries to stamp completed.
     pub completed: Vec<Completion>,
     /// Deliveries to insert.
-    pub inserted: Vec<(OrderId, NewDelivery)>,
-    /// Couriers to write: id, status, completed deliveries, available since.
-    pub couriers: Vec<(CourierId, CourierStatus, i64, DateTime<Utc>)>,
-    /// Orders to update: id, state, stored queue place (None when fresh or not waiting), when
-    /// created (while waiting).
-    pub orders: Vec<(OrderId, OrderState, Option<i64>, WaitingSince)>,
-    /// Orders seen for the first time, to insert: id, state, when created (while waiting).
-    pub new_orders: Vec<(OrderId, OrderState, WaitingSince)>,
+    pub inserted: Vec<Insertion>,
+    /// Couriers to write.
+    pub couriers: Vec<CourierWrite>,
+    /// Orders to update.
+    pub orders: Vec<OrderWrite>,
+    /// Orders to insert, in id order (the order every transaction inserts new orders in).
+    pub new_orders: Vec<OrderWrite>,
     /// Orders that joined the queue, in queue order: numbered from the sequence on write.
     pub fresh_waiting: Vec<OrderId>,
 }
@@ -194,9 +241,9 @@ pub(super) struct HeldRows {
     deliveries: BTreeMap<OrderId, DeliveryChange>,
     next_fresh: u64,
     /// Free couriers locked up front.
-    pub free_couriers: Coverage,
+    pub free_couriers: Coverage<CourierRank>,
     /// Waiting orders locked up front.
-    pub waiting_orders: Coverage,
+    pub waiting_orders: Coverage<QueueKey<QueuePlace>>,
 }
 
 impl Default for HeldRows {
@@ -238,9 +285,9 @@ impl HeldRows {
         });
     }
 
-    /// Holds an order the database has no row for: [`OrderState::Unseen`] until a step sets
-    /// its state, inserted when written. (Nobody else holds it either: if another transaction
-    /// inserts it meanwhile, writing it fails and the batch is retried.)
+    /// Holds an order the database has no row for: [`OrderState::Unseen`] until a step gives it
+    /// a state, inserted when written. Nobody else holds it either: a transaction that inserts
+    /// it first makes this one's insert fail, and the batch is applied again.
     pub fn hold_new_order(&mut self, id: OrderId) {
         self.orders.entry(id).or_insert(HeldOrder {
             state: OrderState::Unseen,
@@ -292,32 +339,37 @@ impl HeldRows {
     }
 
     /// The best free courier held, when the held rows can tell.
-    pub fn pick_free_courier(&mut self) -> Pick<CourierRecord> {
-        if !self.free_couriers.answers() {
+    pub fn pick_free_courier(&self) -> Pick<CourierRecord> {
+        let best = self
+            .couriers
+            .values()
+            .filter(|c| c.record.status == CourierStatus::Available)
+            .min_by_key(|c| c.rank());
+        if !self
+            .free_couriers
+            .answers(best.map(HeldCourier::rank).as_ref())
+        {
             return Pick::AskDatabase;
         }
-        Pick::Held(
-            self.couriers
-                .values()
-                .filter(|c| c.record.status == CourierStatus::Available)
-                .min_by_key(|c| c.rank())
-                .map(|c| c.record.clone()),
-        )
+        Pick::Held(best.map(|c| c.record.clone()))
     }
 
     /// The first waiting order in the queue held (created earliest, then arrived first), when
     /// the held rows can tell.
-    pub fn pick_waiting_order(&mut self) -> Pick<OrderId> {
-        if !self.waiting_orders.answers() {
+    pub fn pick_waiting_order(&self) -> Pick<OrderId> {
+        let first = self
+            .orders
+            .iter()
+            .filter(|(_, o)| o.state == OrderState::Waiting)
+            .map(|(id, o)| (o.queue_key(), id))
+            .min();
+        if !self
+            .waiting_orders
+            .answers(first.as_ref().map(|(key, _)| key))
+        {
             return Pick::AskDatabase;
         }
-        Pick::Held(
-            self.orders
-                .iter()
-                .filter(|(_, o)| o.state == OrderState::Waiting)
-                .min_by_key(|(_, o)| (o.since, o.queue))
-                .map(|(id, _)| id.clone()),
-        )
+        Pick::Held(first.map(|(_, id)| id.clone()))
     }
 
     fn order_mut(&mut self, id: &OrderId) -> Result<&mut HeldOrder, RepoError> {
@@ -461,11 +513,23 @@ impl HeldRows {
     }
 
     /// Takes the net changes since the last call, leaving every row clean.
-    pub fn take_changes(&mut self) -> Changes {
+    ///
+    /// Orders without a row are all inserted by the first write, in id order, those no step has
+    /// given a state yet as `unseen` (which every reader skips): so each transaction inserts
+    /// its new orders in one statement, in one order, and two transactions that found the same
+    /// orders new (one `created` read by two instances) wait on each other's inserts in id
+    /// order and can't deadlock. Inserting them over several writes, as the steps reached
+    /// them, did. (The write never waits on an order committed since it was found missing:
+    /// see `WRITE_CHANGES`.) The `last` write (at commit) leaves out orders still `unseen`:
+    /// nothing follows it.
+    pub fn take_changes(&mut self, last: bool) -> Changes {
         let mut changes = Changes::default();
         for (id, change) in std::mem::take(&mut self.deliveries) {
             match change {
-                DeliveryChange::Insert(new) => changes.inserted.push((id, new)),
+                DeliveryChange::Insert(delivery) => changes.inserted.push(Insertion {
+                    order: id,
+                    delivery,
+                }),
                 DeliveryChange::Complete { courier, at, by } => {
                     changes.completed.push(Completion {
                         order: id,
@@ -479,15 +543,21 @@ impl HeldRows {
         }
         for held in self.couriers.values_mut().filter(|c| c.dirty) {
             held.dirty = false;
-            changes.couriers.push((
-                held.record.id,
-                held.record.status,
-                held.completed_deliveries,
-                held.available_since,
-            ));
+            changes.couriers.push(CourierWrite {
+                id: held.record.id,
+                status: held.record.status,
+                completed_deliveries: held.completed_deliveries,
+                available_since: held.available_since,
+            });
         }
         let mut fresh: Vec<(u64, OrderId)> = Vec::new();
-        for (id, held) in self.orders.iter_mut().filter(|(_, o)| o.dirty) {
+        for (id, held) in self.orders.iter_mut() {
+            let unseen = held.state == OrderState::Unseen;
+            // No row yet: inserted now, unless still unseen at the last write.
+            let insert = !(held.stored || (last && unseen));
+            if !held.dirty && !insert {
+                continue;
+            }
             held.dirty = false;
             let stored = match (&held.state, held.queue) {
                 (OrderState::Waiting, QueuePlace::Stored(seq)) => Some(seq),
@@ -497,22 +567,23 @@ impl HeldRows {
                 }
                 _ => None,
             };
-            let since = held.since.filter(|_| held.state == OrderState::Waiting);
+            let write = OrderWrite {
+                id: id.clone(),
+                state: held.state.clone(),
+                queue_seq: stored,
+                waiting_since: held.since.filter(|_| held.state == OrderState::Waiting),
+            };
             if held.stored {
-                changes
-                    .orders
-                    .push((id.clone(), held.state.clone(), stored, since));
+                changes.orders.push(write);
             } else {
                 held.stored = true;
-                changes
-                    .new_orders
-                    .push((id.clone(), held.state.clone(), since));
+                changes.new_orders.push(write);
             }
         }
         fresh.sort();
         changes.fresh_waiting = fresh.into_iter().map(|(_, id)| id).collect();
-        changes.orders.sort_by(|a, b| a.0.cmp(&b.0));
-        changes.new_orders.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.orders.sort_by(|a, b| a.id.cmp(&b.id));
+        changes.new_orders.sort_by(|a, b| a.id.cmp(&b.id));
         changes
     }
 }
@@ -545,7 +616,7 @@ mod tests {
     #[test]
     fn picks_the_courier_with_fewest_deliveries_then_longest_free() {
         let mut rows = HeldRows {
-            free_couriers: Coverage::after_asking(3, 3),
+            free_couriers: Coverage::All,
             ..HeldRows::default()
         };
         courier(&mut rows, 1, 2, 0);
@@ -558,16 +629,28 @@ mod tests {
     }
 
     #[test]
-    fn answers_only_as_many_picks_as_were_covered() {
+    fn answers_only_picks_the_locked_rows_prove() {
+        let rank = |n: i64, completed: i64, since: i64| CourierRank {
+            completed_deliveries: completed,
+            available_since: at(since),
+            id: CourierId(n),
+        };
+        // Courier 1 was the last of those locked: any other free courier ranks after it.
         let mut rows = HeldRows {
-            free_couriers: Coverage::after_asking(1, 1),
+            free_couriers: Coverage::after_asking(1, 1, Some(rank(1, 0, 0))),
             ..HeldRows::default()
         };
         courier(&mut rows, 1, 0, 0);
         assert!(matches!(rows.pick_free_courier(), Pick::Held(Some(_))));
+        rows.set_courier_status(CourierId(1), CourierStatus::Busy, at(1))
+            .expect("held");
+        assert_eq!(rows.pick_free_courier(), Pick::AskDatabase);
+        // A courier freed by this transaction who ranks after the last one locked: the database
+        // may hold a better one.
+        courier(&mut rows, 2, 1, 0);
         assert_eq!(rows.pick_free_courier(), Pick::AskDatabase);
         let mut all = HeldRows {
-            free_couriers: Coverage::after_asking(4, 1),
+            free_couriers: Coverage::after_asking(4, 1, Some(rank(1, 0, 0))),
             ..HeldRows::default()
         };
         courier(&mut all, 1, 0, 0);
@@ -575,6 +658,25 @@ mod tests {
             assert!(matches!(all.pick_free_courier(), Pick::Held(Some(_))));
         }
         assert_eq!(HeldRows::default().pick_free_courier(), Pick::AskDatabase);
+    }
+
+    #[test]
+    fn an_order_that_left_the_queue_does_not_stand_for_the_rows_behind_it() {
+        let key = |seq: i64, since: i64| QueueKey {
+            created_at: at(since),
+            arrival: QueuePlace::Stored(seq),
+        };
+        // "head" was the one waiting order locked for a pick; "named" waits too, later in line.
+        let mut rows = HeldRows {
+            waiting_orders: Coverage::after_asking(1, 1, Some(key(1, 0))),
+            ..HeldRows::default()
+        };
+        rows.hold_order(id("head"), OrderState::Waiting, Some(1), Some(at(0)));
+        rows.hold_order(id("named"), OrderState::Waiting, Some(9), Some(at(50)));
+        rows.set_order_state(&id("head"), &OrderState::Cancelled, at(60))
+            .expect("held");
+        // Orders nobody locked may come between the head and "named".
+        assert_eq!(rows.pick_waiting_order(), Pick::AskDatabase);
     }
 
     #[test]
@@ -594,11 +696,11 @@ mod tests {
         rows.set_order_state(&id("old"), &OrderState::Cancelled, at(9))
             .expect("held");
         assert_eq!(rows.pick_waiting_order(), Pick::Held(Some(id("new-2"))));
-        let changes = rows.take_changes();
+        let changes = rows.take_changes(true);
         assert_eq!(changes.fresh_waiting, vec![id("new-2"), id("new-1")]);
         assert_eq!(changes.orders.len(), 1);
         assert_eq!(changes.new_orders.len(), 2);
-        assert!(rows.take_changes().is_empty());
+        assert!(rows.take_changes(true).is_empty());
     }
 
     #[test]
@@ -651,14 +753,51 @@ mod tests {
         rows.start_delivery(&id("gone"), CourierId(1), TransportType::Car, at(30))
             .expect("start");
         rows.drop_delivery(&id("gone")).expect("drop");
-        let changes = rows.take_changes();
+        let changes = rows.take_changes(true);
         assert_eq!(changes.inserted.len(), 1);
-        assert_eq!(changes.inserted[0].1.completed_at, Some(at(20)));
+        assert_eq!(changes.inserted[0].delivery.completed_at, Some(at(20)));
         assert!(changes.deleted.is_empty() && changes.completed.is_empty());
         assert_eq!(
             changes.couriers,
-            vec![(CourierId(1), CourierStatus::Busy, 1, at(0))]
+            vec![CourierWrite {
+                id: CourierId(1),
+                status: CourierStatus::Busy,
+                completed_deliveries: 1,
+                available_since: at(0),
+            }]
         );
+    }
+
+    #[test]
+    fn the_first_write_inserts_every_new_order_in_id_order_and_the_last_skips_unseen_ones() {
+        let mut rows = HeldRows::default();
+        for o in ["c", "a", "b"] {
+            rows.hold_new_order(id(o));
+        }
+        rows.set_order_state(&id("c"), &OrderState::Cancelled, at(1))
+            .expect("held");
+        // A write before the commit: all three, untouched ones as `unseen`, in id order.
+        let first = rows.take_changes(false);
+        let ids: Vec<&str> = first.new_orders.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(first.new_orders[0].state, OrderState::Unseen);
+        assert!(first.orders.is_empty());
+        // Later writes update them: they have rows now.
+        rows.set_order_state(&id("a"), &OrderState::Cancelled, at(2))
+            .expect("held");
+        let second = rows.take_changes(true);
+        assert!(second.new_orders.is_empty());
+        assert_eq!(second.orders.len(), 1);
+
+        // Only the commit's write: an order no step gave a state is not written at all.
+        let mut rows = HeldRows::default();
+        rows.hold_new_order(id("untouched"));
+        rows.hold_new_order(id("created"));
+        rows.set_order_state(&id("created"), &OrderState::Cancelled, at(1))
+            .expect("held");
+        let only = rows.take_changes(true);
+        let ids: Vec<&str> = only.new_orders.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["created"]);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! One PostgreSQL transaction behind the [`StorageTx`] steps. Steps work on [`HeldRows`]: the
 //! rows the transaction has locked, with its changes kept in memory. A batch locks everything it
-//! will touch in two statements ([`StorageTx::lock_batch`]), its steps then cost no round
-//! trip, and [`PgTx::flush`] writes the net changes in one set-based statement. So a batch of
-//! 256 events costs five round trips (with BEGIN and COMMIT) instead of three to six per event.
+//! will touch in two statements ([`StorageTx::lock_batch`]): its orders, then, counted from
+//! their states, exactly the free couriers and waiting orders its steps will take (a row held
+//! and not taken would be passed over by concurrent transactions: README, "The rules"). Its
+//! steps then cost no round trip, and [`PgTx::flush`] writes the net changes in one set-based
+//! statement. So a batch of 256 events costs five round trips (with BEGIN and COMMIT) instead of
+//! three to six per event.
 //!
 //! Whenever a step needs the database after all (a row not locked up front, a pick the held rows
 //! can't answer), pending changes are written first, so every read sees the transaction's own
@@ -12,28 +15,38 @@ use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::Row;
 
-use super::held::{Changes, Coverage, HeldRows, Pick};
+use super::held::{Changes, Coverage, HeldRows, Pick, QueuePlace};
 use super::session::OpenTx;
 use super::{bad_row, classify, get, order_id, order_state, parse_col};
-use crate::domain::{CompletedBy, CourierId, CourierStatus, NewCourier, OrderId};
+use crate::domain::{
+    CompletedBy, CourierId, CourierRank, CourierStatus, NewCourier, OrderId, QueueKey,
+};
 use crate::repository::{
     BatchOutline, CourierRecord, OrderState, OverdueDelivery, RepoError, StorageTx,
 };
 
-/// Locks orders by id. An order without a row is new: it is inserted when the changes are
-/// written, and if another transaction inserted it in the meantime, that write fails as a
-/// transient conflict and the batch is applied again.
+/// Locks orders by id, in id order. An order without a row is new: it is held as `unseen` and
+/// inserted by the transaction's first write (see `HeldRows::take_changes`); if another
+/// transaction inserted it meanwhile, that write fails as a transient conflict and the batch is
+/// applied again.
 const LOCK_ORDERS: &str = "
     SELECT order_id, state, courier_id, waiting_seq, waiting_since FROM orders
     WHERE order_id = ANY ($1::text[])
     ORDER BY order_id
     FOR UPDATE";
 
+/// Deletes the `unseen` rows a write before the commit inserted for orders no step then gave a
+/// state (an assignment the API refused, say), so that a refusal writes nothing.
+const DROP_PLACEHOLDERS: &str = "
+    DELETE FROM orders WHERE order_id = ANY ($1::text[]) AND state = 'unseen'";
+
 /// Locks, in one statement: couriers by id ($1); the `$2` best free couriers nobody else holds
-/// (fewest completed deliveries, then available longest, then lowest id: the index
-/// `couriers_next_available`); the first `$3` waiting orders nobody else holds (created earliest,
-/// then arrived first: the index `orders_queue_by_creation`). A row per locked courier or order,
-/// its `kind` first.
+/// (`CourierRank`: fewest completed deliveries, then available longest, then lowest id; the
+/// index `couriers_next_available`); the first `$3` waiting orders nobody else holds
+/// (`QueueKey`: created earliest, then arrived first; the index `orders_queue_by_creation`).
+/// `$2` and `$3` are what the batch's steps will take ([`BatchOutline::needs`]), and `$4` more
+/// waiting orders once all `$2` couriers are found (the ends of orders the batch assigns). A
+/// row per locked courier or order, its `kind` first.
 const LOCK_COURIERS_AND_QUEUE: &str = "
     WITH named AS (
         SELECT c.id, c.status, c.transport_type, c.completed_deliveries, c.available_since,
@@ -55,7 +68,7 @@ const LOCK_COURIERS_AND_QUEUE: &str = "
         SELECT order_id, state, courier_id, waiting_seq, waiting_since FROM orders
         WHERE waiting_seq IS NOT NULL
         ORDER BY waiting_since, waiting_seq
-        LIMIT $3
+        LIMIT $3::int8 + CASE WHEN (SELECT count(*) FROM free) >= $2 THEN $4::int8 ELSE 0 END
         FOR UPDATE SKIP LOCKED
     )
     SELECT 'named' AS kind, *, NULL::text, NULL::text, NULL::int8, NULL::int8,
@@ -72,9 +85,12 @@ const LOCK_COURIERS_AND_QUEUE: &str = "
 const QUEUE_COLUMNS: usize = 7;
 
 /// Writes the net changes, one statement for all of them. The changes touch disjoint rows, so
-/// their order within the statement does not matter, with one exception: new deliveries are
-/// inserted (`delivered`) only once the deletes and completions are done, so a courier's
-/// previous delivery is no longer active (the partial unique index allows one per courier).
+/// their order within the statement does not matter, with two exceptions. New orders are
+/// inserted (`orders_new`) in id order: two transactions that insert the same new orders wait
+/// on each other in id order only (see `HeldRows::take_changes`). New deliveries are inserted
+/// (`delivered`) last, after the deletes and completions, so a courier's previous delivery is
+/// no longer active (the partial unique index allows one per courier), and only if every new
+/// order went in.
 /// Orders that joined the queue take places from the sequence in queue order (`fresh` reads its
 /// array in order), and keep when they were created (`waiting_since`, the queue's first key).
 const WRITE_CHANGES: &str = "
@@ -83,7 +99,7 @@ const WRITE_CHANGES: &str = "
         RETURNING 1
     ), finished AS (
         UPDATE courier_orders co SET completed_at = f.at, completed_by = f.by
-        FROM unnest($2::text[], $3::int8[], $4::timestamptz[], $24::text[])
+        FROM unnest($2::text[], $3::int8[], $4::timestamptz[], $20::text[])
              AS f (order_id, courier_id, at, by)
         WHERE co.order_id = f.order_id AND co.courier_id = f.courier_id
           -- Not written `IS NULL`, which would invite the one-active-per-courier index.
@@ -103,9 +119,13 @@ const WRITE_CHANGES: &str = "
         INSERT INTO orders (order_id, state, courier_id, waiting_seq, waiting_since)
         SELECT n.id, n.state, n.courier, CASE WHEN n.state = 'waiting' THEN fresh.seq END,
                CASE WHEN n.state = 'waiting' THEN n.since END
-        FROM unnest($14::text[], $15::text[], $16::int8[], $23::timestamptz[])
+        FROM unnest($22::text[], $23::text[], $24::int8[], $25::timestamptz[])
              AS n (id, state, courier, since)
         LEFT JOIN fresh ON fresh.id = n.id
+        -- One another transaction committed after this one found it missing is left out, not
+        -- waited on: a third transaction may hold it, and wait on one of these new orders.
+        WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = n.id)
+        ORDER BY n.id
         ON CONFLICT (order_id) DO NOTHING
         RETURNING 1
     ), orders_set AS (
@@ -114,7 +134,7 @@ const WRITE_CHANGES: &str = "
             waiting_seq = CASE WHEN u.state = 'waiting' THEN coalesce(u.seq, fresh.seq) END,
             waiting_since = CASE WHEN u.state = 'waiting' THEN u.since END,
             updated_at = now()
-        FROM unnest($9::text[], $10::text[], $11::int8[], $12::int8[], $22::timestamptz[])
+        FROM unnest($9::text[], $10::text[], $11::int8[], $12::int8[], $19::timestamptz[])
              AS u (id, state, courier, seq, since)
         LEFT JOIN fresh ON fresh.id = u.id
         WHERE o.order_id = u.id
@@ -122,16 +142,21 @@ const WRITE_CHANGES: &str = "
     ), delivered AS (
         INSERT INTO courier_orders (order_id, courier_id, assigned_at, deadline, completed_at,
                                     completed_by)
-        SELECT * FROM unnest($17::text[], $18::int8[], $19::timestamptz[], $20::timestamptz[],
-                             $21::timestamptz[], $25::text[])
-        -- Reading these counts runs the deletes and completions to the end before the first
-        -- row is inserted: a courier's previous delivery stops being active first.
+        SELECT * FROM unnest($14::text[], $15::int8[], $16::timestamptz[], $17::timestamptz[],
+                             $18::timestamptz[], $21::text[])
+        -- Reading these counts runs the deletes, completions and new orders to the end before
+        -- the first row is inserted: a courier's previous delivery stops being active first.
+        -- And none is inserted unless every new order was: one that another transaction
+        -- inserted and committed meanwhile makes this write a transient failure (see
+        -- `PgTx::write_changes`), and inserting its delivery anyway could wait on a third
+        -- transaction that holds that order's delivery row and waits on this one's new orders.
         WHERE (SELECT count(*) FROM dropped) >= 0 AND (SELECT count(*) FROM finished) >= 0
+          AND (SELECT count(*) FROM orders_new) = cardinality($22::text[])
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM dropped), (SELECT count(*) FROM finished),
            (SELECT count(*) FROM couriers_set), (SELECT count(*) FROM orders_set),
-           (SELECT count(*) FROM orders_new), (SELECT count(*) FROM delivered)";
+           (SELECT count(*) FROM delivered), (SELECT count(*) FROM orders_new)";
 
 /// Locks the orders of up to `$2` overdue deliveries at `$1` (see `OVERDUE`), earliest deadline
 /// first, skipping orders another transaction holds. `o.state = 'assigned'` is checked again on
@@ -154,10 +179,25 @@ const INSERT_COURIER: &str = "
     VALUES ($1, $2, 'paused', $3, $4)
     RETURNING id";
 
+/// What one `LOCK_COURIERS_AND_QUEUE` locked of the free couriers and the queue.
+#[derive(Debug, Default)]
+struct Locked {
+    /// The free couriers, best first.
+    free: Vec<CourierId>,
+    /// The waiting orders, first in line first.
+    waiting: Vec<OrderId>,
+    /// The rank of the last free courier: every free courier not locked ranks after it.
+    last_free: Option<CourierRank>,
+    /// The key of the last waiting order: every waiting order not locked comes after it.
+    last_waiting: Option<QueueKey<QueuePlace>>,
+}
+
 /// One open transaction (with its connection's statement cache) and the rows it holds.
 pub(super) struct PgTx<'a> {
     tx: OpenTx<'a>,
     held: HeldRows,
+    /// Orders a write before the commit inserted as `unseen` (see `DROP_PLACEHOLDERS`).
+    placed: Vec<OrderId>,
 }
 
 impl<'a> PgTx<'a> {
@@ -166,12 +206,24 @@ impl<'a> PgTx<'a> {
         Self {
             tx,
             held: HeldRows::default(),
+            placed: Vec::new(),
         }
     }
 
     /// Writes what is pending and commits.
     pub fn commit(mut self) -> Result<(), RepoError> {
-        self.flush()?;
+        self.flush(true)?;
+        let unused: Vec<&str> = self
+            .placed
+            .iter()
+            .filter(|id| self.held.order(id) == Some(&OrderState::Unseen))
+            .map(OrderId::as_str)
+            .collect();
+        if !unused.is_empty() {
+            self.tx
+                .query_prepared(DROP_PLACEHOLDERS, &[&unused])
+                .map_err(classify)?;
+        }
         self.tx.commit().map_err(classify)
     }
 
@@ -183,13 +235,22 @@ impl<'a> PgTx<'a> {
         self.tx.query_prepared(sql, params).map_err(classify)
     }
 
-    /// Writes the pending changes: one statement, none when nothing changed.
-    fn flush(&mut self) -> Result<(), RepoError> {
-        let changes = self.held.take_changes();
+    /// Writes the pending changes: one statement, none when nothing changed. The `last` write
+    /// is the commit's.
+    fn flush(&mut self, last: bool) -> Result<(), RepoError> {
+        let changes = self.held.take_changes(last);
         if changes.is_empty() {
             return Ok(());
         }
-        self.write_changes(&changes)
+        self.write_changes(&changes)?;
+        self.placed.extend(
+            changes
+                .new_orders
+                .iter()
+                .filter(|o| o.state == OrderState::Unseen)
+                .map(|o| o.id.clone()),
+        );
+        Ok(())
     }
 
     fn write_changes(&mut self, c: &Changes) -> Result<(), RepoError> {
@@ -198,31 +259,38 @@ impl<'a> PgTx<'a> {
         let finished_couriers: Vec<i64> = c.completed.iter().map(|d| d.courier.0).collect();
         let finished_at: Vec<DateTime<Utc>> = c.completed.iter().map(|d| d.at).collect();
         let finished_by: Vec<&str> = c.completed.iter().map(|d| d.by.as_str()).collect();
-        let courier_ids: Vec<i64> = c.couriers.iter().map(|k| (k.0).0).collect();
-        let courier_statuses: Vec<&str> = c.couriers.iter().map(|k| k.1.as_str()).collect();
-        let courier_completed: Vec<i64> = c.couriers.iter().map(|k| k.2).collect();
-        let courier_since: Vec<DateTime<Utc>> = c.couriers.iter().map(|k| k.3).collect();
-        let order_ids: Vec<&str> = c.orders.iter().map(|o| o.0.as_str()).collect();
-        let order_states: Vec<&str> = c.orders.iter().map(|o| o.1.as_str()).collect();
-        let order_couriers: Vec<Option<i64>> = c.orders.iter().map(|o| courier_of(&o.1)).collect();
-        let new_ids: Vec<&str> = c.new_orders.iter().map(|o| o.0.as_str()).collect();
-        let new_states: Vec<&str> = c.new_orders.iter().map(|o| o.1.as_str()).collect();
+        let courier_ids: Vec<i64> = c.couriers.iter().map(|k| k.id.0).collect();
+        let courier_statuses: Vec<&str> = c.couriers.iter().map(|k| k.status.as_str()).collect();
+        let courier_completed: Vec<i64> =
+            c.couriers.iter().map(|k| k.completed_deliveries).collect();
+        let courier_since: Vec<DateTime<Utc>> =
+            c.couriers.iter().map(|k| k.available_since).collect();
+        let order_ids: Vec<&str> = c.orders.iter().map(|o| o.id.as_str()).collect();
+        let order_states: Vec<&str> = c.orders.iter().map(|o| o.state.as_str()).collect();
+        let order_couriers: Vec<Option<i64>> =
+            c.orders.iter().map(|o| courier_of(&o.state)).collect();
+        let order_seqs: Vec<Option<i64>> = c.orders.iter().map(|o| o.queue_seq).collect();
+        let order_since: Vec<Option<DateTime<Utc>>> =
+            c.orders.iter().map(|o| o.waiting_since).collect();
+        let new_ids: Vec<&str> = c.new_orders.iter().map(|o| o.id.as_str()).collect();
+        let new_states: Vec<&str> = c.new_orders.iter().map(|o| o.state.as_str()).collect();
         let new_couriers: Vec<Option<i64>> =
-            c.new_orders.iter().map(|o| courier_of(&o.1)).collect();
-        let order_seqs: Vec<Option<i64>> = c.orders.iter().map(|o| o.2).collect();
-        let order_since: Vec<Option<DateTime<Utc>>> = c.orders.iter().map(|o| o.3).collect();
-        let new_since: Vec<Option<DateTime<Utc>>> = c.new_orders.iter().map(|o| o.2).collect();
+            c.new_orders.iter().map(|o| courier_of(&o.state)).collect();
+        let new_since: Vec<Option<DateTime<Utc>>> =
+            c.new_orders.iter().map(|o| o.waiting_since).collect();
         let fresh: Vec<&str> = c.fresh_waiting.iter().map(OrderId::as_str).collect();
-        let new_deliveries: Vec<&str> = c.inserted.iter().map(|d| d.0.as_str()).collect();
-        let new_couriers_of: Vec<i64> = c.inserted.iter().map(|d| d.1.courier.0).collect();
-        let assigned: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.assigned_at).collect();
-        let deadlines: Vec<DateTime<Utc>> = c.inserted.iter().map(|d| d.1.deadline).collect();
+        let new_deliveries: Vec<&str> = c.inserted.iter().map(|d| d.order.as_str()).collect();
+        let new_couriers_of: Vec<i64> = c.inserted.iter().map(|d| d.delivery.courier.0).collect();
+        let assigned: Vec<DateTime<Utc>> =
+            c.inserted.iter().map(|d| d.delivery.assigned_at).collect();
+        let deadlines: Vec<DateTime<Utc>> =
+            c.inserted.iter().map(|d| d.delivery.deadline).collect();
         let completed: Vec<Option<DateTime<Utc>>> =
-            c.inserted.iter().map(|d| d.1.completed_at).collect();
+            c.inserted.iter().map(|d| d.delivery.completed_at).collect();
         let completed_by: Vec<Option<&str>> = c
             .inserted
             .iter()
-            .map(|d| d.1.completed_by.map(CompletedBy::as_str))
+            .map(|d| d.delivery.completed_by.map(CompletedBy::as_str))
             .collect();
         let rows = self
             .query(
@@ -241,24 +309,25 @@ impl<'a> PgTx<'a> {
                     &order_couriers,
                     &order_seqs,
                     &fresh,
-                    &new_ids,
-                    &new_states,
-                    &new_couriers,
                     &new_deliveries,
                     &new_couriers_of,
                     &assigned,
                     &deadlines,
                     &completed,
                     &order_since,
-                    &new_since,
                     &finished_by,
                     &completed_by,
+                    &new_ids,
+                    &new_states,
+                    &new_couriers,
+                    &new_since,
                 ],
             )
             // Two transactions that both found an order new (its `created` read by two instances
-            // at once) both insert it; the later one hits a unique index (`orders` or
-            // `courier_orders`) once the earlier commits. Applied again, it finds the order and the
-            // event is a duplicate: a transient conflict, never a dead letter.
+            // at once) both insert it; the later one inserts nothing (`ON CONFLICT DO NOTHING`)
+            // or hits the unique index of `courier_orders` once the earlier commits. Applied
+            // again, it finds the order and the event is a duplicate: a transient conflict,
+            // never a dead letter.
             .map_err(|e| match e {
                 RepoError::Conflict(m) if !c.new_orders.is_empty() => RepoError::Transient(
                     format!("another transaction wrote one of these orders meanwhile ({m})"),
@@ -268,7 +337,7 @@ impl<'a> PgTx<'a> {
         let row = rows
             .first()
             .ok_or_else(|| bad_row("writing changes returned no counts"))?;
-        let inserted: i64 = get(row, 4)?;
+        let inserted: i64 = get(row, 5)?;
         if usize::try_from(inserted).ok() != Some(c.new_orders.len()) {
             return Err(RepoError::Transient(format!(
                 "{} of {} new orders were inserted by another transaction meanwhile",
@@ -281,7 +350,7 @@ impl<'a> PgTx<'a> {
             get(row, 1)?,
             get(row, 2)?,
             get(row, 3)?,
-            get(row, 5)?,
+            get(row, 4)?,
         ];
         let expected = [
             c.deleted.len(),
@@ -307,18 +376,15 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
-    /// Locks orders by id and holds them; an id without a row is held as new.
+    /// Locks orders by id and holds them, those without a row as new (see `LOCK_ORDERS`).
     fn lock_orders(&mut self, ids: &[&str]) -> Result<(), RepoError> {
-        let rows = self.query(LOCK_ORDERS, &[&ids])?;
-        for row in &rows {
+        for row in &self.query(LOCK_ORDERS, &[&ids])? {
             self.hold_order_row(row, 0)?;
         }
-        if rows.len() < ids.len() {
-            for id in ids {
-                let id = OrderId::parse(*id).map_err(|e| bad_row(e.to_string()))?;
-                if self.held.order(&id).is_none() {
-                    self.held.hold_new_order(id);
-                }
+        for id in ids {
+            let id = OrderId::parse(*id).map_err(|e| bad_row(e.to_string()))?;
+            if self.held.order(&id).is_none() {
+                self.held.hold_new_order(id);
             }
         }
         Ok(())
@@ -338,22 +404,30 @@ impl<'a> PgTx<'a> {
     }
 
     /// Locks and holds couriers by id, the `free` best free couriers and the `waiting`
-    /// longest-waiting orders nobody else holds. Returns the free couriers and the waiting
-    /// orders it locked.
+    /// longest-waiting orders nobody else holds (`waiting_once_free` more if all `free` couriers
+    /// were found).
     fn lock_couriers_and_queue(
         &mut self,
         ids: &[i64],
         free: usize,
         waiting: usize,
-    ) -> Result<(Vec<CourierId>, Vec<OrderId>), RepoError> {
-        let free = i64::try_from(free).unwrap_or(i64::MAX);
-        let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
-        let rows = self.query(LOCK_COURIERS_AND_QUEUE, &[&ids, &free, &waiting])?;
-        let (mut free_ids, mut waiting_ids) = (Vec::new(), Vec::new());
+        waiting_once_free: usize,
+    ) -> Result<Locked, RepoError> {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX / 4);
+        let (free, waiting, more) = (count(free), count(waiting), count(waiting_once_free));
+        let rows = self.query(LOCK_COURIERS_AND_QUEUE, &[&ids, &free, &waiting, &more])?;
+        let mut locked = Locked::default();
         for row in &rows {
             let kind: &str = get(row, 0)?;
             if kind == "waiting" {
-                waiting_ids.push(self.hold_order_row(row, QUEUE_COLUMNS)?);
+                let key = QueueKey {
+                    created_at: get(row, QUEUE_COLUMNS + 4)?,
+                    arrival: QueuePlace::Stored(get(row, QUEUE_COLUMNS + 3)?),
+                };
+                locked.last_waiting = locked.last_waiting.max(Some(key));
+                locked
+                    .waiting
+                    .push(self.hold_order_row(row, QUEUE_COLUMNS)?);
                 continue;
             }
             let record = CourierRecord {
@@ -364,12 +438,20 @@ impl<'a> PgTx<'a> {
                     .map(|s| OrderId::parse(s).map_err(|e| bad_row(e.to_string())))
                     .transpose()?,
             };
+            let (completed_deliveries, available_since) = (get(row, 4)?, get(row, 5)?);
             if kind == "free" {
-                free_ids.push(record.id);
+                let rank = CourierRank {
+                    completed_deliveries,
+                    available_since,
+                    id: record.id,
+                };
+                locked.last_free = locked.last_free.max(Some(rank));
+                locked.free.push(record.id);
             }
-            self.held.hold_courier(record, get(row, 4)?, get(row, 5)?);
+            self.held
+                .hold_courier(record, completed_deliveries, available_since);
         }
-        Ok((free_ids, waiting_ids))
+        Ok(locked)
     }
 
     /// A courier, held (locked) first if need be.
@@ -392,17 +474,34 @@ impl StorageTx for PgTx<'_> {
         if !ids.is_empty() {
             self.lock_orders(&ids)?;
         }
+        // From the orders' states, exactly how many free couriers and queue heads the steps
+        // will take: a row held and not taken would push concurrent transactions to a worse
+        // courier or a younger order (README, "The rules").
+        let needs = outline.needs(|id| self.held.order(id).cloned());
         let carriers: Vec<i64> = self
             .held
             .unheld_couriers_of_orders()
             .into_iter()
             .map(|c| c.0)
             .collect();
-        if !carriers.is_empty() || outline.takes > 0 || outline.releases > 0 {
-            let (free, waiting) =
-                self.lock_couriers_and_queue(&carriers, outline.takes, outline.releases)?;
-            self.held.free_couriers = Coverage::after_asking(outline.takes, free.len());
-            self.held.waiting_orders = Coverage::after_asking(outline.releases, waiting.len());
+        if !carriers.is_empty() || needs.couriers > 0 || needs.queue_heads > 0 {
+            let locked = self.lock_couriers_and_queue(
+                &carriers,
+                needs.couriers,
+                needs.queue_heads,
+                needs.queue_heads_once_assigned,
+            )?;
+            // The statement asked for the extra heads only if it found every courier.
+            let heads = needs.queue_heads
+                + if locked.free.len() >= needs.couriers {
+                    needs.queue_heads_once_assigned
+                } else {
+                    0
+                };
+            self.held.free_couriers =
+                Coverage::after_asking(needs.couriers, locked.free.len(), locked.last_free);
+            self.held.waiting_orders =
+                Coverage::after_asking(heads, locked.waiting.len(), locked.last_waiting);
         }
         Ok(())
     }
@@ -432,9 +531,10 @@ impl StorageTx for PgTx<'_> {
         match self.held.pick_free_courier() {
             Pick::Held(courier) => Ok(courier),
             Pick::AskDatabase => {
-                self.flush()?;
-                let (picked, _) = self.lock_couriers_and_queue(&[], 1, 0)?;
-                Ok(picked
+                self.flush(false)?;
+                let locked = self.lock_couriers_and_queue(&[], 1, 0, 0)?;
+                Ok(locked
+                    .free
                     .first()
                     .and_then(|id| self.held.courier(*id).cloned()))
             }
@@ -446,7 +546,7 @@ impl StorageTx for PgTx<'_> {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<OverdueDelivery>, RepoError> {
-        self.flush()?;
+        self.flush(false)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.query(LOCK_OVERDUE, &[&now, &limit])?;
         let mut overdue = Vec::with_capacity(rows.len());
@@ -469,8 +569,8 @@ impl StorageTx for PgTx<'_> {
             return Ok(Some(record.clone()));
         }
         // Its active delivery may have pending changes: write them before reading it.
-        self.flush()?;
-        self.lock_couriers_and_queue(&[id.0], 0, 0)?;
+        self.flush(false)?;
+        self.lock_couriers_and_queue(&[id.0], 0, 0, 0)?;
         Ok(self.held.courier(id).cloned())
     }
 
@@ -478,9 +578,9 @@ impl StorageTx for PgTx<'_> {
         match self.held.pick_waiting_order() {
             Pick::Held(order) => Ok(order),
             Pick::AskDatabase => {
-                self.flush()?;
-                let (_, waiting) = self.lock_couriers_and_queue(&[], 0, 1)?;
-                Ok(waiting.into_iter().next())
+                self.flush(false)?;
+                let locked = self.lock_couriers_and_queue(&[], 0, 1, 0)?;
+                Ok(locked.waiting.into_iter().next())
             }
         }
     }
@@ -526,7 +626,7 @@ impl StorageTx for PgTx<'_> {
         courier: &NewCourier,
         at: DateTime<Utc>,
     ) -> Result<CourierRecord, RepoError> {
-        self.flush()?;
+        self.flush(false)?;
         let rows = self
             .query(
                 INSERT_COURIER,
@@ -565,5 +665,50 @@ fn courier_of(state: &OrderState) -> Option<i64> {
     match state {
         OrderState::Assigned(c) | OrderState::Completed(Some(c)) => Some(c.0),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whitespace collapsed, so a statement's layout does not matter.
+    fn flat(sql: &str) -> String {
+        sql.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// `columns` with each prefixed by `alias.`.
+    fn qualified(alias: &str, columns: &str) -> String {
+        columns
+            .split(", ")
+            .map(|c| format!("{alias}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    #[test]
+    fn the_statements_sort_by_the_domain_keys() {
+        let lock = flat(LOCK_COURIERS_AND_QUEUE);
+        let rank = format!("ORDER BY {}", qualified("c", CourierRank::SQL_ORDER));
+        let queue = format!("ORDER BY {}", QueueKey::<i64>::SQL_ORDER);
+        assert!(
+            lock.contains(&rank),
+            "{rank} not in LOCK_COURIERS_AND_QUEUE"
+        );
+        assert!(
+            lock.contains(&queue),
+            "{queue} not in LOCK_COURIERS_AND_QUEUE"
+        );
+        // The indexes the two picks read in order.
+        for schema in [
+            include_str!("../../../migrations/0001_initial.sql"),
+            include_str!("../../../schema.sql"),
+        ] {
+            let schema = flat(schema);
+            let rank = format!("ON couriers ({})", CourierRank::SQL_ORDER);
+            let queue = format!("ON orders ({})", QueueKey::<i64>::SQL_ORDER);
+            assert!(schema.contains(&rank), "no index {rank}");
+            assert!(schema.contains(&queue), "no index {queue}");
+        }
     }
 }
