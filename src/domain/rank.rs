@@ -3,7 +3,9 @@
 //! goes first (created earliest, then arrived first). Each is defined once, here, as a type
 //! whose `Ord` is the rule: the in-memory fake and the rows a PostgreSQL transaction holds sort
 //! by these types, and the statements of `repository/postgres` sort by the columns named in
-//! `SQL_ORDER`, which a contract test pins to the statements (`tests/it/contract.rs`).
+//! `SQL_ORDER`, which a unit test in `src/repository/postgres/tx.rs` pins to the statements and
+//! the indexes. The contract tests (`tests/it/contract.rs`, `picks_and_serves_by_the_domain_keys`)
+//! check that every store picks and serves in exactly these orders.
 
 use chrono::{DateTime, Utc};
 

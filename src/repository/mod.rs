@@ -260,9 +260,11 @@ pub struct OverdueDelivery {
 
 /// The steps a usecase may take inside one transaction. Each names a domain fact, not a table.
 pub trait StorageTx {
-    /// Locks up front what `outline` says the steps after it will touch. Only an optimisation:
-    /// every step works without it. No default: a store (or a wrapper around one) says what it
-    /// does with the outline, so that forgetting to pass it on is not silent.
+    /// Locks up front what `outline` says the steps after it will touch. Steps work without it,
+    /// but PostgreSQL's transactions then wait on each other in no fixed order: a usecase calls
+    /// it first, naming every order its steps will lock (see `repository/postgres/held.rs`,
+    /// `take_changes`). No default: a store (or a wrapper around one) says what it does with
+    /// the outline, so that forgetting to pass it on is not silent.
     fn lock_batch(&mut self, outline: &BatchOutline) -> Result<(), RepoError>;
 
     /// Locks the order against concurrent events of the same order and returns its state

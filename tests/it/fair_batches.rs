@@ -1,4 +1,4 @@
-//! Fair batches against real PostgreSQL (docs/rules.md, "Concurrency"): 4 workers apply batches
+//! Fair batches against real PostgreSQL (docs/rules.md, "Fair across workers and instances"): 4 workers apply batches
 //! of 64 events at the same time, as the service's workers do, and the README's ranking ("the
 //! best available courier") and queue ("first created, first served") must hold across them.
 //! A transaction may pass over a better courier or an older waiting order only while another
@@ -104,6 +104,15 @@ fn run(
         .into_iter()
         .flat_map(|h| h.join().expect("worker thread"))
         .collect()
+}
+
+/// How many pairs of batches were open at the same moment: the rule is only tested by batches
+/// that ran concurrently (a worker's own batches never overlap).
+fn overlapping_pairs(log: &[Applied]) -> usize {
+    log.iter()
+        .enumerate()
+        .map(|(i, a)| log[i + 1..].iter().filter(|b| a.overlaps(b)).count())
+        .sum()
 }
 
 /// Checks the rule for one kind of row. `taken` says which batch took each row (by index into
@@ -217,6 +226,10 @@ fn four_workers_with_batches_of_64_keep_the_ranking_and_the_queue() {
         "every new order gets a courier: 48 stay free (an order that waited found every free \
          courier held by batches that did not take them)"
     );
+    assert!(
+        overlapping_pairs(&log_a) > 0,
+        "no two batches ran at the same time"
+    );
     let violations = passed_over_only_held_rows("courier", &log_a, &took, &ranked);
     assert!(
         violations.is_empty(),
@@ -323,6 +336,10 @@ fn four_workers_with_batches_of_64_keep_the_ranking_and_the_queue() {
         served.iter().map(Vec::len).sum::<usize>(),
         ROUNDS * COURIERS as usize,
         "every freed courier takes a waiting order"
+    );
+    assert!(
+        overlapping_pairs(&log_b) > 0,
+        "no two batches ran at the same time"
     );
     // Orders created in phase B join behind the 1,500: none of them is served.
     let violations = passed_over_only_held_rows("waiting order", &log_b, &served, &queue);

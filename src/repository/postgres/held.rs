@@ -286,8 +286,9 @@ impl HeldRows {
     }
 
     /// Holds an order the database has no row for: [`OrderState::Unseen`] until a step gives it
-    /// a state, inserted when written. Nobody else holds it either: a transaction that inserts
-    /// it first makes this one's insert fail, and the batch is applied again.
+    /// a state, inserted when written. Nobody else holds it either: if another transaction
+    /// inserts it first, this one's write inserts nothing, fails as transient, and the batch is
+    /// applied again.
     pub fn hold_new_order(&mut self, id: OrderId) {
         self.orders.entry(id).or_insert(HeldOrder {
             state: OrderState::Unseen,

@@ -198,6 +198,9 @@ pub(super) struct PgTx<'a> {
     held: HeldRows,
     /// Orders a write before the commit inserted as `unseen` (see `DROP_PLACEHOLDERS`).
     placed: Vec<OrderId>,
+    /// Whether a write went out: new orders held after it would be inserted by a later
+    /// statement, out of the one id order (see `HeldRows::take_changes`).
+    wrote: bool,
 }
 
 impl<'a> PgTx<'a> {
@@ -207,6 +210,7 @@ impl<'a> PgTx<'a> {
             tx,
             held: HeldRows::default(),
             placed: Vec::new(),
+            wrote: false,
         }
     }
 
@@ -243,6 +247,7 @@ impl<'a> PgTx<'a> {
             return Ok(());
         }
         self.write_changes(&changes)?;
+        self.wrote = true;
         self.placed.extend(
             changes
                 .new_orders
@@ -292,51 +297,43 @@ impl<'a> PgTx<'a> {
             .iter()
             .map(|d| d.delivery.completed_by.map(CompletedBy::as_str))
             .collect();
-        let rows = self
-            .query(
-                WRITE_CHANGES,
-                &[
-                    &dropped,
-                    &finished_orders,
-                    &finished_couriers,
-                    &finished_at,
-                    &courier_ids,
-                    &courier_statuses,
-                    &courier_completed,
-                    &courier_since,
-                    &order_ids,
-                    &order_states,
-                    &order_couriers,
-                    &order_seqs,
-                    &fresh,
-                    &new_deliveries,
-                    &new_couriers_of,
-                    &assigned,
-                    &deadlines,
-                    &completed,
-                    &order_since,
-                    &finished_by,
-                    &completed_by,
-                    &new_ids,
-                    &new_states,
-                    &new_couriers,
-                    &new_since,
-                ],
-            )
-            // Two transactions that both found an order new (its `created` read by two instances
-            // at once) both insert it; the later one inserts nothing (`ON CONFLICT DO NOTHING`)
-            // or hits the unique index of `courier_orders` once the earlier commits. Applied
-            // again, it finds the order and the event is a duplicate: a transient conflict,
-            // never a dead letter.
-            .map_err(|e| match e {
-                RepoError::Conflict(m) if !c.new_orders.is_empty() => RepoError::Transient(
-                    format!("another transaction wrote one of these orders meanwhile ({m})"),
-                ),
-                other => other,
-            })?;
+        let rows = self.query(
+            WRITE_CHANGES,
+            &[
+                &dropped,
+                &finished_orders,
+                &finished_couriers,
+                &finished_at,
+                &courier_ids,
+                &courier_statuses,
+                &courier_completed,
+                &courier_since,
+                &order_ids,
+                &order_states,
+                &order_couriers,
+                &order_seqs,
+                &fresh,
+                &new_deliveries,
+                &new_couriers_of,
+                &assigned,
+                &deadlines,
+                &completed,
+                &order_since,
+                &finished_by,
+                &completed_by,
+                &new_ids,
+                &new_states,
+                &new_couriers,
+                &new_since,
+            ],
+        )?;
         let row = rows
             .first()
             .ok_or_else(|| bad_row("writing changes returned no counts"))?;
+        // Two transactions that both found an order new (its `created` read by two instances at
+        // once) both insert it; the later one inserts nothing (`orders_new`) and no delivery
+        // (`delivered`). Applied again, it finds the order and the event is a duplicate: a
+        // transient failure, never a dead letter.
         let inserted: i64 = get(row, 5)?;
         if usize::try_from(inserted).ok() != Some(c.new_orders.len()) {
             return Err(RepoError::Transient(format!(
@@ -384,6 +381,10 @@ impl<'a> PgTx<'a> {
         for id in ids {
             let id = OrderId::parse(*id).map_err(|e| bad_row(e.to_string()))?;
             if self.held.order(&id).is_none() {
+                // Every order a step names is in its batch's outline, locked before the first
+                // write. Were one not, it would be inserted by a later write, and two such
+                // transactions could deadlock (PostgreSQL would end one: a transient failure).
+                debug_assert!(!self.wrote, "order {id} first locked after a write");
                 self.held.hold_new_order(id);
             }
         }
