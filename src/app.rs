@@ -60,17 +60,23 @@ const MALLOC_ARENAS: i32 = 2;
 /// `.env` (read after glibc started).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn cap_malloc_arenas() {
-    let arenas = match std::env::var("MALLOC_ARENA_MAX") {
-        Err(_) => MALLOC_ARENAS,
-        Ok(v) => match v.trim().parse::<i32>() {
-            Ok(n) if n > 0 => n,
-            // glibc ignores a value it can't use; so do we.
-            _ => return,
-        },
+    let Some(arenas) = malloc_arena_cap(std::env::var("MALLOC_ARENA_MAX").ok().as_deref()) else {
+        return;
     };
     // SAFETY: mallopt only sets an allocator parameter, and no other thread runs yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+/// The cap to set, given `MALLOC_ARENA_MAX`: ours when it is unset, its own when it is a
+/// positive number, none when it is anything else (glibc ignores a value it can't use; so do
+/// we).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn malloc_arena_cap(malloc_arena_max: Option<&str>) -> Option<i32> {
+    match malloc_arena_max {
+        None => Some(MALLOC_ARENAS),
+        Some(v) => v.trim().parse::<i32>().ok().filter(|n| *n > 0),
     }
 }
 
@@ -604,5 +610,16 @@ mod tests {
         assert_eq!(others_level(Warn), Warn);
         assert_eq!(others_level(Trace), Trace);
         assert_eq!(loggers_for(Debug).len(), 2);
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn malloc_arenas_are_capped_at_two_unless_malloc_arena_max_says_otherwise() {
+        assert_eq!(malloc_arena_cap(None), Some(2));
+        assert_eq!(malloc_arena_cap(Some("8")), Some(8));
+        assert_eq!(malloc_arena_cap(Some(" 1 ")), Some(1));
+        for ignored in ["0", "-1", "many", ""] {
+            assert_eq!(malloc_arena_cap(Some(ignored)), None, "{ignored:?}");
+        }
     }
 }
