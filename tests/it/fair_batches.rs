@@ -173,12 +173,19 @@ fn picks<T>(log: &[Applied], pick: impl Fn(&Outcome) -> Option<T>) -> Vec<Vec<T>
         .collect()
 }
 
-fn summary(violations: &[String]) -> String {
-    format!(
-        "{} violations; the first: {:#?}",
+/// Asserts that the batches of `log` ran concurrently (else the rule was not tested) and broke
+/// it nowhere (`violations`, reported under `failure`).
+fn assert_fair(failure: &str, log: &[Applied], violations: Vec<String>) {
+    assert!(
+        overlapping_pairs(log) > 0,
+        "no two batches ran at the same time"
+    );
+    assert!(
+        violations.is_empty(),
+        "{failure}: {} violations; the first: {:#?}",
         violations.len(),
         &violations[..violations.len().min(5)]
-    )
+    );
 }
 
 #[test]
@@ -226,15 +233,10 @@ fn four_workers_with_batches_of_64_keep_the_ranking_and_the_queue() {
         "every new order gets a courier: 48 stay free (an order that waited found every free \
          courier held by batches that did not take them)"
     );
-    assert!(
-        overlapping_pairs(&log_a) > 0,
-        "no two batches ran at the same time"
-    );
-    let violations = passed_over_only_held_rows("courier", &log_a, &took, &ranked);
-    assert!(
-        violations.is_empty(),
-        "the best free courier was passed over: {}",
-        summary(&violations)
+    assert_fair(
+        "the best free courier was passed over",
+        &log_a,
+        passed_over_only_held_rows("courier", &log_a, &took, &ranked),
     );
 
     // Between the phases, one at a time: the other couriers are taken and 1,500 orders wait,
@@ -337,16 +339,11 @@ fn four_workers_with_batches_of_64_keep_the_ranking_and_the_queue() {
         ROUNDS * COURIERS as usize,
         "every freed courier takes a waiting order"
     );
-    assert!(
-        overlapping_pairs(&log_b) > 0,
-        "no two batches ran at the same time"
-    );
     // Orders created in phase B join behind the 1,500: none of them is served.
-    let violations = passed_over_only_held_rows("waiting order", &log_b, &served, &queue);
-    assert!(
-        violations.is_empty(),
-        "an older waiting order was passed over: {}",
-        summary(&violations)
+    assert_fair(
+        "an older waiting order was passed over",
+        &log_b,
+        passed_over_only_held_rows("waiting order", &log_b, &served, &queue),
     );
 
     let snapshot = db.repo.snapshot().expect("snapshot");

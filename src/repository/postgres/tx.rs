@@ -374,18 +374,18 @@ impl<'a> PgTx<'a> {
     }
 
     /// Locks orders by id and holds them, those without a row as new (see `LOCK_ORDERS`).
-    fn lock_orders(&mut self, ids: &[&str]) -> Result<(), RepoError> {
-        for row in &self.query(LOCK_ORDERS, &[&ids])? {
+    fn lock_orders(&mut self, ids: &[&OrderId]) -> Result<(), RepoError> {
+        let names: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        for row in &self.query(LOCK_ORDERS, &[&names])? {
             self.hold_order_row(row, 0)?;
         }
-        for id in ids {
-            let id = OrderId::parse(*id).map_err(|e| bad_row(e.to_string()))?;
-            if self.held.order(&id).is_none() {
+        for &id in ids {
+            if self.held.order(id).is_none() {
                 // Every order a step names is in its batch's outline, locked before the first
                 // write. Were one not, it would be inserted by a later write, and two such
                 // transactions could deadlock (PostgreSQL would end one: a transient failure).
                 debug_assert!(!self.wrote, "order {id} first locked after a write");
-                self.held.hold_new_order(id);
+                self.held.hold_new_order(id.clone());
             }
         }
         Ok(())
@@ -464,11 +464,10 @@ impl<'a> PgTx<'a> {
 
 impl StorageTx for PgTx<'_> {
     fn lock_batch(&mut self, outline: &BatchOutline) -> Result<(), RepoError> {
-        let mut ids: Vec<&str> = outline
+        let mut ids: Vec<&OrderId> = outline
             .orders
             .iter()
             .filter(|o| self.held.order(o).is_none())
-            .map(OrderId::as_str)
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -512,7 +511,7 @@ impl StorageTx for PgTx<'_> {
             return Ok(state.clone());
         }
         // Orders not held have no pending changes, so no flush is needed before reading one.
-        self.lock_orders(&[order.as_str()])?;
+        self.lock_orders(&[order])?;
         self.held
             .order(order)
             .cloned()
